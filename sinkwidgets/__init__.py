@@ -1,0 +1,53 @@
+"""sinkwidgets: see attention sinks and the "catch, tag, release" mechanism in language models.
+
+The public API is small and re-exported here. Importing ``sinkwidgets`` (and loading or analysing a saved
+:class:`SinkTrace`) needs only numpy; torch, transformers and nnsight are imported on first use of
+:func:`load_model` or :func:`trace`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .sinktrace import SinkTrace, SinkTraceFormatError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # metrics (numpy only)
+    "sink_scores": "metrics",
+    "sink_ratio": "metrics",
+    "sink_heads": "metrics",
+    "find_sinks": "metrics",
+    "sinks_per_head": "metrics",
+    "first_token_mass": "metrics",
+    "attention_entropy": "metrics",
+    "massive_activations": "metrics",
+    "Sink": "metrics",
+    # models and tracing (torch)
+    "load_model": "models",
+    "fetch_model": "models",
+    "list_models": "models",
+    "trace": "tracing",
+    # widgets
+    "SinkGrid": "widgets",
+    "AttentionHeatmap": "widgets",
+    "TokenStrip": "widgets",
+    "SinkExplorer": "widgets",
+}
+
+__all__ = ["SinkTrace", "SinkTraceFormatError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sinkwidgets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

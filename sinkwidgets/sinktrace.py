@@ -1,0 +1,271 @@
+"""The :class:`SinkTrace` data object: the small, model-free result of tracing one prompt.
+
+A SinkTrace holds plain numpy arrays (no torch, no nnsight), the prompt's tokens and metadata, so a trace
+computed on a GPU box or on NDIF can be saved to one file and explored anywhere.
+
+Shapes (``L`` layers, ``H`` query heads, ``T`` tokens, ``d`` model width, ``K`` top activations per layer):
+
+===========================  ===================  ===========================================================
+field                        shape / dtype        meaning
+===========================  ===================  ===========================================================
+``sink_scores``              ``[L, H, T]`` f32    Gu et al. α: mean attention key ``k`` receives from the
+                                                  queries that can see it (``t >= k`` for causal models)
+``first_token_mass``         ``[L, H]`` f32       mean attention on the first real token, queries ``t >= 1``
+``entropy``                  ``[L, H]`` f32       mean over queries of the attention row entropy (nats)
+``resid_norms``              ``[L, T]`` f32       L2 norm of the residual stream after each layer
+``top_activations``          ``[L, K]`` f32       largest-magnitude residual activations (signed values)
+``top_act_tokens``           ``[L, K]`` i32       their token positions
+``top_act_channels``         ``[L, K]`` i32       their channels
+``median_abs_activation``    ``[L]`` f32          median ``|h|`` of each layer's residual stream
+``maps``                     ``[M, T, T]``        full attention maps kept on request (float16 or float32)
+``map_index``                ``[M, 2]`` i32       ``(layer, head)`` of each kept map
+``head_outputs``             ``[N, H, T, d]`` f32 per-head contribution to the residual (after ``W_O``)
+``head_output_layers``       ``[N]`` i32          the layers of ``head_outputs``
+``token_ids``                ``[T]`` i64          token ids
+===========================  ===================  ===========================================================
+
+Positions are 0-based and count real tokens only (padding is never part of a trace).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_NAME = "sinkwidgets.SinkTrace"
+FORMAT_VERSION = 1
+
+_REQUIRED = ("sink_scores", "first_token_mass", "entropy", "resid_norms")
+_OPTIONAL_ARRAYS = (
+    "top_activations",
+    "top_act_tokens",
+    "top_act_channels",
+    "median_abs_activation",
+    "maps",
+    "map_index",
+    "head_outputs",
+    "head_output_layers",
+)
+
+
+class SinkTraceFormatError(ValueError):
+    """A file is not a readable SinkTrace (corrupt, truncated, foreign, or from a newer version)."""
+
+
+@dataclass(eq=False)
+class SinkTrace:
+    """Sink summaries of one prompt through one model. See the module docstring for every field's shape.
+
+    Build one with :func:`sinkwidgets.trace` (from a model), :meth:`load` (from a file), or directly from
+    arrays (e.g. toy models, tests). Only ``sink_scores``, ``tokens`` and ``meta`` are strictly needed; the
+    other summaries are filled with NaN-free defaults when absent.
+    """
+
+    sink_scores: np.ndarray
+    tokens: list[str]
+    first_token_mass: np.ndarray | None = None
+    entropy: np.ndarray | None = None
+    resid_norms: np.ndarray | None = None
+    token_ids: np.ndarray | None = None
+    top_activations: np.ndarray | None = None
+    top_act_tokens: np.ndarray | None = None
+    top_act_channels: np.ndarray | None = None
+    median_abs_activation: np.ndarray | None = None
+    maps: np.ndarray | None = None
+    map_index: np.ndarray | None = None
+    head_outputs: np.ndarray | None = None
+    head_output_layers: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.sink_scores = np.asarray(self.sink_scores, dtype=np.float32)
+        if self.sink_scores.ndim != 3:
+            raise ValueError(f"sink_scores must have shape [L, H, T], got {self.sink_scores.shape}")
+        L, H, T = self.sink_scores.shape
+        self.tokens = [str(t) for t in self.tokens]
+        if len(self.tokens) != T:
+            raise ValueError(f"{len(self.tokens)} tokens but sink_scores has T={T}")
+        if self.first_token_mass is None:
+            self.first_token_mass = np.full((L, H), np.nan, np.float32)
+        if self.entropy is None:
+            self.entropy = np.full((L, H), np.nan, np.float32)
+        if self.resid_norms is None:
+            self.resid_norms = np.full((L, T), np.nan, np.float32)
+        self.first_token_mass = _check(self.first_token_mass, (L, H), "first_token_mass", np.float32)
+        self.entropy = _check(self.entropy, (L, H), "entropy", np.float32)
+        self.resid_norms = _check(self.resid_norms, (L, T), "resid_norms", np.float32)
+        if self.token_ids is not None:
+            self.token_ids = _check(self.token_ids, (T,), "token_ids", np.int64)
+        if self.maps is not None:
+            self.maps = np.asarray(self.maps)
+            if self.map_index is None:
+                raise ValueError("maps given without map_index ([M, 2] of (layer, head))")
+            self.map_index = np.asarray(self.map_index, dtype=np.int32).reshape(-1, 2)
+            if self.maps.shape != (len(self.map_index), T, T):
+                raise ValueError(f"maps must be [M, T, T] = [{len(self.map_index)}, {T}, {T}], got {self.maps.shape}")
+        if self.head_outputs is not None:
+            self.head_outputs = np.asarray(self.head_outputs, dtype=np.float32)
+            self.head_output_layers = np.asarray(self.head_output_layers, dtype=np.int32).reshape(-1)
+            if self.head_outputs.ndim != 4 or self.head_outputs.shape[:3] != (len(self.head_output_layers), H, T):
+                raise ValueError(
+                    f"head_outputs must be [N, H, T, d] with N={len(self.head_output_layers)}, H={H}, T={T}; "
+                    f"got {self.head_outputs.shape}"
+                )
+        self.meta = dict(self.meta)
+        self.meta.setdefault("n_layers", L)
+        self.meta.setdefault("n_heads", H)
+        self.meta.setdefault("causal", True)
+
+    # ------------------------------------------------------------------ shape helpers
+    @property
+    def n_layers(self) -> int:
+        """Number of layers ``L``."""
+        return self.sink_scores.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        """Number of query heads ``H`` (per query head for GQA models)."""
+        return self.sink_scores.shape[1]
+
+    @property
+    def n_tokens(self) -> int:
+        """Number of real tokens ``T``."""
+        return self.sink_scores.shape[2]
+
+    @property
+    def causal(self) -> bool:
+        """Whether the model's attention is causal (decoder) or bidirectional (encoder)."""
+        return bool(self.meta.get("causal", True))
+
+    @property
+    def model_name(self) -> str:
+        return str(self.meta.get("model", "unknown"))
+
+    def query_counts(self) -> np.ndarray:
+        """Number of queries that can attend to each key, ``[T]``: ``T - k`` if causal, else ``T``."""
+        T = self.n_tokens
+        return (T - np.arange(T)) if self.causal else np.full(T, T)
+
+    def has_map(self, layer: int, head: int) -> bool:
+        """True if the full attention map of ``(layer, head)`` was kept."""
+        if self.map_index is None:
+            return False
+        return bool(np.any((self.map_index[:, 0] == layer) & (self.map_index[:, 1] == head)))
+
+    def get_map(self, layer: int, head: int) -> np.ndarray:
+        """The kept attention map ``[T, T]`` (queries × keys) of ``(layer, head)`` as float32."""
+        if self.map_index is not None:
+            hit = np.nonzero((self.map_index[:, 0] == layer) & (self.map_index[:, 1] == head))[0]
+            if len(hit):
+                return np.asarray(self.maps[hit[0]], dtype=np.float32)
+        kept = [] if self.map_index is None else sorted({int(x) for x in self.map_index[:, 0]})
+        raise KeyError(
+            f"no attention map for layer {layer}, head {head} in this trace (layers with kept maps: {kept or 'none'}); "
+            f"trace again with keep_maps=[{layer}] or keep_maps='all'"
+        )
+
+    def __repr__(self) -> str:
+        extra = []
+        if self.maps is not None:
+            extra.append(f"maps={len(self.maps)}")
+        if self.head_outputs is not None:
+            extra.append(f"head_outputs={list(self.head_output_layers)}")
+        more = (", " + ", ".join(extra)) if extra else ""
+        return (
+            f"SinkTrace(model={self.model_name!r}, L={self.n_layers}, H={self.n_heads}, T={self.n_tokens}, "
+            f"add_bos={self.meta.get('add_bos')!r}{more})"
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the trace to one ``.npz`` file (written to a temporary name, then renamed, so a failed
+        write never leaves a corrupt file behind). Returns the path."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **self._arrays())
+        os.replace(tmp, path)
+        return path
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        arrays = {n: np.asarray(getattr(self, n)) for n in _REQUIRED + _OPTIONAL_ARRAYS + ("token_ids",)
+                  if getattr(self, n) is not None}
+        header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tokens": self.tokens,
+                  "meta": _jsonable(self.meta)}
+        arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        return arrays
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SinkTrace:
+        """Read a trace written by :meth:`save`. Raises :class:`SinkTraceFormatError` on a corrupt or
+        foreign file, and ``FileNotFoundError`` when the path does not exist."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no SinkTrace file at {str(path)!r}")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if "__header__" not in z.files:
+                    raise SinkTraceFormatError(
+                        f"{str(path)!r} is an .npz file but not a SinkTrace (no header); "
+                        "write traces with SinkTrace.save()"
+                    )
+                header = json.loads(bytes(z["__header__"]).decode("utf-8"))
+                data = {name: z[name] for name in z.files if name != "__header__"}
+        except SinkTraceFormatError:
+            raise
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as exc:
+            raise SinkTraceFormatError(
+                f"{str(path)!r} is not a readable SinkTrace file ({type(exc).__name__}: {exc}); "
+                "it may be truncated or not written by SinkTrace.save()"
+            ) from exc
+        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+            raise SinkTraceFormatError(f"{str(path)!r} is not a SinkTrace file (format={header.get('format')!r})")
+        version = header.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise SinkTraceFormatError(
+                f"{str(path)!r} has SinkTrace format version {version!r}; this sinkwidgets reads up to "
+                f"{FORMAT_VERSION}: upgrade sinkwidgets (pip install -U sinkwidgets)"
+            )
+        missing = [n for n in ("sink_scores",) if n not in data]
+        if missing:
+            raise SinkTraceFormatError(f"{str(path)!r} lacks required arrays {missing}")
+        try:
+            return cls(tokens=header.get("tokens", []), meta=header.get("meta", {}), **data)
+        except (TypeError, ValueError) as exc:
+            raise SinkTraceFormatError(f"{str(path)!r} holds inconsistent arrays: {exc}") from exc
+
+    def to_bytes(self) -> bytes:
+        """The saved file's bytes (for sending a trace over a network or embedding it)."""
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **self._arrays())
+        return buf.getvalue()
+
+
+def _check(a: Any, shape: tuple[int, ...], name: str, dtype: Any) -> np.ndarray:
+    a = np.asarray(a, dtype=dtype)
+    if a.shape != shape:
+        raise ValueError(f"{name} must have shape {list(shape)}, got {list(a.shape)}")
+    return a
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
