@@ -1,0 +1,287 @@
+"""Sink metrics on a :class:`~sinkwidgets.SinkTrace` or on plain numpy arrays (no torch needed).
+
+Conventions: attention arrays are post-softmax with shape ``[..., T, T]`` (queries × keys); sink scores
+``α`` have shape ``[L, H, T]``; positions are 0-based. Every function accepts either a SinkTrace or the
+raw arrays named in its docstring. For a list of traces (e.g. 100 prompts), pass them one at a time and
+average, as Gu et al. do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from .sinktrace import SinkTrace
+
+__all__ = [
+    "Sink",
+    "SinksPerHead",
+    "MassiveActivation",
+    "sink_scores",
+    "sink_heads",
+    "sink_ratio",
+    "find_sinks",
+    "sinks_per_head",
+    "first_token_mass",
+    "attention_entropy",
+    "massive_activations",
+    "DEFAULT_MIN_QUERIES",
+]
+
+#: Keys near the end of a prompt are seen by very few queries (the last key by exactly one), so their α is
+#: a noisy mean over 1–3 rows and is trivially large. ``find_sinks`` ignores keys with fewer queries.
+DEFAULT_MIN_QUERIES = 8
+
+
+# ----------------------------------------------------------------------------- helpers
+def _alpha(x: SinkTrace | np.ndarray) -> np.ndarray:
+    if isinstance(x, SinkTrace):
+        return x.sink_scores
+    a = np.asarray(x, dtype=np.float32)
+    if a.ndim != 3:
+        raise ValueError(f"expected sink scores of shape [L, H, T] or a SinkTrace, got an array of shape {a.shape}")
+    return a
+
+
+def _attn(attn: np.ndarray) -> np.ndarray:
+    a = np.asarray(attn, dtype=np.float64)
+    if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
+        raise ValueError(f"attention must have shape [..., T, T] (queries × keys), got {a.shape}")
+    return a
+
+
+def _check_eps(eps: float) -> float:
+    if not (0.0 <= float(eps) < 1.0):
+        raise ValueError(f"eps must be in [0, 1) (a fraction of attention), got {eps!r}; Gu et al. use 0.3, Zhang et al. 0.2")
+    return float(eps)
+
+
+def _check_key(k: int, T: int) -> int:
+    if not (-T <= int(k) < T):
+        raise ValueError(f"key position k={k} is outside the prompt (T={T} tokens; valid 0..{T - 1})")
+    return int(k) % T
+
+
+# ----------------------------------------------------------------------------- α
+def sink_scores(attn: np.ndarray, causal: bool = True) -> np.ndarray:
+    r"""Per-key sink score α (Gu et al. 2025, "When Attention Sink Emerges", §3.2).
+
+    .. math:: \alpha_k^{l,h} = \frac{1}{T-k}\sum_{t=k}^{T-1} A^{l,h}_{t,k}   \quad(\text{0-based, causal})
+
+    the mean attention key ``k`` receives from the queries that can see it. For bidirectional
+    (encoder) attention every query sees every key, so the mean runs over all ``T`` queries.
+
+    Parameters
+    ----------
+    attn : array ``[..., T, T]``
+        Post-softmax attention (queries × keys), e.g. ``[L, H, T, T]``.
+    causal : bool
+        Causal (decoder) attention: average over queries ``t >= k`` only.
+
+    Returns
+    -------
+    array ``[..., T]`` (float32)
+    """
+    a = _attn(attn)
+    T = a.shape[-1]
+    if causal:
+        counts = T - np.arange(T)
+        tri = np.tril(np.ones((T, T), dtype=bool))  # query t can see key k iff k <= t
+        total = np.where(tri, a, 0.0).sum(-2)
+    else:
+        counts = np.full(T, T)
+        total = a.sum(-2)
+    return (total / counts).astype(np.float32)
+
+
+def sink_heads(trace: SinkTrace | np.ndarray, k: int = 0, eps: float = 0.3) -> np.ndarray:
+    r"""Which heads treat key ``k`` as a sink: ``α_k^{l,h} > ε`` → bool ``[L, H]`` (Gu et al. §3.2)."""
+    a = _alpha(trace)
+    k = _check_key(k, a.shape[-1])
+    return a[:, :, k] > _check_eps(eps)
+
+
+def sink_ratio(trace: SinkTrace | np.ndarray, k: int = 0, eps: float = 0.3) -> float:
+    r"""Gu et al.'s :math:`\mathrm{Sink}_k^{\varepsilon}`: the fraction of heads whose α of key ``k`` exceeds ε.
+
+    .. math:: \mathrm{Sink}_k^\varepsilon = \frac{1}{L}\sum_l \frac{1}{H}\sum_h \mathbb 1(\alpha_k^{l,h} > \varepsilon)
+
+    It is a fraction of heads, not an attention mass. Gu et al. use ε = 0.3 and T = 64 ("When Attention
+    Sink Emerges", §3.2, Table 1).
+    """
+    return float(sink_heads(trace, k, eps).mean())
+
+
+@dataclass(frozen=True)
+class Sink:
+    """One sink: head ``(layer, head)`` puts mean attention ``alpha`` on key ``k`` (token ``token``)."""
+
+    layer: int
+    head: int
+    k: int
+    alpha: float
+    token: str = ""
+    n_queries: int = 0
+
+    @property
+    def prompt_dependent(self) -> bool:
+        """Sinks after the first token depend on the prompt (punctuation, boundaries): Zhang et al."""
+        return self.k > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _query_counts(trace: SinkTrace | np.ndarray, T: int, causal: bool | None) -> np.ndarray:
+    if causal is None:
+        causal = trace.causal if isinstance(trace, SinkTrace) else True
+    return (T - np.arange(T)) if causal else np.full(T, T)
+
+
+def find_sinks(
+    trace: SinkTrace | np.ndarray,
+    eps: float = 0.2,
+    exclude_first: bool = False,
+    min_queries: int = DEFAULT_MIN_QUERIES,
+    causal: bool | None = None,
+) -> list[Sink]:
+    r"""All (layer, head, key) with α > ε: the sinks of a prompt (Zhang et al. 2025 use ε = 0.2, §K).
+
+    ``k = 0`` is the prompt-independent first-token sink; ``k > 0`` sinks are prompt-dependent
+    (punctuation, sentence boundaries). Keys seen by fewer than ``min_queries`` queries are skipped: the last
+    key's α is a single attention weight and the last few are means of 2–3 rows, which makes trivial
+    end-of-prompt "sinks". (In a prompt shorter than ``min_queries`` tokens, only key 0 is kept.)
+
+    Parameters
+    ----------
+    trace : SinkTrace or array ``[L, H, T]`` of α
+    eps : float
+        Threshold on α.
+    exclude_first : bool
+        Drop ``k = 0`` (keep only prompt-dependent sinks).
+    min_queries : int
+        Minimum number of queries a key needs to count.
+
+    Returns
+    -------
+    list of :class:`Sink`, strongest first.
+    """
+    a = _alpha(trace)
+    eps = _check_eps(eps)
+    if min_queries < 1:
+        raise ValueError(f"min_queries must be >= 1, got {min_queries}")
+    T = a.shape[-1]
+    nq = _query_counts(trace, T, causal)
+    valid = nq >= min(min_queries, int(nq[0]))
+    if exclude_first:
+        valid[0] = False
+    tokens = trace.tokens if isinstance(trace, SinkTrace) else None
+    ls, hs, ks = np.nonzero((a > eps) & valid[None, None, :])
+    out = [
+        Sink(int(l), int(h), int(k), float(a[l, h, k]), tokens[k] if tokens else "", int(nq[k]))
+        for l, h, k in zip(ls, hs, ks)
+    ]
+    out.sort(key=lambda s: -s.alpha)
+    return out
+
+
+@dataclass(frozen=True)
+class SinksPerHead:
+    """Number of sinks per head and its two averages (Zhang et al. report 1.125 vs 2.196, §5)."""
+
+    counts: np.ndarray  #: int ``[L, H]``
+    mean_all: float  #: mean over all heads
+    mean_sink_heads: float  #: mean over heads with at least one sink (NaN if none)
+    eps: float
+
+
+def sinks_per_head(
+    trace: SinkTrace | np.ndarray, eps: float = 0.2, min_queries: int = DEFAULT_MIN_QUERIES, causal: bool | None = None
+) -> SinksPerHead:
+    r"""Count :math:`n^{l,h} = |\{k : \alpha_k^{l,h} > \varepsilon\}|` per head, and average it over all heads
+    and over sink heads only (the paper's average is ambiguous between the two; both are reported).
+    Keys with fewer than ``min_queries`` queries are not counted (see :func:`find_sinks`)."""
+    a = _alpha(trace)
+    eps = _check_eps(eps)
+    T = a.shape[-1]
+    nq = _query_counts(trace, T, causal)
+    valid = nq >= min(min_queries, int(nq[0]))
+    counts = ((a > eps) & valid[None, None, :]).sum(-1).astype(np.int64)
+    has = counts > 0
+    return SinksPerHead(
+        counts=counts,
+        mean_all=float(counts.mean()),
+        mean_sink_heads=float(counts[has].mean()) if has.any() else float("nan"),
+        eps=eps,
+    )
+
+
+# ----------------------------------------------------------------------------- mass and entropy
+def first_token_mass(trace: SinkTrace | np.ndarray, first: int = 0) -> np.ndarray:
+    r"""Mean attention on the first real token over queries ``t >= 1`` → ``[L, H]`` (or ``[...]``).
+
+    .. math:: m^{l,h} = \frac{1}{T-1}\sum_{t=1}^{T-1} A^{l,h}_{t,0}
+
+    Query 0 is left out because it can only attend to itself. (StreamingLLM App. F reports the last query's
+    mass; the mean over queries is less noisy.) On a SinkTrace, returns the value computed during tracing.
+    ``first`` is the position of the first real token in a raw (e.g. left-padded) attention array.
+    """
+    if isinstance(trace, SinkTrace):
+        return trace.first_token_mass
+    a = _attn(trace)[..., first:, first:]
+    if a.shape[-1] < 2:
+        raise ValueError("first-token mass needs at least 2 tokens")
+    return a[..., 1:, 0].mean(-1).astype(np.float32)
+
+
+def attention_entropy(trace: SinkTrace | np.ndarray) -> np.ndarray:
+    r"""Mean attention entropy per head (nats) → ``[L, H]`` (Clark et al. 2019, §3.3).
+
+    .. math:: H^{l,h} = \frac{1}{T}\sum_t -\sum_j A^{l,h}_{t,j}\log A^{l,h}_{t,j}
+
+    Low entropy = focused heads (a sink head is near 0); ``log(t+1)`` is the maximum for causal row ``t``.
+    """
+    if isinstance(trace, SinkTrace):
+        return trace.entropy
+    a = _attn(trace)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(a > 0, a * np.log(a), 0.0).sum(-1)
+    return ent.mean(-1).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- massive activations
+@dataclass(frozen=True)
+class MassiveActivation:
+    """A residual-stream activation that is huge in absolute terms and relative to its layer's median."""
+
+    layer: int
+    token: int
+    channel: int
+    value: float
+    ratio: float  #: |value| / median |h| of the layer
+    token_str: str = ""
+
+
+def massive_activations(trace: SinkTrace, abs_thr: float = 100.0, ratio: float = 1000.0) -> list[MassiveActivation]:
+    r"""Massive activations (Sun et al. 2024, "Massive Activations in LLMs", §2.2).
+
+    An activation :math:`h` of a layer's output qualifies when :math:`|h| > \text{abs\_thr}` (100) and
+    :math:`|h| \ge \text{ratio} \times \operatorname{median}|h|` (1000×) of that layer's hidden state.
+    Uses the per-layer top activations recorded during tracing (``top_activations [L, K]``).
+    """
+    if not isinstance(trace, SinkTrace):
+        raise TypeError(f"massive_activations needs a SinkTrace (got {type(trace).__name__}); trace a model first")
+    if trace.top_activations is None or trace.median_abs_activation is None:
+        raise ValueError("this trace has no top activations recorded; trace it with sinkwidgets.trace()")
+    out = []
+    for l in range(trace.top_activations.shape[0]):
+        med = float(trace.median_abs_activation[l])
+        for j in range(trace.top_activations.shape[1]):
+            v = float(trace.top_activations[l, j])
+            r = abs(v) / med if med > 0 else float("inf")
+            if abs(v) > abs_thr and r >= ratio:
+                t = int(trace.top_act_tokens[l, j])
+                out.append(MassiveActivation(l, t, int(trace.top_act_channels[l, j]), v, r, trace.tokens[t]))
+    return out

@@ -1,0 +1,116 @@
+"""Where the layers, attention probabilities, per-head outputs and residual stream live in each architecture.
+
+An :class:`Adapter` names module paths relative to the Hugging Face model (the nnsight envoy mirrors them):
+
+- ``layers``: the ``ModuleList`` of transformer blocks;
+- ``attn``: inside a block, the module whose output is ``(attn_output, attn_weights)`` with weights
+  ``[B, H, T, T]`` under eager attention;
+- ``o_proj``: inside a block, the output projection whose *input* is the concatenation of per-head outputs
+  ``[B, T, H * Dh]``;
+- ``o_proj_layout``: ``"linear"`` (weight ``[d, H*Dh]``) or ``"conv1d"`` (GPT-2's transposed ``[H*Dh, d]``).
+
+Families not listed go through :func:`generic_adapter`, which guesses the paths; :func:`validate` then
+checks at load time that the traced probabilities have the right shape and sum to one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Adapter:
+    family: str
+    layers: str
+    attn: str
+    o_proj: str
+    o_proj_layout: str = "linear"
+    causal: bool = True
+
+
+_LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "olmo", "olmo2",
+               "phi3", "granite", "smollm3", "starcoder2", "cohere")
+FAMILIES: dict[str, Adapter] = {}
+for _t in _LLAMA_LIKE:
+    FAMILIES[_t] = Adapter(_t, "model.layers", "self_attn", "self_attn.o_proj")
+FAMILIES["gemma3"] = Adapter("gemma3", "model.language_model.layers", "self_attn", "self_attn.o_proj")
+FAMILIES["gpt2"] = Adapter("gpt2", "transformer.h", "attn", "attn.c_proj", "conv1d")
+for _t in ("bert", "roberta", "xlm-roberta", "electra"):
+    FAMILIES[_t] = Adapter(_t, "encoder.layer", "attention.self", "attention.output.dense", causal=False)
+
+SUPPORTED = "Llama/SmolLM2, Mistral, Qwen2/Qwen3, Gemma 2/3, OLMo, Phi-3, GPT-2, BERT/RoBERTa (encoders)"
+
+
+class UnsupportedModelError(ValueError):
+    """sinkwidgets cannot find or trace this architecture's attention probabilities."""
+
+
+def get_path(root: torch.nn.Module, path: str):
+    obj = root
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def has_path(root, path: str) -> bool:
+    try:
+        get_path(root, path)
+        return True
+    except AttributeError:
+        return False
+
+
+def adapter_for(hf_model: torch.nn.Module) -> Adapter:
+    """The adapter for a loaded HF model: by ``config.model_type``, with the base-model prefix resolved."""
+    mtype = getattr(hf_model.config, "model_type", "")
+    base = FAMILIES.get(mtype)
+    candidates = [base] if base else []
+    candidates.append(generic_adapter(hf_model))
+    for ad in candidates:
+        if ad is None:
+            continue
+        # a bare encoder (BertModel) has no "bert." prefix; a task head (BertForMaskedLM) has one
+        for prefix in ("", getattr(hf_model, "base_model_prefix", "") + "."):
+            path = prefix + ad.layers if prefix != "." else ad.layers
+            if has_path(hf_model, path):
+                layers = get_path(hf_model, path)
+                if len(layers) and has_path(layers[0], ad.attn) and has_path(layers[0], ad.o_proj):
+                    return Adapter(ad.family, path, ad.attn, ad.o_proj, ad.o_proj_layout, ad.causal)
+    raise UnsupportedModelError(
+        f"cannot find the attention modules of a {type(hf_model).__name__} (model_type={mtype!r}). "
+        f"Supported families: {SUPPORTED}. Other models work when their blocks are a ModuleList whose attention "
+        "module returns (output, weights) under eager attention; please open an issue with the model id."
+    )
+
+
+def generic_adapter(hf_model: torch.nn.Module) -> Adapter | None:
+    """Guess the paths for an unlisted architecture: the longest ModuleList of blocks with an attention child."""
+    n = getattr(hf_model.config, "num_hidden_layers", None)
+    best = None
+    for name, mod in hf_model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) and (n is None or len(mod) == n):
+            if best is None or len(mod) > len(best[1]):
+                best = (name, mod)
+    if best is None:
+        return None
+    name, layers = best
+    block = layers[0]
+    for attn in ("self_attn", "attn", "attention.self", "self_attention", "attention"):
+        if has_path(block, attn):
+            amod = get_path(block, attn)
+            for o in ("o_proj", "out_proj", "c_proj", "dense", "wo"):
+                if has_path(amod, o):
+                    layout = "conv1d" if type(get_path(amod, o)).__name__ == "Conv1D" else "linear"
+                    return Adapter("generic", name, attn, f"{attn}.{o}", layout, causal=bool(getattr(hf_model.config, "is_decoder", True)))
+    return None
+
+
+def per_head_wo(weight: torch.Tensor, layout: str, n_heads: int) -> torch.Tensor:
+    """The output projection split by head: ``[H, Dh, d]`` so that ``contrib_h = o_h @ W[h]``."""
+    w = weight.detach().float()
+    if layout == "linear":  # nn.Linear: y = x W^T, W [d, H*Dh]
+        w = w.t()
+    d_in, d = w.shape
+    return w.reshape(n_heads, d_in // n_heads, d)

@@ -1,0 +1,238 @@
+"""``load_model``: a short name, a hub id or a local directory → an nnsight-wrapped model ready to trace."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .registry import REGISTRY, ModelSpec, all_names, resolve_name
+
+
+class ModelNotFoundError(ValueError):
+    """The model name is neither a known short name, a local directory, nor reachable on the hub."""
+
+
+class HubUnreachableError(ConnectionError):
+    """The Hugging Face hub could not be reached to download a model."""
+
+
+@dataclass
+class ModelInfo:
+    """What sinkwidgets knows about a loaded model (attached to it as ``model.sinkwidgets``)."""
+
+    name: str  #: short name, hub id or local path as given
+    hub_id: str | None
+    path: str | None
+    architecture: str
+    family: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    head_dim: int
+    context_length: int | None
+    causal: bool
+    add_bos: bool | None  #: documented default (None: follow the tokenizer)
+    bos_note: str
+    adapter: Any = None
+    remote: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def unknown_model_error(name: str) -> ModelNotFoundError:
+    close = difflib.get_close_matches(name.lower(), all_names(), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ModelNotFoundError(
+        f"model {name!r} is not a known short name, a local directory, or a hub id (hub ids look like 'org/name').{hint} "
+        f"Known short names: {', '.join(REGISTRY)} (see `sinkwidgets models list`)."
+    )
+
+
+def _hub_error(name: str, exc: BaseException) -> Exception:
+    text = f"{type(exc).__name__}: {exc}"
+    offline = any(s in text for s in ("OfflineModeIsEnabled", "HF_HUB_OFFLINE", "offline mode"))
+    network = offline or any(
+        s in text for s in ("Connection", "connect", "resolve", "Max retries", "timed out", "Temporary failure",
+                            "LocalEntryNotFound", "couldn't connect", "Cannot reach", "Network")
+    )
+    if network:
+        why = "hub access is disabled (HF_HUB_OFFLINE=1)" if offline else "the Hugging Face hub could not be reached"
+        return HubUnreachableError(
+            f"cannot load {name!r}: {why}. Use an offline model instead: `sinkwidgets models fetch smollm2-135m` "
+            f"(also {', '.join(n for n in REGISTRY if n != 'smollm2-135m')}), then load_model('smollm2-135m'); "
+            "or pass a local directory with a saved Hugging Face model."
+        )
+    if any(s in text for s in ("not a valid model identifier", "RepositoryNotFound", "404", "does not appear to have", "HFValidationError")):
+        return unknown_model_error(name)
+    return exc if isinstance(exc, Exception) else RuntimeError(text)
+
+
+def _resolve(name_or_path: str | os.PathLike, fetch: bool) -> tuple[str, ModelSpec | None, bool]:
+    """→ (path or hub id to load, registry spec or None, is_local)."""
+    name = str(name_or_path)
+    spec = resolve_name(name)
+    if spec is not None and not Path(name).is_dir():
+        from .fetch import fetch_model, is_cached, model_dir
+
+        if is_cached(spec.name):
+            return str(model_dir(spec.name)), spec, True
+        if fetch:
+            return str(fetch_model(spec.name)), spec, True
+        raise ModelNotFoundError(f"offline model {spec.name!r} is not fetched yet: run `sinkwidgets models fetch {spec.name}`")
+    p = Path(name).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelNotFoundError(f"directory {str(p)!r} has no config.json: it is not a saved Hugging Face model")
+        return str(p), spec, True
+    if p.suffix or name.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"no model directory at {name!r} (the path does not exist)")
+    if "/" not in name:
+        raise unknown_model_error(name)
+    return name, None, False
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    *,
+    remote: bool = False,
+    device: str | None = None,
+    dtype: Any = None,
+    fetch: bool = True,
+    validate: bool = True,
+    **hf_kwargs: Any,
+):
+    """Load a model for tracing attention sinks; returns an nnsight ``TransformersModel``.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        A short name from the registry (``smollm2-135m``, ``gemma3-270m``, ``minilm-l6``; see
+        ``sinkwidgets models list``), a Hugging Face hub id (``"Qwen/Qwen3-0.6B"``), or a local directory
+        holding a saved Hugging Face model.
+    remote : bool
+        Run traces on NDIF (nnsight ``remote=True``): the weights are not downloaded, only the config.
+    device : str, optional
+        ``"cpu"`` (default), ``"cuda"``, or ``"auto"`` to spread a large model with ``device_map="auto"``.
+    dtype : torch dtype or str, optional
+        ``torch.float32`` by default on CPU; ``"bfloat16"``/``"float16"`` pass through for GPUs.
+    fetch : bool
+        Download and convert an offline model on first use (``sinkwidgets models fetch`` does it explicitly).
+    validate : bool
+        Run a 6-token probe to check that attention probabilities can be traced and sum to one.
+    **hf_kwargs
+        Passed to ``from_pretrained`` (e.g. ``revision``, ``trust_remote_code``).
+
+    The model is switched to eager attention so its probabilities exist. ``model.sinkwidgets`` is a
+    :class:`ModelInfo` with the architecture facts and the documented BOS default.
+    """
+    import torch
+
+    from .adapters import UnsupportedModelError, adapter_for
+
+    target, spec, local = _resolve(name_or_path, fetch)
+    if isinstance(dtype, str):
+        try:
+            dtype = getattr(torch, dtype)
+        except AttributeError:
+            raise ValueError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'") from None
+    if dtype is None:
+        dtype = torch.float32
+    if remote:
+        from ..remote import load_remote_model  # issue: remote tracing
+
+        return load_remote_model(target, spec=spec, dtype=dtype, **hf_kwargs)
+
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    prev = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        try:
+            config = AutoConfig.from_pretrained(target, **hf_kwargs)
+            tok = AutoTokenizer.from_pretrained(target, **{k: v for k, v in hf_kwargs.items() if k in ("revision", "trust_remote_code")})
+        except Exception as exc:  # noqa: BLE001 - translated into a clear error below
+            if local:
+                raise ModelNotFoundError(f"cannot read the model at {target!r}: {type(exc).__name__}: {exc}") from exc
+            raise _hub_error(str(name_or_path), exc) from exc
+        encoder = _is_encoder(config, spec)
+        cls = AutoModel if encoder else AutoModelForCausalLM
+        load_kwargs = dict(dtype=dtype, attn_implementation="eager", **hf_kwargs)
+        if device == "auto":
+            load_kwargs["device_map"] = "auto"
+        try:
+            hf = cls.from_pretrained(target, **load_kwargs)
+        except Exception as exc:  # noqa: BLE001
+            if local:
+                raise
+            raise _hub_error(str(name_or_path), exc) from exc
+    finally:
+        hf_logging.set_verbosity(prev)
+    hf.eval().requires_grad_(False)
+    if device not in (None, "auto", "cpu"):
+        hf.to(device)
+    try:
+        hf.set_attn_implementation("eager")
+    except Exception as exc:  # noqa: BLE001
+        raise UnsupportedModelError(
+            f"{type(hf).__name__} cannot switch to eager attention ({exc}); its attention probabilities cannot be traced"
+        ) from exc
+    adapter = adapter_for(hf)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    tok.padding_side = "left"
+
+    from nnsight.modeling.transformers import TransformersModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = TransformersModel(hf, tokenizer=tok, task="feature-extraction" if encoder else "text-generation")
+    model.sinkwidgets = _info(name_or_path, target if local else None, spec, hf, adapter)
+    if validate:
+        from ..tracing import validate_model
+
+        validate_model(model)
+    return model
+
+
+def _is_encoder(config, spec: ModelSpec | None) -> bool:
+    if spec is not None:
+        return spec.task == "feature-extraction"
+    if getattr(config, "is_encoder_decoder", False):
+        from .adapters import UnsupportedModelError, SUPPORTED
+
+        raise UnsupportedModelError(
+            f"encoder-decoder models ({config.model_type}) are not supported yet; supported: {SUPPORTED}"
+        )
+    return config.model_type in ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2")
+
+
+def _info(name, path, spec, hf, adapter) -> ModelInfo:
+    from .adapters import get_path
+
+    cfg = hf.config
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    H = getattr(text_cfg, "num_attention_heads", None) or getattr(text_cfg, "n_head")
+    d = getattr(text_cfg, "hidden_size", None) or getattr(text_cfg, "n_embd")
+    ctx = getattr(text_cfg, "max_position_embeddings", None) or getattr(text_cfg, "n_positions", None)
+    return ModelInfo(
+        name=str(name),
+        hub_id=spec.hub_id if spec else (None if path else str(name)),
+        path=path,
+        architecture=type(hf).__name__,
+        family=adapter.family,
+        n_layers=len(get_path(hf, adapter.layers)),
+        n_heads=int(H),
+        n_kv_heads=int(getattr(text_cfg, "num_key_value_heads", None) or H),
+        d_model=int(d),
+        head_dim=int(getattr(text_cfg, "head_dim", None) or d // H),
+        context_length=int(ctx) if ctx else None,
+        causal=adapter.causal,
+        add_bos=spec.add_bos if spec else None,
+        bos_note=spec.bos_note if spec else "not in the registry: add_bos follows the tokenizer's default unless given",
+        adapter=adapter,
+    )

@@ -1,0 +1,419 @@
+"""``trace``: run prompts through a model with nnsight and reduce attention to sink summaries *inside* the trace.
+
+Only small tensors leave the trace: per-key sink scores ``[L, H, T]``, first-token mass and entropy
+``[L, H]``, residual norms ``[L, T]`` and the top activations per layer; full ``[T, T]`` maps only for the
+layers/heads that ``keep_maps`` asks for. This is what keeps memory near a plain forward pass at long
+context, and what makes remote (NDIF) traces cheap to download.
+
+Batches are left-padded; every summary is computed over real tokens only, with position ids that start at 0
+at each prompt's first real token, so a prompt gives the same results alone or in a padded batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .sinktrace import SinkTrace
+
+#: Query rows reduced at once inside the trace: bounds the temporaries to [B, H, CHUNK, T] instead of
+#: [B, H, T, T] (at T = 4096 on SmolLM2 a full temporary would be 600 MB per layer).
+QUERY_CHUNK = 512
+#: Largest-|h| residual activations recorded per layer (massive activations, Sun et al.).
+TOP_K_ACTIVATIONS = 8
+
+
+class TraceError(RuntimeError):
+    """The model's attention could not be traced (wrong shapes, probabilities that do not sum to one)."""
+
+
+# ----------------------------------------------------------------------------- tokenization
+def _info(model):
+    info = getattr(model, "sinkwidgets", None)
+    if info is None:
+        raise TypeError(
+            f"trace() needs a model from sinkwidgets.load_model(), got {type(model).__name__}; "
+            "e.g. model = sinkwidgets.load_model('smollm2-135m')"
+        )
+    return info
+
+
+def tokenize(model, text: str, add_bos: bool | None) -> tuple[list[int], bool]:
+    """Token ids for one prompt with explicit BOS handling → (ids, add_bos actually used).
+
+    ``add_bos=True``: token 0 is the model's BOS-like special token (``<bos>``, ``[CLS]``), prepended if the
+    tokenizer does not add it. ``False``: no leading special token. ``None``: the model's documented default
+    from the registry, else the tokenizer's own behaviour.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError("text is empty: pass a prompt with at least one word, e.g. trace(model, 'The cat sat.')")
+    tok = model.tokenizer
+    info = _info(model)
+    ids = list(tok(text, add_special_tokens=True)["input_ids"])
+    plain = list(tok(text, add_special_tokens=False)["input_ids"])
+    specials = set(tok.all_special_ids)
+    leads = bool(ids) and ids[0] in specials and (not plain or plain[0] != ids[0])
+    if add_bos is None:
+        add_bos = info.add_bos if info.add_bos is not None else leads
+    if add_bos and not leads:
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+        if bos is None:
+            raise ValueError(f"add_bos=True but the tokenizer of {info.name!r} has no BOS/CLS token; use add_bos=False")
+        ids = [bos] + ids
+    elif not add_bos and leads:
+        ids = ids[1:]
+    if not ids:
+        raise ValueError(f"text {text[:40]!r} produced no tokens")
+    return ids, bool(add_bos)
+
+
+# ----------------------------------------------------------------------------- in-trace reductions
+def reduce_attention(A: torch.Tensor, qmask: torch.Tensor, first: torch.Tensor, n_real: torch.Tensor, causal: bool):
+    """Reduce one layer's attention ``A [B, H, T, T]`` to ``alpha [B, H, T]``, ``ftm [B, H]``, ``ent [B, H]``.
+
+    ``qmask [B, T]`` marks real tokens (left padding is 0), ``first [B]`` is each row's first real position,
+    ``n_real [B]`` its number of real tokens. Works on query chunks so temporaries stay ``[B, H, chunk, T]``.
+    """
+    B, H, T, _ = A.shape
+    alpha_sum = torch.zeros(B, H, T, dtype=torch.float32, device=A.device)
+    ftm_sum = torch.zeros(B, H, dtype=torch.float32, device=A.device)
+    ent_sum = torch.zeros(B, H, dtype=torch.float32, device=A.device)
+    bidx = torch.arange(B, device=A.device)
+    pos = torch.arange(T, device=A.device)
+    for s in range(0, T, QUERY_CHUNK):
+        Ac = A[:, :, s : s + QUERY_CHUNK].float()  # [B, H, c, T]
+        qm = qmask[:, None, s : s + QUERY_CHUNK].float()  # [B, 1, c]
+        alpha_sum += (Ac * qm[..., None]).sum(2)
+        # first-token mass: queries strictly after the first real token
+        col = Ac[bidx, :, :, first]  # [B, H, c]
+        after = (pos[s : s + QUERY_CHUNK][None, :] > first[:, None]).float()[:, None, :]  # [B, 1, c]
+        ftm_sum += (col * after).sum(-1)
+        ent_sum += (torch.special.entr(Ac).sum(-1) * qm).sum(-1)
+    n = n_real.float()
+    if causal:  # key k is seen by the queries t >= k: T - k of them (all real when k is real)
+        counts = (T - pos).float()[None, :].expand(B, T)
+    else:
+        counts = n[:, None].expand(B, T)
+    alpha = alpha_sum / counts[:, None, :]
+    ftm = ftm_sum / (n - 1).clamp_min(1)[:, None]
+    ent = ent_sum / n[:, None]
+    return alpha, ftm, ent
+
+
+def reduce_residual(h: torch.Tensor, qmask: torch.Tensor, k: int):
+    """Residual ``h [B, T, d]`` → norms ``[B, T]``, top-|h| values/flat indices ``[B, k]``, median |h| ``[B]``."""
+    h = h.float()
+    B, T, d = h.shape
+    norms = h.norm(dim=-1)
+    absd = h.abs()
+    real = qmask[:, :, None].bool()
+    flat = absd.masked_fill(~real, -1.0).reshape(B, T * d)
+    k = min(k, T * d)
+    _, idx = flat.topk(k, dim=-1)
+    vals = h.reshape(B, T * d).gather(1, idx)
+    med = absd.masked_fill(~real, float("nan")).reshape(B, T * d).nanmedian(dim=-1).values
+    return norms, vals, idx, med
+
+
+# ----------------------------------------------------------------------------- public API
+def _parse_keep_maps(keep_maps, L: int, H: int) -> dict[int, list[int]]:
+    """→ {layer: [heads]}."""
+    if keep_maps is None or keep_maps is False:
+        return {}
+    if keep_maps is True or keep_maps == "all":
+        return {l: list(range(H)) for l in range(L)}
+    if isinstance(keep_maps, int):
+        keep_maps = [keep_maps]
+    out: dict[int, list[int]] = {}
+    for item in keep_maps:
+        if isinstance(item, (tuple, list)) and len(item) == 2:
+            l, h = int(item[0]), int(item[1])
+            heads = [h]
+        elif isinstance(item, (int, np.integer)):
+            l, heads = int(item), list(range(H))
+        else:
+            raise ValueError(f"keep_maps entries must be a layer (int) or a (layer, head) pair, got {item!r}")
+        l = l + L if l < 0 else l
+        if not 0 <= l < L:
+            raise ValueError(f"keep_maps layer {item!r} is out of range: the model has layers 0..{L - 1}")
+        for h in heads:
+            if not 0 <= h < H:
+                raise ValueError(f"keep_maps head {h} is out of range: the model has heads 0..{H - 1}")
+        out.setdefault(l, [])
+        out[l] = sorted(set(out[l]) | set(heads))
+    return out
+
+
+def _parse_layers(sel, L: int) -> list[int]:
+    if sel is None or sel is False:
+        return []
+    if sel is True or sel == "all":
+        return list(range(L))
+    sel = [sel] if isinstance(sel, int) else list(sel)
+    out = sorted({(int(l) + L if int(l) < 0 else int(l)) for l in sel})
+    bad = [l for l in out if not 0 <= l < L]
+    if bad:
+        raise ValueError(f"keep_head_outputs layers {bad} out of range 0..{L - 1}")
+    return out
+
+
+def trace(
+    model,
+    text_or_texts: str | Sequence[str],
+    *,
+    add_bos: bool | None = None,
+    max_tokens: int | None = None,
+    keep_maps: Any = None,
+    keep_head_outputs: Any = False,
+    map_dtype: str = "float16",
+    batch_size: int = 8,
+    top_k: int = TOP_K_ACTIVATIONS,
+    remote: bool | str = False,
+    progress: bool | None = None,
+) -> SinkTrace | list[SinkTrace]:
+    """Trace prompts through a model and return their sink summaries.
+
+    Parameters
+    ----------
+    model
+        A model from :func:`sinkwidgets.load_model`.
+    text_or_texts : str or list of str
+        One prompt (→ a :class:`SinkTrace`) or several (→ a list, traced in left-padded batches).
+    add_bos : bool, optional
+        Whether token 0 is the model's BOS-like token. ``None`` uses the model's documented default
+        (``model.sinkwidgets.add_bos``: SmolLM2 False, Gemma 3 True, MiniLM True ([CLS])), else the tokenizer's.
+        The value used is recorded in ``trace.meta['add_bos']``.
+    max_tokens : int, optional
+        Truncate longer prompts to this many tokens (recorded in ``meta['truncated']`` and
+        ``meta['n_tokens_original']``). Without it, a prompt longer than the model's context is an error.
+    keep_maps : None, "all", int, list of layers or of (layer, head) pairs
+        Which full attention maps ``[T, T]`` to keep (``map_dtype``, float16 by default).
+    keep_head_outputs : bool, "all" or list of layers
+        Keep each head's contribution to the residual stream (after ``W_O``), ``[N, H, T, d]`` float32.
+    batch_size : int
+        Prompts per forward pass when tracing a list.
+    top_k : int
+        Largest-|h| residual activations to record per layer (for :func:`~sinkwidgets.massive_activations`).
+    remote : bool or str
+        Run on NDIF (see the remote docs); ``False`` runs locally.
+    progress : bool, optional
+        Show a progress bar over batches (default: when tracing more than one batch).
+    """
+    info = _info(model)
+    single = isinstance(text_or_texts, str)
+    texts = [text_or_texts] if single else list(text_or_texts)
+    if not texts:
+        raise ValueError("no prompts given: pass a string or a non-empty list of strings")
+    if map_dtype not in ("float16", "float32"):
+        raise ValueError(f"map_dtype must be 'float16' or 'float32', got {map_dtype!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    L, H = info.n_layers, info.n_heads
+    maps_sel = _parse_keep_maps(keep_maps, L, H)
+    ho_layers = _parse_layers(keep_head_outputs, L)
+    ctx = info.context_length
+
+    encoded = []
+    for text in texts:
+        ids, used_bos = tokenize(model, text, add_bos)
+        n_orig = len(ids)
+        limit = max_tokens
+        if limit is not None:
+            if limit < 2:
+                raise ValueError(f"max_tokens must be >= 2, got {max_tokens}")
+            if ctx and limit > ctx:
+                raise ValueError(f"max_tokens={limit} exceeds the context length of {info.name!r} ({ctx} tokens)")
+            ids = ids[:limit]
+        elif ctx and n_orig > ctx:
+            raise ValueError(
+                f"the prompt has {n_orig} tokens, more than the context length of {info.name!r} ({ctx}); "
+                f"pass max_tokens={ctx} (or fewer) to truncate it, which the trace records"
+            )
+        encoded.append((text, ids, used_bos, n_orig))
+
+    batches = [encoded[i : i + batch_size] for i in range(0, len(encoded), batch_size)]
+    show = progress if progress is not None else len(batches) > 1
+    it = batches
+    if show:
+        from tqdm.auto import tqdm
+
+        it = tqdm(batches, desc=f"tracing {info.name}", unit="batch")
+    out: list[SinkTrace] = []
+    for batch in it:
+        out.extend(_trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remote))
+    return out[0] if single else out
+
+
+def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remote) -> list[SinkTrace]:
+    from .models.adapters import get_path, per_head_wo
+
+    ad = info.adapter
+    B = len(batch)
+    T = max(len(ids) for _, ids, _, _ in batch)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    for b, (_, ids, _, _) in enumerate(batch):
+        input_ids[b, T - len(ids) :] = torch.tensor(ids)
+        mask[b, T - len(ids) :] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    first = (T - mask.sum(-1)).long()
+    n_real = mask.sum(-1)
+    causal = ad.causal
+    dev = _device(model)
+    inputs = dict(input_ids=input_ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids.to(dev))
+    qmask = mask.to(dev)
+    first_d, n_real_d = first.to(dev), n_real.to(dev)
+
+    layers = get_path(model, ad.layers)
+    per_layer: list = []
+    maps_out: dict = {}
+    ho_out: dict = {}
+    t0 = time.perf_counter()
+    kwargs = {"remote": remote} if remote else {}
+    with torch.no_grad(), model.trace(inputs, **_forward_kwargs(causal), **kwargs):
+        for l in range(len(layers)):
+            layer = layers[l]
+            if l in ho_layers:
+                ho_out[l] = get_path(layer, ad.o_proj).input.save()
+            attn_out = get_path(layer, ad.attn).output
+            A = attn_out[1]
+            alpha, ftm, ent = reduce_attention(A, qmask, first_d, n_real_d, causal)
+            if l in maps_sel:
+                maps_out[l] = A[:, maps_sel[l]].to(getattr(torch, map_dtype)).save()
+            h = layer.output
+            h = h[0] if isinstance(h, tuple) else h
+            norms, vals, idx, med = reduce_residual(h, qmask, top_k)
+            per_layer.append((alpha.save(), ftm.save(), ent.save(), norms.save(), vals.save(), idx.save(), med.save()))
+    elapsed = time.perf_counter() - t0
+
+    # stack to numpy [L, ...]
+    def stack(i):
+        return torch.stack([p[i].detach().float().cpu() for p in per_layer]).numpy()
+
+    alpha, ftm, ent, norms, vals, idx = (stack(i) for i in range(6))
+    med = stack(6)
+    d = info.d_model
+    idx = torch.stack([p[5].cpu() for p in per_layer]).numpy()  # int64 flat indices (not via float)
+    wo = {}
+    if ho_layers:
+        for l in ho_layers:
+            wo[l] = per_head_wo(get_path(layers[l]._module if hasattr(layers[l], "_module") else layers[l], ad.o_proj).weight,
+                                ad.o_proj_layout, info.n_heads)
+    results = []
+    for b, (text, ids, used_bos, n_orig) in enumerate(batch):
+        f = int(first[b])
+        tokens = [model.tokenizer.decode([i]) for i in ids]
+        meta = {
+            "model": info.name,
+            "hub_id": info.hub_id,
+            "architecture": info.architecture,
+            "family": info.family,
+            "n_layers": info.n_layers,
+            "n_heads": info.n_heads,
+            "n_kv_heads": info.n_kv_heads,
+            "d_model": info.d_model,
+            "head_dim": info.head_dim,
+            "causal": causal,
+            "add_bos": used_bos,
+            "bos_note": info.bos_note,
+            "text": text,
+            "truncated": len(ids) < n_orig,
+            "n_tokens_original": n_orig,
+            "batch_size": len(batch),
+            "trace_seconds": round(elapsed, 3),
+            "remote": bool(remote),
+            "sinkwidgets_version": _version(),
+        }
+        fi = idx[:, b]  # [L, K] flat indices into [T_padded * d]
+        kept = sorted((l, h) for l, hs in maps_sel.items() for h in hs)
+        maps = None
+        if kept:
+            maps = np.stack([maps_out[l][b, maps_sel[l].index(h), f:, f:].cpu().numpy() for l, h in kept])
+        head_outputs = None
+        if ho_layers:
+            hos = []
+            for l in ho_layers:
+                x = ho_out[l][b, f:].float().cpu()  # [t, H*Dh]
+                per_head = x.reshape(x.shape[0], info.n_heads, -1).transpose(0, 1)  # [H, t, Dh]
+                hos.append(torch.einsum("htk,hkd->htd", per_head, wo[l].cpu()).numpy())
+            head_outputs = np.stack(hos)
+        results.append(
+            SinkTrace(
+                sink_scores=alpha[:, b, :, f:],
+                first_token_mass=ftm[:, b],
+                entropy=ent[:, b],
+                resid_norms=norms[:, b, f:],
+                token_ids=np.asarray(ids, dtype=np.int64),
+                tokens=tokens,
+                top_activations=vals[:, b],
+                top_act_tokens=(fi // d - f).astype(np.int32),
+                top_act_channels=(fi % d).astype(np.int32),
+                median_abs_activation=med[:, b],
+                maps=maps,
+                map_index=np.asarray(kept, dtype=np.int32).reshape(-1, 2) if kept else None,
+                head_outputs=head_outputs,
+                head_output_layers=np.asarray(ho_layers, dtype=np.int32) if ho_layers else None,
+                meta=meta,
+            )
+        )
+    return results
+
+
+def _forward_kwargs(causal: bool) -> dict:
+    """Decoders: no KV cache (not needed for one forward pass, and it costs memory at long T)."""
+    return {"use_cache": False} if causal else {}
+
+
+def _device(model) -> torch.device:
+    try:
+        return next(model._module.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def validate_model(model, atol: float = 1e-3) -> None:
+    """Trace a short probe and check the attention probabilities: shape ``[B, H, T, T]``, rows summing to one.
+
+    Raises :class:`TraceError` naming the model when its attention cannot be traced.
+    """
+    from .models.adapters import SUPPORTED, get_path
+
+    info = _info(model)
+    ad = info.adapter
+    ids = torch.tensor([list(range(5, 11))])
+    mask = torch.ones_like(ids)
+    dev = _device(model)
+    layers = get_path(model, ad.layers)
+    try:
+        with torch.no_grad(), model.trace(dict(input_ids=ids.to(dev), attention_mask=mask.to(dev)), **_forward_kwargs(ad.causal)):
+            A = get_path(layers[0], ad.attn).output[1].save()
+    except Exception as exc:  # noqa: BLE001
+        raise TraceError(
+            f"could not trace the attention of {info.name!r} ({info.architecture}): {type(exc).__name__}: {exc}. "
+            f"Supported families: {SUPPORTED}."
+        ) from exc
+    if not isinstance(A, torch.Tensor) or A.ndim != 4 or A.shape[-1] != A.shape[-2] != 6 or A.shape[1] != info.n_heads:
+        got = tuple(A.shape) if isinstance(A, torch.Tensor) else type(A).__name__
+        raise TraceError(
+            f"the attention module of {info.name!r} ({info.architecture}) did not return probabilities of shape "
+            f"[B, H={info.n_heads}, T, T] under eager attention (got {got}); supported families: {SUPPORTED}"
+        )
+    sums = A.float().sum(-1)
+    if not torch.allclose(sums, torch.ones_like(sums), atol=atol):
+        raise TraceError(
+            f"the traced attention of {info.name!r} does not sum to one over keys (row sums {sums.min():.3f}..{sums.max():.3f}); "
+            "it is not a softmax probability map this package can analyse"
+        )
