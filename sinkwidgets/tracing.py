@@ -280,10 +280,14 @@ def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remo
     with torch.no_grad(), model.trace(inputs, **_forward_kwargs(causal), **kwargs):
         for l in range(len(layers)):
             layer = layers[l]
-            if l in ho_layers:
+            # nnsight needs values in forward order: an o_proj inside the attention module runs before the
+            # attention module returns; BERT's output dense layer runs after it
+            inner = ad.o_proj.startswith(ad.attn + ".")
+            if l in ho_layers and inner:
                 ho_out[l] = get_path(layer, ad.o_proj).input.save()
-            attn_out = get_path(layer, ad.attn).output
-            A = attn_out[1]
+            A = get_path(layer, ad.attn).output[1]
+            if l in ho_layers and not inner:
+                ho_out[l] = get_path(layer, ad.o_proj).input.save()
             alpha, ftm, ent = reduce_attention(A, qmask, first_d, n_real_d, causal)
             if l in maps_sel:
                 maps_out[l] = A[:, maps_sel[l]].to(getattr(torch, map_dtype)).save()

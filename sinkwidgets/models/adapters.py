@@ -47,11 +47,21 @@ class UnsupportedModelError(ValueError):
     """sinkwidgets cannot find or trace this architecture's attention probabilities."""
 
 
-def get_path(root: torch.nn.Module, path: str):
+def get_path(root, path: str):
+    """Follow a dotted module path on a torch module or on its nnsight envoy.
+
+    nnsight renames child modules whose names clash with envoy attributes (BERT's ``attention.output``
+    becomes ``attention.E_output``); this follows either spelling.
+    """
     obj = root
     for part in path.split("."):
+        if part in _ENVOY_NAMES and not isinstance(obj, torch.nn.Module) and hasattr(obj, "E_" + part):
+            part = "E_" + part
         obj = getattr(obj, part)
     return obj
+
+
+_ENVOY_NAMES = {"output", "input", "inputs", "source", "next", "all", "save", "skip"}
 
 
 def has_path(root, path: str) -> bool:

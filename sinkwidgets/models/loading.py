@@ -102,7 +102,7 @@ def load_model(
     device: str | None = None,
     dtype: Any = None,
     fetch: bool = True,
-    validate: bool = True,
+    validate: bool | None = None,
     **hf_kwargs: Any,
 ):
     """Load a model for tracing attention sinks; returns an nnsight ``TransformersModel``.
@@ -121,8 +121,9 @@ def load_model(
         ``torch.float32`` by default on CPU; ``"bfloat16"``/``"float16"`` pass through for GPUs.
     fetch : bool
         Download and convert an offline model on first use (``sinkwidgets models fetch`` does it explicitly).
-    validate : bool
-        Run a 6-token probe to check that attention probabilities can be traced and sum to one.
+    validate : bool, optional
+        Run a 6-token probe to check that attention probabilities can be traced and sum to one. By default
+        only for architectures outside the known families (the generic path).
     **hf_kwargs
         Passed to ``from_pretrained`` (e.g. ``revision``, ``trust_remote_code``).
 
@@ -151,6 +152,7 @@ def load_model(
 
     prev = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         try:
             config = AutoConfig.from_pretrained(target, **hf_kwargs)
@@ -172,6 +174,7 @@ def load_model(
             raise _hub_error(str(name_or_path), exc) from exc
     finally:
         hf_logging.set_verbosity(prev)
+        hf_logging.enable_progress_bar()
     hf.eval().requires_grad_(False)
     if device not in (None, "auto", "cpu"):
         hf.to(device)
@@ -192,7 +195,7 @@ def load_model(
         warnings.simplefilter("ignore")
         model = TransformersModel(hf, tokenizer=tok, task="feature-extraction" if encoder else "text-generation")
     model.sinkwidgets = _info(name_or_path, target if local else None, spec, hf, adapter)
-    if validate:
+    if validate or (validate is None and adapter.family == "generic"):
         from ..tracing import validate_model
 
         validate_model(model)
