@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 
@@ -73,6 +74,22 @@ def _threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def lr_factor(cfg: ToyConfig, i: int, steps: int) -> float:
+    """Multiplier of ``cfg.lr`` for update ``i`` (0-based): linear warm-up over ``cfg.warmup`` updates, then
+    constant or a cosine decay ``½(1 + cos(π·p))`` to 0 at the last update (``p`` = progress after warm-up)."""
+    w = cfg.warmup
+    if i < w:
+        return (i + 1) / (w + 1)
+    if cfg.schedule == "constant":
+        return 1.0
+    if cfg.schedule == "wsd":
+        n_decay = max(1, round(cfg.decay_frac * steps))
+        left = steps - i  # updates left including this one
+        return 1.0 if left > n_decay else left / n_decay
+    p = (i - w) / max(1, steps - w)
+    return 0.5 * (1.0 + math.cos(math.pi * p))
 
 
 @torch.no_grad()
@@ -151,6 +168,7 @@ def train(seed: int = 0, steps: int = 600, *, config: ToyConfig | None = None, p
             opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: lr_factor(cfg, i, steps))
         records, times = [], []
         t0 = time.perf_counter()
         running, n_running = 0.0, 0
@@ -178,6 +196,7 @@ def train(seed: int = 0, steps: int = 600, *, config: ToyConfig | None = None, p
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             running += loss.item()
             n_running += 1
             if step % cfg.log_every == 0 or step == steps:
