@@ -81,20 +81,35 @@ def reduce_attention(A: torch.Tensor, qmask: torch.Tensor, first: torch.Tensor, 
     ``n_real [B]`` its number of real tokens. Works on query chunks so temporaries stay ``[B, H, chunk, T]``.
     """
     B, H, T, _ = A.shape
-    alpha_sum = torch.zeros(B, H, T, dtype=torch.float32, device=A.device)
-    ftm_sum = torch.zeros(B, H, dtype=torch.float32, device=A.device)
-    ent_sum = torch.zeros(B, H, dtype=torch.float32, device=A.device)
-    bidx = torch.arange(B, device=A.device)
-    pos = torch.arange(T, device=A.device)
-    for s in range(0, T, QUERY_CHUNK):
-        Ac = A[:, :, s : s + QUERY_CHUNK].float()  # [B, H, c, T]
-        qm = qmask[:, None, s : s + QUERY_CHUNK].float()  # [B, 1, c]
-        alpha_sum += (Ac * qm[..., None]).sum(2)
+    chunks = ((s, A[:, :, s : s + QUERY_CHUNK]) for s in range(0, T, QUERY_CHUNK))
+    return reduce_attention_chunks(chunks, B, H, T, qmask, first, n_real, causal)
+
+
+def reduce_attention_chunks(chunks, B: int, H: int, T: int, qmask, first, n_real, causal: bool):
+    """:func:`reduce_attention` over ``(start, A[:, :, start:start + c])`` query chunks, however they are made.
+
+    The eager path slices a full map; the chunked path (:mod:`sinkwidgets.chunked`) recomputes each chunk of
+    probabilities from q and k, so no ``[T, T]`` map ever exists. Both share this accumulation.
+    """
+    alpha_sum = ftm_sum = ent_sum = pos = None
+    for s, Ac in chunks:
+        Ac = Ac.float()  # [B, H, c, T]
+        if alpha_sum is None:  # allocate on the device the attention lives on (remote: the server's GPU)
+            dev = Ac.device
+            qmask, first, n_real = qmask.to(dev), first.to(dev), n_real.to(dev)
+            alpha_sum = torch.zeros(B, H, T, dtype=torch.float32, device=dev)
+            ftm_sum = torch.zeros(B, H, dtype=torch.float32, device=dev)
+            ent_sum = torch.zeros(B, H, dtype=torch.float32, device=dev)
+            bidx = torch.arange(B, device=dev)
+            pos = torch.arange(T, device=dev)
+        c = Ac.shape[2]
+        qm = qmask[:, s : s + c].float()  # [B, c]
+        alpha_sum += torch.einsum("bhct,bc->bht", Ac, qm)
         # first-token mass: queries strictly after the first real token
         col = Ac[bidx, :, :, first]  # [B, H, c]
-        after = (pos[s : s + QUERY_CHUNK][None, :] > first[:, None]).float()[:, None, :]  # [B, 1, c]
+        after = (pos[s : s + c][None, :] > first[:, None]).float()[:, None, :]  # [B, 1, c]
         ftm_sum += (col * after).sum(-1)
-        ent_sum += (torch.special.entr(Ac).sum(-1) * qm).sum(-1)
+        ent_sum += (torch.special.entr(Ac).sum(-1) * qm[:, None, :]).sum(-1)
     n = n_real.float()
     if causal:  # key k is seen by the queries t >= k: T - k of them (all real when k is real)
         counts = (T - pos).float()[None, :].expand(B, T)
@@ -174,7 +189,8 @@ def trace(
     map_dtype: str = "float16",
     batch_size: int = 8,
     top_k: int = TOP_K_ACTIVATIONS,
-    remote: bool | str = False,
+    remote: Any = False,
+    method: str = "auto",
     progress: bool | None = None,
 ) -> SinkTrace | list[SinkTrace]:
     """Trace prompts through a model and return their sink summaries.
@@ -200,8 +216,14 @@ def trace(
         Prompts per forward pass when tracing a list.
     top_k : int
         Largest-|h| residual activations to record per layer (for :func:`~sinkwidgets.massive_activations`).
-    remote : bool or str
-        Run on NDIF (see the remote docs); ``False`` runs locally.
+    remote : bool, str or :class:`sinkwidgets.remote.RemoteOptions`
+        Run on NDIF (``True``: the host and key from :func:`~sinkwidgets.load_model`, ``NDIF_HOST`` /
+        ``NDIF_API_KEY`` or nnsight's config; a URL string overrides the host). Only the summaries come back.
+        See ``docs/remote.md``. ``False`` runs locally.
+    method : "auto", "eager" or "chunked"
+        ``"eager"`` reads the probabilities of eager attention; ``"chunked"`` runs SDPA and recomputes them from
+        q and k in query chunks (:mod:`sinkwidgets.chunked`: memory near a plain forward at long context; Llama-style
+        rotary decoders). ``"auto"``: chunked for remote traces, eager locally.
     progress : bool, optional
         Show a progress bar over batches (default: when tracing more than one batch).
     """
@@ -214,6 +236,14 @@ def trace(
         raise ValueError(f"map_dtype must be 'float16' or 'float32', got {map_dtype!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if method not in ("auto", "eager", "chunked"):
+        raise ValueError(f"method must be 'auto', 'eager' or 'chunked', got {method!r}")
+    if remote and method == "eager":
+        raise ValueError("remote traces use method='chunked' (NDIF serves models without eager attention); "
+                         "leave method='auto'")
+    method = "chunked" if (remote or method == "chunked") else "eager"
+    if info.remote and not remote:
+        remote = True  # a model from load_model(..., remote=True) has no local weights
     L, H = info.n_layers, info.n_heads
     maps_sel = _parse_keep_maps(keep_maps, L, H)
     ho_layers = _parse_layers(keep_head_outputs, L)
@@ -246,11 +276,11 @@ def trace(
         it = tqdm(batches, desc=f"tracing {info.name}", unit="batch")
     out: list[SinkTrace] = []
     for batch in it:
-        out.extend(_trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remote))
+        out.extend(_trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remote, method))
     return out[0] if single else out
 
 
-def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remote) -> list[SinkTrace]:
+def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remote, method="eager") -> list[SinkTrace]:
     from .models.adapters import get_path, per_head_wo
 
     ad = info.adapter
@@ -266,7 +296,7 @@ def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remo
     first = (T - mask.sum(-1)).long()
     n_real = mask.sum(-1)
     causal = ad.causal
-    dev = _device(model)
+    dev = torch.device("cpu") if remote else _device(model)
     inputs = dict(input_ids=input_ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids.to(dev))
     qmask = mask.to(dev)
     first_d, n_real_d = first.to(dev), n_real.to(dev)
@@ -276,25 +306,32 @@ def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remo
     maps_out: dict = {}
     ho_out: dict = {}
     t0 = time.perf_counter()
-    kwargs = {"remote": remote} if remote else {}
-    with torch.no_grad(), model.trace(inputs, **_forward_kwargs(causal), **kwargs):
-        for l in range(len(layers)):
-            layer = layers[l]
-            # nnsight needs values in forward order: an o_proj inside the attention module runs before the
-            # attention module returns; BERT's output dense layer runs after it
-            inner = ad.o_proj.startswith(ad.attn + ".")
-            if l in ho_layers and inner:
-                ho_out[l] = get_path(layer, ad.o_proj).input.save()
-            A = get_path(layer, ad.attn).output[1]
-            if l in ho_layers and not inner:
-                ho_out[l] = get_path(layer, ad.o_proj).input.save()
-            alpha, ftm, ent = reduce_attention(A, qmask, first_d, n_real_d, causal)
-            if l in maps_sel:
-                maps_out[l] = A[:, maps_sel[l]].to(getattr(torch, map_dtype)).save()
-            h = layer.output
-            h = h[0] if isinstance(h, tuple) else h
-            norms, vals, idx, med = reduce_residual(h, qmask, top_k)
-            per_layer.append((alpha.save(), ftm.save(), ent.save(), norms.save(), vals.save(), idx.save(), med.save()))
+    extra_meta = {"method": method}
+    if method == "chunked":  # SDPA + probabilities recomputed from q, k; also the remote (NDIF) path
+        from .chunked import run_chunked
+
+        per_layer, maps_out, ho_out, extra_meta = run_chunked(
+            model, info, inputs, qmask, first_d, n_real_d, maps_sel, ho_layers, map_dtype, top_k, remote,
+            _forward_kwargs(causal))
+    else:
+        with torch.no_grad(), model.trace(inputs, **_forward_kwargs(causal)):
+            for l in range(len(layers)):
+                layer = layers[l]
+                # nnsight needs values in forward order: an o_proj inside the attention module runs before the
+                # attention module returns; BERT's output dense layer runs after it
+                inner = ad.o_proj.startswith(ad.attn + ".")
+                if l in ho_layers and inner:
+                    ho_out[l] = get_path(layer, ad.o_proj).input.save()
+                A = get_path(layer, ad.attn).output[1]
+                if l in ho_layers and not inner:
+                    ho_out[l] = get_path(layer, ad.o_proj).input.save()
+                alpha, ftm, ent = reduce_attention(A, qmask, first_d, n_real_d, causal)
+                if l in maps_sel:
+                    maps_out[l] = A[:, maps_sel[l]].to(getattr(torch, map_dtype)).save()
+                h = layer.output
+                h = h[0] if isinstance(h, tuple) else h
+                norms, vals, idx, med = reduce_residual(h, qmask, top_k)
+                per_layer.append((alpha.save(), ftm.save(), ent.save(), norms.save(), vals.save(), idx.save(), med.save()))
     elapsed = time.perf_counter() - t0
 
     # stack to numpy [L, ...]
@@ -306,7 +343,7 @@ def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remo
     d = info.d_model
     idx = torch.stack([p[5].cpu() for p in per_layer]).numpy()  # int64 flat indices (not via float)
     wo = {}
-    if ho_layers:
+    if ho_layers and method == "eager":
         for l in ho_layers:
             wo[l] = per_head_wo(get_path(layers[l]._module if hasattr(layers[l], "_module") else layers[l], ad.o_proj).weight,
                                 ad.o_proj_layout, info.n_heads)
@@ -333,6 +370,7 @@ def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remo
             "batch_size": len(batch),
             "trace_seconds": round(elapsed, 3),
             "remote": bool(remote),
+            **extra_meta,
             "sinkwidgets_version": _version(),
         }
         fi = idx[:, b]  # [L, K] flat indices into [T_padded * d]
@@ -344,6 +382,9 @@ def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remo
         if ho_layers:
             hos = []
             for l in ho_layers:
+                if method == "chunked":  # already per-head contributions [B, H, T, d]
+                    hos.append(ho_out[l][b, :, f:].float().cpu().numpy())
+                    continue
                 x = ho_out[l][b, f:].float().cpu()  # [t, H*Dh]
                 per_head = x.reshape(x.shape[0], info.n_heads, -1).transpose(0, 1)  # [H, t, Dh]
                 hos.append(torch.einsum("htk,hkd->htd", per_head, wo[l].cpu()).numpy())
