@@ -44,7 +44,9 @@ def child(case: str, T: int, repeat: int) -> dict:
     import sinkwidgets as sw
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    t_load = time.perf_counter()
     model = sw.load_model("smollm2-135m")
+    t_load = time.perf_counter() - t_load
     hf, tok = model._module, model.tokenizer
     ids = tok(text_of_tokens(tok, T), return_tensors="pt")["input_ids"][:, :T]
     assert ids.shape[1] == T
@@ -64,7 +66,7 @@ def child(case: str, T: int, repeat: int) -> dict:
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
-    return {"case": case, "T": T, "seconds": min(times), "all_seconds": times,
+    return {"case": case, "T": T, "seconds": min(times), "all_seconds": times, "load_model_seconds": t_load,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
