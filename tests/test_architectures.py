@@ -96,7 +96,26 @@ except sw.models.HubUnreachableError as e:
 
 
 def test_hub_id_code_path_with_local_directory(tmp_path):
-    """What a hub download returns is a directory; load_model takes that path and records it."""
-    d = save_tiny(tmp_path, "llama", build("llama"))
-    m = sw.load_model(str(d))
-    assert m.sinkwidgets.path == str(d) and m.sinkwidgets.family == "llama"
+    """A hub id resolves through the Hugging Face cache: lay a tiny model out as the hub cache does and load it
+    by its id with the hub switched off (what a user's second load looks like)."""
+    src = save_tiny(tmp_path, "llama", build("llama"))
+    rev = "0" * 40
+    repo = tmp_path / "hub" / "models--test-org--tiny-llama"
+    snap = repo / "snapshots" / rev
+    snap.mkdir(parents=True)
+    for f in src.iterdir():
+        (snap / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    code = """
+import sinkwidgets as sw
+m = sw.load_model('test-org/tiny-llama')
+tr = sw.trace(m, 'The cat sat on the mat.')
+print('OK', m.sinkwidgets.hub_id, m.sinkwidgets.family, tr.sink_scores.shape)
+"""
+    out = _run_offline(code, {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("OK test-org/tiny-llama llama (2, 4,"), out.stdout
+    # and a plain local directory records its path
+    m = sw.load_model(str(src))
+    assert m.sinkwidgets.path == str(src) and m.sinkwidgets.hub_id is None
