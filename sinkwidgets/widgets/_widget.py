@@ -1,0 +1,410 @@
+"""The anywidget classes: SinkGrid, AttentionHeatmap, TokenStrip and the linked SinkExplorer.
+
+All four share one ES module (``static/sinkwidgets.js``) and one state layout; ``_view`` picks which parts a
+widget draws. The first payload is the per-key sink summary α ``[L, H, T]`` (binary, see
+``_serialization``), per-head metrics ``[L, H]``, the tokens, and one max-pooled overview of the selected
+head's map; tiles of the region on screen are sent on request (custom messages with binary buffers).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import traitlets
+
+from ..sinktrace import SinkTrace
+from . import _serialization as ser
+from ._maps import MapStore
+
+STATIC = Path(__file__).parent / "static"
+METRICS = ("alpha", "first_token_mass", "sink_flag", "sinks_per_head", "entropy")
+_METRIC_HELP = {
+    "alpha": "α of the selected token (mean attention it receives)",
+    "first_token_mass": "first-token mass (mean attention on token 0)",
+    "sink_flag": "sink flag: α of the selected token > ε",
+    "sinks_per_head": "sinks per head: number of keys with α > ε",
+    "entropy": "mean attention entropy (nats)",
+}
+
+try:  # numpy-only metrics of the core package; the constant keeps JS counts equal to sinks_per_head
+    from ..metrics import DEFAULT_MIN_QUERIES
+except ImportError:  # pragma: no cover - metrics is part of the package
+    DEFAULT_MIN_QUERIES = 8
+
+
+class WidgetValueError(traitlets.TraitError, ValueError):
+    """An out-of-range widget setting (a ``ValueError``, and a ``TraitError`` for traitlets)."""
+
+
+def _as_trace(trace: Any, who: str) -> SinkTrace:
+    if isinstance(trace, SinkTrace):
+        return trace
+    if isinstance(trace, (str, os.PathLike)):
+        return SinkTrace.load(trace)
+    raise TypeError(
+        f"{who} needs a SinkTrace (from sinkwidgets.trace(model, text, keep_maps=[...]) or SinkTrace.load(path)) "
+        f"or the path of a saved trace, got {type(trace).__name__}"
+    )
+
+
+def summary_state(trace: SinkTrace) -> dict[str, Any]:
+    """The static part of the state: shapes, α ``[L, H, T]``, per-head metrics ``[L, H]``, kept-map mask."""
+    L, H, T = trace.sink_scores.shape
+    dtype, transform = ser.alpha_encoding((L, H, T))
+    alpha = np.nan_to_num(trace.sink_scores, nan=0.0)
+    kept = np.zeros((L, H), np.float32)
+    if trace.map_index is not None:
+        for l, h in np.asarray(trace.map_index):
+            if 0 <= l < L and 0 <= h < H:
+                kept[l, h] = 1.0
+    return {
+        "L": L, "H": H, "T": T,
+        "model": trace.model_name, "causal": trace.causal, "add_bos": trace.meta.get("add_bos"),
+        "min_queries": int(DEFAULT_MIN_QUERIES),
+        "alpha": ser.packed(alpha, dtype, scale=max(float(alpha.max()), 1e-12) if alpha.size else 1.0,
+                            transform=transform),
+        "first_token_mass": ser.packed(trace.first_token_mass, "float32"),
+        "entropy": ser.packed(trace.entropy, "float32"),
+        "kept": ser.packed(kept, "uint8", scale=1.0),
+    }
+
+
+class PngExport:
+    """A pending PNG of the current view, requested from the browser by :meth:`SinkExplorer.save_png`.
+
+    The browser answers through the kernel, which handles the answer once the requesting cell has finished
+    (a kernel runs one thing at a time), so the file appears shortly after the cell ends. Check
+    :attr:`done` / :attr:`error` in a later cell; a missing answer becomes an error after ``timeout`` s.
+    """
+
+    def __init__(self, path: Path, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.done = False
+        self.error: str | None = None
+        self.nbytes = 0
+        self._t0 = time.monotonic()
+
+    def _expired(self) -> bool:
+        if not self.done and self.error is None and time.monotonic() - self._t0 > self.timeout:
+            self.error = (f"no PNG from the front-end within {self.timeout:g} s: is the widget displayed in a live "
+                          "notebook tab? (for a browser-free export use sinkwidgets.widgets.charts)")
+        return self.error is not None
+
+    @property
+    def pending(self) -> bool:
+        """True while neither the file nor an error has arrived."""
+        return not self.done and not self._expired()
+
+    def __repr__(self) -> str:
+        state = "written" if self.done else (f"failed: {self.error}" if self._expired() else "waiting for the browser")
+        return f"PngExport({str(self.path)!r}, {state})"
+
+
+class _SinkWidget(anywidget.AnyWidget):
+    _esm = STATIC / "sinkwidgets.js"
+    _css = STATIC / "sinkwidgets.css"
+
+    _view = traitlets.Unicode("explorer").tag(sync=True)
+    _tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    _summary = traitlets.Dict().tag(sync=True)
+    _map = traitlets.Dict().tag(sync=True)
+    _frontend = traitlets.Int(0).tag(sync=True)  # set by the JS on every render: a view exists
+
+    layer = traitlets.Int(0).tag(sync=True)
+    head = traitlets.Int(0).tag(sync=True)
+    eps = traitlets.Float(0.3).tag(sync=True)
+    metric = traitlets.Unicode("alpha").tag(sync=True)
+    token = traitlets.Int(0).tag(sync=True)
+    scale = traitlets.Unicode("linear").tag(sync=True)
+    strip_mode = traitlets.Unicode("max").tag(sync=True)
+    view = traitlets.List(traitlets.Float(), default_value=[]).tag(sync=True)
+    heatmap_size = traitlets.Int(512).tag(sync=True)  # px; = OVERVIEW_MAX, so the overview maps 1:1
+
+    _uses_maps = True
+
+    def __init__(self, trace: SinkTrace | str | os.PathLike, *, model: Any = None, layer: int | None = None,
+                 head: int | None = None, **kwargs: Any) -> None:
+        who = type(self).__name__
+        if trace is None:
+            raise TypeError(
+                f"{who}(trace=None): pass a SinkTrace, e.g. {who}(sinkwidgets.trace(model, text, keep_maps=[3])) "
+                "or SinkTrace.load('trace.npz')"
+            )
+        self._trace = _as_trace(trace, who)
+        self._store = MapStore(self._trace, model)
+        self._png_ids = count(1)
+        self._png_pending: dict[int, PngExport] = {}
+        self._lock = threading.Lock()
+        tr = self._trace
+        if layer is None or head is None:
+            dl, dh = self._default_head()
+            layer = dl if layer is None else layer
+            head = dh if head is None else head
+        super().__init__(_tokens=list(tr.tokens), _summary=summary_state(tr), layer=layer, head=head, **kwargs)
+        self.on_msg(self._on_custom_msg)
+        self._update_map()
+
+    # ------------------------------------------------------------------ public
+    @property
+    def trace(self) -> SinkTrace:
+        """The :class:`~sinkwidgets.SinkTrace` shown."""
+        return self._trace
+
+    def select(self, layer: int, head: int) -> None:
+        """Select head ``(layer, head)`` (both validated; one update for the browser)."""
+        self._check_layer(layer)
+        self._check_head(head)
+        with self.hold_sync():
+            self.layer, self.head = int(layer), int(head)
+
+    def zoom_to(self, q0: int, q1: int, k0: int, k1: int) -> None:
+        """Show queries ``q0:q1`` × keys ``k0:k1`` of the heatmap (end-exclusive token positions)."""
+        T = self._trace.n_tokens
+        if not (0 <= q0 < q1 <= T and 0 <= k0 < k1 <= T):
+            raise ValueError(f"zoom_to({q0}, {q1}, {k0}, {k1}): need 0 <= q0 < q1 <= T and 0 <= k0 < k1 <= T (T={T})")
+        self.view = [float(q0), float(q1), float(k0), float(k1)]
+
+    def reset_zoom(self) -> None:
+        """Show the whole map."""
+        self.view = [0.0, float(self._trace.n_tokens), 0.0, float(self._trace.n_tokens)]
+
+    def save_png(self, path: str | os.PathLike, timeout: float = 15.0) -> PngExport:
+        """Ask the displayed widget for a PNG of its current view and write it to ``path``.
+
+        Needs a live front-end (JupyterLab, Notebook 7, VS Code, Colab) showing this widget: the browser
+        draws the view and sends the PNG back. A kernel handles that answer after the current cell finishes,
+        so the call returns a :class:`PngExport` at once and the file appears a moment later. For a PNG/SVG
+        without any browser, use :func:`sinkwidgets.widgets.charts.save_png`.
+
+        Raises
+        ------
+        RuntimeError
+            If the widget has never been displayed in a front-end.
+        """
+        if not self._frontend or self.comm is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.save_png needs the widget displayed in a live notebook front-end "
+                "(display it in a cell first). Without a browser, export charts with "
+                "sinkwidgets.widgets.charts.save_png(sinkwidgets.widgets.charts.heatmap_chart(trace, layer, head), path)"
+            )
+        export = PngExport(Path(path), timeout)
+        with self._lock:
+            rid = next(self._png_ids)
+            self._png_pending[rid] = export
+        self.send({"type": "png_request", "id": rid})
+        return export
+
+    def to_html(self, path: str | os.PathLike, title: str | None = None) -> Path:
+        """Write this view as one offline, self-contained HTML file (see :func:`sinkwidgets.widgets.save_html`)."""
+        from .standalone import save_html
+
+        return save_html(self._trace, path, title=title, view=self._view, state=self._ui_state())
+
+    # ------------------------------------------------------------------ validation
+    def _check_layer(self, layer: int) -> None:
+        L = self._trace.n_layers
+        if not (0 <= int(layer) < L):
+            raise WidgetValueError(f"layer {layer} is out of range: this trace has {L} layers (0..{L - 1})")
+
+    def _check_head(self, head: int) -> None:
+        H = self._trace.n_heads
+        if not (0 <= int(head) < H):
+            raise WidgetValueError(f"head {head} is out of range: this trace has {H} heads per layer (0..{H - 1})")
+
+    @traitlets.validate("layer")
+    def _v_layer(self, proposal):
+        if hasattr(self, "_trace"):
+            self._check_layer(proposal["value"])
+        return proposal["value"]
+
+    @traitlets.validate("head")
+    def _v_head(self, proposal):
+        if hasattr(self, "_trace"):
+            self._check_head(proposal["value"])
+        return proposal["value"]
+
+    @traitlets.validate("token")
+    def _v_token(self, proposal):
+        T = self._trace.n_tokens if hasattr(self, "_trace") else None
+        if T is not None and not (0 <= proposal["value"] < T):
+            raise WidgetValueError(f"token {proposal['value']} is out of range: the prompt has {T} tokens (0..{T - 1})")
+        return proposal["value"]
+
+    @traitlets.validate("eps")
+    def _v_eps(self, proposal):
+        if not (0.0 <= proposal["value"] < 1.0):
+            raise WidgetValueError(f"eps must be in [0, 1) (a fraction of attention), got {proposal['value']!r}")
+        return proposal["value"]
+
+    @traitlets.validate("metric")
+    def _v_metric(self, proposal):
+        if proposal["value"] not in METRICS:
+            raise WidgetValueError(f"metric {proposal['value']!r} is not one of {METRICS}")
+        return proposal["value"]
+
+    @traitlets.validate("scale")
+    def _v_scale(self, proposal):
+        if proposal["value"] not in ("linear", "log"):
+            raise WidgetValueError(f"scale must be 'linear' or 'log', got {proposal['value']!r}")
+        return proposal["value"]
+
+    @traitlets.validate("strip_mode")
+    def _v_strip(self, proposal):
+        if proposal["value"] not in ("max", "head"):
+            raise WidgetValueError(f"strip_mode must be 'max' (max over heads) or 'head', got {proposal['value']!r}")
+        return proposal["value"]
+
+    # ------------------------------------------------------------------ internals
+    def _default_head(self) -> tuple[int, int]:
+        """Start on a kept map if any (the strongest first-token sink among them), else the strongest head."""
+        tr = self._trace
+        kept = self._store.kept()
+        ftm = np.nan_to_num(tr.first_token_mass, nan=-1.0)
+        if kept:
+            return max(kept, key=lambda lh: ftm[lh])
+        l, h = np.unravel_index(int(np.argmax(ftm)), ftm.shape)
+        return int(l), int(h)
+
+    def _ui_state(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("layer", "head", "eps", "metric", "token", "scale", "strip_mode",
+                                               "view", "heatmap_size")}
+
+    @traitlets.observe("layer", "head")
+    def _on_head(self, change) -> None:
+        self._update_map()
+
+    def _update_map(self) -> None:
+        if not self._uses_maps or not hasattr(self, "_store"):
+            return
+        l, h = int(self.layer), int(self.head)
+        cur = self._map
+        if cur.get("layer") == l and cur.get("head") == h and cur.get("status") not in (None, "computing"):
+            return
+        store = self._store
+        if store.status(l, h) == "missing" and store.model is not None:
+            T = self._trace.n_tokens
+            self._map = {"layer": l, "head": h, "T": T, "tile": ser.TILE_SIZE, "status": "computing", "overview": None,
+                         "message": f"computing the map of layer {l}, head {h} with the model…"}
+            try:
+                store.compute(l, h)
+            except Exception as exc:  # shown in the widget, not lost in a log
+                self._map = {"layer": l, "head": h, "T": T, "tile": ser.TILE_SIZE, "status": "error",
+                             "overview": None, "message": f"could not compute the map: {type(exc).__name__}: {exc}"}
+                return
+            if (int(self.layer), int(self.head)) != (l, h):
+                return  # the selection moved on while computing
+        self._map = store.map_state(l, h)
+
+    def _on_custom_msg(self, _widget: Any, content: Any, buffers: list[bytes]) -> None:
+        if not isinstance(content, dict):
+            return
+        kind = content.get("type")
+        if kind == "tile":
+            self._answer_tile(content)
+        elif kind == "png":
+            self._receive_png(content, buffers)
+
+    def _answer_tile(self, msg: dict[str, Any]) -> None:
+        base = {"type": "tile", "id": msg.get("id")}
+        try:
+            l, h = int(msg["layer"]), int(msg["head"])
+            level, ty, tx = int(msg["level"]), int(msg["ty"]), int(msg["tx"])
+            base.update(layer=l, head=h, level=level, ty=ty, tx=tx)
+            spec, data = self._store.tile(l, h, level, ty, tx)
+        except (KeyError, ValueError, TypeError) as exc:
+            self.send({**base, "ok": False, "error": str(exc)})
+            return
+        self.send({**base, "ok": True, **spec}, [data])
+
+    def _receive_png(self, msg: dict[str, Any], buffers: list[bytes]) -> None:
+        with self._lock:
+            export = self._png_pending.pop(int(msg.get("id", -1)), None)
+        if export is None or export._expired():
+            return
+        if not msg.get("ok") or not buffers:
+            export.error = f"the browser could not draw the PNG: {msg.get('error', 'no data')}"
+            return
+        data = bytes(buffers[0])
+        export.path.parent.mkdir(parents=True, exist_ok=True)
+        export.path.write_bytes(data)
+        export.nbytes = len(data)
+        export.done = True
+
+
+class SinkExplorer(_SinkWidget):
+    """Linked sink explorer: layer × head grid → attention heatmap → token strip, with an ε slider and a
+    metric selector.
+
+    Click a grid cell (or use the arrow keys) to pick a head: the heatmap shows its map and the strip its α.
+    Click a token to highlight its row and column in the heatmap and colour the grid by its α. Works from a
+    saved trace alone; given ``model``, maps that were not kept are computed on demand and cached.
+
+    Parameters
+    ----------
+    trace : SinkTrace or path
+        From ``sinkwidgets.trace(model, text, keep_maps=[...])`` or ``SinkTrace.load``. Heads in
+        ``keep_maps`` get a full heatmap; the others show α per key until computed.
+    model : optional
+        A model for ``sinkwidgets.trace`` (e.g. ``sinkwidgets.load_model("smollm2-135m")``), used to
+        compute missing maps with ``keep_maps=[(layer, head)]``.
+    layer, head : int, optional
+        Initial head (default: the kept map with the largest first-token mass).
+    eps : float
+        Sink threshold ε on α (default 0.3, Gu et al.).
+    metric : str
+        Grid colour: ``"alpha"``, ``"first_token_mass"``, ``"sink_flag"``, ``"sinks_per_head"``, ``"entropy"``.
+    token : int
+        Selected token (default 0): the key whose α colours the grid, highlighted in heatmap and strip.
+    scale : {"linear", "log"}
+        Heatmap colour scale.
+    strip_mode : {"max", "head"}
+        Token strip colour: max of α over the layer's heads, or the selected head's α.
+
+    Examples
+    --------
+    >>> import sinkwidgets as sw
+    >>> tr = sw.trace(sw.load_model("smollm2-135m"), "The cat sat on the mat.", keep_maps=[3, 12])
+    >>> ex = sw.SinkExplorer(tr)
+    >>> ex                      # display; then ex.select(12, 4), ex.save_png("view.png"), ex.to_html("view.html")
+    """
+
+    _view = traitlets.Unicode("explorer").tag(sync=True)
+
+
+class SinkGrid(_SinkWidget):
+    """Layers × heads grid coloured by a metric; hover shows the values, click (or arrow keys) selects a head.
+
+    Parameters are those of :class:`SinkExplorer` (``metric``, ``eps``, ``token``, ``layer``, ``head``);
+    the selection is in the ``layer`` / ``head`` traits, so it can drive other widgets
+    (``ipywidgets.jslink((grid, "layer"), (heatmap, "layer"))``).
+    """
+
+    _view = traitlets.Unicode("grid").tag(sync=True)
+    _uses_maps = False
+
+
+class AttentionHeatmap(_SinkWidget):
+    """One head's attention map (queries × keys) with token labels, sink columns (α > ε) marked, a
+    linear/log colour scale, zoom (wheel, buttons, ``+``/``-`` keys), pan (drag, arrow keys) and layer/head
+    selectors. Long prompts show a max-pooled overview first and fetch full-resolution tiles of the visible
+    region from the kernel on demand. Parameters as :class:`SinkExplorer`.
+    """
+
+    _view = traitlets.Unicode("heatmap").tag(sync=True)
+
+
+class TokenStrip(_SinkWidget):
+    """The prompt's tokens coloured by α (``strip_mode="max"``: max over the layer's heads, ``"head"``: the
+    selected head); click a token (or use the arrow keys) to select it. Parameters as :class:`SinkExplorer`.
+    """
+
+    _view = traitlets.Unicode("strip").tag(sync=True)
+    _uses_maps = False

@@ -1,0 +1,170 @@
+"""Offline, self-contained HTML: one file with the widget JavaScript, CSS and data inlined.
+
+The file opens from ``file://`` with no network and no Jupyter (no require.js, no CDN widget manager):
+the same ES module that anywidget runs is inlined, and a small local stand-in for the widget model answers
+it from embedded data. Arrays are embedded as base64 binary (never JSON lists). Maps kept in the trace are
+embedded as max-pooled overviews (full resolution up to ``T = 512``); zooming past the overview needs a live
+notebook, and the page says so.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..sinktrace import SinkTrace
+from . import _serialization as ser
+from ._maps import MapStore
+from ._widget import STATIC, _as_trace, summary_state
+
+_UI_DEFAULTS = {"layer": 0, "head": 0, "eps": 0.3, "metric": "alpha", "token": 0, "scale": "linear",
+                "strip_mode": "max", "view": [], "heatmap_size": 512}
+_VIEWS = ("explorer", "grid", "heatmap", "strip")
+
+_PAGE_CSS = """
+:root { color-scheme: light dark; }
+body { margin: 16px; background: var(--jp-layout-color0, #fff); }
+@media (prefers-color-scheme: dark) {
+  :root { --jp-ui-font-color1: #e6e6e6; --jp-ui-font-color2: #aaa; --jp-layout-color0: #161616;
+          --jp-layout-color2: #2b2b2b; --jp-border-color1: #555; --jp-error-color3: #4a1c1c;
+          --jp-error-color0: #ffb4b4; }
+}
+h1.sw-page-title { font: 600 15px system-ui, sans-serif; color: var(--jp-ui-font-color1, #222); margin: 0 0 8px; }
+"""
+
+
+def _extract_buffers(obj: Any, bufs: list[bytes]) -> Any:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        bufs.append(bytes(obj))
+        return {"$buffer": len(bufs) - 1}
+    if isinstance(obj, dict):
+        return {k: _extract_buffers(v, bufs) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_extract_buffers(v, bufs) for v in obj]
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    return obj
+
+
+def _script_json(obj: Any) -> str:
+    """JSON safe inside a <script> element: '<' escaped so no token can close the element."""
+    return json.dumps(obj, ensure_ascii=False, allow_nan=False).replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def _json_clean(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def offline_maps(trace: SinkTrace, budget: int = ser.STANDALONE_MAP_BUDGET) -> dict[str, dict[str, Any]]:
+    """Overviews of every kept map, keyed ``"layer,head"``; the side shrinks so all fit in ``budget`` bytes."""
+    store = MapStore(trace)
+    kept = store.kept()
+    if not kept:
+        return {}
+    side = ser.STANDALONE_OVERVIEW_MAX
+    while side > 16 and len(kept) * min(side, trace.n_tokens) ** 2 * 2 > budget:
+        side //= 2
+    return {f"{l},{h}": store.map_state(l, h, max_side=side) for l, h in kept}
+
+
+def html_document(trace: SinkTrace, title: str | None = None, view: str = "explorer",
+                  state: dict[str, Any] | None = None) -> str:
+    """The offline page as a string (see :func:`save_html`)."""
+    if view not in _VIEWS:
+        raise ValueError(f"view must be one of {_VIEWS}, got {view!r}")
+    ui = {**_UI_DEFAULTS, **(state or {})}
+    maps = offline_maps(trace)
+    if state is None or "layer" not in state:
+        ftm = np.nan_to_num(trace.first_token_mass, nan=-1.0)
+        if maps:
+            l, h = max((tuple(int(x) for x in k.split(",")) for k in maps), key=lambda lh: ftm[lh])
+        else:
+            l, h = (int(x) for x in np.unravel_index(int(np.argmax(ftm)), ftm.shape))
+        ui.update(layer=l, head=h)
+    key = f"{ui['layer']},{ui['head']}"
+    first_map = maps.get(key) or {
+        "layer": ui["layer"], "head": ui["head"], "T": trace.n_tokens, "tile": ser.TILE_SIZE, "status": "missing",
+        "overview": None,
+        "message": f"map not kept: trace with keep_maps=[{ui['layer']}] to include it; showing α per key",
+    }
+    model_state = {"_view": view, "_tokens": list(trace.tokens), "_summary": summary_state(trace),
+                   "_map": first_map, "_frontend": 0, **{k: _json_clean(v) for k, v in ui.items()}}
+    bufs: list[bytes] = []
+    payload = _extract_buffers({"state": model_state, "maps": maps}, bufs)
+    js = (STATIC / "sinkwidgets.js").read_text(encoding="utf-8")
+    css = (STATIC / "sinkwidgets.css").read_text(encoding="utf-8")
+    if "</script" in js.lower():
+        raise RuntimeError("sinkwidgets.js must not contain '</script' (it is inlined into a <script> element)")
+    title = title or f"sinkwidgets · {trace.model_name} · {trace.n_tokens} tokens"
+    buf_tags = "\n".join(f'<script type="application/octet-stream;base64" data-sw-buffer="{i}">{ser.b64(b)}</script>'
+                         for i, b in enumerate(bufs))
+    boot = """
+;(() => {
+  const state = JSON.parse(document.getElementById("sw-state").textContent);
+  const bufs = [...document.querySelectorAll("script[data-sw-buffer]")]
+    .sort((a, b) => Number(a.dataset.swBuffer) - Number(b.dataset.swBuffer))
+    .map((s) => s.textContent.trim());
+  mountStandalone(document.getElementById("sw-root"), state, bufs);
+})();
+"""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="sinkwidgets">
+<title>{html.escape(title)}</title>
+<style>{_PAGE_CSS}
+{css}</style>
+</head>
+<body>
+<h1 class="sw-page-title">{html.escape(title)}</h1>
+<div id="sw-root"></div>
+<script type="application/json" id="sw-state">{_script_json(payload)}</script>
+{buf_tags}
+<script type="module">
+{js}
+{boot}
+</script>
+</body>
+</html>
+"""
+
+
+def save_html(trace: SinkTrace | str | os.PathLike, path: str | os.PathLike, title: str | None = None, *,
+              view: str = "explorer", state: dict[str, Any] | None = None) -> Path:
+    """Write a :class:`SinkExplorer` (or one part of it) as ONE self-contained, offline HTML file.
+
+    Parameters
+    ----------
+    trace : SinkTrace or path of a saved trace
+    path : str or path-like
+        Output file (``.html``).
+    title : str, optional
+        Page title (default: model name and number of tokens).
+    view : {"explorer", "grid", "heatmap", "strip"}
+        What to show.
+    state : dict, optional
+        Initial settings: ``layer``, ``head``, ``eps``, ``metric``, ``token``, ``scale``, ``strip_mode``,
+        ``view`` (zoom ``[q0, q1, k0, k1]``).
+
+    Returns
+    -------
+    Path
+        The written file. It loads nothing from the network: share it, or put it in slides.
+    """
+    tr = _as_trace(trace, "save_html")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(html_document(tr, title=title, view=view, state=state), encoding="utf-8")
+    os.replace(tmp, out)
+    return out
