@@ -238,12 +238,12 @@ def trace(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if method not in ("auto", "eager", "chunked"):
         raise ValueError(f"method must be 'auto', 'eager' or 'chunked', got {method!r}")
+    if info.remote and not remote:
+        remote = True  # a model from load_model(..., remote=True) has no local weights
     if remote and method == "eager":
         raise ValueError("remote traces use method='chunked' (NDIF serves models without eager attention); "
                          "leave method='auto'")
     method = "chunked" if (remote or method == "chunked") else "eager"
-    if info.remote and not remote:
-        remote = True  # a model from load_model(..., remote=True) has no local weights
     L, H = info.n_layers, info.n_heads
     maps_sel = _parse_keep_maps(keep_maps, L, H)
     ho_layers = _parse_layers(keep_head_outputs, L)

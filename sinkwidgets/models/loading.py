@@ -114,7 +114,9 @@ def load_model(
         ``sinkwidgets models list``), a Hugging Face hub id (``"Qwen/Qwen3-0.6B"``), or a local directory
         holding a saved Hugging Face model.
     remote : bool
-        Run traces on NDIF (nnsight ``remote=True``): the weights are not downloaded, only the config.
+        Run traces on NDIF (nnsight ``remote=True``): the weights are not downloaded, only the config and
+        tokenizer. Extra keywords ``host``, ``api_key``, ``timeout``, ``job_timeout``, ``max_result_bytes`` go to
+        :func:`sinkwidgets.remote.load_remote_model` (see ``docs/remote.md``).
     device : str, optional
         ``"cpu"`` (default), ``"cuda"``, or ``"auto"`` to spread a large model with ``device_map="auto"``.
     dtype : torch dtype or str, optional
@@ -134,6 +136,11 @@ def load_model(
 
     from .adapters import UnsupportedModelError, adapter_for
 
+    if remote:  # NDIF: nothing is fetched; the model is named by its hub id (sinkwidgets/remote.py)
+        from ..remote import load_remote_model
+
+        return load_remote_model(name_or_path, dtype=dtype, **hf_kwargs)
+
     target, spec, local = _resolve(name_or_path, fetch)
     if isinstance(dtype, str):
         try:
@@ -142,11 +149,6 @@ def load_model(
             raise ValueError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'") from None
     if dtype is None:
         dtype = torch.float32
-    if remote:
-        from ..remote import load_remote_model  # issue: remote tracing
-
-        return load_remote_model(target, spec=spec, dtype=dtype, **hf_kwargs)
-
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
