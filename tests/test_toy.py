@@ -142,7 +142,7 @@ def test_softmax1_model_equals_zero_key_bias_model():
         p1 = m1.double()(b.types, b.values.double())
         p0 = m0.double()(b.types, b.values.double())
     assert (p1 - p0).abs().max() < 1e-6
-    for a1, a0, e1, e0 in zip(i1.attn, i0.attn, i1.extra, i0.extra):
+    for a1, a0, e1, e0 in zip(i1.attn, i0.attn, i1.extra, i0.extra, strict=True):
         assert (a1 - a0).abs().max() < 1e-6 and (e1 - e0).abs().max() < 1e-6
 
 
@@ -158,9 +158,9 @@ def test_variant_shapes_and_row_sums(name):
     H, d = cfg.n_heads, cfg.d_model
     assert isinstance(it, ToyInternals) and len(it.attn) == 2 and len(it.resid) == 3
     assert it.extra_names == cfg.extra_slots
-    for A, E, O in zip(it.attn, it.extra, it.head_out):
+    for A, E, out in zip(it.attn, it.extra, it.head_out, strict=True):
         assert A.shape == (5, H, 12, 12) and E.shape == (5, H, 12, len(cfg.extra_slots))
-        assert O.shape == (5, H, 12, d)
+        assert out.shape == (5, H, 12, d)
         assert (A.triu(1) == 0).all()  # causal
         real = A.sum(-1)
         total = real + E.sum(-1)
@@ -210,8 +210,8 @@ def test_emergence_metrics_hand_made():
     assert m["release_unif"] == pytest.approx(1.0)
     assert m["loss"] == pytest.approx(0.01, rel=1e-5)
     # NUM outputs (0,1), (1,-1), (1,0): mean diff post-pre = (1, -1.5); EV along it computed by hand
-    O = np.array([[0, 1], [1, -1], [1, 0]], float)
-    Oc = O - O.mean(0)
+    outs = np.array([[0, 1], [1, -1], [1, 0]], float)
+    Oc = outs - outs.mean(0)
     u = np.array([1, -1.5]) / np.linalg.norm([1, -1.5])
     assert m["tag_ev"] == pytest.approx(((Oc @ u) ** 2).sum() / (Oc ** 2).sum(), rel=1e-5)
     br = attention_breakdown(it, b, layer=0)
@@ -251,7 +251,7 @@ def test_same_seed_same_history_different_seed_differs():
     c = train(seed=4, steps=60, progress=False, log_every=20)
     assert list(a) == list(b)
     assert list(a) != list(c)
-    for p, q in zip(a.model.parameters(), b.model.parameters()):
+    for p, q in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(p, q)
 
 

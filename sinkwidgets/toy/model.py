@@ -33,7 +33,7 @@ positions; attention on extra slots is reported separately in ``extra`` so shape
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -131,7 +131,6 @@ class ToyConfig:
     log_every: int = 25
     eval_size: int = 512
     eval_seed: int = 1234
-    extra: dict = field(default_factory=dict, repr=False)  # free-form notes, recorded only
 
     def __post_init__(self) -> None:
         _pos_int("T", self.T, MIN_T)

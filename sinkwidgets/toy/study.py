@@ -1,7 +1,7 @@
 """Seed sweeps and the sink-placement study (``mechanism-spec.md`` §1.8, §2.1, §2.2, §2.4).
 
 Success criterion used throughout (:func:`sinkwidgets.toy.metrics.is_solved`): **final held-out loss < 1e-2**
-(predicting 0 gives ≈ 0.24 at T = 16). A run is also reported as showing the **catch-tag-release
+(predicting 0 gives ≈ 0.33 at T = 16). A run is also reported as showing the **catch-tag-release
 mechanism** (``ctr``) when it is solved *and* ``catch ≥ 0.5``, ``release_mass ≥ 0.9`` and ``tag_ev ≥ 0.5``.
 """
 
@@ -27,6 +27,7 @@ VARIANTS: dict[str, dict] = {
     "gate_headwise": {"gate": "headwise"},
     "gate_elementwise": {"gate": "elementwise"},
     "sigmoid": {"attn": "sigmoid"},
+    "sigmoid_logT": {"attn": "sigmoid", "sigmoid_bias": -2.7726},  # b = −ln 16 (Ramapuram et al. style)
 }
 """The variants of the placement study: name → :class:`ToyConfig` options (everything else default)."""
 
@@ -161,7 +162,7 @@ def sink_placement_study(seeds: Iterable[int] = (0, 1, 2), steps: int = 600,
         row = _final(res, loss_threshold)
         row.update(_placement(res.model, batch))
         out[name]["runs"].append(row)
-    for name, entry in out.items():
+    for entry in out.values():
         runs = entry["runs"]
         entry["summary"] = {
             "n_runs": len(runs),

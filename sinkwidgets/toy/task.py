@@ -74,7 +74,7 @@ class Batch:
     def tokens(self, index: int = 0) -> list[str]:
         """Readable tokens of one sequence: ``"<bos>"``, ``"<sep>"`` and signed values such as ``"+0.53"``."""
         out = []
-        for ty, v in zip(self.types[index].tolist(), self.values[index].tolist()):
+        for ty, v in zip(self.types[index].tolist(), self.values[index].tolist(), strict=True):
             out.append(TOKEN_TYPES[ty] if ty != NUM else f"{v:+.2f}")
         return out
 
