@@ -36,10 +36,14 @@ def allow_local_model_key(path: str) -> None:
 @pytest.fixture(scope="session")
 def ndif_host(tmp_path_factory):
     """URL of a loopback server speaking nnsight's remote protocol; terminated (by its PID) at the end."""
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
-    pytest.importorskip("websockets")
+    import importlib.util
+
     import httpx
+
+    missing = [m for m in ("fastapi", "uvicorn", "websockets", "multipart") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.fail(f"the loopback NDIF server needs {missing}: pip install -e '.[dev]' "
+                    "(fastapi, uvicorn, websockets, python-multipart)")
 
     port = free_port()
     log = tmp_path_factory.mktemp("ndif") / "server.log"
