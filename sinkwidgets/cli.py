@@ -74,6 +74,10 @@ def _print_table(summary: dict, out) -> None:
           f"channel {m['channel']}: {m['value']:.0f}\n")
 
 
+#: Prompts up to this many tokens keep every attention map for ``scan --html``.
+HTML_MAPS_MAX_TOKENS = 256
+
+
 def cmd_scan(args) -> int:
     from .models import load_model
     from .tracing import trace
@@ -88,7 +92,14 @@ def cmd_scan(args) -> int:
     model = load_model(args.model)
     t1 = time.perf_counter()
     add_bos = {"auto": None, "yes": True, "no": False}[args.add_bos]
-    tr = trace(model, text, add_bos=add_bos, max_tokens=args.max_tokens)
+    keep = None
+    if args.html:
+        from .tracing import tokenize
+
+        # the offline page shows full maps where they are small enough to inline (30 x 9 x 256^2 float16 = 35 MB
+        # before the page's own budget trims it); longer prompts get the alpha summaries only
+        keep = "all" if len(tokenize(model, text, add_bos)[0]) <= HTML_MAPS_MAX_TOKENS else None
+    tr = trace(model, text, add_bos=add_bos, max_tokens=args.max_tokens, keep_maps=keep)
     t2 = time.perf_counter()
     summary = _scan_summary(tr, args.eps, args.top)
     summary["seconds"] = {"load": round(t1 - t0, 2), "trace": round(t2 - t1, 2)}

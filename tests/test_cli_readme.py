@@ -66,3 +66,18 @@ def test_readme_starts_with_two_commands():
     cmds = [l for l in first[1:] if l.strip()]
     assert len(cmds) == 2 and "sinkwidgets scan" in cmds[0] and cmds[1] == "bash .ci/run"
     assert "python -m pytest" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_scan_html_writes_offline_page(tmp_path):
+    out_html = tmp_path / "scan.html"
+    text = "The cat sat on the mat. <img src=x onerror=alert(1)> Then it slept."
+    out = run_cli("scan", text, "--html", str(out_html), "--save", str(tmp_path / "scan.npz"))
+    assert out.returncode == 0, out.stderr
+    page = out_html.read_text()
+    assert page.lstrip().lower().startswith("<!doctype html") and "<script" in page
+    assert "https://" not in page.split("<script", 1)[0]  # no external stylesheet or script in the head
+    assert "<img src=x" not in page  # untrusted token text never lands in the markup as-is
+    import sinkwidgets as sw
+
+    tr = sw.SinkTrace.load(tmp_path / "scan.npz")
+    assert tr.maps.shape == (30 * 9, tr.n_tokens, tr.n_tokens)  # short prompt + --html: every map kept (float16)
