@@ -40,7 +40,12 @@ _LAZY = {
 __all__ = ["SinkTrace", "SinkTraceFormatError", "__version__", *_LAZY]
 
 
+_SUBMODULES = {"metrics", "models", "tracing", "widgets", "toy", "remote", "chunked", "cli"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'sinkwidgets' has no attribute {name!r}")
