@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import sinkwidgets as sw
-from conftest import ENGLISH, LONG_TEXT
+from _prompts import ENGLISH, LONG_TEXT
 
 pytestmark = pytest.mark.models
 
