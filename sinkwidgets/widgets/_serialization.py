@@ -108,13 +108,11 @@ def decode_array(spec: dict[str, Any], data: bytes | memoryview) -> np.ndarray:
     shape = tuple(spec["shape"])
     if raw.size != int(np.prod(shape, dtype=np.int64)):
         raise ValueError(f"buffer holds {raw.size} values but spec shape {list(shape)} needs {int(np.prod(shape))}")
-    x = raw.astype(np.float32)
-    if spec["dtype"] == "uint8":
-        x = x / 255.0
-        if spec.get("transform") == "sqrt":
-            x = x * x
-        x = x * np.float32(spec.get("scale", 1.0))
-    return x.reshape(shape)
+    if spec["dtype"] != "uint8":
+        return raw.astype(np.float32).reshape(shape)
+    u = np.arange(256, dtype=np.float64) / 255.0  # same 256-entry table as the JS, in float64
+    lut = (u * u if spec.get("transform") == "sqrt" else u) * float(spec.get("scale", 1.0))
+    return lut.astype(np.float32)[raw].reshape(shape)
 
 
 def packed(array: np.ndarray, dtype: str = "float32", **kw: Any) -> dict[str, Any]:

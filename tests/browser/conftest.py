@@ -143,16 +143,17 @@ def lab_exec(page, command: str, args: dict | None = None):
 
 
 def open_notebook(page, lab, name: str, app: str = "lab") -> None:
-    """Open ``name`` (``app="lab"``: /lab/tree/, ``"notebook"``: Notebook 7's /notebooks/) and wait for an
-    idle kernel."""
+    """Open ``name`` (``app="lab"``: /lab/tree/, ``"notebook"``: Notebook 7's /notebooks/) and wait until it
+    is the current widget with an idle kernel (``reset``: no tabs restored from earlier tests)."""
     path = f"lab/tree/{name}" if app == "lab" else f"notebooks/{name}"
-    page.goto(lab.url(path))
+    page.goto(lab.url(path) + ("&reset" if app == "lab" else ""))
     page.wait_for_function("() => !!(window.jupyterapp && window.jupyterapp.shell)", timeout=T_SERVER)
     page.wait_for_function(
-        """() => { const w = window.jupyterapp.shell.currentWidget;
-                   return !!(w && w.content && w.sessionContext && w.sessionContext.session
-                             && w.sessionContext.session.kernel
+        """(name) => { const w = window.jupyterapp.shell.currentWidget;
+                   return !!(w && w.content && w.context && w.context.path === name && w.sessionContext
+                             && w.sessionContext.session && w.sessionContext.session.kernel
                              && w.sessionContext.kernelDisplayStatus === 'idle'); }""",
+        arg=name,
         timeout=T_SERVER,
     )
 

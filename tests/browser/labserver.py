@@ -88,8 +88,6 @@ def start_lab(workdir: Path, extra_pythonpath: list[str] | None = None, timeout:
                                                                             "checkForUpdates": False},
         # every cell attached to the DOM (no virtualisation side effects)
         "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
-        # the extension manager would query PyPI
-        "@jupyterlab/extensionmanager-extension/plugin.jupyterlab-settings": {"enabled": False},
     }.items():
         f = settings / rel
         f.parent.mkdir(parents=True, exist_ok=True)

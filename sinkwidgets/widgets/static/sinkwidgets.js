@@ -114,10 +114,15 @@ function rgb(t) {
 }
 
 // ------------------------------------------------------------------------------------------------ DOM helpers
+const KEYBOARD_TAGS = new Set(["input", "select", "button"]);
+
 function h(tag, cls, attrs) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
   if (attrs) for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+  // Keys typed in our controls are ours: JupyterLab (Lumino) skips its notebook shortcuts (arrow keys move
+  // cells in command mode) for elements carrying this attribute.
+  if (KEYBOARD_TAGS.has(tag) || (attrs && "tabindex" in attrs)) e.setAttribute("data-lm-suppress-shortcuts", "true");
   return e;
 }
 
