@@ -162,7 +162,7 @@ class _SinkWidget(anywidget.AnyWidget):
         """Select head ``(layer, head)`` (both validated; one update for the browser)."""
         self._check_layer(layer)
         self._check_head(head)
-        with self.hold_sync():
+        with self.hold_sync(), self.hold_trait_notifications():  # one map update, one message
             self.layer, self.head = int(layer), int(head)
 
     def zoom_to(self, q0: int, q1: int, k0: int, k1: int) -> None:

@@ -1,4 +1,4 @@
-"""Synthetic, SmolLM2-shaped attention with a first-token sink: demo data for the widgets (no model needed).
+r"""Synthetic, SmolLM2-shaped attention with a first-token sink: demo data for the widgets (no model needed).
 
 The attention of head ``(l, h)`` is built so that its sink summaries are exact and cost ``O(T)`` per head,
 while the full ``[T, T]`` map (``O(T²)``) is only built for the heads you keep. Row ``t >= 1`` is
