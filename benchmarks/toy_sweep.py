@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sinkwidgets.toy import ToyConfig, placement_table, seed_sweep, sink_placement_study, train  # noqa: E402
+from sinkwidgets.toy.study import summarize_runs, summarize_sweep  # noqa: E402
 
 
 def merge_write(path: Path, update: dict) -> dict:
@@ -74,7 +75,26 @@ def main(argv=None) -> int:
     ap.add_argument("--placement-steps", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="benchmarks/results/toy_sweep.json")
+    ap.add_argument("--resummarize", action="store_true",
+                    help="recompute the placement summaries and tables from the runs stored in --out (no training)")
     args = ap.parse_args(argv)
+    if args.resummarize:
+        data = json.loads(Path(args.out).read_text())
+        for sw in data.get("sweeps", {}).values():
+            sw.update(summarize_sweep(sw["runs"]))
+            print(f"{json.dumps(sw['options'])} {sw['steps']} steps: solved {sw['n_solved']}/{sw['n_runs']}, "
+                  f"ctr {sw['n_ctr']}, targets {sw['n_meets_targets']}")
+        merge_write(Path(args.out), {"sweeps": data.get("sweeps", {})})
+        pl = data["placement"]
+        for entry in pl["variants"].values():
+            entry["summary"] = summarize_runs(entry["runs"])
+        pl["table_markdown"] = placement_table(pl["variants"])
+        pl["table_markdown_solved_only"] = placement_table(pl["variants"], solved_only=True)
+        merge_write(Path(args.out), {"placement": pl, "resummarized": {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "note": "summaries, counts and tables recomputed from the stored per-run records (no retraining)"}})
+        print(pl["table_markdown"], "\n\nsolved runs only:\n" + pl["table_markdown_solved_only"], sep="")
+        return 0
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     merge_write(out, {"env": env_info(args.threads),
@@ -103,16 +123,18 @@ def main(argv=None) -> int:
                 sweeps[f"{name}_{steps}"] = sw
                 merge_write(out, {"sweeps": sweeps})
                 print(f"{name:8s} {steps:5d} steps: solved {sw['n_solved']}/{sw['n_runs']}, "
-                      f"ctr {sw['n_ctr']}/{sw['n_runs']}, median wall {sw['median_wall_time_s']:.1f}s", flush=True)
+                      f"ctr {sw['n_ctr']}/{sw['n_runs']}, targets {sw['n_meets_targets']}/{sw['n_runs']}, "
+                      f"median wall {sw['median_wall_time_s']:.1f}s", flush=True)
 
     if "placement" in args.part:
         t0 = time.perf_counter()
         st = sink_placement_study(seeds=range(args.placement_seeds), steps=args.placement_steps, progress=False)
         table = placement_table(st)
+        table_solved = placement_table(st, solved_only=True)
         merge_write(out, {"placement": {"seeds": list(range(args.placement_seeds)), "steps": args.placement_steps,
                                         "total_time_s": round(time.perf_counter() - t0, 1), "variants": st,
-                                        "table_markdown": table}})
-        print(table, flush=True)
+                                        "table_markdown": table, "table_markdown_solved_only": table_solved}})
+        print(table, "\n\nsolved runs only:\n" + table_solved, sep="", flush=True)
     return 0
 
 

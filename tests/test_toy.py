@@ -330,6 +330,7 @@ def test_emergence_chart(seed0, tmp_path):
 def test_studies_small():
     sw = seed_sweep(seeds=[0, 1], steps=10, progress=False)
     assert sw["n_runs"] == 2 and 0 <= sw["success_rate"] <= 1 and "loss <" in sw["criterion"]
+    assert sw["n_meets_targets"] == 0 and all("meets_targets" in r for r in sw["runs"])
     st = sink_placement_study(seeds=[0], steps=10, variants=["softmax1", "sink_token"], progress=False)
     assert set(st) == {"softmax1", "sink_token"}
     s1 = st["softmax1"]["summary"]

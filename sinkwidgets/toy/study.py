@@ -2,7 +2,9 @@
 
 Success criterion used throughout (:func:`sinkwidgets.toy.metrics.is_solved`): **final held-out loss < 1e-2**
 (predicting 0 gives ≈ 0.33 at T = 16). A run is also reported as showing the **catch-tag-release
-mechanism** (``ctr``) when it is solved *and* ``catch ≥ 0.5``, ``release_mass ≥ 0.9`` and ``tag_ev ≥ 0.5``.
+mechanism** (``ctr``) when it is solved *and* ``catch ≥ 0.5``, ``release_mass ≥ 0.9`` and ``tag_ev ≥ 0.5``,
+and as meeting the issue's **targets** (a clean SEP catch) when loss < 1e-3, catch ≥ 0.8, release mass ≥ 0.95
+and tag EV ≥ 0.7.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ VARIANTS: dict[str, dict] = {
 """The variants of the placement study: name → :class:`ToyConfig` options (everything else default)."""
 
 CTR_THRESHOLDS = {"catch": 0.5, "release_mass": 0.9, "tag_ev": 0.5}
+TARGETS = {"loss": 1e-3, "catch": 0.8, "release_mass": 0.95, "tag_ev": 0.7}
+"""The issue's seed-0 targets: loss < 1e-3, catch ≥ 0.8, release mass ≥ 0.95, tag EV ≥ 0.7."""
+
+
+def meets_targets(record: Mapping) -> bool:
+    """True when a record meets :data:`TARGETS` (a strict "clean catch" criterion, stricter than solved)."""
+    return bool(record["loss"] < TARGETS["loss"] and all(record[k] >= TARGETS[k] for k in TARGETS if k != "loss"))
 
 
 def shows_ctr(record: Mapping, loss_threshold: float = 1e-2) -> bool:
@@ -46,6 +55,7 @@ def _final(res, loss_threshold: float) -> dict:
     return {"seed": res.seed, **{k: f[k] for k in ("loss", "catch", "pre_to_bos", "release_mass", "release_unif",
                                                     "tag_ev")},
             "solved": is_solved(f, loss_threshold), "ctr": shows_ctr(f, loss_threshold),
+            "meets_targets": meets_targets(f),
             "first_step_solved": first, "wall_time_s": round(res.wall_time, 2)}
 
 
@@ -68,8 +78,9 @@ def seed_sweep(seeds: Iterable[int] = range(10), steps: int = 600, loss_threshol
     -------
     dict
         ``options``, ``steps``, ``criterion``, ``runs`` (per seed: final metrics, ``solved``, ``ctr``,
-        ``first_step_solved``, ``wall_time_s``), ``n_solved``, ``n_ctr``, ``n_runs``, ``success_rate``,
-        ``ctr_rate``, ``median_wall_time_s``.
+        ``meets_targets``, ``first_step_solved``, ``wall_time_s``), ``n_solved``, ``n_ctr``,
+        ``n_meets_targets``, ``n_runs``, ``success_rate``, ``ctr_rate``, ``targets_rate``,
+        ``median_wall_time_s``.
     """
     seeds = list(seeds)
     it = seeds
@@ -78,20 +89,27 @@ def seed_sweep(seeds: Iterable[int] = range(10), steps: int = 600, loss_threshol
 
         it = tqdm(seeds, desc=f"sweep {options or 'defaults'}", leave=False)
     runs = [_final(train(seed=s, steps=steps, progress=False, **options), loss_threshold) for s in it]
+    return {"options": dict(options), "steps": steps, **summarize_sweep(runs, loss_threshold)}
+
+
+def summarize_sweep(runs: list[dict], loss_threshold: float = 1e-2) -> dict:
+    """Counts and rates of a list of per-seed final records (see :func:`seed_sweep`)."""
     n = len(runs)
     n_solved = sum(r["solved"] for r in runs)
     n_ctr = sum(r["ctr"] for r in runs)
+    n_targets = sum(meets_targets(r) for r in runs)
     return {
-        "options": dict(options),
-        "steps": steps,
         "criterion": f"final held-out loss < {loss_threshold:g}",
         "ctr_criterion": "solved and " + ", ".join(f"{k} >= {v}" for k, v in CTR_THRESHOLDS.items()),
-        "runs": runs,
+        "targets_criterion": "loss < 1e-3 and catch >= 0.8 and release_mass >= 0.95 and tag_ev >= 0.7",
+        "runs": [{**r, "meets_targets": meets_targets(r)} for r in runs],
         "n_runs": n,
         "n_solved": n_solved,
         "n_ctr": n_ctr,
+        "n_meets_targets": n_targets,
         "success_rate": n_solved / n if n else float("nan"),
         "ctr_rate": n_ctr / n if n else float("nan"),
+        "targets_rate": n_targets / n if n else float("nan"),
         "median_wall_time_s": statistics.median(r["wall_time_s"] for r in runs) if runs else None,
     }
 
@@ -163,28 +181,53 @@ def sink_placement_study(seeds: Iterable[int] = (0, 1, 2), steps: int = 600,
         row.update(_placement(res.model, batch))
         out[name]["runs"].append(row)
     for entry in out.values():
-        runs = entry["runs"]
-        entry["summary"] = {
-            "n_runs": len(runs),
-            "n_solved": sum(r["solved"] for r in runs),
-            "n_ctr": sum(r["ctr"] for r in runs),
-            "median_loss": statistics.median(r["loss"] for r in runs),
-            **{k: statistics.fmean(r[k] for r in runs) for k in ("catch", "pre_to_bos", "release_mass", "tag_ev")},
-            **_mean_dicts([{k: r[k] for k in ("layer1_post", "layer1_pre", "layer2_last")} for r in runs]),
-        }
+        entry["summary"] = summarize_runs(entry["runs"])
     return out
 
 
-def placement_table(study: Mapping[str, dict]) -> str:
-    """A markdown table of a :func:`sink_placement_study` result (means over seeds)."""
+_MEAN_KEYS = ("catch", "pre_to_bos", "release_mass", "tag_ev")
+_BREAKDOWNS = ("layer1_post", "layer1_pre", "layer2_last")
+
+
+def summarize_runs(runs: list[dict]) -> dict:
+    """Summary of one variant's runs: counts, median loss, and means over all runs and over solved runs.
+
+    Keys: ``n_runs``, ``n_solved``, ``n_ctr``, ``median_loss``, mean ``catch``/``pre_to_bos``/``release_mass``/
+    ``tag_ev`` and mean breakdowns ``layer1_post``/``layer1_pre``/``layer2_last`` over all runs; the same means
+    over the solved runs only under ``"solved_only"`` (None when no run is solved).
+    """
+
+    def means(rs):
+        return {**{k: statistics.fmean(r[k] for r in rs) for k in _MEAN_KEYS},
+                **_mean_dicts([{k: r[k] for k in _BREAKDOWNS} for r in rs])}
+
+    solved = [r for r in runs if r["solved"]]
+    return {
+        "n_runs": len(runs),
+        "n_solved": len(solved),
+        "n_ctr": sum(r["ctr"] for r in runs),
+        "n_meets_targets": sum(meets_targets(r) for r in runs),
+        "median_loss": statistics.median(r["loss"] for r in runs),
+        **means(runs),
+        "solved_only": means(solved) if solved else None,
+    }
+
+
+def placement_table(study: Mapping[str, dict], solved_only: bool = False) -> str:
+    """A markdown table of a :func:`sink_placement_study` result: means over all seeds, or over the solved
+    seeds only (``solved_only=True``; variants with no solved run show "–")."""
     head = ("| variant | solved | median loss | catch | L1 post→SEP | L1 post→BOS | L1 post→extra | "
             "L1 pre→BOS | L1 pre→extra | L2 last→post | L2 last→extra |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name, e in study.items():
         s = e["summary"]
-        p, q, r = s["layer1_post"], s["layer1_pre"], s["layer2_last"]
+        m = s.get("solved_only") if solved_only else s
+        if m is None:
+            lines.append(f"| {name} | {s['n_solved']}/{s['n_runs']} | {s['median_loss']:.2g} |" + " – |" * 8)
+            continue
+        p, q, r = m["layer1_post"], m["layer1_pre"], m["layer2_last"]
         lines.append(
-            f"| {name} | {s['n_solved']}/{s['n_runs']} | {s['median_loss']:.2g} | {s['catch']:.2f} | "
+            f"| {name} | {s['n_solved']}/{s['n_runs']} | {s['median_loss']:.2g} | {m['catch']:.2f} | "
             f"{p['sep']:.2f} | {p['bos']:.2f} | {p['extra']:.2f} | {q['bos']:.2f} | {q['extra']:.2f} | "
             f"{r['post']:.2f} | {r['extra']:.2f} |")
     return "\n".join(lines)
