@@ -83,12 +83,20 @@ class MapStore:
             self._computed.popitem(last=False)
         return m
 
-    def vmax(self, layer: int, head: int, attn_TT: np.ndarray) -> float:
+    def vmax(self, layer: int, head: int, attn_TT: np.ndarray, overview: np.ndarray | None = None) -> float:
+        """Top of the linear colour scale: the map's max over queries ``t >= 1`` (row 0 of a causal map is
+        ``[1, 0, ...]`` by construction and would set the scale for nothing). Read off the overview when given:
+        its rows ``>= 1`` cover map rows ``>= stride``, plus the few rows ``1 .. stride-1``."""
         key = (layer, head)
         if key not in self._vmax:
-            # Row 0 of a causal map is [1, 0, ...] by construction: leave it out so it does not set the scale.
-            rows = attn_TT[1:] if (self.trace.causal and attn_TT.shape[0] > 1) else attn_TT
-            v = float(np.max(rows)) if rows.size else 1.0
+            skip = 1 if (self.trace.causal and attn_TT.shape[0] > 1) else 0
+            parts = []
+            if overview is not None and len(overview) > 1:
+                s = -(-attn_TT.shape[0] // overview.shape[0])
+                parts = [np.asarray(overview[1:]).max(), np.asarray(attn_TT[skip:s]).max() if s > skip else 0.0]
+            elif attn_TT[skip:].size:
+                parts = [np.asarray(attn_TT[skip:]).max()]
+            v = float(max(parts)) if parts else 1.0
             self._vmax[key] = v if np.isfinite(v) and v > 0 else 1.0
         return self._vmax[key]
 
@@ -111,7 +119,7 @@ class MapStore:
         level = ser.overview_level(T, max_side)
         ov = ser.max_pool(m, 1 << level)
         state.update(level=level, stride=1 << level, rows=int(ov.shape[0]), cols=int(ov.shape[1]),
-                     vmax=self.vmax(layer, head, m), overview=ser.packed(ov, ser.MAP_DTYPE))
+                     vmax=self.vmax(layer, head, m, ov), overview=ser.packed(ov, ser.MAP_DTYPE))
         return state
 
     def tile(self, layer: int, head: int, level: int, ty: int, tx: int) -> tuple[dict[str, Any], bytes]:

@@ -146,17 +146,26 @@ def max_pool(block: np.ndarray, stride: int) -> np.ndarray:
     """Max over ``stride × stride`` cells of a 2-D array (edges padded with 0; attention is ``>= 0``).
 
     Max, not mean: a sink column or a sharp previous-token diagonal stays visible in a downsampled overview,
-    where a mean would dilute it by the stride."""
+    where a mean would dilute it by the stride.
+
+    Speed (T = 8192 is 67 M cells): non-negative IEEE floats order like their bit patterns read as signed
+    integers, so float16/float32 maps are pooled as int16/int32 (no float16 emulation in numpy), rows first
+    (contiguous, vectorised) and then columns."""
     a = np.asarray(block)
     if stride == 1:
         return a
-    r, c = a.shape
+    as_int = {np.dtype(np.float16): np.int16, np.dtype(np.float32): np.int32}.get(a.dtype)
+    work = a.view(as_int) if as_int is not None and a.flags.c_contiguous else a
+    if as_int is not None and work is a:  # a non-contiguous slice (a tile): view a contiguous copy
+        work = np.ascontiguousarray(a).view(as_int)
+    r, c = work.shape
     R, C = -(-r // stride), -(-c // stride)
     if (R * stride, C * stride) != (r, c):
-        pad = np.zeros((R * stride, C * stride), dtype=a.dtype)
-        pad[:r, :c] = a
-        a = pad
-    return a.reshape(R, stride, C, stride).max(axis=(1, 3))
+        pad = np.zeros((R * stride, C * stride), dtype=work.dtype)
+        pad[:r, :c] = work
+        work = pad
+    pooled = work.reshape(R, stride, C * stride).max(axis=1).reshape(R, C, stride).max(axis=2)
+    return pooled.view(a.dtype) if as_int is not None else pooled
 
 
 def tile_bounds(T: int, level: int, ty: int, tx: int) -> tuple[int, int, int, int]:

@@ -108,7 +108,7 @@ def _attach_guards(page):
             route.abort()
 
     page.route("**/*", guard)
-    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}"))
+    page.on("pageerror", lambda e: errors.append(f"pageerror: {e}" + (f" [{e.stack[:600]}]" if getattr(e, "stack", None) else "")))
     page.on("console", lambda m: errors.append(f"console.error: {m.text}") if m.type == "error" else None)
     page.external_requests, page.js_errors, page.expected_errors = external, errors, []
     return page

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from conftest import open_notebook, poll_cell, run_cell, state, wait_state, write_notebook
+import pytest
+from conftest import REPO, open_notebook, poll_cell, run_cell, state, wait_state, write_notebook
+from labserver import start_lab
 from pixels import match_fraction, sample_heatmap
 
 XSS = [
@@ -16,8 +18,19 @@ XSS = [
 ]
 
 
-def test_explorer_in_notebook7(lab, guarded_page, smollm2_trace, smollm2_trace_path):
-    page = guarded_page
+@pytest.fixture(scope="module")
+def nb7_server(tmp_path_factory):
+    """A server of its own: with JupyterLab pages opened earlier on the same server, Notebook 7.6 throws
+    "Command 'filebrowser:open-path' not registered" while restoring (not our code; a fresh server never does)."""
+    server = start_lab(tmp_path_factory.mktemp("nb7"), extra_pythonpath=[str(REPO)])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_explorer_in_notebook7(nb7_server, guarded_page, smollm2_trace, smollm2_trace_path):
+    page, lab = guarded_page, nb7_server
     # Notebook 7.6's own shortcuts plugin throws this while loading, with or without any widget on the page
     # (reproduced with a notebook holding only `print(1)`); it is not ours, so it alone is tolerated here.
     page.expected_errors.append("Cannot read properties of undefined (reading 'schema')")
