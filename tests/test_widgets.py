@@ -42,11 +42,11 @@ class Sent:
 # ----------------------------------------------------------------------------- synthetic data is right
 def test_synthetic_summaries_match_the_full_map():
     s, r, w = head_params(2, 2, 150, seed=3)
-    for l, h in [(0, 0), (1, 1)]:
-        A = synthetic_attention(s[l, h], r[l, h], w[l, h], dtype=np.float64)
+    for ly, h in [(0, 0), (1, 1)]:
+        A = synthetic_attention(s[ly, h], r[ly, h], w[ly, h], dtype=np.float64)
         np.testing.assert_allclose(A.sum(1), 1, atol=1e-12)
         assert np.all(np.triu(A, 1) == 0)
-        alpha, ftm, ent = _summaries(s[l, h], r[l, h], w[l, h])
+        alpha, ftm, ent = _summaries(s[ly, h], r[ly, h], w[ly, h])
         np.testing.assert_allclose(alpha, metrics.sink_scores(A[None, None])[0, 0], atol=1e-9)
         assert ftm == pytest.approx(A[1:, 0].mean())
         rows = [-(x[x > 0] * np.log(x[x > 0])).sum() for x in A[1:]]
@@ -184,10 +184,10 @@ def test_missing_map_is_computed_with_a_model_and_cached(tr, monkeypatch):
 
     def fake_trace(model, text, add_bos=None, keep_maps=None):
         calls.append((model, text, add_bos, keep_maps))
-        (l, h), = keep_maps
+        (ly, h), = keep_maps
         s, r, w = head_params(30, 9, tr.n_tokens, seed=0)
-        A = synthetic_attention(s[l, h], r[l, h], w[l, h])
-        return sw.SinkTrace(tr.sink_scores, tr.tokens, maps=A[None], map_index=[[l, h]])
+        A = synthetic_attention(s[ly, h], r[ly, h], w[ly, h])
+        return sw.SinkTrace(tr.sink_scores, tr.tokens, maps=A[None], map_index=[[ly, h]])
 
     monkeypatch.setattr(sw, "trace", fake_trace, raising=False)
     ex = SinkExplorer(tr, model="MODEL")
@@ -235,7 +235,7 @@ def test_save_html_is_self_contained(tr, tmp_path):
     assert text.count('data-sw-buffer="') >= 6  # α, metrics, kept mask, overviews: base64 binary
     state = json.loads(re.search(r'<script type="application/json" id="sw-state">(.*?)</script>', text, re.S).group(1))
     assert state["state"]["_summary"]["alpha"]["data"] == {"$buffer": 0}
-    assert set(state["maps"]) == {f"{l},{h}" for l, h in tr.map_index}
+    assert set(state["maps"]) == {f"{ly},{h}" for ly, h in tr.map_index}
     assert "export default" in text and "mountStandalone(" in text
 
 

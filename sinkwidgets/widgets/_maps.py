@@ -36,8 +36,8 @@ class MapStore:
         self._vmax: dict[tuple[int, int], float] = {}
         self._index: dict[tuple[int, int], int] = {}
         if trace.map_index is not None:
-            for i, (l, h) in enumerate(np.asarray(trace.map_index)):
-                self._index.setdefault((int(l), int(h)), i)
+            for i, (ly, h) in enumerate(np.asarray(trace.map_index)):
+                self._index.setdefault((int(ly), int(h)), i)
 
     # ------------------------------------------------------------------ lookup
     def kept(self) -> list[tuple[int, int]]:

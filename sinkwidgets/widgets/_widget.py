@@ -61,9 +61,9 @@ def summary_state(trace: SinkTrace) -> dict[str, Any]:
     alpha = np.nan_to_num(trace.sink_scores, nan=0.0)
     kept = np.zeros((L, H), np.float32)
     if trace.map_index is not None:
-        for l, h in np.asarray(trace.map_index):
-            if 0 <= l < L and 0 <= h < H:
-                kept[l, h] = 1.0
+        for ly, h in np.asarray(trace.map_index):
+            if 0 <= ly < L and 0 <= h < H:
+                kept[ly, h] = 1.0
     return {
         "L": L, "H": H, "T": T,
         "model": trace.model_name, "causal": trace.causal, "add_bos": trace.meta.get("add_bos"),
@@ -270,8 +270,8 @@ class _SinkWidget(anywidget.AnyWidget):
         ftm = np.nan_to_num(tr.first_token_mass, nan=-1.0)
         if kept:
             return max(kept, key=lambda lh: ftm[lh])
-        l, h = np.unravel_index(int(np.argmax(ftm)), ftm.shape)
-        return int(l), int(h)
+        ly, h = np.unravel_index(int(np.argmax(ftm)), ftm.shape)
+        return int(ly), int(h)
 
     def _ui_state(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("layer", "head", "eps", "metric", "token", "scale", "strip_mode",
@@ -284,24 +284,24 @@ class _SinkWidget(anywidget.AnyWidget):
     def _update_map(self) -> None:
         if not self._uses_maps or not hasattr(self, "_store"):
             return
-        l, h = int(self.layer), int(self.head)
+        ly, h = int(self.layer), int(self.head)
         cur = self._map
-        if cur.get("layer") == l and cur.get("head") == h and cur.get("status") not in (None, "computing"):
+        if cur.get("layer") == ly and cur.get("head") == h and cur.get("status") not in (None, "computing"):
             return
         store = self._store
-        if store.status(l, h) == "missing" and store.model is not None:
+        if store.status(ly, h) == "missing" and store.model is not None:
             T = self._trace.n_tokens
-            self._map = {"layer": l, "head": h, "T": T, "tile": ser.TILE_SIZE, "status": "computing", "overview": None,
-                         "message": f"computing the map of layer {l}, head {h} with the model…"}
+            self._map = {"layer": ly, "head": h, "T": T, "tile": ser.TILE_SIZE, "status": "computing", "overview": None,
+                         "message": f"computing the map of layer {ly}, head {h} with the model…"}
             try:
-                store.compute(l, h)
+                store.compute(ly, h)
             except Exception as exc:  # shown in the widget, not lost in a log
-                self._map = {"layer": l, "head": h, "T": T, "tile": ser.TILE_SIZE, "status": "error",
+                self._map = {"layer": ly, "head": h, "T": T, "tile": ser.TILE_SIZE, "status": "error",
                              "overview": None, "message": f"could not compute the map: {type(exc).__name__}: {exc}"}
                 return
-            if (int(self.layer), int(self.head)) != (l, h):
+            if (int(self.layer), int(self.head)) != (ly, h):
                 return  # the selection moved on while computing
-        self._map = store.map_state(l, h)
+        self._map = store.map_state(ly, h)
 
     def _on_custom_msg(self, _widget: Any, content: Any, buffers: list[bytes]) -> None:
         if not isinstance(content, dict):
@@ -315,10 +315,10 @@ class _SinkWidget(anywidget.AnyWidget):
     def _answer_tile(self, msg: dict[str, Any]) -> None:
         base = {"type": "tile", "id": msg.get("id")}
         try:
-            l, h = int(msg["layer"]), int(msg["head"])
+            ly, h = int(msg["layer"]), int(msg["head"])
             level, ty, tx = int(msg["level"]), int(msg["ty"]), int(msg["tx"])
-            base.update(layer=l, head=h, level=level, ty=ty, tx=tx)
-            spec, data = self._store.tile(l, h, level, ty, tx)
+            base.update(layer=ly, head=h, level=level, ty=ty, tx=tx)
+            spec, data = self._store.tile(ly, h, level, ty, tx)
         except (KeyError, ValueError, TypeError) as exc:
             self.send({**base, "ok": False, "error": str(exc)})
             return

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
-from ._widget import METRICS, _METRIC_HELP, _as_trace
+from ._widget import _METRIC_HELP, METRICS, _as_trace
 
 __all__ = ["grid_chart", "heatmap_chart", "token_chart", "save_png", "save_svg"]
 
@@ -75,9 +75,9 @@ def grid_chart(trace: SinkTrace, metric: str = "alpha", eps: float = 0.3, token:
     tr = _as_trace(trace, "grid_chart")
     v = grid_values(tr, metric, eps, token)
     L, H = v.shape
-    rows = [{"layer": int(l), "head": int(h), "value": None if np.isnan(v[l, h]) else float(v[l, h]),
-             "first_token_mass": float(np.nan_to_num(tr.first_token_mass[l, h])),
-             "alpha": float(tr.sink_scores[l, h, token])} for l in range(L) for h in range(H)]
+    rows = [{"layer": int(ly), "head": int(h), "value": None if np.isnan(v[ly, h]) else float(v[ly, h]),
+             "first_token_mass": float(np.nan_to_num(tr.first_token_mass[ly, h])),
+             "alpha": float(tr.sink_scores[ly, h, token])} for ly in range(L) for h in range(H)]
     title = _METRIC_HELP[metric].replace("the selected token", f"token {token} {tr.tokens[token]!r}")
     if metric in ("sink_flag", "sinks_per_head"):
         title += f" (ε = {eps:g})"

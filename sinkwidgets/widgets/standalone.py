@@ -72,7 +72,7 @@ def offline_maps(trace: SinkTrace, budget: int = ser.STANDALONE_MAP_BUDGET) -> d
     side = ser.STANDALONE_OVERVIEW_MAX
     while side > 16 and len(kept) * min(side, trace.n_tokens) ** 2 * 2 > budget:
         side //= 2
-    return {f"{l},{h}": store.map_state(l, h, max_side=side) for l, h in kept}
+    return {f"{ly},{h}": store.map_state(ly, h, max_side=side) for ly, h in kept}
 
 
 def html_document(trace: SinkTrace, title: str | None = None, view: str = "explorer",
@@ -85,10 +85,10 @@ def html_document(trace: SinkTrace, title: str | None = None, view: str = "explo
     if state is None or "layer" not in state:
         ftm = np.nan_to_num(trace.first_token_mass, nan=-1.0)
         if maps:
-            l, h = max((tuple(int(x) for x in k.split(",")) for k in maps), key=lambda lh: ftm[lh])
+            ly, h = max((tuple(int(x) for x in k.split(",")) for k in maps), key=lambda lh: ftm[lh])
         else:
-            l, h = (int(x) for x in np.unravel_index(int(np.argmax(ftm)), ftm.shape))
-        ui.update(layer=l, head=h)
+            ly, h = (int(x) for x in np.unravel_index(int(np.argmax(ftm)), ftm.shape))
+        ui.update(layer=ly, head=h)
     key = f"{ui['layer']},{ui['head']}"
     first_map = maps.get(key) or {
         "layer": ui["layer"], "head": ui["head"], "T": trace.n_tokens, "tile": ser.TILE_SIZE, "status": "missing",

@@ -1,6 +1,6 @@
 r"""Synthetic, SmolLM2-shaped attention with a first-token sink: demo data for the widgets (no model needed).
 
-The attention of head ``(l, h)`` is built so that its sink summaries are exact and cost ``O(T)`` per head,
+The attention of head ``(layer, head)`` is built so that its sink summaries are exact and cost ``O(T)`` per head,
 while the full ``[T, T]`` map (``O(T²)``) is only built for the heads you keep. Row ``t >= 1`` is
 
 .. math:: A_{t,k} = s\,[k = 0] + r\,[k = t-1] + (1 - s - r)\,\frac{w_k}{W_t}, \qquad W_t = \sum_{j \le t} w_j
@@ -124,13 +124,13 @@ def synthetic_trace(
     alpha = np.empty((L, H, T), np.float32)
     ftm = np.empty((L, H), np.float32)
     ent = np.empty((L, H), np.float32)
-    for l in range(L):
+    for ly in range(L):
         for h in range(H):
-            alpha[l, h], ftm[l, h], ent[l, h] = _summaries(s[l, h], r[l, h], w[l, h])
+            alpha[ly, h], ftm[ly, h], ent[ly, h] = _summaries(s[ly, h], r[ly, h], w[ly, h])
     if keep_maps is None:
         pairs: list[tuple[int, int]] = []
     elif keep_maps == "all":
-        pairs = [(l, h) for l in range(L) for h in range(H)]
+        pairs = [(ly, h) for ly in range(L) for h in range(H)]
     else:
         pairs = []
         for item in keep_maps:
@@ -140,7 +140,7 @@ def synthetic_trace(
                 pairs.append((int(item[0]), int(item[1])))
     maps = index = None
     if pairs:
-        maps = np.stack([synthetic_attention(s[l, h], r[l, h], w[l, h], dtype=map_dtype) for l, h in pairs])
+        maps = np.stack([synthetic_attention(s[ly, h], r[ly, h], w[ly, h], dtype=map_dtype) for ly, h in pairs])
         index = np.asarray(pairs, np.int32)
     if tokens is None:
         tokens = ["<s>"] + [_WORDS[i % len(_WORDS)] for i in range(T - 1)]

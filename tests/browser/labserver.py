@@ -132,8 +132,8 @@ def start_lab(workdir: Path, extra_pythonpath: list[str] | None = None, timeout:
         try:
             api(f"{server.base}/api/status", token)
             return server
-        except (urllib.error.URLError, ConnectionError, OSError):
+        except (urllib.error.URLError, ConnectionError, OSError) as exc:
             if time.perf_counter() - t0 > timeout:
                 server.stop()
-                raise RuntimeError(f"jupyter lab did not answer within {timeout:.0f} s:\n{server.log_tail()}")
+                raise RuntimeError(f"jupyter lab did not answer within {timeout:.0f} s:\n{server.log_tail()}") from exc
             time.sleep(0.2)
