@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(items):
 def browser_type_launch_args(browser_type_launch_args):
     """pytest-playwright hook: Debian's chromium (``playwright install`` cannot download here)."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)")
+        pytest.fail(f"no chromium at {CHROMIUM}: apt-get install chromium (bash .ci/run does)")
     return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
 
 
