@@ -350,6 +350,10 @@ def translate(exc: BaseException, host: str, opts: RemoteOptions) -> RemoteTrace
 def classify_server_message(text: str, host: str) -> RemoteTraceError:
     """A server-side error description → auth / not deployed / too large / generic server error."""
     short = _last_lines(text)
+    if "Traceback (most recent call last)" in text:  # the block itself failed while running
+        return RemoteServerError(f"the trace failed on the server: {short}", host,
+                                 fix="read the server's message above; the same trace run locally usually shows "
+                                     "the same error", server_message=text)
     if _NOT_DEPLOYED.search(text):
         return ModelNotDeployedError(
             f"the server does not serve this model: {short}", host,

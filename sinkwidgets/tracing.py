@@ -117,8 +117,9 @@ def reduce_attention_chunks(chunks, B: int, H: int, T: int, qmask, first, n_real
     """:func:`reduce_attention` over ``(start, A[:, :, start:start + c])`` query chunks, however they are made.
 
     The eager path slices a full map; the chunked path (:mod:`sinkwidgets.chunked`) recomputes each chunk of
-    probabilities from q and k, so no ``[T, T]`` map ever exists. Both share this accumulation. A chunk may come
-    with a third item, a scratch tensor of its size for the entropy temporary (no allocation per chunk).
+    probabilities from q and k, so no ``[T, T]`` map ever exists. Both share this accumulation. A chunk may be
+    narrower than ``T`` (keys ``0..w-1``; the rest are zero) and may come with a third item, a scratch tensor of
+    its size for the entropy temporary (no allocation per chunk).
     """
     alpha_sum = ftm_sum = ent_sum = pos = None
     for item in chunks:
@@ -131,11 +132,11 @@ def reduce_attention_chunks(chunks, B: int, H: int, T: int, qmask, first, n_real
             ent_sum = torch.zeros(B, H, dtype=torch.float32, device=dev)
             bidx = torch.arange(B, device=dev)
             pos = torch.arange(T, device=dev)
-        c = Ac.shape[2]
+        c, w = Ac.shape[2], Ac.shape[3]  # w < T: a causal chunk may stop at its last query (later keys are 0)
         qm = qmask[:, s : s + c].float()  # [B, c]
-        alpha_sum += torch.matmul(qm[:, None, None, :], Ac)[:, :, 0]  # sum over real queries
-        # first-token mass: queries strictly after the first real token
-        col = Ac[bidx, :, :, first]  # [B, H, c]
+        alpha_sum[:, :, :w] += torch.matmul(qm[:, None, None, :], Ac)[:, :, 0]  # sum over real queries
+        # first-token mass: queries strictly after the first real token (rows before it are padding)
+        col = Ac[bidx, :, :, first.clamp(max=w - 1)]  # [B, H, c]
         after = (pos[s : s + c][None, :] > first[:, None]).float()[:, None, :]  # [B, 1, c]
         ftm_sum += (col * after).sum(-1)
         ent = torch.special.entr(Ac, out=item[2]) if len(item) > 2 else torch.special.entr(Ac)
