@@ -208,7 +208,7 @@ def _is_encoder(config, spec: ModelSpec | None) -> bool:
     if spec is not None:
         return spec.task == "feature-extraction"
     if getattr(config, "is_encoder_decoder", False):
-        from .adapters import UnsupportedModelError, SUPPORTED
+        from .adapters import SUPPORTED, UnsupportedModelError
 
         raise UnsupportedModelError(
             f"encoder-decoder models ({config.model_type}) are not supported yet; supported: {SUPPORTED}"
@@ -221,8 +221,8 @@ def _info(name, path, spec, hf, adapter) -> ModelInfo:
 
     cfg = hf.config
     text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-    H = getattr(text_cfg, "num_attention_heads", None) or getattr(text_cfg, "n_head")
-    d = getattr(text_cfg, "hidden_size", None) or getattr(text_cfg, "n_embd")
+    H = getattr(text_cfg, "num_attention_heads", None) or text_cfg.n_head
+    d = getattr(text_cfg, "hidden_size", None) or text_cfg.n_embd
     ctx = getattr(text_cfg, "max_position_embeddings", None) or getattr(text_cfg, "n_positions", None)
     return ModelInfo(
         name=str(name),
