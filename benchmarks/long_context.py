@@ -13,9 +13,12 @@ with the ratios. Cases:
 - ``eager_trace`` (``--eager``): the eager path for reference (materialises every layer's ``[H, T, T]`` map).
 
 All cases load the model the same way (``sinkwidgets.load_model``), so the ratios compare the passes, not the
-loading. The CPU is shared and noisy: times are indicative; compare ratios measured in one run.
+loading, and under the same allocator setting: by default the one ``trace()`` applies (glibc's mmap threshold
+pinned, see ``sinkwidgets.tracing``), with ``--no-mallopt`` glibc's default everywhere. The CPU is shared and
+noisy: times are indicative; compare ratios measured in one run.
 
     python benchmarks/long_context.py                       # T = 2048, 4096, 8192 → benchmarks/results/long_context.json
+    python benchmarks/long_context.py --no-mallopt --out benchmarks/results/long_context_no_mallopt.json
     python benchmarks/long_context.py --tokens 512 --eager  # quick look
 """
 
@@ -54,6 +57,13 @@ def run_case(case: str, T: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     import sinkwidgets as sw
 
+    if os.environ.get("SINKWIDGETS_NO_MALLOPT"):
+        allocator = "glibc default (dynamic mmap threshold)"
+    else:  # the same allocator setting trace() applies, for every case, so the passes are compared fairly
+        from sinkwidgets.tracing import MMAP_THRESHOLD_BYTES, _pin_mmap_threshold
+
+        _pin_mmap_threshold()
+        allocator = f"mmap threshold pinned at {MMAP_THRESHOLD_BYTES} B (sinkwidgets' default)"
     model = sw.load_model("smollm2-135m", validate=False)
     hf = model._module
     text = _text(T, model.tokenizer)
@@ -75,7 +85,7 @@ def run_case(case: str, T: int, threads: int) -> dict:
         else:
             raise SystemExit(f"unknown case {case!r}")
     seconds = time.perf_counter() - t0
-    return {"case": case, "tokens": T, "seconds": round(seconds, 2), "peak_rss_mib": round(_peak_mib(), 1),
+    return {"case": case, "tokens": T, "allocator": allocator, "seconds": round(seconds, 2), "peak_rss_mib": round(_peak_mib(), 1),
             "peak_rss_after_load_mib": round(after_load, 1), **extra}
 
 
@@ -84,6 +94,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[2048, 4096, 8192])
     ap.add_argument("--eager", action="store_true", help="also run the eager trace (slow, O(T^2) memory per layer)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-mallopt", action="store_true",
+                    help="leave glibc's allocator alone in every case (SINKWIDGETS_NO_MALLOPT=1)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "long_context.json"))
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -96,7 +108,10 @@ def main() -> None:
     for T in args.tokens:
         for case in cases:
             cmd = [sys.executable, __file__, "--case", case, "--tokens", str(T), "--threads", str(args.threads)]
-            p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+            if args.no_mallopt:
+                env["SINKWIDGETS_NO_MALLOPT"] = "1"
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
             if p.returncode != 0 or not line:
                 row = {"case": case, "tokens": T, "error": (p.stderr or p.stdout)[-1500:]}
@@ -125,6 +140,7 @@ def main() -> None:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpus": os.cpu_count(), "threads": args.threads, "note": "shared CPU: times are noisy"},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "allocator": "glibc default" if args.no_mallopt else "mmap threshold pinned (sinkwidgets default), all cases",
         "results": rows,
         "summary": summary,
     }
