@@ -132,8 +132,11 @@ def test_explorer_in_jupyterlab(lab, guarded_page, smollm2_trace, smollm2_trace_
     # ---- 6. zoom: tiles at full resolution come from the kernel (custom messages, binary buffers)
     page.get_by_test_id("sw-zoom-in").click()
     page.get_by_test_id("sw-zoom-in").click()
-    hm = wait_state(page, "sw-heatmap-canvas", "d.level === '0' && +d.tilesReceived >= 1 && +d.tilesShown >= 1",
-                    timeout=30_000)
+    # Two quick clicks are two zoom steps: a stale echo of the first view from the kernel must not undo the
+    # second (this once failed in CI under load), so wait for the span of T/4 and not just for tiles.
+    span4 = f"(v => Math.abs(v[1] - v[0] - {T / 4}) < 1 && Math.abs(v[3] - v[2] - {T / 4}) < 1)(d.view.split(',').map(Number))"
+    hm = wait_state(page, "sw-heatmap-canvas",
+                    f"d.level === '0' && +d.tilesReceived >= 1 && +d.tilesShown >= 1 && {span4}", timeout=30_000)
     assert int(hm["tilesRequested"]) >= 1
     q0, q1, k0, k1 = (float(x) for x in hm["view"].split(","))
     assert abs((q1 - q0) - T / 4) < 1 and abs((k1 - k0) - T / 4) < 1, hm["view"]

@@ -741,8 +741,10 @@ function makeHeatmap(store, tooltip, report) {
     view = { q0, q1, k0, k1 };
     schedule();
     if (sync) {
+      // Debounced: the kernel hears of the view 250 ms after the last change. Until then the local view
+      // is newer than anything the model holds (e.g. the kernel's echo of an earlier view), see store.on("view").
       clearTimeout(viewTimer);
-      viewTimer = setTimeout(() => store.set({ view: [q0, q1, k0, k1] }), 250);
+      viewTimer = setTimeout(() => { viewTimer = null; store.set({ view: [q0, q1, k0, k1] }); }, 250);
     }
   }
   function zoom(f, cq, ck) {
@@ -835,6 +837,7 @@ function makeHeatmap(store, tooltip, report) {
   store.on("view", () => {
     const v = store.get("view");
     if (!v || v.length !== 4) return;
+    if (viewTimer !== null) return; // a newer local change is about to be sent: a stale echo must not undo it
     const same = Math.abs(v[0] - view.q0) + Math.abs(v[1] - view.q1) + Math.abs(v[2] - view.k0) + Math.abs(v[3] - view.k1) < 1e-6;
     if (!same) setView({ q0: v[0], q1: v[1], k0: v[2], k1: v[3] }, false);
   });
