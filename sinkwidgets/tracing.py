@@ -23,6 +23,14 @@ from .sinktrace import SinkTrace
 #: Query rows reduced at once inside the trace: bounds the temporaries to [B, H, CHUNK, T] instead of
 #: [B, H, T, T] (at T = 4096 on SmolLM2 a full temporary would be 600 MB per layer).
 QUERY_CHUNK = 512
+#: Query rows per chunk for causal models: each chunk is reduced only over the keys its queries can see
+#: (``[:, :, s:s+c, :s+c]``; later keys are exactly 0), so smaller chunks skip more of the zero triangle.
+#: 128 rows do ~5/8 of the full map's work at T = 512 and ~17/32 at T = 2048.
+CAUSAL_QUERY_CHUNK = 128
+#: The median |h| of a layer (the denominator of the massive-activation ratio) is taken over at most this many
+#: real residual entries, a fixed stride through them: an exact median costs ~4 ms per layer at T = 512 on a
+#: CPU (more than the rest of the residual summary), and 32768 samples put it within ~1% of the exact value.
+MEDIAN_SAMPLES = 32768
 #: Largest-|h| residual activations recorded per layer (massive activations, Sun et al.).
 TOP_K_ACTIVATIONS = 8
 
@@ -109,7 +117,11 @@ def reduce_attention(A: torch.Tensor, qmask: torch.Tensor, first: torch.Tensor, 
     ``n_real [B]`` its number of real tokens. Works on query chunks so temporaries stay ``[B, H, chunk, T]``.
     """
     B, H, T, _ = A.shape
-    chunks = ((s, A[:, :, s : s + QUERY_CHUNK]) for s in range(0, T, QUERY_CHUNK))
+    if causal:  # keys after a chunk's last query are masked (exact zeros): leave them out of the work
+        c = CAUSAL_QUERY_CHUNK
+        chunks = ((s, A[:, :, s : s + c, : min(T, s + c)]) for s in range(0, T, c))
+    else:
+        chunks = ((s, A[:, :, s : s + QUERY_CHUNK]) for s in range(0, T, QUERY_CHUNK))
     return reduce_attention_chunks(chunks, B, H, T, qmask, first, n_real, causal)
 
 
@@ -153,18 +165,34 @@ def reduce_attention_chunks(chunks, B: int, H: int, T: int, qmask, first, n_real
 
 
 def reduce_residual(h: torch.Tensor, qmask: torch.Tensor, k: int):
-    """Residual ``h [B, T, d]`` → norms ``[B, T]``, top-|h| values/flat indices ``[B, k]``, median |h| ``[B]``."""
+    """Residual ``h [B, T, d]`` → norms ``[B, T]``, top-|h| values/flat indices ``[B, k]``, median |h| ``[B]``.
+
+    The median is exact up to :data:`MEDIAN_SAMPLES` real entries per prompt and otherwise taken over a fixed
+    stride through them (padding excluded, so a prompt gets the same value alone or in a padded batch), the same
+    on every path (eager, chunked, remote).
+    """
     h = h.float()
     B, T, d = h.shape
     norms = h.norm(dim=-1)
     absd = h.abs()
-    real = qmask[:, :, None].bool()
-    flat = absd.masked_fill(~real, -1.0).reshape(B, T * d)
+    qb = qmask.bool()
+    real = qb[:, :, None].expand(B, T, d).reshape(B, T * d)
+    flat = absd.reshape(B, T * d)
     k = min(k, T * d)
-    _, idx = flat.topk(k, dim=-1)
+    # The k largest entries lie in at most k tokens, all among the k tokens with the largest max |h|: a top-k
+    # over [B, T] maxima, then over those tokens' [k, d] entries (13 ms -> <2 ms per layer at T = 2048).
+    kt = min(k, T)
+    _, tok = absd.amax(-1).masked_fill(~qb, -1.0).topk(kt, dim=-1)  # [B, kt]
+    cand = torch.gather(absd, 1, tok[:, :, None].expand(B, kt, d)).masked_fill(~torch.gather(qb, 1, tok)[:, :, None], -1.0)
+    _, j = cand.reshape(B, kt * d).topk(k, dim=-1)
+    idx = torch.gather(tok, 1, j // d) * d + j % d  # flat index into [T * d]
     vals = h.reshape(B, T * d).gather(1, idx)
-    med = absd.masked_fill(~real, float("nan")).reshape(B, T * d).nanmedian(dim=-1).values
-    return norms, vals, idx, med
+    meds = []
+    for b in range(B):  # per prompt: the same real entries, hence the same samples, alone or in a padded batch
+        x = flat[b] if bool(qb[b].all()) else flat[b][real[b]]
+        x = x[:: -(-x.numel() // MEDIAN_SAMPLES)] if x.numel() > MEDIAN_SAMPLES else x
+        meds.append(x.median() if x.numel() else torch.full((), float("nan"), device=h.device))
+    return norms, vals, idx, torch.stack(meds)
 
 
 # ----------------------------------------------------------------------------- public API

@@ -1,0 +1,105 @@
+"""The in-trace reductions against brute-force formulas on random tensors (no model needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sinkwidgets import tracing
+from sinkwidgets.tracing import reduce_attention, reduce_residual
+
+
+def _causal_maps(B, H, T, pad, seed=0):
+    """Random causal attention with left padding ``pad[b]`` (padded keys masked, padded rows uniform over 0..t)."""
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(B, H, T, T, generator=g) * 3
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    A = torch.empty(B, H, T, T)
+    for b in range(B):
+        keymask = torch.arange(T) >= pad[b]
+        m = causal & keymask[None, :]
+        m[: pad[b]] = causal[: pad[b]]  # padding rows: anything causal (they are ignored)
+        A[b] = torch.softmax(s[b].masked_fill(~m, float("-inf")), -1)
+    qmask = torch.stack([(torch.arange(T) >= p).float() for p in pad])
+    first = torch.tensor(pad)
+    n_real = torch.tensor([T - p for p in pad])
+    return A, qmask, first, n_real
+
+
+def _brute(A, b, pad):
+    """alpha, ftm, entropy of prompt ``b`` from its real block only (numpy, float64)."""
+    a = A[b, :, pad:, pad:].double().numpy()  # [H, n, n]
+    n = a.shape[-1]
+    alpha = a.sum(1) / (n - np.arange(n))[None, :]
+    ftm = a[:, 1:, 0].mean(1) if n > 1 else np.zeros(a.shape[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ent = -np.where(a > 0, a * np.log(a), 0.0).sum(-1).mean(-1)
+    return alpha, ftm, ent
+
+
+@pytest.mark.parametrize("T", [5, 130, 300])
+def test_causal_reduction_matches_brute_force(T):
+    pad = [0, 3]
+    A, qmask, first, n_real = _causal_maps(2, 3, T, pad)
+    alpha, ftm, ent = reduce_attention(A, qmask, first, n_real, causal=True)
+    for b, p in enumerate(pad):
+        wa, wf, we = _brute(A, b, p)
+        np.testing.assert_allclose(alpha[b, :, p:].numpy(), wa, atol=1e-5)
+        np.testing.assert_allclose(ftm[b].numpy(), wf, atol=1e-5)
+        np.testing.assert_allclose(ent[b].numpy(), we, atol=1e-4)
+
+
+def test_causal_chunking_skips_only_zeros(monkeypatch):
+    """Chunk size does not change the result: the skipped upper triangle holds exact zeros."""
+    A, qmask, first, n_real = _causal_maps(1, 2, 200, [0])
+    ref = reduce_attention(A, qmask, first, n_real, causal=False)  # the non-causal path reads every key
+    # non-causal counts differ (n instead of T - k): compare the pieces that do not depend on them
+    for c in (1, 7, 64, 512):
+        monkeypatch.setattr(tracing, "CAUSAL_QUERY_CHUNK", c)
+        got = reduce_attention(A, qmask, first, n_real, causal=True)
+        np.testing.assert_allclose(got[1].numpy(), ref[1].numpy(), atol=1e-6)  # first-token mass
+        np.testing.assert_allclose(got[2].numpy(), ref[2].numpy(), atol=1e-5)  # entropy
+        n = 200
+        np.testing.assert_allclose((got[0] * (n - torch.arange(n))).numpy(), (ref[0] * n).numpy(), atol=1e-4)
+
+
+def _brute_residual(h, qmask, k):
+    B, T, d = h.shape
+    absd = h.abs().reshape(B, T * d)
+    real = qmask.bool()[:, :, None].expand(B, T, d).reshape(B, T * d)
+    _, idx = absd.masked_fill(~real, -1.0).topk(min(k, T * d), dim=-1)
+    meds = [float(np.median(absd[b][real[b]].numpy())) for b in range(B)]
+    return idx, meds
+
+
+@pytest.mark.parametrize("B,T,d", [(1, 1, 3), (3, 7, 4), (2, 60, 16), (2, 400, 96)])
+def test_residual_top_activations_exact(B, T, d):
+    g = torch.Generator().manual_seed(T)
+    h = torch.randn(B, T, d, generator=g) * torch.rand(B, T, 1, generator=g) * 10
+    h[0, -1, 2] = 5000.0  # a massive activation
+    qmask = torch.ones(B, T)
+    qmask[-1, : T // 3] = 0
+    norms, vals, idx, med = reduce_residual(h, qmask, 8)
+    want_idx, want_med = _brute_residual(h, qmask, 8)
+    assert torch.equal(idx, want_idx)
+    assert float(vals[0, 0]) == 5000.0
+    np.testing.assert_allclose(norms.numpy(), h.norm(dim=-1).numpy(), rtol=1e-6)
+    # small prompts: the exact median (numpy's mean-of-middles vs torch's lower middle: within one gap)
+    for b in range(B):
+        assert abs(float(med[b]) - want_med[b]) <= 0.05 * want_med[b] + 1e-6
+
+
+def test_residual_median_sampled_within_one_percent_and_padding_invariant(monkeypatch):
+    monkeypatch.setattr(tracing, "MEDIAN_SAMPLES", 4096)
+    g = torch.Generator().manual_seed(1)
+    T, d = 500, 64  # 32000 real entries > 4096: sampled
+    h = torch.randn(1, T, d, generator=g).exp()  # skewed, like |h|
+    _, _, _, med = reduce_residual(h, torch.ones(1, T), 8)
+    exact = float(h.abs().median())
+    assert abs(float(med[0]) - exact) < 0.01 * exact * 3  # 4096 samples: a few % at most; 32768 in use
+    # the same prompt left-padded in a batch samples the same entries
+    hp = torch.cat([torch.full((1, 37, d), 123.0), h], dim=1)
+    qp = torch.cat([torch.zeros(1, 37), torch.ones(1, T)], dim=1)
+    _, _, _, medp = reduce_residual(hp, qp, 8)
+    assert float(medp[0]) == float(med[0])
