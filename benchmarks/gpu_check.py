@@ -100,7 +100,7 @@ def main() -> None:
         dev = next(hf.parameters()).device
         row = {"tokens": T}
 
-        def plain():
+        def plain(ids=ids, dev=dev):
             prev = hf.config._attn_implementation
             hf.set_attn_implementation("sdpa")
             try:
@@ -111,9 +111,9 @@ def main() -> None:
 
         _, row["sdpa_forward"] = measure(plain)
         sw.trace(model, text, max_tokens=min(T, 64), method="chunked")  # warm-up (source instrumentation)
-        chunked, row["chunked_trace"] = measure(lambda: sw.trace(model, text, max_tokens=T, method="chunked"))
+        chunked, row["chunked_trace"] = measure(lambda T=T: sw.trace(model, text, max_tokens=T, method="chunked"))
         if T <= args.eager_max:
-            eager, row["eager_trace"] = measure(lambda: sw.trace(model, text, max_tokens=T, method="eager"))
+            eager, row["eager_trace"] = measure(lambda T=T: sw.trace(model, text, max_tokens=T, method="eager"))
             row["max_abs_diff_alpha"] = float(np.abs(eager.sink_scores - chunked.sink_scores).max())
             row["max_abs_diff_first_token_mass"] = float(np.abs(eager.first_token_mass - chunked.first_token_mass).max())
         row["first_token_mass_mean"] = float(chunked.first_token_mass.mean())

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from _prompts import ENGLISH, LONG_TEXT
 
 import sinkwidgets as sw
-from _prompts import ENGLISH, LONG_TEXT
 
 pytestmark = pytest.mark.models
 
