@@ -110,8 +110,11 @@ def test_explorer_in_jupyterlab(lab, guarded_page, smollm2_trace, smollm2_trace_
     g = wait_state(page, "sw-grid-canvas", "d.metric === 'sinks_per_head'")
     expected = sinks_per_head(tr, eps=0.40).counts[12, 4]
     assert float(g["selectedValue"]) == expected, (g["selectedValue"], expected)
-    hm = state(page, "sw-heatmap-canvas")
-    assert int(hm["sinks"]) == int(((tr.sink_scores[12, 4] > 0.40) & (T - np.arange(T) >= 8)).sum())
+    n_sinks = int(((tr.sink_scores[12, 4] > 0.40) & (T - np.arange(T) >= 8)).sum())
+    try:  # the heatmap redraws on its next animation frame: wait for it rather than read it at once
+        wait_state(page, "sw-heatmap-canvas", f"+d.sinks === {n_sinks}", timeout=10_000)
+    except Exception as exc:
+        raise AssertionError(f"heatmap sinks {state(page, 'sw-heatmap-canvas').get('sinks')} != {n_sinks}") from exc
     poll_cell(page, 1, lambda s: "eps=0.40" in s and "metric=sinks_per_head" in s, what="eps=0.40")
 
     # ---- 4. keyboard: arrow keys move the selected grid cell
