@@ -170,7 +170,7 @@ def traced_block(model, inputs, fwd_kwargs, layers, attns, oprojs, params, qmask
     NDIF server sends back.
     """
     alphas, ftms, ents, norms, vals, idxs, meds, maps, hos = [], [], [], [], [], [], [], [], []
-    with torch.no_grad(), model.trace(inputs, backend=backend, **fwd_kwargs) as tracer:
+    with torch.no_grad(), model.trace(inputs, backend=backend, **fwd_kwargs):
         for li in range(len(layers)):
             q, k = attns[li].source.apply_rotary_pos_emb_0.output
             scale, n_rep, window, softcap = params[li]
@@ -200,7 +200,6 @@ def traced_block(model, inputs, fwd_kwargs, layers, attns, oprojs, params, qmask
         sw_med = torch.stack(meds).float().cpu().save()
         sw_maps = (torch.cat(maps, dim=1) if maps else torch.zeros(0)).cpu().save()
         sw_ho = (torch.stack(hos) if hos else torch.zeros(0)).cpu().save()
-        tracer.stop()  # nothing after the last layer is needed: skip the final norm and the LM head
     return {"alpha": sw_alpha, "ftm": sw_ftm, "ent": sw_ent, "norms": sw_norms, "vals": sw_vals, "idx": sw_idx,
             "med": sw_med, "maps": sw_maps, "ho": sw_ho}
 

@@ -372,9 +372,9 @@ def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remo
 
         per_layer, maps_out, ho_out, extra_meta = run_chunked(
             model, info, inputs, qmask, first_d, n_real_d, maps_sel, ho_layers, map_dtype, top_k, remote,
-            _forward_kwargs(causal))
+            _forward_kwargs(causal, model))
     else:
-        with torch.no_grad(), model.trace(inputs, **_forward_kwargs(causal)) as tracer:
+        with torch.no_grad(), model.trace(inputs, **_forward_kwargs(causal, model)):
             for l in range(len(layers)):
                 layer = layers[l]
                 # nnsight needs values in forward order: an o_proj inside the attention module runs before the
@@ -394,9 +394,6 @@ def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remo
                 norms, vals, idx, med = reduce_residual(h, qmask, top_k)
                 del h
                 per_layer.append((alpha.save(), ftm.save(), ent.save(), norms.save(), vals.save(), idx.save(), med.save()))
-            # Nothing after the last layer is needed: skip the final norm and the LM head (at T = 512 on SmolLM2
-            # the [T, vocab] logits are ~15% of a forward pass).
-            tracer.stop()
     elapsed = time.perf_counter() - t0
 
     # stack to numpy [L, ...]
@@ -476,9 +473,24 @@ def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remo
     return results
 
 
-def _forward_kwargs(causal: bool) -> dict:
-    """Decoders: no KV cache (not needed for one forward pass, and it costs memory at long T)."""
-    return {"use_cache": False} if causal else {}
+def _forward_kwargs(causal: bool, model=None) -> dict:
+    """Decoders: no KV cache (not needed for one forward pass, and it costs memory at long T), and logits for
+    the last position only where the model accepts ``logits_to_keep`` (nothing after the last layer is used;
+    the ``[T, vocab]`` logits are ~15% of a SmolLM2 forward pass and its largest temporary)."""
+    kw = {"use_cache": False} if causal else {}
+    if causal and model is not None and _accepts(model, "logits_to_keep"):
+        kw["logits_to_keep"] = 1
+    return kw
+
+
+def _accepts(model, name: str) -> bool:
+    import inspect
+
+    hf = getattr(model, "_module", model)
+    try:
+        return name in inspect.signature(hf.forward).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _device(model) -> torch.device:

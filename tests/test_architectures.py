@@ -62,6 +62,10 @@ def test_tiny_architectures_trace_and_match_eager(kind, tmp_path):
     batch = sw.trace(model, ["Hi.", text])
     assert np.abs(batch[1].sink_scores - sw.trace(model, text).sink_scores).max() < 1e-4
     assert np.abs(batch[0].sink_scores - sw.trace(model, "Hi.").sink_scores).max() < 1e-4
+    # decoders with an LM head compute logits for the last position only (nothing after the last layer is used)
+    from sinkwidgets.tracing import _forward_kwargs
+
+    assert _forward_kwargs(tr.causal, model).get("logits_to_keep") == (1 if kind != "bert" else None)
 
 
 def test_model_without_attention_gets_a_clear_error(tmp_path):
