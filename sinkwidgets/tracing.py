@@ -35,11 +35,14 @@ MEDIAN_SAMPLES = 32768
 TOP_K_ACTIVATIONS = 8
 
 
-#: glibc raises its mmap threshold dynamically (up to 32 MB) after large blocks are freed, so the per-chunk
-#: temporaries of the reductions then come from the heap, fragment it, and peak RSS at T = 2048 grows ~30%
-#: over a plain forward pass. Pinning the threshold at 1 MB keeps large temporaries in mmap'd memory that is
-#: returned to the OS when freed (measured: 1.33x -> 1.12x of the eager forward's peak RSS on SmolLM2).
-#: Set SINKWIDGETS_NO_MALLOPT=1 to leave the allocator alone.
+#: glibc raises its mmap threshold dynamically (up to 32 MB) after large blocks are freed, so per-chunk
+#: temporaries then come from the heap and fragment it. Pinning the threshold at 1 MB keeps large temporaries in
+#: mmap'd memory that is returned to the OS when freed. It is applied for ``method="chunked"`` only (the
+#: bounded-memory path for long prompts: peak RSS ~1.0x an SDPA forward that keeps one logit, vs up to 1.5x
+#: without it at T = 4096): every large temporary then costs fresh page faults, which made the eager path
+#: ~45% slower at T = 512 (1.46 vs 1.01 s) while the eager path stays within 1.06x of a plain forward's peak
+#: RSS at T = 2048 without it (benchmarks/trace_cost.py, long_context.py). The setting is process-wide and stays
+#: once made. Set SINKWIDGETS_NO_MALLOPT=1 to never touch the allocator.
 MMAP_THRESHOLD_BYTES = 1 << 20
 _MALLOPT_DONE = False
 
@@ -287,7 +290,6 @@ def trace(
         Show a progress bar over batches (default: when tracing more than one batch).
     """
     info = _info(model)
-    _pin_mmap_threshold()
     single = isinstance(text_or_texts, str)
     texts = [text_or_texts] if single else list(text_or_texts)
     if not texts:
@@ -304,6 +306,8 @@ def trace(
         raise ValueError("remote traces use method='chunked' (NDIF serves models without eager attention); "
                          "leave method='auto'")
     method = "chunked" if (remote or method == "chunked") else "eager"
+    if method == "chunked" and not remote:
+        _pin_mmap_threshold()
     L, H = info.n_layers, info.n_heads
     maps_sel = _parse_keep_maps(keep_maps, L, H)
     ho_layers = _parse_layers(keep_head_outputs, L)
