@@ -31,6 +31,10 @@ CAUSAL_QUERY_CHUNK = 128
 #: real residual entries, a fixed stride through them: an exact median costs ~4 ms per layer at T = 512 on a
 #: CPU (more than the rest of the residual summary), and 32768 samples put it within ~1% of the exact value.
 MEDIAN_SAMPLES = 32768
+#: ``method="auto"`` traces local prompts of at least this many tokens with the chunked path when the model
+#: supports it (rotary decoders): the eager path holds a ``[H, T, T]`` float32 map per layer (2.4 GB for SmolLM2
+#: at T = 8192), the chunked one stays near a plain forward pass.
+AUTO_CHUNKED_TOKENS = 4096
 #: Largest-|h| residual activations recorded per layer (massive activations, Sun et al.).
 TOP_K_ACTIVATIONS = 8
 
@@ -285,7 +289,9 @@ def trace(
     method : "auto", "eager" or "chunked"
         ``"eager"`` reads the probabilities of eager attention; ``"chunked"`` runs SDPA and recomputes them from
         q and k in query chunks (:mod:`sinkwidgets.chunked`: memory near a plain forward at long context; Llama-style
-        rotary decoders). ``"auto"``: chunked for remote traces, eager locally.
+        rotary decoders). ``"auto"``: chunked for remote traces and for local prompts of
+        :data:`AUTO_CHUNKED_TOKENS` (4096) tokens or more where the model supports it, eager otherwise. The
+        method used is recorded in ``trace.meta['method']``.
     progress : bool, optional
         Show a progress bar over batches (default: when tracing more than one batch).
     """
@@ -305,9 +311,8 @@ def trace(
     if remote and method == "eager":
         raise ValueError("remote traces use method='chunked' (NDIF serves models without eager attention); "
                          "leave method='auto'")
+    requested = method
     method = "chunked" if (remote or method == "chunked") else "eager"
-    if method == "chunked" and not remote:
-        _pin_mmap_threshold()
     L, H = info.n_layers, info.n_heads
     maps_sel = _parse_keep_maps(keep_maps, L, H)
     ho_layers = _parse_layers(keep_head_outputs, L)
@@ -330,6 +335,11 @@ def trace(
                 f"pass max_tokens={ctx} (or fewer) to truncate it, which the trace records"
             )
         encoded.append((text, ids, used_bos, n_orig))
+
+    if requested == "auto" and method == "eager" and max(len(e[1]) for e in encoded) >= AUTO_CHUNKED_TOKENS:
+        method = _auto_long_method(model, info)
+    if method == "chunked" and not remote:
+        _pin_mmap_threshold()
 
     batches = [encoded[i : i + batch_size] for i in range(0, len(encoded), batch_size)]
     show = progress if progress is not None else len(batches) > 1
@@ -475,6 +485,17 @@ def _trace_batch(model, info, batch, maps_sel, ho_layers, map_dtype, top_k, remo
             )
         )
     return results
+
+
+def _auto_long_method(model, info) -> str:
+    """``method="auto"`` for a long local prompt: chunked where the model supports it, else eager."""
+    from .chunked import ChunkedUnsupportedError, layer_plan
+
+    try:
+        layer_plan(model, info)
+    except ChunkedUnsupportedError:
+        return "eager"
+    return "chunked"
 
 
 def _forward_kwargs(causal: bool, model=None) -> dict:
