@@ -13,8 +13,8 @@ with the ratios. Cases:
 - ``eager_trace`` (``--eager``): the eager path for reference (materialises every layer's ``[H, T, T]`` map).
 
 All cases load the model the same way (``sinkwidgets.load_model``), so the ratios compare the passes, not the
-loading, and under the same allocator setting: by default the one ``trace()`` applies (glibc's mmap threshold
-pinned, see ``sinkwidgets.tracing``), with ``--no-mallopt`` glibc's default everywhere. The CPU is shared and
+loading, and under the same allocator setting: by default the one ``trace()`` applies to chunked traces (glibc's mmap
+threshold pinned, see ``sinkwidgets.tracing``), with ``--no-mallopt`` glibc's default everywhere. The CPU is shared and
 noisy: times are indicative; compare ratios measured in one run.
 
     python benchmarks/long_context.py                       # T = 2048, 4096, 8192 → benchmarks/results/long_context.json
