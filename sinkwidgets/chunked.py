@@ -21,7 +21,6 @@ Gemma 2/3, OLMo, Phi-3, ...). A first chunked trace checks itself against eager 
 
 from __future__ import annotations
 
-import inspect
 import time
 from typing import Any
 
@@ -223,9 +222,6 @@ def run_chunked(model, info, inputs, qmask, first, n_real, maps_sel, ho_layers, 
         session.check_result_size(B=B, T=T, maps_sel=maps_sel, ho_layers=ho_layers, map_dtype=map_dtype, top_k=top_k)
         backend = session.backend()
     hf = getattr(model, "_module", None)
-    fwd_kwargs = dict(fwd_kwargs)
-    if hf is not None and "logits_to_keep" in inspect.signature(hf.forward).parameters:
-        fwd_kwargs["logits_to_keep"] = 1  # the summaries need no logits: [T, vocab] would dominate memory at long T
     switch = not remote and hf is not None and getattr(hf.config, "_attn_implementation", None) != "sdpa"
     prev = hf.config._attn_implementation if switch else None
     if switch:

@@ -183,7 +183,6 @@ def reduce_residual(h: torch.Tensor, qmask: torch.Tensor, k: int):
     norms = h.norm(dim=-1)
     absd = h.abs()
     qb = qmask.bool()
-    real = qb[:, :, None].expand(B, T, d).reshape(B, T * d)
     flat = absd.reshape(B, T * d)
     k = min(k, T * d)
     # The k largest entries lie in at most k tokens, all among the k tokens with the largest max |h|: a top-k
@@ -196,7 +195,7 @@ def reduce_residual(h: torch.Tensor, qmask: torch.Tensor, k: int):
     vals = h.reshape(B, T * d).gather(1, idx)
     meds = []
     for b in range(B):  # per prompt: the same real entries, hence the same samples, alone or in a padded batch
-        x = flat[b] if bool(qb[b].all()) else flat[b][real[b]]
+        x = flat[b] if bool(qb[b].all()) else absd[b][qb[b]].reshape(-1)  # real tokens' entries, in order
         x = x[:: -(-x.numel() // MEDIAN_SAMPLES)] if x.numel() > MEDIAN_SAMPLES else x
         meds.append(x.median() if x.numel() else torch.full((), float("nan"), device=h.device))
     return norms, vals, idx, torch.stack(meds)
