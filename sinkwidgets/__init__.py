@@ -40,7 +40,9 @@ _LAZY = {
 __all__ = ["SinkTrace", "SinkTraceFormatError", "__version__", *_LAZY]
 
 
-_SUBMODULES = {"metrics", "models", "tracing", "widgets", "toy", "remote", "chunked", "cli"}
+_SUBMODULES = {"metrics", "models", "tracing", "widgets", "toy", "remote", "chunked", "cli",
+               # tutorial helpers: charts (sw.charts), numpy summaries, inputs, a hand-made head, q-k geometry
+               "charts", "analysis", "inputs", "handmade", "geometry"}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,180 @@
+"""Static charts (Altair) for notebooks and slides, as ``sw.charts``.
+
+Re-exports the trace charts of :mod:`sinkwidgets.widgets.charts` (``grid_chart``, ``heatmap_chart``,
+``token_chart``, ``save_png``, ``save_svg``) and adds:
+
+=================================  ===============================================================================
+``norm_chart(tr)``                 residual-stream norm of every token after every layer (log colour scale)
+``outlier_chart(tr)``              the top |activations| per layer, coloured by channel, against the layer median
+                                   and Sun et al.'s thresholds (massive activations)
+``activation_view(tr)``            both side by side: the "why the first token?" picture from the SinkTrace alone
+``line_chart(series, x=...)``      one line per named series (e.g. a metric per layer for several conditions)
+``bar_chart(values)``              one bar per named value
+=================================  ===============================================================================
+
+Everything reads only a :class:`~sinkwidgets.SinkTrace` (or plain arrays): no model, no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .analysis import outlier_channels
+from .sinktrace import SinkTrace
+from .widgets.charts import grid_chart, heatmap_chart, save_png, save_svg, token_chart
+
+__all__ = ["grid_chart", "heatmap_chart", "token_chart", "save_png", "save_svg", "norm_chart", "outlier_chart",
+           "activation_view", "line_chart", "bar_chart", "norm_rows", "outlier_rows"]
+
+
+def _alt():
+    import altair as alt
+
+    return alt
+
+
+def _trace(trace: Any, who: str) -> SinkTrace:
+    if isinstance(trace, SinkTrace):
+        return trace
+    if isinstance(trace, str) or hasattr(trace, "__fspath__"):
+        return SinkTrace.load(trace)
+    raise TypeError(f"{who} needs a SinkTrace or the path of a saved one, got {type(trace).__name__}")
+
+
+def norm_rows(trace: SinkTrace) -> list[dict]:
+    """The data of :func:`norm_chart`: one row per (layer, token) with the norm and its log10."""
+    tr = _trace(trace, "norm_rows")
+    n = np.asarray(tr.resid_norms, np.float64)
+    if np.isnan(n).all():
+        raise ValueError("this trace has no residual norms recorded; trace it with sinkwidgets.trace()")
+    return [{"layer": int(l), "pos": int(t), "token": f"{t} {tr.tokens[t]!r}", "norm": float(n[l, t]),
+             "log10_norm": float(np.log10(max(n[l, t], 1e-12)))}
+            for l in range(tr.n_layers) for t in range(tr.n_tokens)]
+
+
+def norm_chart(trace: SinkTrace, cell: int = 12, max_tokens: int = 96) -> Any:
+    """Heatmap of the residual-stream norm ‖h‖ of each token (x) after each layer (y), log colour scale.
+
+    A residual-state peak (the sink token's norm far above the rest) shows as one bright column.
+    Prompts longer than ``max_tokens`` show their first ``max_tokens`` tokens.
+    """
+    alt = _alt()
+    tr = _trace(trace, "norm_chart")
+    rows = [r for r in norm_rows(tr) if r["pos"] < max_tokens]
+    T = min(tr.n_tokens, max_tokens)
+    return (
+        alt.Chart(alt.Data(values=rows), title=f"{tr.model_name}: residual norm ‖h‖ per token and layer")
+        .mark_rect()
+        .encode(x=alt.X("pos:O", title="token position", axis=alt.Axis(labels=T <= 48)),
+                y=alt.Y("layer:O", title="layer"),
+                color=alt.Color("log10_norm:Q", title="log10 ‖h‖", scale=alt.Scale(scheme="magma")),
+                tooltip=["layer:O", "token:N", alt.Tooltip("norm:Q", format=",.1f")])
+        .properties(width=cell * T, height=cell * tr.n_layers)
+    )
+
+
+def outlier_rows(trace: SinkTrace, abs_thr: float = 100.0, ratio: float = 1000.0, max_channels: int = 6) -> list[dict]:
+    """The data of :func:`outlier_chart`: each recorded top activation per layer, plus the layer median.
+
+    Channels that are massive somewhere (Sun et al. criterion) are named ``"ch <c> @ tok <t>"``, up to
+    ``max_channels`` of them by peak; every other top activation is ``"other"``; the medians are ``"median |h|"``.
+    """
+    tr = _trace(trace, "outlier_rows")
+    if tr.top_activations is None or tr.median_abs_activation is None:
+        raise ValueError("this trace has no top activations recorded; trace it with sinkwidgets.trace()")
+    named = {(o.token, o.channel) for o in outlier_channels(tr, abs_thr, ratio)[:max_channels]}
+    rows = []
+    L, K = tr.top_activations.shape
+    for l in range(L):
+        med = float(tr.median_abs_activation[l])
+        for j in range(K):
+            v = float(tr.top_activations[l, j])
+            t, c = int(tr.top_act_tokens[l, j]), int(tr.top_act_channels[l, j])
+            rows.append({"layer": l, "abs": abs(v), "value": v, "channel": c, "token": f"{t} {tr.tokens[t]!r}",
+                         "series": f"ch {c} @ tok {t}" if (t, c) in named else "other",
+                         "ratio": abs(v) / med if med > 0 else None})
+        rows.append({"layer": l, "abs": med, "value": med, "channel": -1, "token": "", "series": "median |h|",
+                     "ratio": 1.0})
+    return rows
+
+
+def outlier_chart(trace: SinkTrace, abs_thr: float = 100.0, ratio: float = 1000.0, width: int = 420,
+                  height: int = 260) -> Any:
+    """The largest |activations| of each layer (log scale), coloured by channel, with the layer's median |h|.
+
+    Points of the channels that pass Sun et al.'s massive-activation test (|h| > ``abs_thr`` and
+    ≥ ``ratio`` × median) are named by channel and token; the dashed rule is ``abs_thr``.
+    """
+    alt = _alt()
+    tr = _trace(trace, "outlier_chart")
+    rows = outlier_rows(tr, abs_thr, ratio)
+    base = alt.Chart(alt.Data(values=rows))
+    x = alt.X("layer:Q", title="layer", scale=alt.Scale(domain=[0, tr.n_layers - 1]))
+    y = alt.Y("abs:Q", title="|activation|", scale=alt.Scale(type="log"))
+    pts = base.transform_filter("datum.series != 'median |h|'").mark_point(filled=True, size=40, opacity=0.8).encode(
+        x=x, y=y, color=alt.Color("series:N", title="channel"),
+        tooltip=["layer:Q", "channel:Q", "token:N", alt.Tooltip("value:Q", format=",.1f"),
+                 alt.Tooltip("ratio:Q", format=",.0f", title="× median")])
+    med = base.transform_filter("datum.series == 'median |h|'").mark_line(color="gray").encode(
+        x=x, y=y, tooltip=["layer:Q", alt.Tooltip("abs:Q", format=".3f", title="median |h|")])
+    rule = alt.Chart(alt.Data(values=[{"thr": abs_thr}])).mark_rule(strokeDash=[4, 4], color="#e6550d").encode(
+        y=alt.Y("thr:Q"))
+    return alt.layer(med, pts, rule).properties(
+        width=width, height=height,
+        title=[f"{tr.model_name}: top |activations| per layer", f"gray: median |h|; dashed: {abs_thr:g}"])
+
+
+def activation_view(trace: SinkTrace, abs_thr: float = 100.0, ratio: float = 1000.0) -> Any:
+    """:func:`norm_chart` and :func:`outlier_chart` side by side, from a SinkTrace alone."""
+    alt = _alt()
+    tr = _trace(trace, "activation_view")
+    return alt.hconcat(norm_chart(tr, max_tokens=48), outlier_chart(tr, abs_thr, ratio)).resolve_scale(
+        color="independent")
+
+
+def line_chart(series: Mapping[str, Sequence[float]], x: Sequence[float] | None = None, x_title: str = "layer",
+               y_title: str = "value", title: str = "", log_y: bool = False, width: int = 420,
+               height: int = 220) -> Any:
+    """One line per named series of equal length; ``x`` defaults to 0, 1, 2, ..."""
+    alt = _alt()
+    if not series:
+        raise ValueError("series is empty: pass {name: values}")
+    arrays = {str(k): np.asarray(v, np.float64).reshape(-1) for k, v in series.items()}
+    n = {len(v) for v in arrays.values()}
+    if len(n) != 1:
+        raise ValueError(f"all series must have the same length, got {sorted(n)}")
+    N = n.pop()
+    xs = np.arange(N) if x is None else np.asarray(x, np.float64)
+    if len(xs) != N:
+        raise ValueError(f"x has {len(xs)} values for series of length {N}")
+    rows = [{"x": float(xs[i]), "y": None if not np.isfinite(v[i]) else float(v[i]), "series": name}
+            for name, v in arrays.items() for i in range(N)]
+    return (
+        alt.Chart(alt.Data(values=rows), title=title)
+        .mark_line(point=N <= 64)
+        .encode(x=alt.X("x:Q", title=x_title),
+                y=alt.Y("y:Q", title=y_title, scale=alt.Scale(type="log" if log_y else "linear")),
+                color=alt.Color("series:N", title=None, sort=list(arrays)),
+                tooltip=["series:N", alt.Tooltip("x:Q", title=x_title), alt.Tooltip("y:Q", format=".3f")])
+        .properties(width=width, height=height)
+    )
+
+
+def bar_chart(values: Mapping[str, float], y_title: str = "value", title: str = "", log_y: bool = False,
+              width: int = 320, height: int = 200) -> Any:
+    """One bar per named value, in the given order."""
+    alt = _alt()
+    if not values:
+        raise ValueError("values is empty: pass {name: value}")
+    rows = [{"name": str(k), "value": float(v)} for k, v in values.items()]
+    return (
+        alt.Chart(alt.Data(values=rows), title=title)
+        .mark_bar()
+        .encode(x=alt.X("name:N", title=None, sort=[r["name"] for r in rows]),
+                y=alt.Y("value:Q", title=y_title, scale=alt.Scale(type="log" if log_y else "linear")),
+                tooltip=["name:N", alt.Tooltip("value:Q", format=".3f")])
+        .properties(width=width, height=height)
+    )

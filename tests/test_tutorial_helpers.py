@@ -1,0 +1,176 @@
+"""Package code the tutorials use: sw.charts (norms / outliers), analysis, handmade head, inputs, q-k geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sinkwidgets as sw
+from sinkwidgets import analysis, charts, handmade
+
+
+def _trace_with_outlier(L=6, H=2, T=8):
+    rng = np.random.default_rng(0)
+    alpha = rng.uniform(0, 0.2, (L, H, T)).astype(np.float32)
+    norms = rng.uniform(10, 20, (L, T)).astype(np.float32)
+    norms[3:, 0] = 5000.0  # token 0 becomes a residual peak from layer 3
+    K = 4
+    top = np.tile(np.array([50.0, -40.0, 30.0, 20.0], np.float32), (L, 1))
+    tok = np.tile(np.array([1, 2, 3, 4], np.int32), (L, 1))
+    ch = np.tile(np.array([7, 8, 9, 10], np.int32), (L, 1))
+    top[3:, 0], tok[3:, 0], ch[3:, 0] = -4000.0, 0, 42  # channel 42 on token 0 is massive from layer 3
+    med = np.full(L, 0.5, np.float32)
+    return sw.SinkTrace(alpha, [f"t{i}" for i in range(T)], resid_norms=norms, top_activations=top,
+                        top_act_tokens=tok, top_act_channels=ch, median_abs_activation=med,
+                        meta={"model": "synthetic"}), K
+
+
+# ----------------------------------------------------------------------------- handmade head
+def test_softmax1_equals_zero_kv_token():
+    for seed in range(5):
+        q, K, V = handmade.example_head(seed=seed, n_keys=5, d=4)
+        K0, V0 = handmade.prepend_zero_kv(K, V)
+        a, b = handmade.attend(q, K0, V0, "softmax"), handmade.attend(q, K, V, "softmax1")
+        np.testing.assert_allclose(a.output, b.output, atol=1e-12)
+        np.testing.assert_allclose(a.weights[1:], b.weights, atol=1e-12)
+
+
+def test_normalisers():
+    z = np.array([-3.0, 0.0, 2.0, 800.0])  # 800 would overflow a naive exp
+    assert np.isclose(handmade.softmax(z).sum(), 1.0)
+    s1 = handmade.softmax1(z)
+    assert np.isfinite(s1).all() and s1.sum() <= 1.0 and s1[-1] < 1.0
+    np.testing.assert_allclose(handmade.softmax1(np.array([0.0])), [0.5])
+    np.testing.assert_allclose(handmade.sigmoid(np.array([0.0, -1e4, 1e4])), [0.5, 0.0, 1.0])
+    q, K, V = handmade.example_head()
+    assert (handmade.logits(q, K) < 0).all()  # the example query matches no key
+    with pytest.raises(ValueError, match="kind"):
+        handmade.attend(q, K, V, "relu")
+    with pytest.raises(ValueError, match="same d"):
+        handmade.logits(q[:2], K)
+
+
+def test_weights_chart():
+    ch = handmade.weights_chart({"softmax": [0.5, 0.5], "softmax1": [0.2, 0.1]}, labels=["a", "b"])
+    assert "facet" in ch.to_dict()
+    with pytest.raises(ValueError, match="same length"):
+        handmade.weights_chart({"a": [1.0], "b": [0.5, 0.5]})
+
+
+# ----------------------------------------------------------------------------- analysis
+def test_norm_ratio_and_outliers():
+    tr, _ = _trace_with_outlier()
+    r = analysis.norm_ratio(tr, 0)
+    assert r.shape == (6,) and (r[:3] < 2).all() and (r[3:] > 100).all()
+    out = analysis.outlier_channels(tr)
+    assert len(out) == 1
+    o = out[0]
+    assert (o.token, o.channel, o.first_layer, o.last_layer, o.n_layers, o.peak) == (0, 42, 3, 5, 3, -4000.0)
+    assert o.peak_ratio == pytest.approx(8000.0)
+    with pytest.raises(ValueError, match="out of range"):
+        analysis.norm_ratio(tr, 99)
+    with pytest.raises(TypeError):
+        analysis.norm_ratio(np.zeros(3))
+
+
+def test_attention_to_and_special_positions():
+    T = 4
+    A = np.tril(np.ones((T, T))) / np.arange(1, T + 1)[:, None]
+    tr = sw.SinkTrace(np.zeros((1, 1, T)), ["[CLS]", "hi", ".", "[SEP]"], maps=A[None].astype(np.float32),
+                      map_index=[[0, 0]])
+    pos = analysis.special_positions(tr)
+    assert pos == {"cls": [0], "sep": [3], "punct": [2], "other": [1]}
+    np.testing.assert_allclose(analysis.attention_to(tr, [0]), [[np.mean(1 / np.arange(1, T + 1))]])
+    np.testing.assert_allclose(analysis.attention_to(tr, [0, 1], queries=[1]), [[1.0]])
+    tr2 = sw.SinkTrace(np.zeros((2, 1, T)), ["a"] * T)
+    assert np.isnan(analysis.attention_to(tr2, [0])).all()  # no maps kept
+    with pytest.raises(ValueError):
+        analysis.attention_to(tr, [9])
+
+
+# ----------------------------------------------------------------------------- charts
+def test_norm_and_outlier_charts(tmp_path):
+    tr, K = _trace_with_outlier()
+    rows = charts.norm_rows(tr)
+    assert len(rows) == 6 * 8 and max(r["norm"] for r in rows) == 5000.0
+    orows = charts.outlier_rows(tr)
+    assert len(orows) == 6 * (K + 1)
+    assert {r["series"] for r in orows} == {"ch 42 @ tok 0", "other", "median |h|"}
+    assert sum(r["series"] == "ch 42 @ tok 0" for r in orows) == 3
+    view = charts.activation_view(tr)
+    assert "hconcat" in view.to_dict()
+    png = charts.save_png(view, tmp_path / "view.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert sw.charts.grid_chart is sw.widgets.charts.grid_chart
+
+
+def test_charts_need_recorded_arrays():
+    bare = sw.SinkTrace(np.zeros((2, 1, 3)), ["a", "b", "c"])
+    with pytest.raises(ValueError, match="residual norms"):
+        charts.norm_chart(bare)
+    with pytest.raises(ValueError, match="top activations"):
+        charts.outlier_chart(bare)
+
+
+def test_line_and_bar_charts():
+    assert charts.line_chart({"a": [1, 2, 3], "b": [3, 2, np.nan]}).to_dict()["mark"]["type"] == "line"
+    with pytest.raises(ValueError):
+        charts.line_chart({"a": [1, 2], "b": [1]})
+    with pytest.raises(ValueError):
+        charts.line_chart({"a": [1, 2]}, x=[0])
+    assert charts.bar_chart({"dense": 12.0, "window": 30.0}, log_y=True).to_dict()["mark"]["type"] == "bar"
+    with pytest.raises(ValueError):
+        charts.bar_chart({})
+
+
+# ----------------------------------------------------------------------------- inputs (tokenizer needed)
+def test_natural_texts_offline():
+    from sinkwidgets import inputs
+
+    a = inputs.natural_texts(6, seed=1, min_words=100)
+    assert len(a) == 6 and len(set(a)) == 6 and all(len(t.split()) >= 100 for t in a)
+    assert a == inputs.natural_texts(6, seed=1, min_words=100)
+    with pytest.raises(ValueError):
+        inputs.natural_texts(0)
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    from sinkwidgets.models import fetch
+
+    if not fetch.is_cached("smollm2-135m"):
+        pytest.skip("smollm2-135m is not fetched (sinkwidgets models fetch smollm2-135m)")
+    return sw.load_model("smollm2-135m")
+
+
+@pytest.mark.models
+def test_random_and_repeated_text(smollm):
+    from sinkwidgets import inputs
+
+    tok = smollm.tokenizer
+    r = inputs.random_text(smollm, 40, seed=3)
+    ids = tok(r, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 40 and len(set(ids)) > 30
+    rep = inputs.repeated_text(smollm, 24)
+    ids = tok(rep, add_special_tokens=False)["input_ids"]
+    assert len(ids) == 24 and len(set(ids)) == 1
+    with pytest.raises(ValueError, match="repeats"):
+        inputs.repeated_text(smollm, 8, candidates=("!!",))
+
+
+@pytest.mark.models
+def test_qk_geometry_reproduces_attention(smollm):
+    from sinkwidgets.geometry import qk_geometry
+
+    text = "The old lighthouse keeper climbed the stairs. Ships passed by."
+    tr = sw.trace(smollm, text, keep_maps=[18], map_dtype="float32")
+    g = qk_geometry(smollm, text, 18)
+    assert g.tokens == tr.tokens and g.cos.shape == (9, tr.n_tokens, tr.n_tokens)
+    A = g.attention()
+    for h in range(9):
+        np.testing.assert_allclose(A[h], tr.get_map(18, h), atol=1e-5)
+    # Gu et al. Fig. 2: the sink key is short but well aligned with the queries
+    assert (g.k_norm[:, 0] < np.median(g.k_norm[:, 1:], axis=1)).all()
+    assert np.nanmean(g.cos_to(0)[:, 1:]) > np.nanmean(g.cos[:, 2:, 1:2]) + 0.2
+    with pytest.raises(ValueError, match="out of range"):
+        qk_geometry(smollm, text, 99)
