@@ -635,3 +635,291 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
         "project_out", ["clean", "projected"], {"clean": nll0, "projected": nll1}, _collect_attention(chunks, stats),
         {"model": info.name, "layer": layer, "rank": rank, "n_projected": n_proj, "n_texts": len(texts),
          "n_tokens": n_tok, "sink_positions": sink_cols.tolist(), "add_bos": used, "remote": bool(run.remote)})
+
+
+# ============================================================================= massive activations
+@dataclass
+class MassiveSpec:
+    """Where a model's massive activations are (Sun et al. 2024, §2): the first layer where they appear, their
+    channels, and each channel's mean value there over the reference texts (the ``mode="mean"`` replacement)."""
+
+    layer: int
+    channels: list[int]
+    means: list[float]
+    found: list[list[tuple[int, int, float]]]  #: per reference text: (token, channel, value) at ``layer``
+    first_layers: list[int | None]  #: per reference text: first layer with a massive activation
+    abs_thr: float = 100.0
+    ratio: float = 1000.0
+
+    def __repr__(self) -> str:
+        ch = ", ".join(f"{c} (mean {m:,.0f})" for c, m in zip(self.channels, self.means))
+        return f"MassiveSpec(layer={self.layer}, channels=[{ch}], texts={len(self.found)})"
+
+
+def find_massive(model, texts, *, abs_thr: float = 100.0, ratio: float = 1000.0, top_k: int = 32,
+                 add_bos: bool | None = None, max_tokens: int | None = None, remote=None) -> MassiveSpec:
+    r"""Locate the massive activations (Sun et al. 2024, "Massive Activations in LLMs", §2.2).
+
+    An entry :math:`h_{t,c}` of the residual stream after a layer is massive when :math:`|h_{t,c}| > \text{abs\_thr}`
+    (100) and :math:`|h_{t,c}| \ge \text{ratio} \cdot \operatorname{median}|h|` (1000×) of that layer's hidden state.
+    Per text, the first layer with a massive entry is found from the ``top_k`` largest :math:`|h|` of every layer;
+    the reported ``layer`` is the most common first layer, ``channels`` the channels massive there in any text, and
+    ``means`` their signed mean value over those entries. One forward pass per text.
+    """
+    import torch
+
+    info = _info(model)
+    texts = _texts(texts)
+    run = _Runner(model, info, remote)
+    firsts, per_layer_entries = [], []
+    for text in _progress(texts, "find_massive", len(texts)):
+        ids, _ = _tokenize(model, text, add_bos, max_tokens)
+        inputs, _ = run.inputs(torch.tensor([ids]))
+        vals, idx, med = run.run(_scan_block, model, inputs, run.layers, min(top_k, len(ids) * info.d_model))
+        vals, idx, med = vals.numpy(), idx.numpy(), med.numpy()
+        entries = {}
+        for li in range(vals.shape[0]):
+            ok = (np.abs(vals[li]) > abs_thr) & (np.abs(vals[li]) >= ratio * med[li])
+            entries[li] = [(int(j // info.d_model), int(j % info.d_model), float(v))
+                           for j, v in zip(idx[li][ok], vals[li][ok])]
+        first = next((li for li in range(vals.shape[0]) if entries[li]), None)
+        firsts.append(first)
+        per_layer_entries.append(entries)
+    seen = [f for f in firsts if f is not None]
+    if not seen:
+        raise InterventionError(
+            f"no massive activations (|h| > {abs_thr:g} and >= {ratio:g}x the median) in {info.name!r} on these "
+            f"{len(texts)} texts; lower abs_thr / ratio, or pass layer= and channels= explicitly")
+    layer = max(set(seen), key=seen.count)
+    found = [e[layer] for e in per_layer_entries]
+    by_ch: dict[int, list[float]] = {}
+    for fl in found:
+        for _, c, v in fl:
+            by_ch.setdefault(c, []).append(v)
+    channels = sorted(by_ch)
+    return MassiveSpec(layer, channels, [float(np.mean(by_ch[c])) for c in channels], found, firsts, abs_thr, ratio)
+
+
+def ablate_massive(model, texts, mode="both", *, reference=None, spec: MassiveSpec | None = None, control: bool = True,
+                   attention_layers="after", abs_thr: float = 100.0, ratio: float = 1000.0,
+                   add_bos: bool | None = None, max_tokens: int | None = None, remote=None) -> InterventionResult:
+    r"""Set the massive activations to zero or to their mean and measure the loss (Sun et al. 2024, §3.1).
+
+    The massive entries are found with :func:`find_massive` on ``reference`` (default: ``texts``), or given as a
+    :class:`MassiveSpec`. In each text, the entries of ``spec.channels`` that are massive on the clean run at
+    ``spec.layer`` (same criterion) are replaced, on the residual stream after that layer, by
+
+    - ``"zero"``: 0; Sun et al. (LLaMA2-7B): perplexity explodes;
+    - ``"mean"``: the channel's mean over the reference texts; Sun et al.: perplexity unchanged (a fixed bias).
+
+    ``mode``: ``"zero"``, ``"mean"`` or ``"both"``. ``control=True`` adds a row that zeroes the same channels at the
+    last token instead (not massive): the damage must come from the massive entries, not the channels.
+
+    Returns an :class:`InterventionResult` with conditions ``clean``, ``zero`` / ``mean`` and ``control``; with
+    ``attention_layers`` (default: every later layer) the first-token attention mass of each layer (``sink_mass``,
+    token 0) and its change. ``meta["spec"]`` is the spec used, ``meta["n_massive"]`` the entries edited per text.
+    Cost: one forward pass (2-4 rows) per text, plus :func:`find_massive` (one per reference text).
+    """
+    import torch
+
+    info = _info(model)
+    texts = _texts(texts)
+    modes = {"both": ["zero", "mean"], "zero": ["zero"], "mean": ["mean"]}.get(mode)
+    if modes is None:
+        raise InterventionError(f"mode={mode!r}: use 'zero', 'mean' or 'both'")
+    if spec is None:
+        spec = find_massive(model, reference if reference is not None else texts, abs_thr=abs_thr, ratio=ratio,
+                            add_bos=add_bos, max_tokens=max_tokens, remote=remote)
+    L = info.n_layers
+    stats = list(range(spec.layer + 1, L)) if attention_layers == "after" else _layers_arg(attention_layers or None, L,
+                                                                                             "attention_layers")
+    ch = torch.tensor(spec.channels, dtype=torch.long)
+    values = torch.stack([torch.zeros(len(spec.channels)) if m == "zero" else torch.tensor(spec.means)
+                          for m in modes]).float()
+    conds = ["clean", *modes] + (["control"] if control else [])
+    run = _Runner(model, info, remote)
+    neg = _neg()
+    sink_cols = torch.tensor([0])
+    nll: dict[str, list] = {c: [] for c in conds}
+    chunks, n_massive, n_tok = [], [], 0
+    for text in _progress(texts, "ablate_massive", len(texts)):
+        ids, used = _tokenize(model, text, add_bos, max_tokens)
+        T = len(ids)
+        x = torch.tensor([ids] * len(conds))
+        inputs, xd = run.inputs(x)
+        bases = {li: _base_mask(T, run.params[li][3], neg) for li in stats}
+        edit = ("massive", ch, values, float(spec.abs_thr), float(spec.ratio), T - 1 if control else -1)
+        out = run.run(_block, model, inputs, xd, run.layers, run.attns, run.params, bases, None, {},
+                      (spec.layer, edit), stats, sink_cols, FIRST_QUERY, neg)
+        for ci, c in enumerate(conds):
+            nll[c].append(out["nll"][ci].numpy())
+        n_massive.append(int(out["flags"].sum()))
+        n_tok += T
+        if stats:
+            chunks.append({k: out[k].numpy() for k in ("dsink", "tv", "mass")})
+    return InterventionResult(
+        "ablate_massive", conds, nll, _collect_attention(chunks, stats),
+        {"model": info.name, "spec": spec, "layer": spec.layer, "n_massive": n_massive, "n_texts": len(texts),
+         "n_tokens": n_tok, "add_bos": used, "remote": bool(run.remote)})
+
+
+# ============================================================================= mask the sink
+def _blocked(T: int, tokens: Sequence[int]):
+    """``[T, T]`` bool: keys ``tokens`` are hidden from queries ``t >= 1``; a query that would see no key keeps them."""
+    import torch
+
+    vis = torch.ones(T, T, dtype=torch.bool).tril()
+    bl = torch.zeros(T, T, dtype=torch.bool)
+    bl[1:, list(tokens)] = True
+    bl &= vis
+    empty = (vis & ~bl).sum(-1) == 0
+    bl[empty] = False
+    return bl
+
+
+def mask_sink(model, texts, layers="12-29", *, token=0, sweep: bool = False, attention_layers=None,
+              batch_size: int = DEFAULT_BATCH, add_bos: bool | None = None, max_tokens: int | None = None,
+              remote=None) -> InterventionResult:
+    r"""Forbid attention to the sink token in chosen layers and measure the loss.
+
+    In every head of each chosen layer, queries :math:`t \ge 1` cannot attend to key ``token`` (default 0, where
+    SmolLM2's sink forms): an additive :math:`-\infty` before the softmax, so each row is renormalised over the
+    other keys, :math:`P'_{tj} = P_{tj} / (1 - P_{t,\text{sink}})` for :math:`j \ne` sink. The mask is set on each
+    chosen layer's attention call (``attention_mask``), so it works under eager and SDPA attention and on NDIF.
+
+    ``layers``: one layer set (``"12-29"``, ``"all"``, a list) or several (a list of those, or a dict name → set).
+    ``sweep=True`` adds one condition per single layer (``"layer 0"`` … ``"layer L-1"``): ``chart("sweep")``.
+    ``token``: an int or a list of positions to hide. ``batch_size``: rows per forward pass (one is the clean copy).
+
+    Note (measured on SmolLM2): masking token 0 in *every* layer equals deleting it, and token 1 becomes the new
+    sink, so it costs little; masking only the layers where the sink is used (12-29) costs much more.
+    """
+    import torch
+
+    info = _info(model)
+    L = info.n_layers
+    texts = _texts(texts)
+    tokens = [int(token)] if isinstance(token, (int, np.integer)) else [int(t) for t in token]
+    if isinstance(layers, dict):
+        sets = {str(k): _layers_arg(v, L, "layers") for k, v in layers.items()}
+    elif isinstance(layers, (list, tuple)) and layers and all(isinstance(v, (str, list, tuple, range)) for v in layers):
+        sets = {_set_name(v, L): _layers_arg(v, L, "layers") for v in layers}
+    elif layers is None:
+        sets = {}
+    else:
+        sets = {_set_name(layers, L): _layers_arg(layers, L, "layers")}
+    if sweep:
+        sets.update({f"layer {li}": [li] for li in range(L)})
+    if not sets:
+        raise InterventionError("mask_sink needs layers=... or sweep=True")
+    if batch_size < 2:
+        raise InterventionError(f"batch_size={batch_size}: need at least 2 (the clean row and one edited row)")
+    stats = _layers_arg(attention_layers, L, "attention_layers")
+    names = list(sets)
+    conds = ["clean", *names]
+    run = _Runner(model, info, remote)
+    neg = _neg()
+    sink_cols = torch.tensor(tokens)
+    nll: dict[str, list] = {c: [] for c in conds}
+    chunks, n_tok = [], 0
+    per = batch_size - 1
+    for text in _progress(texts, "mask_sink", len(texts)):
+        ids, used = _tokenize(model, text, add_bos, max_tokens)
+        T = len(ids)
+        if max(tokens) >= T:
+            raise InterventionError(f"token={token!r} is out of range for a text of {T} tokens")
+        bl = _blocked(T, tokens)
+        bases = {li: _base_mask(T, run.params[li][3], neg) for li in range(L)}
+        parts = []
+        for g in range(0, len(names), per):
+            group = names[g:g + per]
+            B = 1 + len(group)
+            rows = {}
+            for r, nm in enumerate(group):
+                for li in sets[nm]:
+                    rows.setdefault(li, torch.zeros(B, dtype=torch.bool))[r + 1] = True
+            inputs, xd = run.inputs(torch.tensor([ids] * B))
+            out = run.run(_block, model, inputs, xd, run.layers, run.attns, run.params, bases, bl, rows, None,
+                          stats, sink_cols, FIRST_QUERY, neg)
+            if g == 0:
+                nll["clean"].append(out["nll"][0].numpy())
+            for r, nm in enumerate(group):
+                nll[nm].append(out["nll"][r + 1].numpy())
+            parts.append(out)
+        n_tok += T
+        if stats:
+            chunks.append({"dsink": np.concatenate([p["dsink"].numpy() for p in parts], axis=1),
+                           "tv": np.concatenate([p["tv"].numpy() for p in parts], axis=1),
+                           "mass": np.concatenate([parts[0]["mass"].numpy()[:, :1]]
+                                                  + [p["mass"].numpy()[:, 1:] for p in parts], axis=1)})
+    return InterventionResult(
+        "mask_sink", conds, nll, _collect_attention(chunks, stats),
+        {"model": info.name, "layer_sets": sets, "token": tokens, "n_texts": len(texts), "n_tokens": n_tok,
+         "add_bos": used, "remote": bool(run.remote)})
+
+
+def _set_name(sel, L) -> str:
+    if isinstance(sel, str):
+        return "all layers" if sel == "all" else f"layers {sel}"
+    ls = _layers_arg(sel, L, "layers")
+    if ls == list(range(ls[0], ls[-1] + 1)) and len(ls) > 1:
+        return f"layers {ls[0]}-{ls[-1]}"
+    return "layers " + ",".join(map(str, ls))
+
+
+# ============================================================================= add a sink token
+def add_sink(model, texts, prefix="\n", *, add_bos: bool | None = False, max_tokens: int | None = None,
+             remote=None) -> InterventionResult:
+    r"""Prepend a dedicated sink token and measure the NLL of the original tokens.
+
+    StreamingLLM (Xiao et al., ICLR 2024, §3.3) shows that a token whose only job is to be the sink helps; in a
+    model without a BOS (SmolLM2) the first *word* is the sink, and a prepended newline can take over the role
+    (the massive activation moves onto it). ``prefix``: a string (tokenized on its own, without special tokens, so
+    the original tokens are unchanged; a special token such as ``"<|endoftext|>"`` works), a list of token ids, or a
+    list of such prefixes (one condition each).
+
+    Both conditions score the same targets: tokens ``1..T-1`` of the original text (token 0 has no prediction
+    without a prefix). ``meta["first_token_nll"][cond]`` is the NLL of original token 0 given the prefix, and
+    ``meta["nll_from_token2"][cond]`` the mean NLL over tokens ``2..T-1``: without a prefix, token 1 is predicted
+    from token 0 alone, so most of a prefix's gain can be that one prediction.
+    Cost: one forward pass per text and condition.
+    """
+    import torch
+
+    info = _info(model)
+    texts = _texts(texts)
+    prefixes = prefix if isinstance(prefix, list) and prefix and not isinstance(prefix[0], int) else [prefix]
+    pre_ids, conds = [], ["none"]
+    for p in prefixes:
+        if isinstance(p, str):
+            pi = list(model.tokenizer(p, add_special_tokens=False)["input_ids"])
+            name = f"prefix {p!r}"
+        else:
+            pi = [int(x) for x in p]
+            name = f"prefix ids {pi}"
+        if not pi:
+            raise InterventionError(f"prefix {p!r} produced no tokens; use e.g. '\\n' or a token id list")
+        pre_ids.append(pi)
+        conds.append(name)
+    run = _Runner(model, info, remote)
+    neg = _neg()
+    nll: dict[str, list] = {c: [] for c in conds}
+    first: dict[str, list] = {c: [] for c in conds[1:]}
+    n_tok = 0
+    for text in _progress(texts, "add_sink", len(texts)):
+        ids, used = _tokenize(model, text, add_bos, max_tokens)
+        for c, pi in zip(conds, [[], *pre_ids]):
+            inputs, xd = run.inputs(torch.tensor([pi + ids]))
+            out = run.run(_block, model, inputs, xd, run.layers, run.attns, run.params, {}, None, {}, None, [],
+                          torch.tensor([0]), FIRST_QUERY, neg)
+            full = out["nll"][0].numpy()
+            nll[c].append(full[len(pi):])
+            if pi:
+                first[c].append(float(full[len(pi) - 1]))
+        n_tok += len(ids)
+    from2 = {c: float(np.concatenate([a[1:] for a in nll[c]]).mean()) for c in conds}
+    return InterventionResult(
+        "add_sink", conds, nll, {},
+        {"model": info.name, "prefix_ids": pre_ids, "first_token_nll": {c: float(np.mean(v)) for c, v in first.items()},
+         "nll_from_token2": from2, "n_texts": len(texts), "n_tokens": n_tok, "add_bos": used,
+         "remote": bool(run.remote)})

@@ -106,3 +106,68 @@ def test_project_out_argument_errors(smollm2):
         project_out(smollm2, "A short text here.", 30, np.ones(576))
     with pytest.raises(InterventionError, match="positions="):
         project_out(smollm2, "A short text here.", 3, np.ones(576), positions="everything")
+
+
+# ----------------------------------------------------------------------------- bands (streaming-pilot.md)
+@pytest.fixture(scope="module")
+def massive_spec(smollm2):
+    from sinkwidgets.interventions import find_massive
+
+    return find_massive(smollm2, PARAGRAPHS)
+
+
+def test_find_massive_layer_and_channel(massive_spec):
+    # pilot: first at layer 11, on token 0, channel 507 (~22,500) plus channel 247 (~1,700)
+    assert massive_spec.layer == 11
+    assert 507 in massive_spec.channels
+    i = massive_spec.channels.index(507)
+    assert 15_000 < massive_spec.means[i] < 30_000
+    assert all(any(t == 0 and c == 507 for t, c, _ in f) for f in massive_spec.found)
+
+
+def test_ablate_massive_bands(smollm2, massive_spec):
+    from sinkwidgets.interventions import ablate_massive
+
+    res = ablate_massive(smollm2, PARAGRAPHS, spec=massive_spec)  # attention of every later layer (12-29)
+    d = res.delta
+    assert d["zero"] >= 3.0  # band: zeroing raises NLL by >= 3 nats
+    assert abs(d["mean"]) <= 0.05  # band: mean ablation moves it by <= 0.05
+    assert abs(d["control"]) <= 0.05  # same channels at a non-massive token: harmless
+    assert all(n >= 1 for n in res.meta["n_massive"])
+    mass = res.attention["sink_mass"]  # [N, S, C, H]; C = clean, zero, mean, control
+    assert list(res.attention["layers"]) == list(range(12, 30))
+    # pilot: zeroing lowers the mean first-token attention of layers 12-29 (0.594 -> 0.487); mean ablation keeps it
+    assert mass[:, :, 1].mean() < mass[:, :, 0].mean() - 0.05
+    assert abs(mass[:, :, 2].mean() - mass[:, :, 0].mean()) < 0.02
+    assert res.chart("layers").to_dict()["mark"]["type"] == "line"
+
+
+def test_mask_sink_bands_and_equivalence(smollm2):
+    from sinkwidgets.interventions import mask_sink
+
+    res = mask_sink(smollm2, PARAGRAPHS, {"late": "12-29", "all": "all"}, attention_layers=[20])
+    assert res.delta["late"] >= 0.5  # band: masking token 0 in layers 12-29 raises NLL by >= 0.5
+    assert res.delta["late"] > res.delta["all"]  # masking every layer is cheaper (token 1 becomes the sink)
+    # masked rows put exactly no attention on token 0 (queries t >= 1), the clean row does
+    mass = res.attention["sink_mass"][:, 0]  # [N, C, H]
+    assert mass[:, 1].max() < 1e-6 and mass[:, 0].mean() > 0.3
+    # masking every layer equals deleting token 0 (pilot: to 2.5e-5), on a plain forward of ids[1:]
+    hf = smollm2._module
+    for i, text in enumerate(PARAGRAPHS[:2]):
+        ids = ids_of(smollm2, text)
+        ref = plain_nll(hf, ids[1:])
+        np.testing.assert_allclose(res.nll["all"][i][1:], ref, atol=2e-3)
+
+
+def test_add_sink_newline_band(smollm2):
+    from sinkwidgets.interventions import add_sink
+
+    res = add_sink(smollm2, PARAGRAPHS, "\n")
+    c = "prefix '\\n'"
+    assert res.rows()[1]["frac_texts_lower"] >= 0.8  # band: a newline sink lowers NLL on >= 80% of paragraphs
+    assert res.delta[c] < 0
+    assert res.meta["nll_from_token2"][c] < res.meta["nll_from_token2"]["none"]
+    # same targets in both conditions, and the prefixed row equals a plain forward
+    ids = ids_of(smollm2, PARAGRAPHS[0])
+    assert len(res.nll[c][0]) == len(res.nll["none"][0]) == len(ids) - 1
+    np.testing.assert_allclose(res.nll[c][0], plain_nll(smollm2._module, [198] + ids)[1:], atol=2e-4)
