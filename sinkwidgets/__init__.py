@@ -30,6 +30,13 @@ _LAZY = {
     "fetch_model": "models",
     "list_models": "models",
     "trace": "tracing",
+    # interventions and StreamingLLM (torch)
+    "project_out": "interventions",
+    "ablate_massive": "interventions",
+    "mask_sink": "interventions",
+    "add_sink": "interventions",
+    "streaming_ppl": "streaming",
+    "streaming_sweep": "streaming",
     # widgets
     "SinkGrid": "widgets",
     "AttentionHeatmap": "widgets",
@@ -40,7 +47,8 @@ _LAZY = {
 __all__ = ["SinkTrace", "SinkTraceFormatError", "__version__", *_LAZY]
 
 
-_SUBMODULES = {"metrics", "models", "tracing", "widgets", "toy", "remote", "chunked", "cli",
+_SUBMODULES = {"metrics", "models", "tracing", "widgets", "toy", "remote", "chunked", "cli", "interventions",
+               "streaming",
                # tutorial helpers: charts (sw.charts), numpy summaries, inputs, a hand-made head, q-k geometry
                "charts", "analysis", "inputs", "handmade", "geometry"}
 
