@@ -1,0 +1,262 @@
+"""Corpus collection for catch / tag / release: a thin layer over the tracing engine's reductions.
+
+:func:`collect` runs texts through :func:`sinkwidgets.tracing.run_units` with these units (all computed inside the
+trace, so only these small arrays leave the model, on every path: eager, chunked, remote):
+
+- ``AttentionSummary``: Gu et al. α of every key, every head (``[L, H, T]`` per prompt: cheap, and what sink-head
+  selection and boundary rankings need);
+- ``KeptMaps``, ``HeadOutputs``, ``HeadValues`` for the chosen heads only (``[T, T]`` and ``[T, d]`` per head);
+- ``PooledResidual`` for the chosen layers (mean over ``t >= 1`` and last token, ``[d]`` each).
+
+It never keeps ``[N, H, T, d]`` for all heads or a per-token residual of all layers. Texts are run in blocks and
+copied into preallocated packed arrays, so the peak memory is the kept arrays plus one block's results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .analysis import BOUNDARY_ALPHA, MIN_LATER, HeadRanking, boundary_heads_from_data
+from .data import TagData, _pair
+
+#: Batches run per engine call; results are copied into the packed arrays after each call.
+BLOCK_BATCHES = 4
+
+
+def _norm_heads(heads: Any, L: int, H: int, what: str = "heads") -> list[tuple[int, int]]:
+    if heads is None:
+        return []
+    if isinstance(heads, tuple) and len(heads) == 2 and all(isinstance(x, (int, np.integer)) for x in heads):
+        heads = [heads]
+    out = []
+    for item in heads:
+        l, h = _pair(item)
+        l = l + L if l < 0 else l
+        if not (0 <= l < L and 0 <= h < H):
+            raise ValueError(f"{what}: L{l}H{h} is out of range; the model has layers 0..{L - 1} and heads 0..{H - 1}")
+        out.append((l, h))
+    return sorted(set(out))
+
+
+def _norm_layers(layers: Any, L: int) -> list[int]:
+    if layers is None:
+        return []
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"layers must be None, 'all' or a list of layer indices, got {layers!r}")
+        return list(range(L))
+    layers = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
+    out = sorted({int(x) + L if int(x) < 0 else int(x) for x in layers})
+    bad = [x for x in out if not 0 <= x < L]
+    if bad:
+        raise ValueError(f"layers {bad} are out of range; the model has layers 0..{L - 1}")
+    return out
+
+
+def _sel(heads: list[tuple[int, int]]) -> dict[int, list[int]]:
+    sel: dict[int, list[int]] = {}
+    for l, h in heads:
+        sel.setdefault(l, []).append(h)
+    return sel
+
+
+def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, pool: Sequence[str] = ("mean", "last"),
+            *, maps: Any = True, outputs: bool = True, values: bool = True, summary: bool = True,
+            add_bos: bool | None = None, max_tokens: int | None = None, batch_size: int = 8, method: str = "auto",
+            remote: Any = False, progress: bool | None = None, labels: Sequence[int] | None = None,
+            groups: Sequence[Any] | None = None) -> TagData:
+    """Run ``texts`` through ``model`` in batches and keep what catch / tag / release need, as a :class:`TagData`.
+
+    Parameters
+    ----------
+    model : a model from :func:`sinkwidgets.load_model` (local, or remote on NDIF).
+    texts : list of str (hundreds are fine: they run in batches of ``batch_size`` with a progress bar).
+    heads : ``(layer, head)`` pairs whose per-head outputs ``o_t`` (after ``W_O``), values ``g_j = v_j W_O^h`` and
+        attention maps are kept (``[T, d]``, ``[T, d]``, ``[T, T]`` per prompt and head).
+    layers : layers whose residual stream (block output) is kept pooled per prompt (``None``: none; ``"all"``).
+    pool : which poolings to keep: ``"mean"`` (over real tokens ``t >= 1``) and/or ``"last"``.
+    maps : ``True`` (the chosen heads' maps), ``False``, or a list of other ``(layer, head)`` pairs.
+    outputs, values : keep the chosen heads' outputs / values.
+    summary : keep α of every head (``[L, H, T]`` per prompt: sink-head selection, :func:`boundary_heads`).
+    add_bos, max_tokens, batch_size, method, remote : as in :func:`sinkwidgets.trace`.
+    labels, groups : optional per-text labels and groups, stored for :func:`sinkwidgets.tags.probe`.
+    """
+    from ..tracing import reductions as R
+    from ..tracing import run_units, tokenize
+
+    info = getattr(model, "sinkwidgets", None)
+    if info is None:
+        raise TypeError(f"collect() needs a model from sinkwidgets.load_model(), got {type(model).__name__}; "
+                        "e.g. model = sinkwidgets.load_model('smollm2-135m')")
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise ValueError("collect() needs at least one text")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    L, H, d = info.n_layers, info.n_heads, info.d_model
+    head_list = _norm_heads(heads, L, H)
+    layer_list = _norm_layers(layers, L)
+    pool = (pool,) if isinstance(pool, str) else tuple(pool)
+    bad = [p for p in pool if p not in ("mean", "last")]
+    if bad:
+        raise ValueError(f"pool entries must be 'mean' or 'last', got {bad}")
+    if maps is True:
+        map_list = head_list
+    elif maps is False or maps is None:
+        map_list = []
+    else:
+        map_list = _norm_heads(maps, L, H, "maps")
+    if labels is not None and len(labels) != len(texts):
+        raise ValueError(f"labels has {len(labels)} entries but there are {len(texts)} texts")
+    if groups is not None and len(groups) != len(texts):
+        raise ValueError(f"groups has {len(groups)} entries but there are {len(texts)} texts")
+
+    units: list = []
+    if summary:
+        units.append(R.AttentionSummary())
+    if map_list:
+        units.append(R.KeptMaps(_sel(map_list)))
+    if head_list and outputs:
+        units.append(R.HeadOutputs(_sel(head_list)))
+    if head_list and values:
+        units.append(R.HeadValues(_sel(head_list)))
+    if layer_list and pool:
+        units.append(R.PooledResidual(layer_list))
+    if not units:
+        raise ValueError("nothing to collect: pass heads, layers, or summary=True")
+
+    # token counts first (cheap), so the packed arrays are allocated once
+    lengths = []
+    for t in texts:
+        ids, _ = tokenize(model, t, add_bos)
+        lengths.append(min(len(ids), max_tokens) if max_tokens is not None else len(ids))
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    map_offsets = np.concatenate([[0], np.cumsum(lengths ** 2)])
+    n_tok, N, P = int(offsets[-1]), len(texts), len(head_list)
+    Ls = len(layer_list)
+    sink_scores = np.zeros((L, H, n_tok), np.float32) if summary else None
+    ftm = np.zeros((N, L, H), np.float32) if summary else None
+    kept = np.zeros((len(map_list), int(map_offsets[-1])), np.float16) if map_list else None
+    head_outputs = np.zeros((P, n_tok, d), np.float32) if head_list and outputs else None
+    head_values = np.zeros((P, n_tok, d), np.float32) if head_list and values else None
+    pooled_mean = np.zeros((N, Ls, d), np.float32) if Ls and "mean" in pool else None
+    pooled_last = np.zeros((N, Ls, d), np.float32) if Ls and "last" in pool else None
+    token_ids = np.zeros(n_tok, np.int64)
+    tokens: list[list[str]] = []
+    meta: dict[str, Any] = {}
+
+    block = batch_size * BLOCK_BATCHES
+    show = progress if progress is not None else N > batch_size
+    from tqdm.auto import tqdm
+
+    with tqdm(total=N, desc=f"collecting {info.name}", unit="text", disable=not show) as bar:
+        for start in range(0, N, block):
+            res = run_units(model, texts[start:start + block], units, add_bos=add_bos, max_tokens=max_tokens,
+                            batch_size=batch_size, method=method, remote=remote, progress=False)
+            for j, r in enumerate(res):
+                i = start + j
+                a, b = int(offsets[i]), int(offsets[i + 1])
+                if len(r.tokens) != b - a:
+                    raise RuntimeError(f"text {i}: the engine returned {len(r.tokens)} tokens, tokenize() {b - a}")
+                tokens.append(list(r.tokens))
+                token_ids[a:b] = r.token_ids
+                x = r.arrays
+                if summary:
+                    sink_scores[:, :, a:b] = x["sink_scores"]
+                    ftm[i] = x["first_token_mass"]
+                if map_list:
+                    _check_index(x["map_index"], map_list, "map_index")
+                    kept[:, map_offsets[i]:map_offsets[i + 1]] = x["maps"].reshape(len(map_list), -1)
+                if head_outputs is not None:
+                    _check_index(x["head_output_index"], head_list, "head_output_index")
+                    head_outputs[:, a:b] = x["head_outputs"]
+                if head_values is not None:
+                    _check_index(x["head_value_index"], head_list, "head_value_index")
+                    head_values[:, a:b] = x["head_values"]
+                if pooled_mean is not None:
+                    pooled_mean[i] = x["pooled_mean"]
+                if pooled_last is not None:
+                    pooled_last[i] = x["pooled_last"]
+                if not meta:
+                    meta = {k: v for k, v in r.meta.items() if k not in ("text", "truncated", "n_tokens_original",
+                                                                           "trace_seconds", "batch_size")}
+            bar.update(len(res))
+            del res
+    meta.update(n_texts=N, pool=list(pool), batch_size=batch_size)
+    return TagData(tokens=tokens, offsets=offsets, heads=np.asarray(head_list, np.int32).reshape(-1, 2),
+                   token_ids=token_ids, head_outputs=head_outputs, head_values=head_values, sink_scores=sink_scores,
+                   first_token_mass=ftm, maps=kept, map_index=np.asarray(map_list, np.int32).reshape(-1, 2)
+                   if map_list else None, map_offsets=map_offsets if map_list else None, pooled_mean=pooled_mean,
+                   pooled_last=pooled_last, pooled_layers=np.asarray(layer_list, np.int32) if Ls else None,
+                   labels=None if labels is None else np.asarray(labels), groups=None if groups is None else
+                   [str(g) for g in groups], meta=meta)
+
+
+def _check_index(index: np.ndarray, expected: list[tuple[int, int]], name: str) -> None:
+    got = [tuple(int(v) for v in row) for row in np.asarray(index).reshape(-1, 2)]
+    if got != expected:
+        raise RuntimeError(f"the engine's {name} {got} differs from the requested heads {expected}")
+
+
+def boundary_heads(model_or_data: Any, texts: Sequence[str] | None = None, *, threshold: float = BOUNDARY_ALPHA,
+                   min_later: int = MIN_LATER, top: int | None = None, **collect_kwargs: Any) -> HeadRanking:
+    """Heads ranked by mean non-first boundary α over ``texts`` (prompt-dependent sinks: '.', '!', '?', newline).
+
+    Per prompt and head, the score is the largest Gu et al. α among boundary tokens at positions ``>= 1`` with at
+    least ``min_later`` later queries; the ranking is by its mean over prompts. Each record has ``layer``, ``head``,
+    ``alpha`` (the mean) and ``share`` (prompts with score ``>= threshold``; the pilot selects boundary sink heads
+    by ``share >= 0.9`` at ``threshold = 0.25``). ``model_or_data`` is a model (α of all heads is collected from
+    ``texts``: one cheap pass) or a :class:`TagData` with ``sink_scores``.
+
+    On SmolLM2-135M the top head is L1H1 (α ≈ 0.43 over three-sentence paragraphs); Gemma-3-270M has essentially
+    no boundary sinks (no head above 0.2): its attention mass goes to ``<bos>``.
+    """
+    if isinstance(model_or_data, TagData):
+        data = model_or_data
+    else:
+        if texts is None:
+            raise ValueError("boundary_heads(model, texts): give the texts (paragraphs of several sentences)")
+        data = collect(model_or_data, texts, heads=(), layers=None, **collect_kwargs)
+    return boundary_heads_from_data(data, threshold=threshold, min_later=min_later, top=top)
+
+
+def residual_rows(model, texts: Sequence[str], layer: int, *, add_bos: bool | None = None,
+                  max_tokens: int | None = None, batch_size: int = 8) -> list[np.ndarray]:
+    """The residual stream after ``layer`` at every token of each text, ``[T_i, d]`` each (for the PC control of
+    :func:`sinkwidgets.tags.release`; one layer only)."""
+    from ..tracing import run_units
+
+    unit = _residual_rows_unit(int(layer))
+    res = run_units(model, list(texts), [unit], add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
+                    progress=False)
+    return [np.array(r.arrays["resid_rows"], dtype=np.float32) for r in res]
+
+
+def _residual_rows_unit(layer: int):
+    from ..tracing import reductions as R
+
+    class ResidualRows(R.Reduction):
+        """The block output after one layer at every real token, ``[B, T, d]`` (lands as ``resid_rows [T, d]``)."""
+
+        name = "resid_rows"
+        reads = ("resid",)
+
+        def layers(self, n_layers):
+            return [layer]
+
+        def read(self, source, x, w_o, ctx, l):
+            return {"h": x.float()}
+
+        def result_bytes(self, B, T, ctx):
+            return B * T * ctx.d_model * 4
+
+        def land(self, out, b, f):
+            return {"resid_rows": out["h"][0, b, f:]}
+
+    return ResidualRows()

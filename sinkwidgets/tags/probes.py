@@ -1,0 +1,325 @@
+"""Probes: do the tags carry meaning? (Zhang, Khan & Papyan, arXiv 2502.00919, §4.4, Table 1 and Table 7.)
+
+A probe is a standardized logistic regression (``StandardScaler`` + ``LogisticRegression(C)``, scikit-learn,
+imported on first use) on pooled residual features ``X [N, d]``, scored by **grouped** k-fold cross-validation:
+all texts of a group (a city, an adjective) fall in the same fold, so a held-out fold holds groups the probe never
+saw. With ``Q [d, k]`` an orthonormal basis of the union of the chosen heads' tag subspaces, the feature sets are
+
+- ``full``: ``X``;                      - ``tag``: ``X Q`` (the paper's θ_tag);
+- ``no_tag``: ``X - X Q Q^T`` (θ_no_tag); - ``random``: ``X R`` for random orthonormal ``R [d, k]`` (≥ 10 draws);
+- ``pcs``: the top-``k`` principal components of the training fold's ``X``;
+- ``shuffled``: ``full`` with permuted labels;  - ``chance``: the training fold's majority class.
+
+Accuracies are means over ``seeds`` random grouped splits; a standard error is the standard deviation of the fold
+accuracies divided by ``sqrt(folds)``, averaged over seeds; for ``random`` it is the spread of the draws' means
+divided by ``sqrt(draws)`` (``random_sd`` is the spread itself).
+
+What SmolLM2-135M shows (pilot, ``docs/tags.md``): θ_tag never beats θ_no_tag (no_tag ≈ full in every dataset,
+layer and pooling), unlike the paper's "no-tag ≈ chance". The one robust positive: cities, residual after layer 9,
+mean-pooled, 16-d union of the rank-2 tag subspaces of the 8 highest-EV first-token sink heads in layers ≤ 9:
+tag ≈ full ≈ 0.81 against ≈ 0.61 for random 16-d subspaces and ≈ 0.68 for the data's own top-16 PCs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .analysis import explained_variance, random_subspace, sink_heads, tag_subspace, tag_vectors, union_subspace
+from .data import TagData, _pair
+
+FEATURE_SETS = ("full", "tag", "no_tag", "random", "pcs", "shuffled", "chance")
+#: Inverse L2 strength of the logistic regression (pilot: stable across datasets at 0.1).
+C_DEFAULT = 0.1
+
+
+def grouped_folds(groups: Sequence[Any], k: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold id ``[N]`` in ``0..k-1`` such that every group lies in one fold; groups are shuffled by ``seed`` and
+    dealt to folds largest first (so folds have near-equal sizes)."""
+    groups = np.asarray([str(g) for g in groups])
+    uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    if len(uniq) < k:
+        raise ValueError(f"grouped {k}-fold CV needs at least {k} groups, got {len(uniq)}; pass fewer folds or "
+                         "more groups (groups=None makes every text its own group)")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    order = order[np.argsort(-counts[order], kind="stable")]
+    sizes = np.zeros(k, dtype=np.int64)
+    gfold = np.empty(len(uniq), dtype=np.int64)
+    for g in order:
+        f = int(np.argmin(sizes + rng.random(k) * 1e-3))
+        gfold[g] = f
+        sizes[f] += counts[g]
+    return gfold[inv]
+
+
+def _make_model(C: float):
+    try:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("probes need scikit-learn: pip install scikit-learn (or sinkwidgets[tutorials])") from exc
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
+
+
+def _pca_basis(X: np.ndarray, k: int) -> np.ndarray:
+    Xc = X - X.mean(0)
+    _, _, vt = np.linalg.svd(Xc, full_matrices=False)
+    return vt[:k].T
+
+
+def cv_accuracy(X: np.ndarray, y: np.ndarray, folds: np.ndarray, *, C: float = C_DEFAULT,
+                transform=None) -> np.ndarray:
+    """Held-out accuracy of each fold ``[k]``. ``transform(X_train, X_test) -> (A, B)`` maps features per fold
+    (e.g. PCA fitted on the training fold only)."""
+    accs = []
+    for f in np.unique(folds):
+        te = folds == f
+        tr = ~te
+        Xtr, Xte = X[tr], X[te]
+        if transform is not None:
+            Xtr, Xte = transform(Xtr, Xte)
+        if len(np.unique(y[tr])) < 2:  # one class only in training: predict it
+            accs.append(float(np.mean(y[te] == y[tr][0])))
+            continue
+        m = _make_model(C).fit(Xtr, y[tr])
+        accs.append(float(np.mean(m.predict(Xte) == y[te])))
+    return np.asarray(accs)
+
+
+class ProbeResult(dict):
+    """Accuracies by feature set (``full``, ``tag``, ``no_tag``, ``random``, ``pcs``, ``shuffled``, ``chance``),
+    their standard errors under ``<name>_se``, and the settings in attributes. Prints as a small table."""
+
+    def __init__(self, acc: Mapping[str, float], se: Mapping[str, float], **info: Any):
+        super().__init__()
+        for name in FEATURE_SETS:
+            self[name] = float(acc[name])
+        for name in FEATURE_SETS:
+            self[f"{name}_se"] = float(se[name])
+        self.info = dict(info)
+        self["random_sd"] = float(info.get("random_sd", float("nan")))
+
+    @property
+    def se(self) -> dict[str, float]:
+        return {n: self[f"{n}_se"] for n in FEATURE_SETS}
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self:
+            return self[name]
+        info = self.__dict__.get("info", {})
+        if name in info:
+            return info[name]
+        raise AttributeError(name)
+
+    def __str__(self) -> str:
+        i = self.info
+        heads = ", ".join(f"L{a}H{b}" for a, b in i.get("heads", []))
+        dim = i.get("dim")
+        lines = [f"probe: {i.get('dataset') or 'texts'} ({i.get('n')} texts, {i.get('n_groups')} groups), residual "
+                 f"after layer {i.get('layer')}, pool={i.get('pool')!r}; {i.get('folds')}-fold grouped CV x "
+                 f"{i.get('seeds')} seeds",
+                 f"  tag subspace: {dim} dims from {heads or '(given)'}; holds {i.get('tag_variance', float('nan')):.1%}"
+                 f" of the features' variance",
+                 f"  {'features':<10}{'dims':>6}{'accuracy':>10}{'± se':>8}"]
+        dims = {"full": i.get("d"), "tag": dim, "no_tag": i.get("d"), "random": dim, "pcs": dim,
+                "shuffled": i.get("d"), "chance": 0}
+        for n in FEATURE_SETS:
+            extra = f"   ({i.get('n_random')} draws, sd {self['random_sd']:.3f})" if n == "random" else ""
+            lines.append(f"  {n:<10}{dims[n]!s:>6}{self[n]:>10.3f}{self[n + '_se']:>8.3f}{extra}")
+        if i.get("negative_control"):
+            lines.append("  NOTE: a negative-control dataset (the model does not know these labels)")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(str(self))
+
+    def __repr__(self) -> str:
+        return "ProbeResult(" + ", ".join(f"{n}={self[n]:.3f}" for n in FEATURE_SETS) + ")"
+
+
+def probe_features(X: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None, Q: np.ndarray, *, folds: int = 5,
+                   seeds: int = 5, n_random: int = 10, C: float = C_DEFAULT, seed: int = 0, **info: Any) -> ProbeResult:
+    """Run every feature set on features ``X [N, d]``, labels ``y [N]`` and a tag basis ``Q [d, k]`` (numpy)."""
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y).reshape(-1)
+    N, d = X.shape
+    if len(y) != N:
+        raise ValueError(f"labels has {len(y)} entries but there are {N} texts")
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"labels must hold at least two classes, got {np.unique(y).tolist()}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if n_random < 10:
+        raise ValueError(f"n_random must be >= 10 (random subspaces vary: the mean of few draws is noisy), got {n_random}")
+    groups = [str(i) for i in range(N)] if groups is None else [str(g) for g in groups]
+    if len(groups) != N:
+        raise ValueError(f"groups has {len(groups)} entries but there are {N} texts")
+    Q = np.asarray(Q, dtype=np.float64)
+    if Q.ndim != 2 or Q.shape[0] != d or Q.shape[1] < 1:
+        raise ValueError(f"the tag basis must be [d={d}, k >= 1], got {list(Q.shape)}")
+    k = Q.shape[1]
+    fold_sets = [grouped_folds(groups, folds, seed + s) for s in range(seeds)]
+    rng = np.random.default_rng(seed + 12345)
+    feats = {"full": X, "tag": X @ Q, "no_tag": X - (X @ Q) @ Q.T}
+    per: dict[str, list[np.ndarray]] = {n: [] for n in FEATURE_SETS if n != "random"}
+    for fs in fold_sets:
+        for n, F in feats.items():
+            per[n].append(cv_accuracy(F, y, fs, C=C))
+        kk = min(k, N - N // folds - 1, d)
+        per["pcs"].append(cv_accuracy(X, y, fs, C=C, transform=lambda a, b, kk=kk: (
+            (a - a.mean(0)) @ (B := _pca_basis(a, kk)), (b - a.mean(0)) @ B)))
+        per["shuffled"].append(cv_accuracy(X, rng.permutation(y), fs, C=C))
+        chance = []
+        for f in np.unique(fs):
+            vals, cnt = np.unique(y[fs != f], return_counts=True)
+            chance.append(float(np.mean(y[fs == f] == vals[np.argmax(cnt)])))
+        per["chance"].append(np.asarray(chance))
+    draws = np.array([cv_accuracy(X @ random_subspace(d, k, rng), y, fold_sets[r % seeds], C=C).mean()
+                      for r in range(n_random)])
+    acc = {n: float(np.mean([a.mean() for a in v])) for n, v in per.items()}
+    se = {n: float(np.mean([a.std(ddof=1) / np.sqrt(len(a)) for a in v])) for n, v in per.items()}
+    acc["random"], se["random"] = float(draws.mean()), float(draws.std(ddof=1) / np.sqrt(n_random))
+    tag_var = explained_variance(X, Q)
+    return ProbeResult(acc, se, random_sd=float(draws.std(ddof=1)), random_draws=draws.tolist(), n=N, d=d, dim=k,
+                       n_groups=len(set(groups)), folds=folds, seeds=seeds, n_random=n_random, C=C,
+                       tag_variance=tag_var, **info)
+
+
+def _in_sample_ev(data: TagData, head, rank: int) -> float:
+    G, _ = tag_vectors(data, head)
+    if len(G) < rank:
+        return float("nan")
+    rows = data.positions >= 1
+    return explained_variance(data.outputs(head)[rows], tag_subspace(G, rank))
+
+
+@dataclass
+class TagBasis:
+    """The union of the chosen heads' rank-``rank`` tag subspaces, ``basis [d, k]``, and how it was chosen."""
+
+    basis: np.ndarray
+    heads: list[tuple[int, int]]
+    rank: int
+    evs: dict = field(default_factory=dict)
+
+
+def tag_basis(data: TagData, heads: Any = "auto", *, rank: int = 2, n_heads: int = 8, max_layer: int | None = None,
+              alpha0: float = 0.5) -> TagBasis:
+    """Orthonormal basis of the union of tag subspaces (``tag_subspace`` of each head's sink values in ``data``).
+
+    ``heads="auto"``: the ``n_heads`` first-token sink heads (mean α₀ ``>= alpha0``) in layers ``<= max_layer``
+    with the highest in-sample tag EV at ``rank`` among the collected heads. Otherwise a list of ``(layer, head)``.
+    """
+    collected = [tuple(h) for h in data.heads.tolist()]
+    evs = {}
+    if isinstance(heads, str):
+        if heads != "auto":
+            raise ValueError(f"heads must be 'auto' or a list of (layer, head) pairs, got {heads!r}")
+        cands = [(r.layer, r.head) for r in sink_heads(data, alpha0=alpha0, max_layer=max_layer).first_token]
+        cands = [h for h in cands if h in collected]
+        if not cands:
+            raise ValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {max_layer} among the "
+                             f"collected heads {collected}; pass heads=[(layer, head), ...]")
+        evs = {h: _in_sample_ev(data, h, rank) for h in cands}
+        chosen = sorted((h for h in cands if np.isfinite(evs[h])), key=lambda h: -evs[h])[:n_heads]
+    else:
+        chosen = [_pair(h) for h in heads]
+    subs = []
+    for h in chosen:
+        G, _ = tag_vectors(data, h)
+        if len(G) < rank:
+            raise ValueError(f"L{h[0]}H{h[1]} has {len(G)} sinks, fewer than rank={rank}")
+        subs.append(tag_subspace(G, rank))
+    if not subs:
+        raise ValueError("no heads to build a tag subspace from")
+    return TagBasis(union_subspace(subs), [tuple(h) for h in chosen], rank, {f"L{a}H{b}": v for (a, b), v in
+                                                                            evs.items()})
+
+
+def probe(model_or_data: Any, texts: Sequence[str] | None = None, labels: Sequence[int] | None = None,
+          groups: Sequence[Any] | None = None, layer: int = 9, pool: str = "mean", heads: Any = "auto", *,
+          rank: int = 2, n_heads: int = 8, seeds: int = 5, folds: int = 5, n_random: int = 10, C: float = C_DEFAULT,
+          basis: np.ndarray | None = None, alpha0: float = 0.5, batch_size: int = 8, progress: bool | None = None,
+          seed: int = 0, return_data: bool = False, dataset: str | None = None,
+          negative_control: bool = False) -> ProbeResult | tuple[ProbeResult, TagData]:
+    """Train tag / no-tag probes with every control (see the module docstring for the feature sets).
+
+    Parameters
+    ----------
+    model_or_data : a model from :func:`sinkwidgets.load_model` (the texts are collected first: pooled residual after
+        ``layer`` plus the candidate heads' values and outputs), or a :class:`TagData` that holds them.
+    texts, labels, groups : the labelled texts (``labels`` 0/1 or any two classes; ``groups`` for grouped CV, e.g.
+        the city of each statement; ``None``: every text its own group). With a TagData, ``texts`` is ignored and
+        ``labels`` / ``groups`` default to the data's own.
+    layer, pool : features are the residual after ``layer``, ``"mean"`` over tokens ``t >= 1`` or ``"last"``.
+    heads : ``"auto"`` (the ``n_heads`` highest-EV first-token sink heads, mean α₀ ``>= alpha0``, in layers
+        ``<= layer``) or a list of ``(layer, head)``.
+    rank : rank of each head's tag subspace; the union has at most ``rank * n_heads`` dimensions.
+    basis : an explicit tag basis ``[d, k]`` (overrides ``heads``).
+    seeds, folds, n_random, C : grouped CV repeats, folds, random-subspace draws (>= 10), regularization.
+    return_data : also return the collected :class:`TagData` (to rerun with other settings without a forward pass).
+    """
+    from .collect import collect as _collect
+
+    layer = int(layer)
+    if pool not in ("mean", "last"):
+        raise ValueError(f"pool must be 'mean' or 'last', got {pool!r}")
+    if isinstance(model_or_data, TagData):
+        data = model_or_data
+        labels = data.labels if labels is None else labels
+        groups = data.groups if groups is None else groups
+    else:
+        if texts is None or labels is None:
+            raise ValueError("probe(model, texts, labels, ...): give the texts and their labels (or a TagData)")
+        texts = list(texts)
+        if len(labels) != len(texts):
+            raise ValueError(f"labels has {len(labels)} entries but texts has {len(texts)}")
+        if basis is not None:
+            head_list = []
+        elif isinstance(heads, str):
+            head_list = _auto_candidates(model_or_data, texts, layer, batch_size, alpha0)
+        else:
+            head_list = [_pair(h) for h in heads]
+        data = _collect(model_or_data, texts, heads=head_list, layers=[layer], batch_size=batch_size,
+                        progress=progress, labels=labels, groups=groups)
+    if labels is None:
+        raise ValueError("no labels: pass labels=[...] (one per text) or a TagData collected with labels")
+    X = data.pooled(layer, pool)
+    if basis is not None:
+        tb = TagBasis(np.linalg.qr(np.asarray(basis, dtype=np.float64))[0], [], rank)
+    else:
+        tb = tag_basis(data, heads, rank=rank, n_heads=n_heads, max_layer=layer, alpha0=alpha0)
+    res = probe_features(X, np.asarray(labels), groups, tb.basis, folds=folds, seeds=seeds, n_random=n_random, C=C,
+                         seed=seed, layer=layer, pool=pool, heads=tb.heads, rank=rank, head_evs=tb.evs,
+                         dataset=dataset, negative_control=negative_control)
+    return (res, data) if return_data else res
+
+
+#: Texts used to find the first-token sink heads before the main collection (α only: cheap).
+SELECT_TEXTS = 64
+
+
+def _auto_candidates(model, texts, layer: int, batch_size: int, alpha0: float) -> list[tuple[int, int]]:
+    """First-token sink heads (mean α₀ >= ``alpha0``) in layers <= ``layer``, from an α-only pass over a few texts."""
+    from .collect import collect as _collect
+
+    probe_data = _collect(model, texts[:SELECT_TEXTS], heads=[], layers=None, progress=False, batch_size=batch_size)
+    cands = [(r.layer, r.head) for r in sink_heads(probe_data, alpha0=alpha0, max_layer=layer).first_token]
+    if not cands:
+        raise ValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {layer}; pass heads=[...]")
+    return cands
+
+
+def probe_report(model_or_data: Any, dataset: str = "cities", **kwargs: Any) -> ProbeResult:
+    """:func:`probe` on a shipped dataset (``"cities"``, ``"sentiment"``, ``"arithmetic"``; see
+    :mod:`sinkwidgets.tags.datasets`). ``kwargs`` go to :func:`probe` (``layer``, ``pool``, ``heads``, ...)."""
+    from .datasets import load_dataset
+
+    ds = load_dataset(dataset)
+    return probe(model_or_data, ds.texts, ds.labels, ds.groups, dataset=ds.name,
+                 negative_control=ds.negative_control, **kwargs)
