@@ -21,6 +21,8 @@ field                        shape / dtype        meaning
 ``map_index``                ``[M, 2]`` i32       ``(layer, head)`` of each kept map
 ``head_outputs``             ``[N, H, T, d]`` f32 per-head contribution to the residual (after ``W_O``)
 ``head_output_layers``       ``[N]`` i32          the layers of ``head_outputs``
+``head_values``                ``[N, H, T, d]`` f32 value vectors after ``W_O``: ``g_j = v_j W_O^h`` for every token j
+``head_value_layers``        ``[N]`` i32          the layers of ``head_values``
 ``token_ids``                ``[T]`` i64          token ids
 ===========================  ===================  ===========================================================
 
@@ -39,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_write
+
 FORMAT_NAME = "sinkwidgets.SinkTrace"
 FORMAT_VERSION = 1
 
@@ -52,6 +56,8 @@ _OPTIONAL_ARRAYS = (
     "map_index",
     "head_outputs",
     "head_output_layers",
+    "head_values",
+    "head_value_layers",
 )
 
 
@@ -82,6 +88,8 @@ class SinkTrace:
     map_index: np.ndarray | None = None
     head_outputs: np.ndarray | None = None
     head_output_layers: np.ndarray | None = None
+    head_values: np.ndarray | None = None
+    head_value_layers: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,14 +118,20 @@ class SinkTrace:
             self.map_index = np.asarray(self.map_index, dtype=np.int32).reshape(-1, 2)
             if self.maps.shape != (len(self.map_index), T, T):
                 raise ValueError(f"maps must be [M, T, T] = [{len(self.map_index)}, {T}, {T}], got {self.maps.shape}")
-        if self.head_outputs is not None:
-            self.head_outputs = np.asarray(self.head_outputs, dtype=np.float32)
-            self.head_output_layers = np.asarray(self.head_output_layers, dtype=np.int32).reshape(-1)
-            if self.head_outputs.ndim != 4 or self.head_outputs.shape[:3] != (len(self.head_output_layers), H, T):
-                raise ValueError(
-                    f"head_outputs must be [N, H, T, d] with N={len(self.head_output_layers)}, H={H}, T={T}; "
-                    f"got {self.head_outputs.shape}"
-                )
+        for name, lname in (("head_outputs", "head_output_layers"), ("head_values", "head_value_layers")):
+            x = getattr(self, name)
+            if x is None:
+                continue
+            if getattr(self, lname) is None:
+                raise ValueError(f"{name} given without {lname} ([N] layers)")
+            x = np.asarray(x, dtype=np.float32)
+            layers = np.asarray(getattr(self, lname), dtype=np.int32).reshape(-1)
+            if x.ndim != 4 or x.shape[:3] != (len(layers), H, T):
+                raise ValueError(f"{name} must be [N, H, T, d] with N={len(layers)}, H={H}, T={T}; got {x.shape}")
+            if len(layers) and (layers.min() < 0 or layers.max() >= L):
+                raise ValueError(f"{lname} {layers.tolist()} are out of range: layers are 0..{L - 1}")
+            setattr(self, name, x)
+            setattr(self, lname, layers)
         self.meta = dict(self.meta)
         self.meta.setdefault("n_layers", L)
         self.meta.setdefault("n_heads", H)
@@ -177,6 +191,8 @@ class SinkTrace:
             extra.append(f"maps={len(self.maps)}")
         if self.head_outputs is not None:
             extra.append(f"head_outputs={list(self.head_output_layers)}")
+        if self.head_values is not None:
+            extra.append(f"head_values={list(self.head_value_layers)}")
         more = (", " + ", ".join(extra)) if extra else ""
         return (
             f"SinkTrace(model={self.model_name!r}, L={self.n_layers}, H={self.n_heads}, T={self.n_tokens}, "
@@ -184,17 +200,29 @@ class SinkTrace:
         )
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the trace to one ``.npz`` file (written to a temporary name, then renamed, so a failed
-        write never leaves a corrupt file behind). Returns the path."""
+    @staticmethod
+    def save_path(path: str | os.PathLike) -> Path:
+        """The file :meth:`save` writes for ``path``: ``.npz`` is appended when the name does not end in it."""
         path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **self._arrays())
-        os.replace(tmp, path)
-        return path
+        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the trace to one ``.npz`` file and return the path written (``.npz`` is appended when ``path``
+        does not end in it, see :meth:`save_path`).
+
+        The file is written under a unique temporary name in the same folder and then atomically renamed, so
+        concurrent writers never mix their bytes, a reader sees a complete file, and a failed write leaves
+        nothing behind. Raises ``IsADirectoryError`` / ``FileNotFoundError`` / ``PermissionError`` (all
+        ``OSError``) when the target cannot be written.
+        """
+        if isinstance(path, str) and path.strip() == "":
+            raise ValueError("SinkTrace.save(path=''): give a file name, e.g. tr.save('trace.npz')")
+        out = Path(path)
+        if out.is_dir():
+            raise IsADirectoryError(f"SinkTrace.save({str(path)!r}): that is a directory; give a file name")
+        out = self.save_path(out)
+        arrays = self._arrays()
+        return atomic_write(out, lambda fh: np.savez_compressed(fh, **arrays), what="SinkTrace")
 
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {n: np.asarray(getattr(self, n)) for n in _REQUIRED + _OPTIONAL_ARRAYS + ("token_ids",)

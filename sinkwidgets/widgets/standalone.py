@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .._atomic import atomic_write
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 from ._maps import MapStore
@@ -163,8 +164,8 @@ def save_html(trace: SinkTrace | str | os.PathLike, path: str | os.PathLike, tit
     """
     tr = _as_trace(trace, "save_html")
     out = Path(path)
+    if out.is_dir():
+        raise IsADirectoryError(f"save_html(path={str(path)!r}): that is a directory; give a file name (.html)")
+    page = html_document(tr, title=title, view=view, state=state)  # validates everything before touching disk
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(html_document(tr, title=title, view=view, state=state), encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return atomic_write(out, lambda fh: fh.write(page), binary=False, what="HTML page")
