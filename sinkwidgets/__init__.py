@@ -50,7 +50,9 @@ __all__ = ["SinkTrace", "SinkTraceFormatError", "__version__", *_LAZY]
 _SUBMODULES = {"metrics", "models", "tracing", "widgets", "toy", "remote", "chunked", "cli", "interventions",
                "streaming",
                # tutorial helpers: charts (sw.charts), numpy summaries, inputs, a hand-made head, q-k geometry
-               "charts", "analysis", "inputs", "handmade", "geometry"}
+               "charts", "analysis", "inputs", "handmade", "geometry",
+               # catch / tag / release on corpora (sw.tags.collect, tag_ev, probe, release)
+               "tags"}
 
 
 def __getattr__(name: str) -> Any:
