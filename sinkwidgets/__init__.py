@@ -26,7 +26,7 @@ _LAZY = {
     "massive_activations": "metrics",
     "Sink": "metrics",
     # models and tracing (torch)
-    "load_model": "models",
+    "load_model": "tracing",  # local (models.load_model) or remote=True (tracing.remote)
     "fetch_model": "models",
     "list_models": "models",
     "trace": "tracing",
@@ -47,7 +47,7 @@ _LAZY = {
 __all__ = ["SinkTrace", "SinkTraceFormatError", "__version__", *_LAZY]
 
 
-_SUBMODULES = {"metrics", "models", "tracing", "widgets", "toy", "remote", "chunked", "cli", "interventions",
+_SUBMODULES = {"metrics", "models", "tracing", "widgets", "toy", "remote", "errors", "cli", "interventions",
                "streaming",
                # tutorial helpers: charts (sw.charts), numpy summaries, inputs, a hand-made head, q-k geometry
                "charts", "analysis", "inputs", "handmade", "geometry",

@@ -22,7 +22,7 @@ __all__ = [
 
 def __getattr__(name):
     if name == "UnsupportedModelError":
-        from .adapters import UnsupportedModelError
+        from ..errors import UnsupportedModelError
 
         return UnsupportedModelError
     raise AttributeError(name)

@@ -21,7 +21,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from .registry import REGISTRY, ModelSpec, resolve_name
+from .registry import REGISTRY, ModelSpec, resolve_name, unknown_model_error
 
 MANIFEST = "sinkwidgets-manifest.json"
 CONVERSION_VERSION = 1
@@ -185,7 +185,6 @@ def fetch_model(name: str, force: bool = False, quiet: bool = False) -> Path:
     """
     spec = resolve_name(name)
     if spec is None:
-        from .loading import unknown_model_error
 
         raise unknown_model_error(name)
     final = model_dir(spec.name)

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .registry import REGISTRY, ModelSpec, all_names, resolve_name
-
-
-class ModelNotFoundError(ValueError):
-    """The model name is neither a known short name, a local directory, nor reachable on the hub."""
-
-
-class HubUnreachableError(ConnectionError):
-    """The Hugging Face hub could not be reached to download a model."""
+from ..errors import HubUnreachableError, ModelNotFoundError, UnsupportedModelError  # noqa: F401 - re-exported
+from .registry import REGISTRY, ModelSpec, looks_like_hub_id, resolve_name, unknown_model_error  # noqa: F401
 
 
 @dataclass
@@ -41,15 +33,6 @@ class ModelInfo:
     adapter: Any = None
     remote: bool = False
     extra: dict = field(default_factory=dict)
-
-
-def unknown_model_error(name: str) -> ModelNotFoundError:
-    close = difflib.get_close_matches(name.lower(), all_names(), n=3, cutoff=0.5)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return ModelNotFoundError(
-        f"model {name!r} is not a known short name, a local directory, or a hub id (hub ids look like 'org/name').{hint} "
-        f"Known short names: {', '.join(REGISTRY)} (see `sinkwidgets models list`)."
-    )
 
 
 def _hub_error(name: str, exc: BaseException) -> Exception:
@@ -88,11 +71,14 @@ def _resolve(name_or_path: str | os.PathLike, fetch: bool) -> tuple[str, ModelSp
         if not (p / "config.json").is_file():
             raise ModelNotFoundError(f"directory {str(p)!r} has no config.json: it is not a saved Hugging Face model")
         return str(p), spec, True
-    if p.suffix or name.startswith((".", "/", "~")):
-        raise ModelNotFoundError(f"no model directory at {name!r} (the path does not exist)")
-    if "/" not in name:
-        raise unknown_model_error(name)
-    return name, None, False
+    if looks_like_hub_id(name):  # not an existing path and shaped owner/name: a hub id, dots and all
+        return name, None, False
+    if p.exists():
+        raise ModelNotFoundError(f"{name!r} is a file, not a model directory: pass the folder that holds config.json")
+    if "/" in name or "\\" in name or name.startswith((".", "~")) or p.suffix:
+        raise ModelNotFoundError(f"no model directory at {name!r} (the path does not exist), and it is not a hub id "
+                                 "of the form 'owner/name'")
+    raise unknown_model_error(name)
 
 
 def load_model(
@@ -134,12 +120,19 @@ def load_model(
     """
     import torch
 
-    from .adapters import UnsupportedModelError, adapter_for
+    from .adapters import adapter_for
 
-    if remote:  # NDIF: nothing is fetched; the model is named by its hub id (sinkwidgets/remote.py)
-        from ..remote import load_remote_model
-
-        return load_remote_model(name_or_path, dtype=dtype, **hf_kwargs)
+    if remote:  # NDIF needs the tracing layer's remote loader, which sits above this package
+        raise ValueError("models.load_model loads local weights only; for NDIF use "
+                         "sinkwidgets.load_model(name, remote=True) (sinkwidgets.tracing.load_model)")
+    if device is not None and not isinstance(device, str):
+        device = str(device)
+    if device is not None and device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but this machine has no CUDA GPU (torch.cuda.is_available() is "
+                             "False); use device='cpu' (the default), or install a CUDA build of torch on a GPU machine")
+    elif device not in (None, "auto", "cpu", "mps"):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (device_map), got {device!r}")
 
     target, spec, local = _resolve(name_or_path, fetch)
     if isinstance(dtype, str):
@@ -198,7 +191,7 @@ def load_model(
         model = TransformersModel(hf, tokenizer=tok, task="feature-extraction" if encoder else "text-generation")
     model.sinkwidgets = _info(name_or_path, target if local else None, spec, hf, adapter)
     if validate or (validate is None and adapter.family == "generic"):
-        from ..tracing import validate_model
+        from .check import validate_model
 
         validate_model(model)
     return model
@@ -208,7 +201,7 @@ def _is_encoder(config, spec: ModelSpec | None) -> bool:
     if spec is not None:
         return spec.task == "feature-extraction"
     if getattr(config, "is_encoder_decoder", False):
-        from .adapters import SUPPORTED, UnsupportedModelError
+        from .adapters import SUPPORTED
 
         raise UnsupportedModelError(
             f"encoder-decoder models ({config.model_type}) are not supported yet; supported: {SUPPORTED}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -116,3 +117,29 @@ def all_names() -> list[str]:
     for spec in REGISTRY.values():
         names.extend(spec.aliases)
     return names
+
+
+def unknown_model_error(name: str):
+    """A :class:`~sinkwidgets.errors.ModelNotFoundError` for an unknown name, with close matches and the short names."""
+    import difflib
+
+    from ..errors import ModelNotFoundError
+
+    close = difflib.get_close_matches(name.lower(), all_names(), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ModelNotFoundError(
+        f"model {name!r} is not a known short name, a local directory, or a hub id (hub ids look like 'org/name').{hint} "
+        f"Known short names: {', '.join(REGISTRY)} (see `sinkwidgets models list`)."
+    )
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """True for ``owner/name`` (one slash, hub characters only, dots allowed: ``Qwen/Qwen3-0.6B``).
+
+    Callers check for an existing local path first; a name that is not one and has this shape is a hub id,
+    whatever its "suffix" looks like.
+    """
+    return bool(_HUB_ID.fullmatch(name)) and ".." not in name and not name.endswith((".", "-"))

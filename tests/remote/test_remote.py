@@ -232,7 +232,7 @@ def test_server_side_error_message_is_surfaced(remote_smollm2, monkeypatch, rese
     """Without shipping the helpers by value the server cannot import sinkwidgets (as on NDIF): the server's
     own error message must reach the user."""
     import sinkwidgets as sw
-    import sinkwidgets.remote as swr
+    import sinkwidgets.tracing.remote as swr
     from sinkwidgets.remote import RemoteServerError
 
     monkeypatch.setattr(swr, "BY_VALUE_MODULES", ())

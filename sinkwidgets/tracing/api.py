@@ -1,0 +1,513 @@
+"""``trace`` and ``run_units``: tokenize prompts, batch them, pick an executor, land each prompt's results.
+
+The layers of :mod:`sinkwidgets.tracing`, bottom to top: :mod:`.reductions` (the named in-trace units) and
+:mod:`.collect` (hands sources to units), then the executors (:mod:`.eager`, :mod:`.chunked`, :mod:`.remote`),
+then this module. Only small tensors leave the trace: per-key sink scores ``[L, H, T]``, first-token mass and
+entropy ``[L, H]``, residual norms ``[L, T]`` and the top activations per layer; full ``[T, T]`` maps, per-head
+outputs or value vectors only where asked. This keeps memory near a plain forward pass at long context, and makes
+remote (NDIF) traces cheap to download.
+
+Batches are left-padded; every summary is computed over real tokens only, with position ids that start at 0
+at each prompt's first real token, so a prompt gives the same results alone or in a padded batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..sinktrace import SinkTrace
+from . import reductions as R
+from .reductions import TOP_K_ACTIVATIONS, BatchContext, UnitSet
+
+#: ``method="auto"`` traces local prompts of at least this many tokens with the chunked path when the model
+#: supports it (rotary decoders): the eager path holds a ``[H, T, T]`` float32 map per layer (2.4 GB for SmolLM2
+#: at T = 8192), the chunked one stays near a plain forward pass.
+AUTO_CHUNKED_TOKENS = 4096
+
+
+#: glibc raises its mmap threshold dynamically (up to 32 MB) after large blocks are freed, so per-chunk
+#: temporaries then come from the heap and fragment it. Pinning the threshold at 1 MB keeps large temporaries in
+#: mmap'd memory that is returned to the OS when freed. It is applied for ``method="chunked"`` only (the
+#: bounded-memory path for long prompts: peak RSS ~1.0x an SDPA forward that keeps one logit, vs up to 1.5x
+#: without it at T = 4096): every large temporary then costs fresh page faults, which made the eager path
+#: ~45% slower at T = 512 (1.46 vs 1.01 s) while the eager path stays within 1.06x of a plain forward's peak
+#: RSS at T = 2048 without it (benchmarks/trace_cost.py, long_context.py). The setting is process-wide and stays
+#: once made. Set SINKWIDGETS_NO_MALLOPT=1 to never touch the allocator.
+MMAP_THRESHOLD_BYTES = 1 << 20
+_MALLOPT_DONE = False
+
+
+def _pin_mmap_threshold() -> None:
+    global _MALLOPT_DONE
+    if _MALLOPT_DONE:
+        return
+    _MALLOPT_DONE = True
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("SINKWIDGETS_NO_MALLOPT"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, MMAP_THRESHOLD_BYTES)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl, ...): nothing to tune
+        pass
+
+
+# ----------------------------------------------------------------------------- tokenization
+def _info(model):
+    info = getattr(model, "sinkwidgets", None)
+    if info is None:
+        raise TypeError(
+            f"trace() needs a model from sinkwidgets.load_model(), got {type(model).__name__}; "
+            "e.g. model = sinkwidgets.load_model('smollm2-135m')"
+        )
+    return info
+
+
+def _check_text(text) -> None:
+    if not isinstance(text, str):
+        raise TypeError(f"a prompt must be a str, got {type(text).__name__} ({str(text)[:40]!r}); "
+                        "pass a string or a list of strings, e.g. trace(model, 'The cat sat on the mat.')")
+    if not text.strip():
+        raise ValueError("text is empty: pass a prompt with at least one word, e.g. trace(model, 'The cat sat.')")
+
+
+def tokenize(model, text: str, add_bos: bool | None) -> tuple[list[int], bool]:
+    """Token ids for one prompt with explicit BOS handling → (ids, whether token 0 is the model's BOS-like token).
+
+    ``add_bos=True``: token 0 is the model's BOS-like special token (``<bos>``, ``[CLS]``), prepended if the
+    tokenizer does not add it. ``False``: no leading special token. ``None``: the model's documented default
+    from the registry, else the tokenizer's own behaviour. A BOS the text itself starts with (``"<bos> Hello"``)
+    is never duplicated: it counts as the BOS when one is wanted and is dropped when ``add_bos=False``, so the
+    returned flag always says truthfully what token 0 is.
+    """
+    _check_text(text)
+    if add_bos is not None and not isinstance(add_bos, (bool, np.bool_)):
+        raise TypeError(f"add_bos must be True, False or None (the model's default), got {add_bos!r}")
+    tok = model.tokenizer
+    info = _info(model)
+    full = list(tok(text, add_special_tokens=True)["input_ids"])
+    plain = list(tok(text, add_special_tokens=False)["input_ids"])
+    specials = set(tok.all_special_ids)
+    # a special token the tokenizer itself prepends (Gemma's <bos>, BERT's [CLS])
+    added = bool(full) and full[0] in specials and len(full) > len(plain) and full[1 : len(plain) + 1] == plain
+    lead = full[0] if added else None
+    body = full[1:] if added else full
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
+    bos_like = {i for i in (lead, bos) if i is not None}
+    typed = None
+    while body and body[0] in bos_like:  # the text starts with the BOS token written out
+        typed = body.pop(0)
+    if add_bos is None:
+        add_bos = info.add_bos if info.add_bos is not None else (added or typed is not None)
+    if add_bos:
+        first = lead if lead is not None else (typed if typed is not None else bos)
+        if first is None:
+            raise ValueError(f"add_bos=True but the tokenizer of {info.name!r} has no BOS/CLS token; use add_bos=False")
+        ids = [first] + body
+    else:
+        ids = body
+    if not ids:
+        raise ValueError(f"text {text[:40]!r} produced no tokens (besides a BOS token)")
+    return ids, bool(add_bos)
+
+
+# ----------------------------------------------------------------------------- argument checks
+#: ``trace`` keeps every attention map by default when the longest prompt has at most this many tokens (all maps
+#: of SmolLM2 at T = 256 are 35 MB in float16), so the first explorer a newcomer opens shows a map; longer prompts
+#: keep none unless asked (the explorer then offers the summaries, and ``keep_maps`` picks heads).
+AUTO_KEEP_MAPS_TOKENS = 256
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not _is_int(value) or value < minimum:
+        none = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be an integer >= {minimum}{none}, got {value!r}")
+
+
+def _parse_keep_maps(keep_maps, L: int, H: int) -> dict[int, list[int]]:
+    """``keep_maps`` → ``{layer: [heads]}``. Accepts None/False, True/"all", a layer, a list of layers and of
+    ``(layer, head)`` pairs; a bare tuple of two ints is ambiguous and refused."""
+    if keep_maps is None or keep_maps is False:
+        return {}
+    if keep_maps is True or (isinstance(keep_maps, str) and keep_maps == "all"):
+        return {l: list(range(H)) for l in range(L)}
+    if isinstance(keep_maps, str):
+        raise ValueError(f"keep_maps={keep_maps!r} is not understood: use None, 'all', a layer, or a list of layers "
+                         "and (layer, head) pairs, e.g. keep_maps=[(5, 2), 12]")
+    if _is_int(keep_maps):
+        keep_maps = [keep_maps]
+    if isinstance(keep_maps, tuple) and len(keep_maps) == 2 and all(_is_int(x) for x in keep_maps):
+        a, b = keep_maps
+        raise ValueError(f"keep_maps={keep_maps!r} is ambiguous: pass [({a}, {b})] for head {b} of layer {a}, "
+                         f"or [{a}, {b}] for all heads of layers {a} and {b}")
+    out: dict[int, list[int]] = {}
+    for item in keep_maps:
+        if isinstance(item, (tuple, list)) and len(item) == 2 and all(_is_int(x) for x in item):
+            l, heads = int(item[0]), [int(item[1])]
+        elif _is_int(item):
+            l, heads = int(item), list(range(H))
+        else:
+            raise ValueError(f"keep_maps entries must be a layer (int) or a (layer, head) pair, got {item!r}")
+        l = l + L if l < 0 else l
+        if not 0 <= l < L:
+            raise ValueError(f"keep_maps layer {item!r} is out of range: the model has layers 0..{L - 1}")
+        for h in heads:
+            if not 0 <= h < H:
+                raise ValueError(f"keep_maps head {h} is out of range: the model has heads 0..{H - 1}")
+        out[l] = sorted(set(out.get(l, [])) | set(heads))
+    return dict(sorted(out.items()))
+
+
+def _parse_layers(sel, L: int, name: str = "keep_head_outputs") -> list[int]:
+    if sel is None or sel is False:
+        return []
+    if sel is True or (isinstance(sel, str) and sel == "all"):
+        return list(range(L))
+    items = [sel] if _is_int(sel) else sel
+    if isinstance(items, str) or not all(_is_int(x) for x in items):
+        raise ValueError(f"{name} must be True, 'all', a layer or a list of layers (ints), got {sel!r}")
+    out = sorted({(int(l) + L if int(l) < 0 else int(l)) for l in items})
+    bad = [l for l in out if not 0 <= l < L]
+    if bad:
+        raise ValueError(f"{name} layers {bad} are out of range: the model has layers 0..{L - 1}")
+    return out
+
+
+# ----------------------------------------------------------------------------- running units
+@dataclass
+class PromptResult:
+    """One prompt's landed results from :func:`run_units`: ``arrays`` holds every unit's arrays for its real
+    tokens (names and shapes in each unit's docstring), ``meta`` how the trace was made."""
+
+    text: str
+    tokens: list[str]
+    token_ids: np.ndarray
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+    by_unit: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+
+def _encode(model, info, texts, add_bos, max_tokens):
+    ctx_len = info.context_length
+    encoded = []
+    for text in texts:
+        ids, used_bos = tokenize(model, text, add_bos)
+        n_orig = len(ids)
+        if max_tokens is not None:
+            if ctx_len and max_tokens > ctx_len:
+                raise ValueError(f"max_tokens={max_tokens} exceeds the context length of {info.name!r} "
+                                 f"({ctx_len} tokens)")
+            ids = ids[:max_tokens]
+        elif ctx_len and n_orig > ctx_len:
+            raise ValueError(
+                f"the prompt has {n_orig} tokens, more than the context length of {info.name!r} ({ctx_len}); "
+                f"pass max_tokens={ctx_len} (or fewer) to truncate it, which the trace records"
+            )
+        encoded.append((text, ids, used_bos, n_orig))
+    return encoded
+
+
+def _texts(text_or_texts) -> tuple[list[str], bool]:
+    single = isinstance(text_or_texts, str)
+    if text_or_texts is None or not (single or isinstance(text_or_texts, (list, tuple))):
+        raise TypeError(f"prompts must be a str or a list of str, got {type(text_or_texts).__name__}; "
+                        "e.g. trace(model, 'The cat sat on the mat.') or trace(model, ['One.', 'Two.'])")
+    texts = [text_or_texts] if single else list(text_or_texts)
+    if not texts:
+        raise ValueError("no prompts given: pass a string or a non-empty list of strings")
+    for t in texts:
+        _check_text(t)
+    return texts, single
+
+
+def run_units(
+    model,
+    texts: Sequence[str],
+    units: Sequence[R.Reduction],
+    *,
+    add_bos: bool | None = None,
+    max_tokens: int | None = None,
+    batch_size: int = 8,
+    method: str = "auto",
+    remote: Any = False,
+    progress: bool | None = None,
+    desc: str | None = None,
+) -> list[PromptResult]:
+    """Run in-trace reductions (:mod:`sinkwidgets.tracing.reductions`) over prompts → one :class:`PromptResult` each.
+
+    The engine under :func:`trace` and :func:`sinkwidgets.tags.collect`: prompts are tokenized (see
+    :func:`tokenize`), left-padded into batches of ``batch_size`` and run by one executor: ``"eager"``
+    (probabilities of eager attention), ``"chunked"`` (an SDPA forward with probabilities recomputed from q and k)
+    or, with ``remote``, the chunked block shipped to NDIF. ``"auto"``: chunked for remote traces and for local
+    prompts of :data:`AUTO_CHUNKED_TOKENS` tokens or more where the model supports it, eager otherwise.
+    """
+    info = _info(model)
+    texts, _ = _texts(texts)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("max_tokens", max_tokens, 2, allow_none=True)
+    if method not in ("auto", "eager", "chunked"):
+        raise ValueError(f"method must be 'auto', 'eager' or 'chunked', got {method!r}")
+    if info.remote and not remote:
+        remote = True  # a model from load_model(..., remote=True) has no local weights
+    if remote and method == "eager":
+        raise ValueError("remote traces use method='chunked' (NDIF serves models without eager attention); "
+                         "leave method='auto'")
+    units = UnitSet(list(units), info.n_layers, info.n_heads, info.d_model)
+    encoded = _encode(model, info, texts, add_bos, max_tokens)
+    requested = method
+    method = "chunked" if (remote or method == "chunked") else "eager"
+    if requested == "auto" and method == "eager" and max(len(e[1]) for e in encoded) >= AUTO_CHUNKED_TOKENS:
+        method = _auto_long_method(model, info)
+    if method == "chunked" and not remote:
+        _pin_mmap_threshold()
+    batches = [encoded[i : i + batch_size] for i in range(0, len(encoded), batch_size)]
+    show = progress if progress is not None else len(batches) > 1
+    it = batches
+    if show:
+        from tqdm.auto import tqdm
+
+        it = tqdm(batches, desc=desc or f"tracing {info.name}", unit="batch")
+    out: list[PromptResult] = []
+    for batch in it:
+        out.extend(_run_batch(model, info, batch, units, remote, method))
+    return out
+
+
+def _run_batch(model, info, batch, units: UnitSet, remote, method: str) -> list[PromptResult]:
+    B = len(batch)
+    T = max(len(ids) for _, ids, _, _ in batch)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.long)
+    for b, (_, ids, _, _) in enumerate(batch):
+        input_ids[b, T - len(ids) :] = torch.tensor(ids)
+        mask[b, T - len(ids) :] = 1
+    position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+    first = (T - mask.sum(-1)).long()
+    dev = torch.device("cpu") if remote else _device(model)
+    inputs = dict(input_ids=input_ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids.to(dev))
+    ctx = BatchContext(qmask=mask.to(dev), first=first.to(dev), n_real=mask.sum(-1).to(dev), causal=info.adapter.causal,
+                       n_layers=info.n_layers, n_heads=info.n_heads, n_kv_heads=info.n_kv_heads, d_model=info.d_model,
+                       o_layout=info.adapter.o_proj_layout)
+    fwd = _forward_kwargs(info.adapter.causal, model)
+    t0 = time.perf_counter()
+    if remote:
+        from .remote import run_remote
+
+        packed, run_meta = run_remote(model, info, remote, inputs, fwd, units, ctx)
+    elif method == "chunked":
+        from .chunked import run_chunked
+
+        packed, run_meta = run_chunked(model, info, inputs, fwd, units, ctx)
+    else:
+        from .eager import run_eager
+
+        packed, run_meta = run_eager(model, info, inputs, fwd, units, ctx)
+    elapsed = time.perf_counter() - t0
+    arrays = {name: {k: _numpy(v) for k, v in keys.items()} for name, keys in packed.items()}
+    results = []
+    for b, (text, ids, used_bos, n_orig) in enumerate(batch):
+        f = int(first[b])
+        by_unit = {u.name: u.land(arrays[u.name], b, f) for u in units.units}
+        landed = {k: v for d in by_unit.values() for k, v in d.items()}
+        meta = {
+            "model": info.name, "hub_id": info.hub_id, "architecture": info.architecture, "family": info.family,
+            "n_layers": info.n_layers, "n_heads": info.n_heads, "n_kv_heads": info.n_kv_heads,
+            "d_model": info.d_model, "head_dim": info.head_dim, "causal": info.adapter.causal,
+            "add_bos": used_bos, "bos_note": info.bos_note, "text": text, "truncated": len(ids) < n_orig,
+            "n_tokens_original": n_orig, "batch_size": len(batch), "trace_seconds": round(elapsed, 3),
+            "remote": bool(remote), **run_meta, "sinkwidgets_version": _version(),
+        }
+        tokens = [model.tokenizer.decode([i]) for i in ids]
+        results.append(PromptResult(text, tokens, np.asarray(ids, dtype=np.int64), landed, meta, by_unit))
+    return results
+
+
+def _numpy(t) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.numpy()
+
+
+# ----------------------------------------------------------------------------- trace
+def trace(
+    model,
+    text_or_texts: str | Sequence[str],
+    *,
+    add_bos: bool | None = None,
+    max_tokens: int | None = None,
+    keep_maps: Any = "auto",
+    keep_head_outputs: Any = False,
+    keep_head_values: Any = False,
+    map_dtype: str = "float16",
+    batch_size: int = 8,
+    top_k: int = TOP_K_ACTIVATIONS,
+    remote: Any = False,
+    method: str = "auto",
+    progress: bool | None = None,
+) -> SinkTrace | list[SinkTrace]:
+    """Trace prompts through a model and return their sink summaries.
+
+    Parameters
+    ----------
+    model
+        A model from :func:`sinkwidgets.load_model`.
+    text_or_texts : str or list of str
+        One prompt (→ a :class:`SinkTrace`) or several (→ a list, traced in left-padded batches).
+    add_bos : bool, optional
+        Whether token 0 is the model's BOS-like token. ``None`` uses the model's documented default
+        (``model.sinkwidgets.add_bos``: SmolLM2 False, Gemma 3 True, MiniLM True ([CLS])), else the tokenizer's.
+        A BOS written in the text is never duplicated. The value used is recorded in ``trace.meta['add_bos']``.
+    max_tokens : int, optional
+        Truncate longer prompts to this many tokens (recorded in ``meta['truncated']`` and
+        ``meta['n_tokens_original']``). Without it, a prompt longer than the model's context is an error.
+    keep_maps : "auto", None, "all", int, list of layers or of (layer, head) pairs
+        Which full attention maps ``[T, T]`` to keep (``map_dtype``, float16 by default). ``"auto"`` (default)
+        keeps all of them when the longest prompt has at most :data:`AUTO_KEEP_MAPS_TOKENS` (256) tokens and none
+        otherwise, and none for remote traces (they would all be downloaded); the choice is recorded in
+        ``meta['keep_maps']``.
+    keep_head_outputs : bool, "all" or list of layers
+        Keep each head's write to the residual stream (after ``W_O``), ``[N, H, T, d]`` float32.
+    keep_head_values : bool, "all" or list of layers
+        Keep each head's value vectors after ``W_O``, ``g_j = v_j W_O^h`` for every token j, ``[N, H, T, d]``
+        float32 (the "tags" of Zhang, Khan & Papyan 2025).
+    batch_size : int
+        Prompts per forward pass when tracing a list.
+    top_k : int
+        Largest-|h| residual activations to record per layer (for :func:`~sinkwidgets.massive_activations`).
+    remote : bool, str or :class:`sinkwidgets.remote.RemoteOptions`
+        Run on NDIF (``True``: the host and key from :func:`~sinkwidgets.load_model`, ``NDIF_HOST`` /
+        ``NDIF_API_KEY`` or nnsight's config; a URL string overrides the host). Only the summaries come back.
+        See ``docs/remote.md``. ``False`` runs locally.
+    method : "auto", "eager" or "chunked"
+        ``"eager"`` reads the probabilities of eager attention; ``"chunked"`` runs SDPA and recomputes them from
+        q and k in query chunks (memory near a plain forward at long context; Llama-style rotary decoders).
+        ``"auto"``: chunked for remote traces and for local prompts of :data:`AUTO_CHUNKED_TOKENS` (4096) tokens
+        or more where the model supports it, eager otherwise. The method used is in ``trace.meta['method']``.
+    progress : bool, optional
+        Show a progress bar over batches (default: when tracing more than one batch).
+    """
+    info = _info(model)
+    texts, single = _texts(text_or_texts)
+    if map_dtype not in ("float16", "float32"):
+        raise ValueError(f"map_dtype must be 'float16' or 'float32', got {map_dtype!r}")
+    _check_int("top_k", top_k, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("max_tokens", max_tokens, 2, allow_none=True)
+    if method not in ("auto", "eager", "chunked"):
+        raise ValueError(f"method must be 'auto', 'eager' or 'chunked', got {method!r}")
+    L, H = info.n_layers, info.n_heads
+    auto_maps = isinstance(keep_maps, str) and keep_maps == "auto"
+    if auto_maps and (remote or info.remote):
+        keep_maps = None  # every map would be downloaded: remote traces keep maps only when asked
+    elif auto_maps:
+        longest = max(len(e[1]) for e in _encode(model, info, texts, add_bos, max_tokens))
+        keep_maps = "all" if longest <= AUTO_KEEP_MAPS_TOKENS else None
+    maps_sel = _parse_keep_maps(keep_maps, L, H)
+    ho_layers = _parse_layers(keep_head_outputs, L, "keep_head_outputs")
+    hv_layers = _parse_layers(keep_head_values, L, "keep_head_values")
+    units: list[R.Reduction] = [R.AttentionSummary(), R.ResidualSummary(top_k)]
+    if maps_sel:
+        units.append(R.KeptMaps(maps_sel, map_dtype))
+    if ho_layers:
+        units.append(R.HeadOutputs({l: None for l in ho_layers}))
+    if hv_layers:
+        units.append(R.HeadValues({l: None for l in hv_layers}))
+    results = run_units(model, texts, units, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
+                        method=method, remote=remote, progress=progress)
+    if auto_maps:
+        keep_note = "auto: all" if maps_sel else ("auto: none (remote)" if remote or info.remote else
+                                                 f"auto: none (prompt > {AUTO_KEEP_MAPS_TOKENS} tokens)")
+    else:
+        keep_note = "chosen" if maps_sel else "none"
+    out = []
+    for r in results:
+        fields: dict[str, Any] = {}
+        for u in units:
+            fields.update(u.to_sinktrace(r.by_unit[u.name]))
+        out.append(SinkTrace(tokens=r.tokens, token_ids=r.token_ids, meta={**r.meta, "keep_maps": keep_note},
+                             **fields))
+    return out[0] if single else out
+
+
+def _auto_long_method(model, info) -> str:
+    """``method="auto"`` for a long local prompt: chunked where the model supports it, else eager."""
+    from ..errors import ChunkedUnsupportedError
+    from .chunked import layer_plan
+
+    try:
+        layer_plan(model, info)
+    except ChunkedUnsupportedError:
+        return "eager"
+    return "chunked"
+
+
+def _forward_kwargs(causal: bool, model=None) -> dict:
+    """Decoders: no KV cache (not needed for one forward pass, and it costs memory at long T), and logits for
+    the last position only where the model accepts ``logits_to_keep`` (nothing after the last layer is used;
+    the ``[T, vocab]`` logits are ~15% of a SmolLM2 forward pass and its largest temporary)."""
+    kw = {"use_cache": False} if causal else {}
+    if causal and model is not None and _accepts(model, "logits_to_keep"):
+        kw["logits_to_keep"] = 1
+    return kw
+
+
+def _accepts(model, name: str) -> bool:
+    import inspect
+
+    hf = getattr(model, "_module", model)
+    try:
+        return name in inspect.signature(hf.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _device(model) -> torch.device:
+    try:
+        return next(model._module.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+# ----------------------------------------------------------------------------- loading
+def load_model(name_or_path, *, remote: bool = False, **kwargs):
+    """Load a model for tracing: locally (:func:`sinkwidgets.models.load_model`) or, with ``remote=True``, as a
+    config-only model whose traces run on NDIF (:func:`sinkwidgets.tracing.remote.load_remote_model`).
+
+    This is ``sinkwidgets.load_model``; see :func:`sinkwidgets.models.load_model` for every argument and
+    ``docs/remote.md`` for the remote ones (``host``, ``api_key``, ``timeout``, ``job_timeout``,
+    ``max_result_bytes``).
+    """
+    if remote:
+        from .remote import load_remote_model
+
+        kwargs.pop("device", None)
+        kwargs.pop("validate", None)
+        kwargs.pop("fetch", None)
+        return load_remote_model(name_or_path, **kwargs)
+    from ..models.loading import load_model as load_local
+
+    return load_local(name_or_path, **kwargs)

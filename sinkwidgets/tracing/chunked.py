@@ -1,0 +1,242 @@
+"""The chunked executor: an SDPA forward pass, with attention probabilities recomputed from q and k in query chunks.
+
+Eager attention materialises every layer's ``[B, H, T, T]`` probabilities; at long context that, not the
+weights, dominates memory. Here the model runs its fast attention (SDPA) and, inside the nnsight trace, each
+layer's post-RoPE queries and keys (``self_attn.source.apply_rotary_pos_emb_0.output``: for Gemma 3 that is
+after its q/k RMS norms) are turned back into probabilities a few query rows at a time::
+
+    P[:, :, s:s+c] = softmax(q[:, :, s:s+c] @ kᵀ · scale  [tanh soft-cap]  + causal / sliding-window / padding mask)
+
+and every chunk goes to the units that read ``"probs"`` (:mod:`.reductions`). The largest temporary is one chunk,
+``[B, H, c, T]`` float32 with ``c`` chosen to fit :data:`CHUNK_BYTES`, so memory stays close to a plain forward.
+
+The same block runs remotely (:mod:`.remote`): NDIF serves models with their default attention implementation,
+under which eager probabilities do not exist, so remote traces always use this path. Everything the block calls
+is plain torch and is shipped to the server by value.
+
+Supported: Llama-style decoders whose attention calls ``apply_rotary_pos_emb`` (Llama/SmolLM2, Mistral, Qwen2/3,
+Gemma 2/3, OLMo, Phi-3, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ChunkedUnsupportedError, ReductionUnsupportedError
+from .collect import Collector
+from .reductions import BatchContext, UnitSet, reduce_attention_chunks
+
+#: Bytes of float32 scores per query chunk (``B * H * c * T * 4``); ``c`` is derived from it per layer.
+CHUNK_BYTES = 16 * 2**20
+#: Bounds on the number of query rows per chunk.
+MIN_CHUNK, MAX_CHUNK = 16, 512
+
+
+# ----------------------------------------------------------------------------- kernels (torch only)
+def chunk_rows(B: int, H: int, T: int, budget: int = CHUNK_BYTES) -> int:
+    """Query rows per chunk so that one ``[B, H, c, T]`` float32 block fits in ``budget`` bytes."""
+    c = budget // max(1, B * H * T * 4)
+    return int(max(MIN_CHUNK, min(MAX_CHUNK, c)))
+
+
+def attention_chunks(q, k, qmask, scale: float, n_rep: int, window=None, softcap=None, rows: int = 128):
+    """Yield ``(start, P, scratch)``: probabilities ``P [B, H, c, w]`` (float32) for query rows ``start:start+c``
+    over keys ``0..w-1`` with ``w = start + c`` (causal: later keys get exactly zero and are not computed).
+
+    ``q [B, H, T, D]`` and ``k [B, KV, T, D]`` are post-RoPE (as the attention module uses them), ``qmask [B, T]``
+    marks real tokens (left padding 0). Masking matches Hugging Face eager attention: causal, keys outside a
+    sliding ``window`` (``j <= i - window``) and padding keys are excluded; pad query rows are finite and
+    ignored by the reductions.
+
+    ``P`` and ``scratch`` (same size, for the consumer's temporaries) are views into one workspace that is
+    reused for every chunk: consume a chunk before asking for the next. The workspace is a single allocation
+    (above glibc's 32 MiB dynamic mmap ceiling when it is large), so it goes back to the OS when freed instead
+    of fragmenting the heap: without this, peak RSS grew by ~35 % at T = 2048.
+    """
+    with torch.autocast(device_type=q.device.type, enabled=False):  # NDIF runs requests under bf16 autocast
+        B, H, T, D = q.shape
+        KV = k.shape[1]
+        block = B * H * rows * T
+        need = 2 * block + B * H * T * D
+        if q.device.type == "cpu" and need * 4 > 4 * 2**20:
+            need = max(need, (33 * 2**20) // 4)
+        ws = torch.empty(need, dtype=torch.float32, device=q.device)
+        kf = ws[2 * block : 2 * block + B * H * T * D].view(B, KV, n_rep, T, D)
+        kf.copy_(k[:, :, None].expand(B, KV, n_rep, T, D))  # GQA: query head h reads key head h // n_rep
+        kt = kf.view(B, H, T, D).transpose(-1, -2)  # [B, H, D, T]
+        qf = q if q.dtype == torch.float32 else q.float()
+        keyok = qmask.to(q.device).bool()[:, None, None, :]  # [B, 1, 1, T]
+        j = torch.arange(T, device=q.device)[None, :]
+        neg = torch.finfo(torch.float32).min
+        for s in range(0, T, rows):
+            e = min(s + rows, T)
+            c, w = e - s, e  # causal: keys after the chunk's last query get nothing, so they are not computed
+            probs = ws[: B * H * c * w].view(B, H, c, w)
+            torch.matmul(qf[:, :, s:e], kt[..., :w], out=probs)
+            probs.mul_(scale)
+            if softcap:
+                probs.div_(softcap).tanh_().mul_(softcap)
+            i = torch.arange(s, e, device=q.device)[:, None]
+            allowed = j[:, :w] <= i
+            if window:
+                allowed = allowed & (j[:, :w] > i - window)
+            probs.masked_fill_(~(allowed[None, None] & keyok[..., :w]), neg)
+            probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()  # softmax, in place
+            probs.div_(probs.sum(dim=-1, keepdim=True))
+            yield s, probs, ws[block : block + B * H * c * w].view(B, H, c, w)
+
+
+def reduce_qk(q, k, qmask, first, n_real, scale: float, n_rep: int, window=None, softcap=None, causal: bool = True,
+              keep_heads=None, map_dtype=torch.float16, budget: int = CHUNK_BYTES):
+    """α ``[B, H, T]``, first-token mass ``[B, H]``, entropy ``[B, H]`` (and ``keep_heads``' maps) from q and k.
+
+    The same outputs and conventions as :func:`sinkwidgets.tracing.reduce_attention` on the eager map; a
+    stand-alone form of what the chunked executor does per layer, for tests and for use outside a trace.
+    """
+    B, H, T, _ = q.shape
+    kept = []
+
+    def chunks():
+        for item in attention_chunks(q, k, qmask, scale, n_rep, window, softcap, chunk_rows(B, H, T, budget)):
+            if keep_heads is not None:
+                kept.append(torch.nn.functional.pad(item[1][:, keep_heads].to(map_dtype), (0, T - item[1].shape[-1])))
+            yield item
+
+    alpha, ftm, ent = reduce_attention_chunks(chunks(), B, H, T, qmask, first, n_real, causal)
+    return alpha, ftm, ent, (torch.cat(kept, dim=2) if keep_heads is not None else None)
+
+
+# ----------------------------------------------------------------------------- plan + traced block
+@dataclass
+class ChunkedPlan:
+    """Envoys and per-layer attention parameters for the chunked block.
+
+    ``params[l] = (scale, n_rep, sliding window or None, logit soft-cap or None)``; ``v_split`` > 0 means the
+    value vectors are the last of ``v_split`` equal parts of a fused projection's output.
+    """
+
+    layers: list
+    attns: list
+    oprojs: list
+    vprojs: list
+    params: list
+    v_split: int = 0
+
+
+def layer_plan(model, info) -> ChunkedPlan:
+    """The chunked block's plan (read from the local or the meta module). Raises :class:`ChunkedUnsupportedError`."""
+    from ..models.adapters import get_path
+
+    ad = info.adapter
+    if not ad.causal or ad.o_proj_layout != "linear":
+        raise ChunkedUnsupportedError(
+            f"the chunked path needs a rotary (Llama-style) decoder; {info.name!r} ({info.architecture}) is not one. "
+            "Use method='eager' (local only)."
+        )
+    layers = get_path(model, ad.layers)
+    L = len(layers)
+    attns, oprojs, vprojs, params = [], [], [], []
+    for li in range(L):
+        attn = get_path(layers[li], ad.attn)
+        mod = attn._module if hasattr(attn, "_module") else attn
+        try:
+            src = attn.source
+            _ = src.apply_rotary_pos_emb_0
+        except Exception as exc:  # noqa: BLE001
+            raise ChunkedUnsupportedError(
+                f"{info.name!r} ({info.architecture}): layer {li}'s attention does not call apply_rotary_pos_emb, "
+                f"so its post-RoPE q/k cannot be captured ({type(exc).__name__}); use method='eager' (local only)."
+            ) from exc
+        cfg = getattr(mod, "config", None)
+        head_dim = getattr(mod, "head_dim", info.head_dim)
+        scale = getattr(mod, "scaling", None) or head_dim**-0.5
+        window = getattr(mod, "sliding_window", None)
+        if window is None and info.family == "mistral":
+            window = getattr(cfg, "sliding_window", None)
+        softcap = getattr(mod, "attn_logit_softcapping", None) if info.family == "gemma2" else None
+        n_rep = getattr(mod, "num_key_value_groups", None) or info.n_heads // info.n_kv_heads
+        attns.append(attn)
+        oprojs.append(get_path(layers[li], ad.o_proj))
+        vprojs.append(get_path(layers[li], ad.v_proj) if ad.v_proj else None)
+        params.append((float(scale), int(n_rep), int(window) if window else None, float(softcap) if softcap else None))
+    return ChunkedPlan([layers[li] for li in range(L)], attns, oprojs, vprojs, params, ad.v_split)
+
+
+def read_values(vproj, v_split: int):
+    """The value vectors ``[B, T, KV*Dh]`` from a value projection's output (the last part of a fused one)."""
+    v = vproj.output
+    if v_split:
+        d = v.shape[-1] // v_split
+        v = v[..., (v_split - 1) * d :]
+    return v
+
+
+def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, units: UnitSet, ctx: BatchContext,
+                  budget: int = CHUNK_BYTES, backend=None):
+    """Run the units over one batch in a single SDPA forward → ``{unit name: {key: tensor}}`` on the CPU.
+
+    Per layer, in forward order: the value projection (``"values"``), the post-RoPE q/k turned into probability
+    chunks (``"probs"``), the output projection's input (``"o_input"``) and the block output (``"resid"``); a
+    source is read only when an active unit asks for it. Everything referenced inside the ``with`` is a tensor, a
+    plain Python value, an envoy, or an object of this subpackage's torch-only modules, so the block can be
+    shipped to NDIF (``backend``); the packed result is the one saved value the server sends back.
+    """
+    import nnsight
+
+    with torch.no_grad(), model.trace(inputs, backend=backend, **fwd_kwargs):
+        col = Collector(units, ctx)
+        for li in range(len(plan.layers)):
+            need = col.needs(li)
+            if not need:
+                continue
+            oproj = plan.oprojs[li]
+            if "values" in need:
+                col.feed(li, "values", read_values(plan.vprojs[li], plan.v_split), oproj.weight)
+            if "probs" in need:
+                q, k = plan.attns[li].source.apply_rotary_pos_emb_0.output
+                scale, n_rep, window, softcap = plan.params[li]
+                B, H, T, _ = q.shape
+                col.feed_probs(li, attention_chunks(q, k, ctx.qmask, scale, n_rep, window, softcap,
+                                                    chunk_rows(B, H, T, budget)))
+                del q, k
+            if "o_input" in need:
+                col.feed(li, "o_input", oproj.input, oproj.weight)
+            if "resid" in need:
+                h = plan.layers[li].output
+                col.feed(li, "resid", h[0] if isinstance(h, tuple) else h)
+                del h
+        sw_results = nnsight.save(col.packed())
+    return sw_results
+
+
+def run_chunked(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx: BatchContext,
+                budget: int = CHUNK_BYTES) -> tuple[dict, dict]:
+    """The local chunked executor: one batch → ``(packed results, meta)``. The remote executor
+    (:func:`sinkwidgets.tracing.remote.run_remote`) ships :func:`chunked_block` instead."""
+    plan = layer_plan(model, info)
+    check_values(info, units)
+    hf = getattr(model, "_module", None)
+    switch = hf is not None and getattr(hf.config, "_attn_implementation", None) != "sdpa"
+    prev = hf.config._attn_implementation if switch else None
+    if switch:
+        hf.set_attn_implementation("sdpa")
+    try:
+        out = chunked_block(model, inputs, fwd_kwargs, plan, units, ctx, budget)
+    finally:
+        if switch:
+            hf.set_attn_implementation(prev)
+    return out, {"method": "chunked"}
+
+
+def check_values(info, units: UnitSet) -> None:
+    """Raise :class:`ReductionUnsupportedError` before tracing if a unit reads values the adapter cannot find."""
+    if info.adapter.v_proj:
+        return
+    readers = [u for u in units.units if "values" in u.reads]
+    if readers:
+        raise ReductionUnsupportedError(
+            f"{readers[0]!r} reads the value vectors, but sinkwidgets does not know where {info.name!r} "
+            f"({info.architecture}) computes them (fused or unusual q/k/v projection). Supported: Llama-style "
+            "models (v_proj), GPT-2 (c_attn) and BERT-style encoders (value).")

@@ -1,0 +1,73 @@
+"""The eager executor: the model runs eager attention, and each layer's probabilities are read as they are made.
+
+Per layer, in forward order: the value projection (``"values"``), the output projection's input when it sits
+inside the attention module (``"o_input"``: Llama, GPT-2), the attention probabilities ``[B, H, T, T]``
+(``"probs"``, handed to the units in query chunks and released before the next layer runs), the output
+projection's input when it comes after the attention module (BERT), and the block output (``"resid"``). A source
+is read only when an active unit asks for it (nnsight needs values in forward order).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .chunked import check_values, read_values
+from .collect import Collector
+from .reductions import CAUSAL_QUERY_CHUNK, QUERY_CHUNK, BatchContext, UnitSet, reduce_attention_chunks
+
+
+def map_chunks(A: torch.Tensor, causal: bool):
+    """``(start, A[:, :, s:s+c, :w])`` query chunks of a full map ``A [B, H, T, T]``.
+
+    Causal models: a chunk stops at its last query's key (later keys are exactly 0), in rows of
+    :data:`~.reductions.CAUSAL_QUERY_CHUNK`; otherwise rows of :data:`~.reductions.QUERY_CHUNK` over all keys.
+    """
+    T = A.shape[-1]
+    if causal:
+        c = CAUSAL_QUERY_CHUNK
+        return ((s, A[:, :, s : s + c, : min(T, s + c)]) for s in range(0, T, c))
+    return ((s, A[:, :, s : s + QUERY_CHUNK]) for s in range(0, T, QUERY_CHUNK))
+
+
+def reduce_attention(A: torch.Tensor, qmask: torch.Tensor, first: torch.Tensor, n_real: torch.Tensor, causal: bool):
+    """α ``[B, H, T]``, first-token mass ``[B, H]``, entropy ``[B, H]`` of a full map ``A [B, H, T, T]``
+    (what :class:`~.reductions.AttentionSummary` accumulates, outside a trace; formulas in
+    :func:`~.reductions.reduce_attention_chunks`)."""
+    B, H, T, _ = A.shape
+    return reduce_attention_chunks(map_chunks(A, causal), B, H, T, qmask, first, n_real, causal)
+
+
+def run_eager(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx: BatchContext) -> tuple[dict, dict]:
+    """One batch through the model under eager attention → ``(packed results, meta)``."""
+    import nnsight
+
+    from ..models.adapters import get_path
+
+    ad = info.adapter
+    check_values(info, units)
+    layers = get_path(model, ad.layers)
+    inner = ad.o_proj.startswith(ad.attn + ".")
+    with torch.no_grad(), model.trace(inputs, **fwd_kwargs):
+        col = Collector(units, ctx)
+        for li in range(len(layers)):
+            need = col.needs(li)
+            if not need:
+                continue
+            layer = layers[li]
+            oproj = get_path(layer, ad.o_proj)
+            if "values" in need:
+                col.feed(li, "values", read_values(get_path(layer, ad.v_proj), ad.v_split), oproj.weight)
+            if "o_input" in need and inner:
+                col.feed(li, "o_input", oproj.input, oproj.weight)
+            if "probs" in need:
+                A = get_path(layer, ad.attn).output[1]
+                col.feed_probs(li, map_chunks(A, ctx.causal))
+                del A  # do not keep this layer's [B, H, T, T] map alive while the next layer computes its own
+            if "o_input" in need and not inner:
+                col.feed(li, "o_input", oproj.input, oproj.weight)
+            if "resid" in need:
+                h = layer.output
+                col.feed(li, "resid", h[0] if isinstance(h, tuple) else h)
+                del h
+        sw_results = nnsight.save(col.packed())
+    return sw_results, {"method": "eager"}
