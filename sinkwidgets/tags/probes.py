@@ -279,14 +279,19 @@ def probe(model_or_data: Any, texts: Sequence[str] | None = None, labels: Sequen
         texts = list(texts)
         if len(labels) != len(texts):
             raise ValueError(f"labels has {len(labels)} entries but texts has {len(texts)}")
+        auto_evs: dict = {}
         if basis is not None:
             head_list = []
         elif isinstance(heads, str):
-            head_list = _auto_candidates(model_or_data, texts, layer, batch_size, alpha0)
+            if heads != "auto":
+                raise ValueError(f"heads must be 'auto' or a list of (layer, head) pairs, got {heads!r}")
+            head_list, auto_evs = _auto_heads(model_or_data, texts, layer, batch_size, alpha0, rank, n_heads)
+            heads = head_list
         else:
             head_list = [_pair(h) for h in heads]
+        # the tag basis needs only the sinks' values (and α to find the sinks); no outputs, no maps
         data = _collect(model_or_data, texts, heads=head_list, layers=[layer], batch_size=batch_size,
-                        progress=progress, labels=labels, groups=groups)
+                        progress=progress, labels=labels, groups=groups, maps=False, outputs=False)
     if labels is None:
         raise ValueError("no labels: pass labels=[...] (one per text) or a TagData collected with labels")
     X = data.pooled(layer, pool)
@@ -294,25 +299,36 @@ def probe(model_or_data: Any, texts: Sequence[str] | None = None, labels: Sequen
         tb = TagBasis(np.linalg.qr(np.asarray(basis, dtype=np.float64))[0], [], rank)
     else:
         tb = tag_basis(data, heads, rank=rank, n_heads=n_heads, max_layer=layer, alpha0=alpha0)
+        if not isinstance(model_or_data, TagData) and auto_evs:
+            tb.evs = auto_evs
     res = probe_features(X, np.asarray(labels), groups, tb.basis, folds=folds, seeds=seeds, n_random=n_random, C=C,
                          seed=seed, layer=layer, pool=pool, heads=tb.heads, rank=rank, head_evs=tb.evs,
                          dataset=dataset, negative_control=negative_control)
     return (res, data) if return_data else res
 
 
-#: Texts used to find the first-token sink heads before the main collection (α only: cheap).
+#: Texts used to choose the heads for ``heads="auto"`` (two cheap passes before the main collection).
 SELECT_TEXTS = 64
 
 
-def _auto_candidates(model, texts, layer: int, batch_size: int, alpha0: float) -> list[tuple[int, int]]:
-    """First-token sink heads (mean α₀ >= ``alpha0``) in layers <= ``layer``, from an α-only pass over a few texts."""
+def _auto_heads(model, texts, layer: int, batch_size: int, alpha0: float, rank: int,
+                n_heads: int) -> tuple[list[tuple[int, int]], dict]:
+    """``heads="auto"`` from a model: an α-only pass over the first :data:`SELECT_TEXTS` texts finds the first-token
+    sink heads (mean α₀ >= ``alpha0``) in layers <= ``layer``; a second pass over the same texts keeps their values
+    and outputs, and the ``n_heads`` with the highest in-sample tag EV at ``rank`` are chosen. (On short statements
+    α₀ >= 0.5 holds for most heads of SmolLM2's first layers, so keeping every candidate over all texts would cost
+    ~10x more memory.)"""
     from .collect import collect as _collect
 
-    probe_data = _collect(model, texts[:SELECT_TEXTS], heads=[], layers=None, progress=False, batch_size=batch_size)
-    cands = [(r.layer, r.head) for r in sink_heads(probe_data, alpha0=alpha0, max_layer=layer).first_token]
+    sub = list(texts[:SELECT_TEXTS])
+    first = _collect(model, sub, heads=[], layers=None, progress=False, batch_size=batch_size)
+    cands = [(r.layer, r.head) for r in sink_heads(first, alpha0=alpha0, max_layer=layer).first_token]
     if not cands:
         raise ValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {layer}; pass heads=[...]")
-    return cands
+    sel = _collect(model, sub, heads=cands, layers=None, maps=False, progress=False, batch_size=batch_size)
+    evs = {h: _in_sample_ev(sel, h, rank) for h in cands}
+    chosen = sorted((h for h in cands if np.isfinite(evs[h])), key=lambda h: -evs[h])[:n_heads]
+    return chosen, {f"L{a}H{b}": float(v) for (a, b), v in evs.items()}
 
 
 def probe_report(model_or_data: Any, dataset: str = "cities", **kwargs: Any) -> ProbeResult:
