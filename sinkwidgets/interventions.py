@@ -317,7 +317,10 @@ class _Runner:
             from sinkwidgets.tracing.remote import RemoteSession
         except ImportError:
             from sinkwidgets.remote import RemoteSession
-        session = RemoteSession(self.model, self.info, self.remote)
+        try:  # the session ships extra modules by value (this one: the blocks call its plain-torch helpers)
+            session = RemoteSession(self.model, self.info, self.remote, by_value=(__name__,))
+        except TypeError:  # a session without that hook: register this module with cloudpickle ourselves
+            session = RemoteSession(self.model, self.info, self.remote)
         backend = session.backend()
         with _by_value(), session.guard():
             return fn(*args, backend)
