@@ -1,21 +1,85 @@
-"""The ``sinkwidgets`` command line: fetch offline models, scan a prompt for sinks, write an offline HTML view.
+"""The ``sinkwidgets`` command line: fetch and verify offline models, scan a prompt for sinks, write offline HTML.
 
 Examples::
 
     sinkwidgets models list
     sinkwidgets models fetch smollm2-135m
+    sinkwidgets models verify
     sinkwidgets scan "The cat sat on the mat. Then it slept." --model smollm2-135m
     sinkwidgets scan "..." --json
-    sinkwidgets scan "..." --html sinks.html
+    sinkwidgets scan "..." --html sinks.html --save sinks.npz
+
+Arguments are checked before any model is loaded; failures print one ``sinkwidgets: error: ...`` line (set
+``SINKWIDGETS_DEBUG=1`` for the traceback). Standard output carries only the table or the JSON: progress and
+warnings go to standard error.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import sys
 import time
+from pathlib import Path
+
+#: Prompts up to this many tokens keep every attention map for ``scan --html``.
+HTML_MAPS_MAX_TOKENS = 256
+#: Below this many tokens the scan warns that its numbers mean little (see :func:`uniform_first_token_mass`).
+SHORT_PROMPT_TOKENS = 16
+
+LEGEND = """\
+columns:
+  layer       layer index (0-based)
+  tok0        first-token mass: attention the queries t >= 1 pay to token 0, mean over the layer's heads
+  tok0-max    the same for the layer's strongest head
+  sink%       share of the layer's heads whose alpha of token 0 exceeds eps (Gu et al.'s Sink_0^eps)
+  entropy     mean entropy of the attention rows in nats (0 = all on one key; ln T = uniform)
+  sinks       the layer's strongest sinks: head h, token 'text'@position, alpha = mean attention the key
+              receives from the queries that can see it (keys seen by fewer than 8 queries are skipped)
+header:
+  first-token mass   tok0 over all layers, and what uniform attention would give at this length
+  sink heads         sink% over all layers
+  sinks/head         keys with alpha > eps per head, averaged over all heads and over the sink heads only"""
+
+
+class UsageError(ValueError):
+    """A command-line argument is unusable; reported before anything is loaded (exit status 2)."""
+
+
+# ----------------------------------------------------------------------------- formatting
+def _fmt(x, digits: int = 2) -> str:
+    """Every number the table prints goes through here: fixed decimals, ``n/a`` for missing or NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _round(x: float, digits: int = 4):
+    x = float(x)
+    return None if math.isnan(x) else round(x, digits)
+
+
+def uniform_first_token_mass(n_tokens: int) -> float:
+    """First-token mass of uniform causal attention over ``n_tokens``: mean over t >= 1 of 1 / (t + 1).
+
+    The floor a head reaches with no sink at all: 0.42 at T = 3, 0.15 at T = 16, 0.04 at T = 100.
+    """
+    if n_tokens < 2:
+        return 1.0
+    return sum(1.0 / (t + 1) for t in range(1, n_tokens)) / (n_tokens - 1)
+
+
+def short_prompt_warning(n_tokens: int, eps: float) -> str | None:
+    """A warning for prompts too short for sink numbers to mean anything, or None."""
+    if n_tokens >= SHORT_PROMPT_TOKENS:
+        return None
+    base = uniform_first_token_mass(n_tokens)
+    return (f"the prompt has only {n_tokens} token{'s' if n_tokens != 1 else ''}: even uniform attention gives token 0 "
+            f"a mass of {base:.2f} (eps={eps:g}), so heads count as sinks without one; use a prompt of at least "
+            f"{SHORT_PROMPT_TOKENS} tokens (a sentence or two)")
 
 
 def _scan_summary(tr, eps: float, n_sinks: int) -> dict:
@@ -23,21 +87,20 @@ def _scan_summary(tr, eps: float, n_sinks: int) -> dict:
 
     layers = []
     for l in range(tr.n_layers):
-        sinks = [s for s in M.find_sinks(tr.sink_scores[l : l + 1], eps=eps, causal=tr.causal)]
-        top = []
-        for s in sinks[:n_sinks]:
-            top.append({"head": s.head, "k": s.k, "token": tr.tokens[s.k], "alpha": round(s.alpha, 4)})
+        sinks = list(M.find_sinks(tr.sink_scores[l : l + 1], eps=eps, causal=tr.causal))
+        top = [{"head": s.head, "k": s.k, "token": tr.tokens[s.k], "alpha": _round(s.alpha)} for s in sinks[:n_sinks]]
         layers.append(
             {
                 "layer": l,
-                "first_token_mass": round(float(tr.first_token_mass[l].mean()), 4),
-                "first_token_mass_max": round(float(tr.first_token_mass[l].max()), 4),
-                "sink_ratio_k0": round(M.sink_ratio(tr.sink_scores[l : l + 1], k=0, eps=eps), 4),
-                "entropy": round(float(tr.entropy[l].mean()), 4),
+                "first_token_mass": _round(tr.first_token_mass[l].mean()),
+                "first_token_mass_max": _round(tr.first_token_mass[l].max()),
+                "sink_ratio_k0": _round(M.sink_ratio(tr.sink_scores[l : l + 1], k=0, eps=eps)),
+                "entropy": _round(tr.entropy[l].mean()),
                 "top_sinks": top,
             }
         )
     spk = M.sinks_per_head(tr, eps=eps)
+    warning = short_prompt_warning(tr.n_tokens, eps)
     return {
         "model": tr.meta.get("model"),
         "n_tokens": tr.n_tokens,
@@ -45,105 +108,206 @@ def _scan_summary(tr, eps: float, n_sinks: int) -> dict:
         "truncated": tr.meta.get("truncated", False),
         "eps": eps,
         "first_token": tr.tokens[0],
-        "first_token_mass": round(float(tr.first_token_mass.mean()), 4),
-        "sink_ratio_k0": round(M.sink_ratio(tr, k=0, eps=eps), 4),
-        "sinks_per_head_all": round(spk.mean_all, 4),
-        "sinks_per_head_sink_heads": None if spk.mean_sink_heads != spk.mean_sink_heads else round(spk.mean_sink_heads, 4),
+        "first_token_mass": _round(tr.first_token_mass.mean()),
+        "uniform_first_token_mass": _round(uniform_first_token_mass(tr.n_tokens)),
+        "sink_ratio_k0": _round(M.sink_ratio(tr, k=0, eps=eps)),
+        "sinks_per_head_all": _round(spk.mean_all),
+        "sinks_per_head_sink_heads": _round(spk.mean_sink_heads),
         "massive_activations": [
             {"layer": m.layer, "token": m.token, "token_str": m.token_str, "channel": m.channel, "value": round(m.value, 1)}
-            for m in M.massive_activations(tr)[:5]
+            for m in (M.massive_activations(tr)[:5] if tr.top_activations is not None else [])
         ],
+        "warnings": [warning] if warning else [],
         "layers": layers,
     }
 
 
-def _print_table(summary: dict, out) -> None:
+def _print_table(summary: dict, out, legend: bool = True) -> None:
     w = out.write
     w(f"model {summary['model']}  ·  {summary['n_tokens']} tokens  ·  add_bos={summary['add_bos']}  ·  "
       f"token 0 = {summary['first_token']!r}{'  ·  TRUNCATED' if summary['truncated'] else ''}\n")
-    w(f"first-token mass {summary['first_token_mass']:.2f}  ·  Sink_0^{summary['eps']} = {summary['sink_ratio_k0']:.2f}  ·  "
-      f"sinks/head {summary['sinks_per_head_all']:.2f} (all heads), {summary['sinks_per_head_sink_heads']} (sink heads)\n\n")
-    w(f"{'layer':>5}  {'1st-mass':>8}  {'max':>5}  {'sink%':>5}  {'entropy':>7}  strongest sinks (head:token α)\n")
+    w(f"first-token mass {_fmt(summary['first_token_mass'])} (uniform attention: "
+      f"{_fmt(summary['uniform_first_token_mass'])})  ·  sink heads (alpha_0 > {summary['eps']:g}) "
+      f"{_fmt(100 * summary['sink_ratio_k0'], 0)}%  ·  sinks/head {_fmt(summary['sinks_per_head_all'])} (all heads), "
+      f"{_fmt(summary['sinks_per_head_sink_heads'])} (sink heads)\n\n")
+    w(f"{'layer':>5}  {'tok0':>5}  {'tok0-max':>8}  {'sink%':>5}  {'entropy':>7}  sinks (head 'token'@position alpha)\n")
     for row in summary["layers"]:
-        tops = "  ".join(f"h{t['head']}:{t['token']!r}@{t['k']} {t['alpha']:.2f}" for t in row["top_sinks"])
-        w(f"{row['layer']:>5}  {row['first_token_mass']:>8.2f}  {row['first_token_mass_max']:>5.2f}  "
-          f"{100 * row['sink_ratio_k0']:>4.0f}%  {row['entropy']:>7.2f}  {tops}\n")
+        tops = "  ".join(f"h{t['head']} {t['token']!r}@{t['k']} {_fmt(t['alpha'])}" for t in row["top_sinks"])
+        sink_pct = _fmt(100 * row["sink_ratio_k0"], 0) + "%" if row["sink_ratio_k0"] is not None else "n/a"
+        w(f"{row['layer']:>5}  {_fmt(row['first_token_mass']):>5}  {_fmt(row['first_token_mass_max']):>8}  "
+          f"{sink_pct:>5}  {_fmt(row['entropy']):>7}  {tops}\n")
     if summary["massive_activations"]:
         m = summary["massive_activations"][0]
         w(f"\nmassive activations (Sun et al.): e.g. layer {m['layer']}, token {m['token']} {m['token_str']!r}, "
-          f"channel {m['channel']}: {m['value']:.0f}\n")
+          f"channel {m['channel']}: {_fmt(m['value'], 0)}\n")
+    if legend:
+        w("\n" + LEGEND + "\n")
 
 
-#: Prompts up to this many tokens keep every attention map for ``scan --html``.
-HTML_MAPS_MAX_TOKENS = 256
+# ----------------------------------------------------------------------------- argument checks
+def _check_output_path(path: str, flag: str) -> Path:
+    """Fail before any work when ``path`` cannot be written: a directory, a missing folder, no permission."""
+    p = Path(path).expanduser()
+    if str(path).strip() == "":
+        raise UsageError(f"{flag} '': give a file name")
+    if p.is_dir():
+        raise UsageError(f"{flag} {path!r} is a directory; give a file name inside it")
+    folder = p.parent if str(p.parent) else Path(".")
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path!r}: folder {str(folder)!r} does not exist (or is not a folder); create it first")
+    if not os.access(folder, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"{flag} {path!r}: no permission to write there; choose another location")
+    return p
 
 
-def cmd_scan(args) -> int:
-    from .models import load_model
-    from .tracing import trace
-
-    text = args.text
-    if text == "-":
-        text = sys.stdin.read()
+def _read_prompt(args) -> str:
+    if args.file and args.text is not None:
+        raise UsageError("give the prompt either as TEXT or with --file, not both")
     if args.file:
-        with open(args.file, encoding="utf-8") as fh:
-            text = fh.read()
-    t0 = time.perf_counter()
-    model = load_model(args.model)
-    t1 = time.perf_counter()
-    add_bos = {"auto": None, "yes": True, "no": False}[args.add_bos]
-    keep = None
-    if args.html:
-        from .tracing import tokenize
+        p = Path(args.file).expanduser()
+        if p.is_dir():
+            raise UsageError(f"--file {args.file!r} is a directory; give a text file")
+        if not p.is_file():
+            raise UsageError(f"--file {args.file!r} does not exist")
+        try:
+            return p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"--file {args.file!r} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        except OSError as exc:
+            raise UsageError(f"--file {args.file!r} cannot be read: {exc.strerror or exc}") from None
+    if args.text == "-":
+        return sys.stdin.read()
+    return args.text
 
+
+def check_scan_args(args) -> str:
+    """Validate every scan argument and read the prompt; raises :class:`UsageError`. Loads nothing."""
+    if args.text is None and not args.file:
+        raise UsageError("scan needs a prompt: sinkwidgets scan 'The cat sat on the mat.' (or --file F, or '-' "
+                         "for standard input)")
+    if not (math.isfinite(args.eps) and 0.0 <= args.eps < 1.0):
+        raise UsageError(f"--eps {args.eps:g}: the sink threshold is a fraction of attention in [0, 1); "
+                         "Gu et al. use 0.3, Zhang et al. 0.2")
+    if args.max_tokens is not None and args.max_tokens < 1:
+        raise UsageError(f"--max-tokens {args.max_tokens}: give a positive number of tokens, or leave it out")
+    if args.top < 0:
+        raise UsageError(f"--top {args.top}: give the number of sinks to show per layer (0 or more)")
+    if args.save:
+        from .sinktrace import SinkTrace
+
+        _check_output_path(str(SinkTrace.save_path(Path(args.save).expanduser())), "--save")
+    if args.html:
+        _check_output_path(args.html, "--html")
+    text = _read_prompt(args)
+    if not text.strip():
+        raise UsageError("the prompt is empty; give some text (a sentence or two)")
+    return text
+
+
+# ----------------------------------------------------------------------------- commands
+def _quiet_progress() -> None:
+    """Turn off progress bars (tqdm, Hugging Face) for this process."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    with contextlib.suppress(Exception):
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+
+def _load_model(name: str):
+    from .models import load_model
+
+    return load_model(name)
+
+
+def _run_trace(model, text: str, *, add_bos, max_tokens, html: bool):
+    from .tracing import tokenize, trace
+
+    keep = None
+    if html:
         # the offline page shows full maps where they are small enough to inline (30 x 9 x 256^2 float16 = 35 MB
         # before the page's own budget trims it); longer prompts get the alpha summaries only
         keep = "all" if len(tokenize(model, text, add_bos)[0]) <= HTML_MAPS_MAX_TOKENS else None
-    tr = trace(model, text, add_bos=add_bos, max_tokens=args.max_tokens, keep_maps=keep)
+    return trace(model, text, add_bos=add_bos, max_tokens=max_tokens, keep_maps=keep, progress=False)
+
+
+def cmd_scan(args) -> int:
+    text = check_scan_args(args)
+    add_bos = {"auto": None, "yes": True, "no": False}[args.add_bos]
+    if args.json or not sys.stderr.isatty():
+        _quiet_progress()
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):  # anything a library prints while loading stays off stdout
+        model = _load_model(args.model)
+        t1 = time.perf_counter()
+        tr = _run_trace(model, text, add_bos=add_bos, max_tokens=args.max_tokens, html=bool(args.html))
     t2 = time.perf_counter()
     summary = _scan_summary(tr, args.eps, args.top)
     summary["seconds"] = {"load": round(t1 - t0, 2), "trace": round(t2 - t1, 2)}
+    written = []
     if args.save:
-        tr.save(args.save)
+        saved = tr.save(Path(args.save).expanduser())
+        summary["saved"] = str(saved)
+        written.append(f"trace saved to {saved}")
     if args.html:
         from .widgets import save_html
 
-        save_html(tr, args.html)
+        page = save_html(tr, Path(args.html).expanduser())
+        summary["html"] = str(page)
+        written.append(f"HTML view written to {page}")
+    for warning in summary["warnings"]:
+        sys.stderr.write(f"sinkwidgets: warning: {warning}\n")
     if args.json:
-        json.dump(summary, sys.stdout, indent=1)
+        json.dump(summary, sys.stdout, indent=1, allow_nan=False)
         sys.stdout.write("\n")
     else:
-        _print_table(summary, sys.stdout)
-        sys.stdout.write(f"\nload {t1 - t0:.1f} s, trace {t2 - t1:.1f} s")
-        if args.save:
-            sys.stdout.write(f"; trace saved to {args.save}")
-        if args.html:
-            sys.stdout.write(f"; HTML view written to {args.html}")
-        sys.stdout.write("\n")
+        _print_table(summary, sys.stdout, legend=not args.no_legend)
+        sys.stdout.write("\n" + "; ".join([f"load {t1 - t0:.1f} s, trace {t2 - t1:.1f} s", *written]) + "\n")
     return 0
 
 
 def cmd_models(args) -> int:
-    from .models import fetch_model, list_models
+    from .models import REGISTRY, fetch_model, list_models
 
     if args.action == "list":
+        if args.names:
+            raise UsageError("models list takes no names")
         rows = list_models()
         if args.json:
             json.dump(rows, sys.stdout, indent=1)
             sys.stdout.write("\n")
         else:
             for r in rows:
-                state = "cached" if r["cached"] else f"not fetched (~{r['download_mb']} MB)"
-                sys.stdout.write(f"{r['name']:<14} {state:<24} {r['hub_id']}\n    {r['description']}\n")
+                state = "cached" if r["cached"] else f"not fetched (~{r['download_mb']} MB download)"
+                size = f"{r['disk_mb']:,} MB on disk" if r.get("disk_mb") else ""
+                sys.stdout.write(f"{r['name']:<14} {state:<30} {size:<16} {r['hub_id']}\n    {r['description']}\n")
         return 0
     names = args.names or []
     if args.all:
-        from .models import REGISTRY
-
         names = list(REGISTRY)
+    if args.action == "verify":
+        from .models.fetch import verify_model
+
+        if not names:
+            from .models.fetch import is_cached
+
+            names = [n for n in REGISTRY if is_cached(n, check_digests=False)]
+            if not names:
+                sys.stdout.write("no offline model is cached; nothing to verify (sinkwidgets models fetch NAME)\n")
+                return 0
+        bad = 0
+        for name in names:
+            problems = verify_model(name)
+            if problems:
+                bad += 1
+                sys.stdout.write(f"{name}: DAMAGED\n" + "".join(f"    {p}\n" for p in problems)
+                                 + f"    fix: sinkwidgets models fetch {name} --force\n")
+            else:
+                sys.stdout.write(f"{name}: ok (every file matches its recorded sha256)\n")
+        return 1 if bad else 0
     if not names:
-        sys.stderr.write("sinkwidgets models fetch: name a model (see `sinkwidgets models list`) or pass --all\n")
-        return 2
+        raise UsageError("name a model (see `sinkwidgets models list`) or pass --all")
     for name in names:
         path = fetch_model(name, force=args.force)
         sys.stdout.write(f"{name}: {path}\n")
@@ -157,44 +321,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sinkwidgets {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("scan", help="trace a prompt and print a per-layer sink table")
+    s = sub.add_parser("scan", help="trace a prompt and print a per-layer sink table",
+                       description="Trace a prompt and print a per-layer table of attention sinks.",
+                       epilog=LEGEND, formatter_class=argparse.RawDescriptionHelpFormatter)
     s.add_argument("text", nargs="?", default=None, help="the prompt ('-' reads standard input)")
-    s.add_argument("--file", help="read the prompt from a text file")
+    s.add_argument("--file", help="read the prompt from a UTF-8 text file")
     s.add_argument("--model", default="smollm2-135m", help="short name, hub id or local directory (default: smollm2-135m)")
     s.add_argument("--add-bos", choices=["auto", "yes", "no"], default="auto",
                    help="whether token 0 is a BOS token (auto: the model's documented default)")
     s.add_argument("--max-tokens", type=int, default=None, help="truncate longer prompts (recorded in the trace)")
-    s.add_argument("--eps", type=float, default=0.3, help="sink threshold on α (default 0.3, Gu et al.; Zhang et al. use 0.2)")
-    s.add_argument("--top", type=int, default=3, help="strongest sinks to show per layer")
+    s.add_argument("--eps", type=float, default=0.3,
+                   help="sink threshold on alpha, in [0, 1) (default 0.3, Gu et al.; Zhang et al. use 0.2)")
+    s.add_argument("--top", type=int, default=3, help="strongest sinks to show per layer (default 3)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    s.add_argument("--save", help="save the SinkTrace to this .npz file")
+    s.add_argument("--no-legend", action="store_true", help="leave the column legend out of the table")
+    s.add_argument("--save", help="save the SinkTrace to this file ('.npz' is added when missing)")
     s.add_argument("--html", help="write a self-contained offline HTML view of the sinks")
     s.set_defaults(func=cmd_scan)
 
-    m = sub.add_parser("models", help="list or fetch the offline models")
-    m.add_argument("action", choices=["list", "fetch"])
-    m.add_argument("names", nargs="*", help="model short names to fetch")
-    m.add_argument("--all", action="store_true", help="fetch every registry model")
+    m = sub.add_parser("models", help="list, fetch or verify the offline models")
+    m.add_argument("action", choices=["list", "fetch", "verify"])
+    m.add_argument("names", nargs="*", help="model short names (verify: default every cached model)")
+    m.add_argument("--all", action="store_true", help="every registry model")
     m.add_argument("--force", action="store_true", help="download and convert again")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=cmd_models)
     return p
 
 
+def _stdout_gone() -> None:
+    """The reader of stdout went away (``| head``): silence the final flush instead of printing an error."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "scan" and args.text is None and not args.file:
-        parser.error("scan needs a prompt: sinkwidgets scan 'The cat sat on the mat.' (or --file F, or '-' for stdin)")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    debug = bool(os.environ.get("SINKWIDGETS_DEBUG"))
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _stdout_gone()
+        return 141  # 128 + SIGPIPE, as the shell reports `yes | head`
     except KeyboardInterrupt:
         return 130
-    except (ValueError, TypeError, KeyError, FileNotFoundError, ConnectionError, RuntimeError) as exc:
-        if os.environ.get("SINKWIDGETS_DEBUG"):
+    except UsageError as exc:
+        if debug:
             raise
-        sys.stderr.write(f"sinkwidgets: error: {exc}\n")
+        sys.stderr.write(f"sinkwidgets {args.command}: error: {exc}\n")
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the command line reports, never dumps a traceback
+        if debug:
+            raise
+        known = isinstance(exc, (ValueError, TypeError, KeyError, OSError, RuntimeError))
+        text = str(exc) if known and str(exc) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
+            text = f"{text}: {exc.filename}"
+        sys.stderr.write(f"sinkwidgets: error: {text}\n(set SINKWIDGETS_DEBUG=1 for the traceback)\n")
         return 1
 
 

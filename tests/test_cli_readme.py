@@ -42,7 +42,7 @@ def test_scan_errors_are_one_line():
     out = run_cli("scan", "hi", "--model", "smolm2")
     assert out.returncode == 1 and "Did you mean" in out.stderr and "Traceback" not in out.stderr
     out = run_cli("scan", "  ")
-    assert out.returncode == 1 and "empty" in out.stderr
+    assert out.returncode == 2 and "empty" in out.stderr  # a usage error, found before loading
 
 
 def test_models_list():

