@@ -7,8 +7,9 @@ after its q/k RMS norms) are turned back into probabilities a few query rows at 
 
     P[:, :, s:s+c] = softmax(q[:, :, s:s+c] @ kᵀ · scale  [tanh soft-cap]  + causal / sliding-window / padding mask)
 
-and every chunk goes to the units that read ``"probs"`` (:mod:`.reductions`). The largest temporary is one chunk,
-``[B, H, c, T]`` float32 with ``c`` chosen to fit :data:`CHUNK_BYTES`, so memory stays close to a plain forward.
+(:func:`.qk.attention_chunks`), and every chunk goes to the units that read ``"probs"`` (:mod:`.reductions`). The
+largest temporary is one chunk, ``[B, H, c, T]`` float32 with ``c`` chosen to fit :data:`~.qk.CHUNK_BYTES`, so
+memory stays close to a plain forward.
 
 The same block runs remotely (:mod:`.remote`): NDIF serves models with their default attention implementation,
 under which eager probabilities do not exist, so remote traces always use this path. Everything the block calls
@@ -26,86 +27,8 @@ import torch
 
 from ..errors import ChunkedUnsupportedError, ReductionUnsupportedError
 from .collect import Collector
-from .reductions import BatchContext, UnitSet, reduce_attention_chunks
-
-#: Bytes of float32 scores per query chunk (``B * H * c * T * 4``); ``c`` is derived from it per layer.
-CHUNK_BYTES = 16 * 2**20
-#: Bounds on the number of query rows per chunk.
-MIN_CHUNK, MAX_CHUNK = 16, 512
-
-
-# ----------------------------------------------------------------------------- kernels (torch only)
-def chunk_rows(B: int, H: int, T: int, budget: int = CHUNK_BYTES) -> int:
-    """Query rows per chunk so that one ``[B, H, c, T]`` float32 block fits in ``budget`` bytes."""
-    c = budget // max(1, B * H * T * 4)
-    return int(max(MIN_CHUNK, min(MAX_CHUNK, c)))
-
-
-def attention_chunks(q, k, qmask, scale: float, n_rep: int, window=None, softcap=None, rows: int = 128):
-    """Yield ``(start, P, scratch)``: probabilities ``P [B, H, c, w]`` (float32) for query rows ``start:start+c``
-    over keys ``0..w-1`` with ``w = start + c`` (causal: later keys get exactly zero and are not computed).
-
-    ``q [B, H, T, D]`` and ``k [B, KV, T, D]`` are post-RoPE (as the attention module uses them), ``qmask [B, T]``
-    marks real tokens (left padding 0). Masking matches Hugging Face eager attention: causal, keys outside a
-    sliding ``window`` (``j <= i - window``) and padding keys are excluded; pad query rows are finite and
-    ignored by the reductions.
-
-    ``P`` and ``scratch`` (same size, for the consumer's temporaries) are views into one workspace that is
-    reused for every chunk: consume a chunk before asking for the next. The workspace is a single allocation
-    (above glibc's 32 MiB dynamic mmap ceiling when it is large), so it goes back to the OS when freed instead
-    of fragmenting the heap: without this, peak RSS grew by ~35 % at T = 2048.
-    """
-    with torch.autocast(device_type=q.device.type, enabled=False):  # NDIF runs requests under bf16 autocast
-        B, H, T, D = q.shape
-        KV = k.shape[1]
-        block = B * H * rows * T
-        need = 2 * block + B * H * T * D
-        if q.device.type == "cpu" and need * 4 > 4 * 2**20:
-            need = max(need, (33 * 2**20) // 4)
-        ws = torch.empty(need, dtype=torch.float32, device=q.device)
-        kf = ws[2 * block : 2 * block + B * H * T * D].view(B, KV, n_rep, T, D)
-        kf.copy_(k[:, :, None].expand(B, KV, n_rep, T, D))  # GQA: query head h reads key head h // n_rep
-        kt = kf.view(B, H, T, D).transpose(-1, -2)  # [B, H, D, T]
-        qf = q if q.dtype == torch.float32 else q.float()
-        keyok = qmask.to(q.device).bool()[:, None, None, :]  # [B, 1, 1, T]
-        j = torch.arange(T, device=q.device)[None, :]
-        neg = torch.finfo(torch.float32).min
-        for s in range(0, T, rows):
-            e = min(s + rows, T)
-            c, w = e - s, e  # causal: keys after the chunk's last query get nothing, so they are not computed
-            probs = ws[: B * H * c * w].view(B, H, c, w)
-            torch.matmul(qf[:, :, s:e], kt[..., :w], out=probs)
-            probs.mul_(scale)
-            if softcap:
-                probs.div_(softcap).tanh_().mul_(softcap)
-            i = torch.arange(s, e, device=q.device)[:, None]
-            allowed = j[:, :w] <= i
-            if window:
-                allowed = allowed & (j[:, :w] > i - window)
-            probs.masked_fill_(~(allowed[None, None] & keyok[..., :w]), neg)
-            probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()  # softmax, in place
-            probs.div_(probs.sum(dim=-1, keepdim=True))
-            yield s, probs, ws[block : block + B * H * c * w].view(B, H, c, w)
-
-
-def reduce_qk(q, k, qmask, first, n_real, scale: float, n_rep: int, window=None, softcap=None, causal: bool = True,
-              keep_heads=None, map_dtype=torch.float16, budget: int = CHUNK_BYTES):
-    """α ``[B, H, T]``, first-token mass ``[B, H]``, entropy ``[B, H]`` (and ``keep_heads``' maps) from q and k.
-
-    The same outputs and conventions as :func:`sinkwidgets.tracing.reduce_attention` on the eager map; a
-    stand-alone form of what the chunked executor does per layer, for tests and for use outside a trace.
-    """
-    B, H, T, _ = q.shape
-    kept = []
-
-    def chunks():
-        for item in attention_chunks(q, k, qmask, scale, n_rep, window, softcap, chunk_rows(B, H, T, budget)):
-            if keep_heads is not None:
-                kept.append(torch.nn.functional.pad(item[1][:, keep_heads].to(map_dtype), (0, T - item[1].shape[-1])))
-            yield item
-
-    alpha, ftm, ent = reduce_attention_chunks(chunks(), B, H, T, qmask, first, n_real, causal)
-    return alpha, ftm, ent, (torch.cat(kept, dim=2) if keep_heads is not None else None)
+from .qk import CHUNK_BYTES, MAX_CHUNK, MIN_CHUNK, attention_chunks, chunk_rows, reduce_qk  # noqa: F401
+from .reductions import BatchContext, UnitSet
 
 
 # ----------------------------------------------------------------------------- plan + traced block
@@ -187,6 +110,9 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
 
     with torch.no_grad(), model.trace(inputs, backend=backend, **fwd_kwargs):
         col = Collector(units, ctx)
+        for li in range(len(plan.layers)):  # install nnsight's source hooks before any attention forward starts
+            if "probs" in col.needs(li):  # (else a value read inside the forward comes before the hook exists)
+                _ = plan.attns[li].source
         for li in range(len(plan.layers)):
             need = col.needs(li)
             if not need:

@@ -57,7 +57,8 @@ DEFAULT_MAX_RESULT_BYTES = 2**30
 STATUS_URL = "https://nnsight.net/status/"
 KEY_URL = "https://login.ndif.us"
 #: Modules whose functions the traced block calls: shipped to the server by value (NDIF has no sinkwidgets).
-BY_VALUE_MODULES = ("sinkwidgets.tracing.reductions", "sinkwidgets.tracing.collect", "sinkwidgets.tracing.chunked")
+BY_VALUE_MODULES = ("sinkwidgets.tracing.reductions", "sinkwidgets.tracing.collect", "sinkwidgets.tracing.qk",
+                    "sinkwidgets.tracing.chunked")
 
 
 # ----------------------------------------------------------------------------- options
@@ -276,7 +277,8 @@ def run_remote(model, info, remote, inputs: dict, fwd_kwargs: dict, units, ctx, 
     The download is estimated from the units (:meth:`~.reductions.UnitSet.result_bytes`) and refused before
     sending when it exceeds ``max_result_bytes``; inputs are sent from the CPU.
     """
-    from .chunked import CHUNK_BYTES, check_values, chunked_block, layer_plan
+    from .chunked import check_values, chunked_block, layer_plan
+    from .qk import CHUNK_BYTES
 
     plan = layer_plan(model, info)
     check_values(info, units)

@@ -22,8 +22,8 @@ import traitlets
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 from ._maps import MapStore
+from ._state import DEFAULT_MIN_QUERIES, STATIC, _as_trace, summary_state  # noqa: F401 - STATIC re-exported
 
-STATIC = Path(__file__).parent / "static"
 METRICS = ("alpha", "first_token_mass", "sink_flag", "sinks_per_head", "entropy")
 _METRIC_HELP = {
     "alpha": "α of the selected token (mean attention it receives)",
@@ -33,47 +33,8 @@ _METRIC_HELP = {
     "entropy": "mean attention entropy (nats)",
 }
 
-try:  # numpy-only metrics of the core package; the constant keeps JS counts equal to sinks_per_head
-    from ..metrics import DEFAULT_MIN_QUERIES
-except ImportError:  # pragma: no cover - metrics is part of the package
-    DEFAULT_MIN_QUERIES = 8
-
-
 class WidgetValueError(traitlets.TraitError, ValueError):
     """An out-of-range widget setting (a ``ValueError``, and a ``TraitError`` for traitlets)."""
-
-
-def _as_trace(trace: Any, who: str) -> SinkTrace:
-    if isinstance(trace, SinkTrace):
-        return trace
-    if isinstance(trace, (str, os.PathLike)):
-        return SinkTrace.load(trace)
-    raise TypeError(
-        f"{who} needs a SinkTrace (from sinkwidgets.trace(model, text, keep_maps=[...]) or SinkTrace.load(path)) "
-        f"or the path of a saved trace, got {type(trace).__name__}"
-    )
-
-
-def summary_state(trace: SinkTrace) -> dict[str, Any]:
-    """The static part of the state: shapes, α ``[L, H, T]``, per-head metrics ``[L, H]``, kept-map mask."""
-    L, H, T = trace.sink_scores.shape
-    dtype, transform = ser.alpha_encoding((L, H, T))
-    alpha = np.nan_to_num(trace.sink_scores, nan=0.0)
-    kept = np.zeros((L, H), np.float32)
-    if trace.map_index is not None:
-        for ly, h in np.asarray(trace.map_index):
-            if 0 <= ly < L and 0 <= h < H:
-                kept[ly, h] = 1.0
-    return {
-        "L": L, "H": H, "T": T,
-        "model": trace.model_name, "causal": trace.causal, "add_bos": trace.meta.get("add_bos"),
-        "min_queries": int(DEFAULT_MIN_QUERIES),
-        "alpha": ser.packed(alpha, dtype, scale=max(float(alpha.max()), 1e-12) if alpha.size else 1.0,
-                            transform=transform),
-        "first_token_mass": ser.packed(trace.first_token_mass, "float32"),
-        "entropy": ser.packed(trace.entropy, "float32"),
-        "kept": ser.packed(kept, "uint8", scale=1.0),
-    }
 
 
 class PngExport:

@@ -22,11 +22,72 @@ from .._atomic import atomic_write
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 from ._maps import MapStore
-from ._widget import STATIC, _as_trace, summary_state
+from ._state import STATIC, _as_trace, summary_state
 
 _UI_DEFAULTS = {"layer": 0, "head": 0, "eps": 0.3, "metric": "alpha", "token": 0, "scale": "linear",
                 "strip_mode": "max", "view": [], "heatmap_size": 512}
 _VIEWS = ("explorer", "grid", "heatmap", "strip")
+_METRICS = ("alpha", "first_token_mass", "sink_flag", "sinks_per_head", "entropy")  # = the widgets' METRICS
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _is_real(x: Any) -> bool:
+    return (_is_int(x) or isinstance(x, (float, np.floating))) and math.isfinite(float(x))
+
+
+def check_state(trace: SinkTrace, state: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate ``save_html``'s ``state`` against the trace: every key known, every value of the right type and
+    in range (the page's JavaScript trusts them). Returns a copy with plain Python values; raises ``ValueError``
+    naming the setting, the value and what is allowed."""
+    if state is None:
+        return {}
+    if not isinstance(state, dict):
+        raise TypeError(f"save_html(state=...) must be a dict of settings, got {type(state).__name__}")
+    unknown = sorted(set(state) - set(_UI_DEFAULTS))
+    if unknown:
+        raise ValueError(f"save_html(state=...): unknown setting(s) {unknown}; allowed: {sorted(_UI_DEFAULTS)}")
+    L, H, T = trace.n_layers, trace.n_heads, trace.n_tokens
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        def bad(allowed: str, key=key, value=value) -> ValueError:
+            return ValueError(f"save_html(state={{{key!r}: {value!r}}}): {key} must be {allowed}")
+
+        if key in ("layer", "head", "token"):
+            n = {"layer": L, "head": H, "token": T}[key]
+            if not _is_int(value) or not 0 <= int(value) < n:
+                raise bad(f"an int in 0..{n - 1} (this trace has {n} {key}s)")
+            out[key] = int(value)
+        elif key == "eps":
+            if not _is_real(value) or not 0.0 <= float(value) < 1.0:
+                raise bad("a number in [0, 1) (a fraction of attention)")
+            out[key] = float(value)
+        elif key == "metric":
+            if value not in _METRICS:
+                raise bad(f"one of {list(_METRICS)}")
+            out[key] = value
+        elif key == "scale":
+            if value not in ("linear", "log"):
+                raise bad("'linear' or 'log'")
+            out[key] = value
+        elif key == "strip_mode":
+            if value not in ("max", "head"):
+                raise bad("'max' (max over heads) or 'head'")
+            out[key] = value
+        elif key == "view":
+            ok = isinstance(value, (list, tuple)) and (len(value) == 0 or (
+                len(value) == 4 and all(_is_real(v) for v in value)
+                and 0 <= value[0] < value[1] <= T and 0 <= value[2] < value[3] <= T))
+            if not ok:
+                raise bad(f"[] (the whole map) or [q0, q1, k0, k1] with 0 <= q0 < q1 <= {T} and 0 <= k0 < k1 <= {T}")
+            out[key] = [float(v) for v in value]
+        elif key == "heatmap_size":
+            if not _is_int(value) or not 64 <= int(value) <= 4096:
+                raise bad("an int number of pixels in 64..4096")
+            out[key] = int(value)
+    return out
 
 _PAGE_CSS = """
 :root { color-scheme: light dark; }
@@ -81,6 +142,7 @@ def html_document(trace: SinkTrace, title: str | None = None, view: str = "explo
     """The offline page as a string (see :func:`save_html`)."""
     if view not in _VIEWS:
         raise ValueError(f"view must be one of {_VIEWS}, got {view!r}")
+    state = check_state(trace, state) if state is not None else None
     ui = {**_UI_DEFAULTS, **(state or {})}
     maps = offline_maps(trace)
     if state is None or "layer" not in state:

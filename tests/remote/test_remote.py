@@ -288,3 +288,21 @@ def test_head_outputs_and_eager_method(remote_smollm2):
 
     with pytest.raises(ValueError, match="method='chunked'"):
         sw.trace(remote_smollm2, TEXT, method="eager")
+
+
+def test_remote_units_equal_local(remote_smollm2, smollm2, reset_server):
+    """Value vectors after W_O, pooled residuals and α through the engine's units: remote == local chunked."""
+    from sinkwidgets.tracing import reductions as R
+    from sinkwidgets.tracing import run_units
+
+    texts = [TEXT, "The cat sat on the mat."]
+    units = [R.AttentionSummary(), R.HeadValues({2: [2], 5: None}), R.PooledResidual([0, 9, 29])]
+    remote = run_units(remote_smollm2, texts, units, add_bos=False)
+    local = run_units(smollm2, texts, units, add_bos=False, method="chunked")
+    for r, c in zip(remote, local, strict=True):
+        assert r.meta["remote"] and r.token_ids.tolist() == c.token_ids.tolist()
+        for key in ("sink_scores", "head_values", "pooled_mean", "pooled_last"):
+            x, y = c.arrays[key], r.arrays[key]
+            assert x.shape == y.shape, key
+            np.testing.assert_allclose(y, x, rtol=0, atol=1e-5 * max(1.0, float(np.abs(x).max())), err_msg=key)
+        assert r.arrays["head_value_index"].tolist() == [[2, 2]] + [[5, h] for h in range(9)]
