@@ -118,6 +118,12 @@ class SinkTrace:
             self.map_index = np.asarray(self.map_index, dtype=np.int32).reshape(-1, 2)
             if self.maps.shape != (len(self.map_index), T, T):
                 raise ValueError(f"maps must be [M, T, T] = [{len(self.map_index)}, {T}, {T}], got {self.maps.shape}")
+            bad = (self.map_index[:, 0] < 0) | (self.map_index[:, 0] >= L) | (self.map_index[:, 1] < 0) | (
+                self.map_index[:, 1] >= H)
+            if bad.any():
+                ly, h = (int(x) for x in self.map_index[np.argmax(bad)])
+                raise ValueError(f"map_index holds (layer, head) = ({ly}, {h}), outside this trace's {L} layers x {H} "
+                                 f"heads (layer 0..{L - 1}, head 0..{H - 1})")
         for name, lname in (("head_outputs", "head_output_layers"), ("head_values", "head_value_layers")):
             x = getattr(self, name)
             if x is None:
@@ -258,7 +264,12 @@ class SinkTrace:
         if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
             raise SinkTraceFormatError(f"{str(path)!r} is not a SinkTrace file (format={header.get('format')!r})")
         version = header.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise SinkTraceFormatError(
+                f"{str(path)!r} has an invalid SinkTrace format version {version!r} (versions start at 1); "
+                "the file was not written by SinkTrace.save()"
+            )
+        if version > FORMAT_VERSION:
             raise SinkTraceFormatError(
                 f"{str(path)!r} has SinkTrace format version {version!r}; this sinkwidgets reads up to "
                 f"{FORMAT_VERSION}: upgrade sinkwidgets (pip install -U sinkwidgets)"
