@@ -22,7 +22,7 @@ from .._atomic import atomic_write
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 from ._maps import MapStore
-from ._widget import STATIC, _as_trace, summary_state
+from ._state import STATIC, _as_trace, summary_state
 
 _UI_DEFAULTS = {"layer": 0, "head": 0, "eps": 0.3, "metric": "alpha", "token": 0, "scale": "linear",
                 "strip_mode": "max", "view": [], "heatmap_size": 512}
