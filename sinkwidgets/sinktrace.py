@@ -196,9 +196,9 @@ class SinkTrace:
         if self.maps is not None:
             extra.append(f"maps={len(self.maps)}")
         if self.head_outputs is not None:
-            extra.append(f"head_outputs={list(self.head_output_layers)}")
+            extra.append(f"head_outputs={[int(x) for x in self.head_output_layers]}")
         if self.head_values is not None:
-            extra.append(f"head_values={list(self.head_value_layers)}")
+            extra.append(f"head_values={[int(x) for x in self.head_value_layers]}")
         more = (", " + ", ".join(extra)) if extra else ""
         return (
             f"SinkTrace(model={self.model_name!r}, L={self.n_layers}, H={self.n_heads}, T={self.n_tokens}, "
