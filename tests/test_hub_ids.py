@@ -36,6 +36,9 @@ def record_hub(monkeypatch):
 
     for cls in (transformers.AutoConfig, transformers.AutoTokenizer):
         monkeypatch.setattr(cls, "from_pretrained", fake)
+    import sinkwidgets.models.hub as hub
+
+    monkeypatch.setattr(hub, "check_hub", lambda repo_id, *a, **k: seen.append(f"probe:{repo_id}") and False)
     return seen
 
 
@@ -46,7 +49,7 @@ def test_load_model_sends_dotted_ids_to_the_hub(record_hub, hub_id, tmp_path, mo
     monkeypatch.chdir(tmp_path)  # no such local folder
     with pytest.raises(_Reached):
         sw.load_model(hub_id)
-    assert record_hub == [hub_id]
+    assert record_hub == [f"probe:{hub_id}", hub_id]
 
 
 @pytest.mark.parametrize("hub_id", ["Qwen/Qwen3-0.6B", "meta-llama/Llama-3.1-8B"])

@@ -37,7 +37,9 @@ class ModelInfo:
 
 def _hub_error(name: str, exc: BaseException) -> Exception:
     text = f"{type(exc).__name__}: {exc}"
-    offline = any(s in text for s in ("OfflineModeIsEnabled", "HF_HUB_OFFLINE", "offline mode"))
+    from .hub import hub_offline
+
+    offline = hub_offline()  # what the user set, never guessed from transformers' wording
     network = offline or any(
         s in text for s in ("Connection", "connect", "resolve", "Max retries", "timed out", "Temporary failure",
                             "LocalEntryNotFound", "couldn't connect", "Cannot reach", "Network")
@@ -167,13 +169,20 @@ def load_model(
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from .hub import check_hub, quiet_hub
+
+    if not local and check_hub(target, str(name_or_path), revision=hf_kwargs.get("revision"),
+                               token=hf_kwargs.get("token")):
+        hf_kwargs = {**hf_kwargs, "local_files_only": True}  # hub off or unreachable, model in the local HF cache
     prev = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         try:
-            config = AutoConfig.from_pretrained(target, **hf_kwargs)
-            tok = AutoTokenizer.from_pretrained(target, **{k: v for k, v in hf_kwargs.items() if k in ("revision", "trust_remote_code")})
+            with quiet_hub():
+                config = AutoConfig.from_pretrained(target, **hf_kwargs)
+                tok = AutoTokenizer.from_pretrained(target, **{k: v for k, v in hf_kwargs.items()
+                                                               if k in ("revision", "trust_remote_code", "local_files_only")})
         except Exception as exc:  # noqa: BLE001 - translated into a clear error below
             if local:
                 raise _local_error(target, spec, exc, "read the model") from exc
@@ -184,7 +193,8 @@ def load_model(
         if device == "auto":
             load_kwargs["device_map"] = "auto"
         try:
-            hf = cls.from_pretrained(target, **load_kwargs)
+            with quiet_hub():
+                hf = cls.from_pretrained(target, **load_kwargs)
         except Exception as exc:  # noqa: BLE001
             if local:
                 raise _local_error(target, spec, exc, "load the weights") from exc
