@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _out import default_out  # noqa: E402 - benchmarks/ is on sys.path when a script runs
+
 TINYLLAMA_SHAPE = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
                        num_key_value_heads=4, max_position_embeddings=8192, vocab_size=32000, rope_theta=10000.0)
 TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -57,7 +59,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[512, 2048, 8192])
     ap.add_argument("--eager-max", type=int, default=4096, help="skip the eager trace above this many tokens")
     ap.add_argument("--dry-run", action="store_true", help="tiny random model on CPU (checks the script)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gpu_check.json"))
+    ap.add_argument("--out", default=default_out("gpu_check.json"),
+                    help="JSON path (default outside the git tree; benchmarks/results/gpu_check.json to record)")
     args = ap.parse_args()
 
     import numpy as np

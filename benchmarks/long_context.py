@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from _out import default_out  # noqa: E402 - benchmarks/ is on sys.path when a script runs
+
 TEXT_FILE = "/usr/share/common-licenses/GPL-3"
 CASES = ("sdpa_forward", "sdpa_forward_last_logit", "chunked_trace")
 BOUND = 1.3  # issue: chunked peak RSS <= 1.3 x a plain SDPA forward at the same T
@@ -96,7 +98,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-mallopt", action="store_true",
                     help="leave glibc's allocator alone in every case (SINKWIDGETS_NO_MALLOPT=1)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "long_context.json"))
+    ap.add_argument("--out", default=default_out("long_context.json"),
+                    help="JSON path (default outside the git tree; benchmarks/results/long_context.json to record)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:  # child process: one case, one JSON line

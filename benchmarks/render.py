@@ -41,6 +41,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from _out import default_out  # noqa: E402 - benchmarks/ is on sys.path when a script runs
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "browser"))
 
@@ -199,7 +201,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per sinkwidgets case (peers run once)")
     ap.add_argument("--peer-timeout", type=float, default=60.0)
     ap.add_argument("--no-peers", action="store_true")
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "render.json")
+    ap.add_argument("--out", type=Path, default=Path(default_out("render.json")),
+                    help="JSON path (default outside the git tree; benchmarks/results/render.json to record)")
     args = ap.parse_args(argv)
 
     from playwright.sync_api import TimeoutError as PWTimeout

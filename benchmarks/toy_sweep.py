@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from _out import default_out  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
     ap.add_argument("--placement-seeds", type=int, default=5)
     ap.add_argument("--placement-steps", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="benchmarks/results/toy_sweep.json")
+    ap.add_argument("--out", default=default_out("toy_sweep.json"),
+                    help="JSON path (default outside the git tree; benchmarks/results/toy_sweep.json to record)")
     ap.add_argument("--resummarize", action="store_true",
                     help="recompute the placement summaries and tables from the runs stored in --out (no training)")
     args = ap.parse_args(argv)

@@ -9,9 +9,9 @@ Cases at T = 128, 512, 2048 (override with --T):
 Targets (issue 2): trace time <= 1.3x forward_eager; trace peak RSS <= 1.25x forward_eager.
 Time is the minimum of --repeat runs after one warm-up run at the same T, as wall time and as process CPU time
 (on a shared, overloaded machine wall time mostly measures the neighbours; CPU time is the steadier ratio);
-peak RSS is the process's ru_maxrss, which includes the loaded model. Writes JSON to benchmarks/results/.
+peak RSS is the process's ru_maxrss, which includes the loaded model. Writes JSON outside the git tree unless --out says where (see _out.py).
 
-usage: python benchmarks/trace_cost.py [--T 128 512 2048] [--repeat 3] [--out benchmarks/results/trace_cost.json]
+usage: python benchmarks/trace_cost.py [--T 128 512 2048] [--repeat 3] [--out PATH]
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import resource
 import subprocess
 import sys
 import time
+
+from _out import default_out  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 CASES = ["forward_sdpa", "forward_eager", "trace", "trace_maps"]
 TEXT_FILE = "/usr/share/common-licenses/GPL-3"
@@ -78,7 +80,8 @@ def main() -> None:
     ap.add_argument("--T", type=int, nargs="+", default=[128, 512, 2048])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cases", nargs="+", default=CASES)
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "trace_cost.json"))
+    ap.add_argument("--out", default=default_out("trace_cost.json"),
+                    help="JSON path (default outside the git tree; benchmarks/results/trace_cost.json to record)")
     ap.add_argument("--child", nargs=3, metavar=("CASE", "T", "REPEAT"))
     a = ap.parse_args()
     if a.child:
