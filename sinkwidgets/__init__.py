@@ -42,6 +42,8 @@ _LAZY = {
     "AttentionHeatmap": "widgets",
     "TokenStrip": "widgets",
     "SinkExplorer": "widgets",
+    "TagExplorer": "widgets",
+    "link": "widgets",
 }
 
 __all__ = ["SinkTrace", "SinkTraceFormatError", "__version__", *_LAZY]

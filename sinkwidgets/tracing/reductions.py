@@ -504,6 +504,48 @@ class PooledResidual(Reduction):
         return f"PooledResidual({self._layers})"
 
 
+class ResidualProjection(Reduction):
+    """The residual stream after chosen layers at every token, projected on a few directions: ``x_t @ basis``.
+
+    ``basis [d, k]`` (e.g. a head's tag subspace) travels with the unit, so only ``[T, k]`` per layer leaves the
+    model instead of ``[T, d]`` (k = 1..8 against d = 576 for SmolLM2). Accumulates ``coords [B, T, k]`` per layer;
+    lands as ``resid_coords [Ls, T, k]`` and ``resid_coord_layers [Ls]`` (what TagExplorer's across-layers panel
+    follows: a token's tag coordinate after each layer).
+    """
+
+    name = "resid_coords"
+    reads = ("resid",)
+
+    def __init__(self, layers, basis):
+        self._layers = sorted({int(l) for l in layers})
+        if not self._layers:
+            raise ValueError(f"ResidualProjection needs at least one layer, got {layers!r}")
+        basis = torch.as_tensor(np.asarray(basis, dtype=np.float32))
+        if basis.ndim != 2 or basis.shape[1] < 1:
+            raise ValueError(f"ResidualProjection basis must be [d, k] with k >= 1, got {list(basis.shape)}")
+        self.basis = basis
+
+    def layers(self, n_layers):
+        return list(self._layers)
+
+    def bind(self, n_layers, n_heads, d_model):
+        super().bind(n_layers, n_heads, d_model)
+        if self.basis.shape[0] != d_model:
+            raise ValueError(f"ResidualProjection basis has {self.basis.shape[0]} rows, the model width is {d_model}")
+
+    def read(self, source, x, w_o, ctx, layer):
+        return {"coords": x.float() @ self.basis.to(x.device)}
+
+    def result_bytes(self, B, T, ctx):
+        return len(self._layers) * B * T * int(self.basis.shape[1]) * 4
+
+    def land(self, out, b, f):
+        return {"resid_coords": out["coords"][:, b, f:], "resid_coord_layers": np.asarray(self._layers, np.int32)}
+
+    def __repr__(self):
+        return f"ResidualProjection({self._layers}, k={int(self.basis.shape[1])})"
+
+
 @dataclass
 class UnitSet:
     """The units one trace runs, checked against the model: names unique, layers and heads in range."""

@@ -8,6 +8,9 @@
 ``save_html``          one offline, self-contained HTML file (JS + data inlined)
 ``charts``             Altair charts of the grid / a head / the tokens; PNG and SVG through vl-convert
 ``synthetic_trace``    demo data: SmolLM2-shaped synthetic attention with a first-token sink
+``TagExplorer``        catch / tag / release of one head over a corpus (``sinkwidgets.tags.collect`` data)
+``link``               link a SinkExplorer and a TagExplorer (head both ways; a clicked token shows its prompt)
+``prompt_trace``       one prompt of a TagData as a SinkTrace
 =====================  =================================================================================
 
 See ``docs/widgets.md`` for how the data travels (binary buffers, overview + tiles) and where it runs.
@@ -19,6 +22,8 @@ from . import charts
 from ._widget import AttentionHeatmap, PngExport, SinkExplorer, SinkGrid, TokenStrip, WidgetValueError
 from .standalone import save_html
 from .synthetic import synthetic_trace
+from ._tag_state import prompt_trace
+from ._tag_widget import TagExplorer, TagLink, link
 
 __all__ = [
     "SinkExplorer",
@@ -30,4 +35,8 @@ __all__ = [
     "save_html",
     "charts",
     "synthetic_trace",
+    "TagExplorer",
+    "TagLink",
+    "link",
+    "prompt_trace",
 ]

@@ -137,6 +137,30 @@ class _SinkWidget(anywidget.AnyWidget):
         """Show the whole map."""
         self.view = [0.0, float(self._trace.n_tokens), 0.0, float(self._trace.n_tokens)]
 
+    def set_trace(self, trace: SinkTrace | str | os.PathLike, *, layer: int | None = None, head: int | None = None,
+                  token: int = 0) -> None:
+        """Show another trace (e.g. one prompt of a TagData: ``sinkwidgets.widgets.prompt_trace(data, i)``) in this
+        widget; the view is rebuilt in the browser. ``layer``/``head`` default to the current ones when they exist in
+        the new trace; ``token`` is clipped to its length. The model given at construction stays."""
+        tr = _as_trace(trace, f"{type(self).__name__}.set_trace")
+        L, H, T = tr.n_layers, tr.n_heads, tr.n_tokens
+        ly = int(self.layer if layer is None else layer)
+        h = int(self.head if head is None else head)
+        if not (0 <= ly < L and 0 <= h < H):
+            if layer is not None or head is not None:
+                raise WidgetValueError(f"set_trace(layer={layer}, head={head}): this trace has {L} layers x {H} heads")
+            ly, h = 0, 0
+        with self.hold_sync():
+            self._trace = tr
+            self._store = MapStore(tr, self._store.model)
+            self._map = {}  # no map of the old trace may be drawn over the new one
+            self.token = max(0, min(int(token), T - 1))
+            self.layer, self.head = ly, h
+            self.view = []
+            self._tokens = list(tr.tokens)
+            self._summary = summary_state(tr)
+        self._update_map()
+
     def save_png(self, path: str | os.PathLike, timeout: float = 15.0) -> PngExport:
         """Ask the displayed widget for a PNG of its current view and write it to ``path``.
 

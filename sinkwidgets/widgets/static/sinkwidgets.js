@@ -245,9 +245,12 @@ function makeStore(model) {
       model.save_changes();
     },
     on(names, fn) {
+      // A new trace (SinkExplorer.set_trace) arrives as a new _summary and rebuilds the view (see render): this
+      // view, built on the old one, ignores the changes that come with it.
+      const guarded = (...args) => { if (model.get("_summary") === S) fn(...args); };
       for (const n of names.split(" ")) {
-        model.on(`change:${n}`, fn);
-        disposers.push(() => model.off(`change:${n}`, fn));
+        model.on(`change:${n}`, guarded);
+        disposers.push(() => model.off(`change:${n}`, guarded));
       }
     },
     onCustom(fn) { customHandlers.push(fn); },
@@ -1102,7 +1105,7 @@ function build(model, el) {
   };
 }
 
-function render({ model, el }) {
+function mount(model, el) {
   try {
     return build(model, el);
   } catch (err) {
@@ -1110,6 +1113,17 @@ function render({ model, el }) {
     el.appendChild(errorBox(err));
     return undefined;
   }
+}
+
+function render({ model, el }) {
+  let dispose = mount(model, el);
+  const rebuild = () => { // another trace: build the view again on it
+    if (dispose) dispose();
+    el.replaceChildren();
+    dispose = mount(model, el);
+  };
+  model.on("change:_summary", rebuild);
+  return () => { model.off("change:_summary", rebuild); if (dispose) dispose(); };
 }
 
 // ------------------------------------------------------------------------------------------------ offline page

@@ -1,0 +1,412 @@
+"""TagExplorer: catch, tag and release of one head over a corpus, as one anywidget; and ``link`` to a SinkExplorer.
+
+The kernel keeps the :class:`~sinkwidgets.tags.TagData`; the browser gets, once, each distinct token string and per
+point a uint16 token code, and per view float32 coordinates ``[n, 2]`` and uint8 colour codes (see ``_tag_state``).
+Changing the head, rank, projection or τ recomputes in the kernel and sends only what changed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import anywidget
+import numpy as np
+import traitlets
+
+from ..tags import analysis as A
+from . import _serialization as ser
+from ._tag_state import (
+    COLOR_MODES,
+    LAYER_CACHE_PROMPTS,
+    PROJECTIONS,
+    SOURCES,
+    TagView,
+    as_tagdata,
+    css,
+    esm,
+    packed_int,
+    prompt_trace,
+    token_table,
+)
+from ._widget import PngExport, SinkExplorer, WidgetValueError
+
+
+class TagExplorer(anywidget.AnyWidget):
+    """One point per token of every prompt, projected on a head's tag subspace (or the top-2 PCs), coloured by the
+    sink that caught it at τ, by a label or by position; the numbers that keep the picture honest beside it (tag EV,
+    PC bound, random floor, non-sink value control, all from :func:`sinkwidgets.tags.tag_ev`); and a second panel
+    that follows the selected tokens' tag coordinate across the layers after the head.
+
+    Parameters
+    ----------
+    data : TagData or path
+        From :func:`sinkwidgets.tags.collect` with ``heads=[...]`` (outputs, values and α; maps of a head give its
+        catch colours; ``layers='all'`` gives the across-layers panel without a model), or a saved file of it.
+    head : (layer, head)
+        The head shown (one of ``data.heads``; default the first).
+    model : optional
+        The model the data was collected with (``sinkwidgets.load_model(...)``): enables ``source='residual'`` and
+        per-token lines in the across-layers panel (the model runs again on the selected prompts).
+    labels : sequence, optional
+        One label per prompt or per token for ``color_by='label'`` (default ``data.labels``).
+    texts : sequence of str, optional
+        The texts given to ``collect`` (only with a model; by default they are decoded from the token ids).
+
+    Traits (all settable from Python): ``head`` ([layer, head]), ``tau`` (catch threshold, default 0.3),
+    ``rank`` (tag rank), ``projection`` ('tag' or 'pca'), ``source`` ('output' or 'residual'), ``color_by``
+    ('catch', 'label' or 'position'), ``selected`` (token indices into the packed TagData, set by a box or lasso
+    selection), ``focus`` (the packed index of the last clicked token, -1 for none).
+
+    Examples
+    --------
+    >>> data = sw.tags.collect(model, texts, heads=[(1, 1), (2, 2)], layers="all")
+    >>> te = sw.TagExplorer(data, head=(2, 2))
+    >>> te                                   # display; select points, then te.selected, te.selected_tokens()
+    """
+
+    _frontend = traitlets.Int(0).tag(sync=True)
+    _vocab = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    _static = traitlets.Dict().tag(sync=True)
+    _points = traitlets.Dict().tag(sync=True)
+    _catch = traitlets.Dict().tag(sync=True)
+    _numbers = traitlets.Dict().tag(sync=True)
+    _layers = traitlets.Dict().tag(sync=True)
+    _status = traitlets.Unicode("").tag(sync=True)
+
+    head = traitlets.List(traitlets.Int(), minlen=2, maxlen=2, default_value=[0, 0]).tag(sync=True)
+    tau = traitlets.Float(A.TAU).tag(sync=True)
+    rank = traitlets.Int(1).tag(sync=True)
+    projection = traitlets.Unicode("tag").tag(sync=True)
+    source = traitlets.Unicode("output").tag(sync=True)
+    color_by = traitlets.Unicode("catch").tag(sync=True)
+    selected = traitlets.List(traitlets.Int()).tag(sync=True)
+    focus = traitlets.Int(-1).tag(sync=True)
+
+    def __init__(self, data: Any, head: Any = None, model: Any = None, labels: Any = None, *,
+                 texts: Any = None, **kwargs: Any) -> None:
+        if data is None:
+            raise TypeError("TagExplorer(data=None): pass a TagData, e.g. TagExplorer(sinkwidgets.tags.collect(model, "
+                            "texts, heads=[(2, 2)]), head=(2, 2)) or the path of a saved one")
+        self._data = as_tagdata(data)
+        self._view_model = TagView(self._data, labels)
+        self._model = model
+        self._texts = texts
+        self._png_ids = count(1)
+        self._png_pending: dict[int, PngExport] = {}
+        self._lock = threading.Lock()
+        self._layer_cache: dict[tuple, np.ndarray] = {}
+        if model is not None:
+            self._attach_model(model)
+        vm = self._view_model
+        head = vm.heads[0] if head is None else vm.check_head(head)
+        if "color_by" not in kwargs:
+            kwargs["color_by"] = "catch" if vm.has_maps(head) else ("label" if vm.labels else "position")
+        vocab, codes = token_table(self._data)
+        static = {
+            "n": self._data.n_tokens, "N": self._data.n_prompts,
+            "offsets": packed_int(self._data.offsets, "int32"), "token_codes": codes,
+            "heads": [list(h) for h in vm.heads], "maps": [vm.has_maps(h) for h in vm.heads],
+            "model": str(self._data.meta.get("model", "unknown")), "max_rank": vm.max_rank(),
+            "has_model": model is not None, "offline": False,
+            "label_names": vm.labels[1] if vm.labels else None,
+            "labels": packed_int(vm.labels[0], "uint8") if vm.labels else None,
+            "d": int(self._data.d_model or 0),
+        }
+        super().__init__(_vocab=vocab, _static=static, head=list(head), **kwargs)
+        self._refresh("all")
+        self.on_msg(self._on_custom_msg)
+
+    # ------------------------------------------------------------------ public
+    @property
+    def data(self):
+        """The :class:`~sinkwidgets.tags.TagData` shown."""
+        return self._data
+
+    def coords(self) -> np.ndarray:
+        """The scatter's coordinates ``[n_tok, 2]`` (float32) for the current head, rank, projection and source."""
+        xy, _ = self._view_model.coords(tuple(self.head), self.rank, self.projection, self.source)
+        return xy
+
+    def selected_tokens(self) -> list[tuple[int, int, str]]:
+        """The selection as ``(prompt, position, token)`` triples."""
+        d = self._data
+        return [(int(d.prompt_of[j]), int(d.positions[j]), d.tokens[int(d.prompt_of[j])][int(d.positions[j])])
+                for j in self.selected]
+
+    def tag_ev(self):
+        """The :class:`~sinkwidgets.tags.TagEV` shown beside the picture (current head and rank)."""
+        return self._view_model.ev(tuple(self.head), self.rank)
+
+    def save_png(self, path: str | os.PathLike, timeout: float = 15.0) -> PngExport:
+        """Ask the displayed widget for a PNG of its current view (scatter, numbers, layers panel) and write it to
+        ``path``; returns a :class:`PngExport` that completes after the cell (see :meth:`SinkExplorer.save_png`)."""
+        if not self._frontend or self.comm is None:
+            raise RuntimeError("TagExplorer.save_png needs the widget displayed in a live notebook front-end "
+                               "(display it in a cell first), or use to_html(path) for an offline file")
+        export = PngExport(Path(path), timeout)
+        with self._lock:
+            rid = next(self._png_ids)
+            self._png_pending[rid] = export
+        self.send({"type": "png_request", "id": rid})
+        return export
+
+    def to_html(self, path: str | os.PathLike, title: str | None = None) -> Path:
+        """Write this view as one offline, self-contained HTML file (every collected head, both projections)."""
+        from .tag_standalone import save_tag_html
+
+        return save_tag_html(self, path, title=title)
+
+    # ------------------------------------------------------------------ validation
+    @traitlets.validate("head")
+    def _v_head(self, proposal):
+        return list(self._view_model.check_head(proposal["value"])) if hasattr(self, "_view_model") else \
+            proposal["value"]
+
+    @traitlets.validate("tau")
+    def _v_tau(self, proposal):
+        v = proposal["value"]
+        if not 0.0 < v < 1.0:
+            raise WidgetValueError(f"tau must be in (0, 1) (a share of attention; the pilot default is {A.TAU}), "
+                                   f"got {v!r}")
+        return v
+
+    @traitlets.validate("rank")
+    def _v_rank(self, proposal):
+        v, top = proposal["value"], self._view_model.max_rank() if hasattr(self, "_view_model") else 8
+        if not 1 <= v <= top:
+            raise WidgetValueError(f"rank must be an int in 1..{top}, got {v!r}")
+        return v
+
+    @traitlets.validate("projection")
+    def _v_projection(self, proposal):
+        if proposal["value"] not in PROJECTIONS:
+            raise WidgetValueError(f"projection must be one of {PROJECTIONS}, got {proposal['value']!r}")
+        return proposal["value"]
+
+    @traitlets.validate("source")
+    def _v_source(self, proposal):
+        v = proposal["value"]
+        if v not in SOURCES:
+            raise WidgetValueError(f"source must be one of {SOURCES}, got {v!r}")
+        if v == "residual" and getattr(self, "_model", None) is None:
+            raise WidgetValueError("source='residual' needs the residual stream at every token: create the widget "
+                                   "with a model, TagExplorer(data, head, model=sinkwidgets.load_model(...))")
+        return v
+
+    @traitlets.validate("color_by")
+    def _v_color(self, proposal):
+        v = proposal["value"]
+        if v not in COLOR_MODES:
+            raise WidgetValueError(f"color_by must be one of {COLOR_MODES}, got {v!r}")
+        if v == "label" and hasattr(self, "_view_model") and self._view_model.labels is None:
+            raise WidgetValueError("color_by='label' needs labels: TagExplorer(data, head, labels=[...]) with one "
+                                   "label per prompt or per token, or a TagData collected with labels=[...]")
+        return v
+
+    @traitlets.validate("selected")
+    def _v_selected(self, proposal):
+        v = proposal["value"]
+        n = self._data.n_tokens if hasattr(self, "_data") else None
+        if n is not None and v and (min(v) < 0 or max(v) >= n):
+            bad = next(x for x in v if not 0 <= x < n)
+            raise WidgetValueError(f"selected holds token index {bad}; indices run 0..{n - 1} (packed over the "
+                                   "TagData's prompts, see TagData.span)")
+        return v
+
+    @traitlets.validate("focus")
+    def _v_focus(self, proposal):
+        v = proposal["value"]
+        n = self._data.n_tokens if hasattr(self, "_data") else None
+        if n is not None and not -1 <= v < n:
+            raise WidgetValueError(f"focus must be -1 (none) or a token index in 0..{n - 1}, got {v}")
+        return v
+
+    # ------------------------------------------------------------------ updates
+    @traitlets.observe("head", "rank", "projection", "source")
+    def _on_view(self, change) -> None:
+        self._refresh("all")
+
+    @traitlets.observe("tau")
+    def _on_tau(self, change) -> None:
+        self._refresh("catch")
+
+    @traitlets.observe("selected")
+    def _on_selected(self, change) -> None:
+        self._refresh("layers")
+
+    def _refresh(self, what: str) -> None:
+        if not hasattr(self, "_view_model"):
+            return
+        vm = self._view_model
+        head, rank, tau = tuple(self.head), int(self.rank), float(self.tau)
+        with self.hold_sync():
+            if what == "all":
+                self._status = f"computing L{head[0]}H{head[1]}…"
+                self._points = self._points_state(head, rank, self.projection, self.source)
+            if what in ("all", "catch"):
+                self._catch = self._catch_state(head, tau)
+                self._numbers = vm.numbers(head, rank, tau)
+            if what in ("all", "layers"):
+                try:
+                    self._layers = vm.layer_series(head, rank, np.asarray(self.selected, np.int64))
+                except Exception as exc:  # the model may fail: shown in the panel
+                    self._layers = {"status": "error", "message": f"{type(exc).__name__}: {exc}",
+                                    "n_selected": len(self.selected)}
+            self._status = ""
+
+    def _points_state(self, head, rank, projection, source) -> dict[str, Any]:
+        base = {"head": list(head), "rank": rank, "projection": projection, "source": source}
+        try:
+            xy, info = self._view_model.coords(head, rank, projection, source)
+        except Exception as exc:
+            return {**base, "status": "error", "message": f"{type(exc).__name__}: {exc}"}
+        return {**base, "status": "ok", **info, "xy": ser.packed(xy, "float32")}
+
+    def _catch_state(self, head, tau) -> dict[str, Any]:
+        res = self._view_model.catch(head, tau)
+        if res is None:
+            return {"head": list(head), "tau": tau, "status": "missing",
+                    "message": f"no attention maps of L{head[0]}H{head[1]} in this TagData: collect with "
+                               f"maps=[({head[0]}, {head[1]})] to colour by catch"}
+        return {"head": list(head), "tau": tau, "status": "ok", "names": res["names"], "counts": res["counts"],
+                "codes": packed_int(res["codes"], "uint8"), "pos": packed_int(res["pos"], "int32"),
+                "weight": ser.packed(res["weight"], "uint8", scale=1.0)}
+
+    # ------------------------------------------------------------------ the model (optional)
+    def _attach_model(self, model: Any) -> None:
+        from ..tags.residual import residual_coords, residual_rows_packed
+
+        vm = self._view_model
+
+        def rows(layer: int) -> np.ndarray:
+            return residual_rows_packed(model, self._data, layer, texts=self._texts)
+
+        def layer_coords(head, rank, basis, layers, prompts):
+            key = lambda i: (head, rank, i)  # noqa: E731
+            todo = [i for i in prompts if key(i) not in self._layer_cache]
+            if todo:
+                for i, c in zip(todo, residual_coords(model, self._data, todo, basis, layers, texts=self._texts)):
+                    self._layer_cache[key(i)] = c[:, :, 0]
+                while len(self._layer_cache) > LAYER_CACHE_PROMPTS:
+                    self._layer_cache.pop(next(iter(self._layer_cache)))
+            return {i: self._layer_cache[key(i)] for i in prompts}
+
+        vm.residual_rows = rows
+        vm.layer_coords = layer_coords
+
+    # ------------------------------------------------------------------ messages
+    def _on_custom_msg(self, _widget: Any, content: Any, buffers: list[bytes]) -> None:
+        if not isinstance(content, dict) or content.get("type") != "png":
+            return
+        with self._lock:
+            export = self._png_pending.pop(int(content.get("id", -1)), None)
+        if export is None or export._expired():
+            return
+        if not content.get("ok") or not buffers:
+            export.error = f"the browser could not draw the PNG: {content.get('error', 'no data')}"
+            return
+        data = bytes(buffers[0])
+        export.path.parent.mkdir(parents=True, exist_ok=True)
+        export.path.write_bytes(data)
+        export.nbytes = len(data)
+        export.done = True
+
+
+TagExplorer._esm = esm()
+TagExplorer._css = css()
+
+
+class TagLink:
+    """A live link between a :class:`SinkExplorer` and a :class:`TagExplorer` (made by :func:`link`).
+
+    - choosing a head in either one selects it in the other (a head the TagData did not collect is not forced on
+      the TagExplorer; :attr:`note` says so);
+    - clicking a token in the TagExplorer's scatter shows that prompt in the SinkExplorer (a SinkTrace built from
+      the TagData) with that token selected in its strip and heatmap.
+
+    :meth:`unlink` removes the observers.
+    """
+
+    def __init__(self, explorer: SinkExplorer, tag_explorer: TagExplorer) -> None:
+        if not isinstance(explorer, SinkExplorer):
+            raise TypeError(f"link(explorer, tag_explorer): explorer must be a SinkExplorer, got "
+                            f"{type(explorer).__name__}")
+        if not isinstance(tag_explorer, TagExplorer):
+            raise TypeError(f"link(explorer, tag_explorer): tag_explorer must be a TagExplorer, got "
+                            f"{type(tag_explorer).__name__}")
+        self.explorer, self.tag_explorer = explorer, tag_explorer
+        self.note = ""
+        self._busy = False
+        self.prompt: int | None = None
+        explorer.observe(self._from_explorer, names=["layer", "head"])
+        tag_explorer.observe(self._from_tags, names=["head"])
+        tag_explorer.observe(self._on_focus, names=["focus"])
+        self._from_tags(None)  # start in agreement: the TagExplorer's head
+
+    def _from_explorer(self, change) -> None:
+        if self._busy:
+            return
+        lh = (int(self.explorer.layer), int(self.explorer.head))
+        if lh in self.tag_explorer._view_model.heads:
+            self.note = ""
+            self._busy = True
+            try:
+                self.tag_explorer.head = list(lh)
+            finally:
+                self._busy = False
+        else:
+            self.note = f"L{lh[0]}H{lh[1]} was not collected in the TagData; the TagExplorer stays on " \
+                        f"L{self.tag_explorer.head[0]}H{self.tag_explorer.head[1]}"
+
+    def _from_tags(self, change) -> None:
+        if self._busy:
+            return
+        ly, h = self.tag_explorer.head
+        ex = self.explorer
+        if (ex.layer, ex.head) == (ly, h) or ly >= ex.trace.n_layers or h >= ex.trace.n_heads:
+            return
+        self._busy = True
+        try:
+            ex.select(ly, h)
+        finally:
+            self._busy = False
+
+    def _on_focus(self, change) -> None:
+        j = int(self.tag_explorer.focus)
+        if j < 0:
+            return
+        d = self.tag_explorer.data
+        i, pos = int(d.prompt_of[j]), int(d.positions[j])
+        ly, h = self.tag_explorer.head
+        self._busy = True
+        try:
+            if self.prompt != i:
+                self.explorer.set_trace(prompt_trace(d, i), layer=ly, head=h, token=pos)
+                self.prompt = i
+            else:
+                self.explorer.select(ly, h)
+                self.explorer.token = pos
+        finally:
+            self._busy = False
+
+    def unlink(self) -> None:
+        """Stop following each other."""
+        self.explorer.unobserve(self._from_explorer, names=["layer", "head"])
+        self.tag_explorer.unobserve(self._from_tags, names=["head"])
+        self.tag_explorer.unobserve(self._on_focus, names=["focus"])
+
+
+def link(explorer: SinkExplorer, tag_explorer: TagExplorer) -> TagLink:
+    """Link a :class:`SinkExplorer` and a :class:`TagExplorer`: a head chosen in one is chosen in the other, and a
+    token clicked in the scatter is shown (its prompt, the token selected) in the SinkExplorer. Returns a
+    :class:`TagLink` (``.unlink()``). Both widgets stay separate: display them where you like.
+
+    >>> ex = sw.SinkExplorer(sw.widgets.prompt_trace(data, 0))
+    >>> te = sw.TagExplorer(data, head=(2, 2))
+    >>> lk = sw.link(ex, te)
+    """
+    return TagLink(explorer, tag_explorer)

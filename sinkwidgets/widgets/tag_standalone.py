@@ -1,0 +1,93 @@
+"""TagExplorer as one offline, self-contained HTML file (JS, CSS and binary data inlined; nothing fetched).
+
+The file embeds, for every collected head, the scatter in both projections, the catch colours and the numbers at
+the exported rank, τ and source, so the head and projection menus, hover, zoom, pan and selection work from
+``file://``. Changing τ, the rank or the source, and the across-layers panel for a new selection, need a live kernel
+(the page says so).
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+from .._atomic import atomic_write
+from . import _serialization as ser
+from .standalone import _PAGE_CSS, _extract_buffers, _script_json
+
+#: Largest number of points an offline file embeds (8 bytes of coordinates per point, per head and projection).
+STANDALONE_MAX_POINTS = 200_000
+
+
+def tag_html_document(te: Any, title: str | None = None) -> str:
+    """The offline page of a :class:`TagExplorer` as a string (see :func:`save_tag_html`)."""
+    from ._tag_state import css, esm
+
+    n = te.data.n_tokens
+    if n > STANDALONE_MAX_POINTS:
+        raise ValueError(f"this TagData has {n} tokens; an offline file embeds at most {STANDALONE_MAX_POINTS} points: "
+                         "save a subset (data.subset(range(k))) or share the .npz file instead")
+    views = {}
+    for head in te._view_model.heads:
+        key = f"{head[0]},{head[1]}"
+        views[key] = {proj: te._points_state(head, te.rank, proj, te.source) for proj in ("tag", "pca")}
+        views[key]["catch"] = te._catch_state(head, te.tau)
+        views[key]["numbers"] = te._view_model.numbers(head, te.rank, te.tau)
+    cur = f"{te.head[0]},{te.head[1]}"
+    static = {**te._static, "offline": True, "has_model": False}
+    state = {"_static": static, "_vocab": list(te._vocab), "_points": views[cur][te.projection],
+             "_catch": views[cur]["catch"], "_numbers": views[cur]["numbers"], "_layers": dict(te._layers),
+             "_status": "", "_frontend": 0, "head": list(te.head), "tau": float(te.tau), "rank": int(te.rank),
+             "projection": te.projection, "source": te.source, "color_by": te.color_by,
+             "selected": list(te.selected), "focus": int(te.focus)}
+    bufs: list[bytes] = []
+    payload = _extract_buffers({"state": state, "views": views}, bufs)
+    js = esm()
+    if "</script" in js.lower():
+        raise RuntimeError("tagexplorer.js must not contain '</script' (it is inlined into a <script> element)")
+    title = title or f"sinkwidgets TagExplorer · {static['model']} · {n} tokens"
+    buf_tags = "\n".join(f'<script type="application/octet-stream;base64" data-te-buffer="{i}">{ser.b64(b)}</script>'
+                         for i, b in enumerate(bufs))
+    boot = """
+;(() => {
+  const state = JSON.parse(document.getElementById("te-state").textContent);
+  const bufs = [...document.querySelectorAll("script[data-te-buffer]")]
+    .sort((a, b) => Number(a.dataset.teBuffer) - Number(b.dataset.teBuffer))
+    .map((s) => s.textContent.trim());
+  mountTagStandalone(document.getElementById("te-root"), state, bufs);
+})();
+"""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="generator" content="sinkwidgets">
+<title>{html.escape(title)}</title>
+<style>{_PAGE_CSS}
+{css()}</style>
+</head>
+<body>
+<h1 class="sw-page-title">{html.escape(title)}</h1>
+<div id="te-root"></div>
+<script type="application/json" id="te-state">{_script_json(payload)}</script>
+{buf_tags}
+<script type="module">
+{js}
+{boot}
+</script>
+</body>
+</html>
+"""
+
+
+def save_tag_html(te: Any, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Write a :class:`TagExplorer` (its current settings) as ONE offline HTML file; returns the path written."""
+    out = Path(path)
+    if out.is_dir():
+        raise IsADirectoryError(f"to_html(path={str(path)!r}): that is a directory; give a file name (.html)")
+    page = tag_html_document(te, title=title)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(out, lambda fh: fh.write(page), binary=False, what="HTML page")
