@@ -135,10 +135,17 @@ def verify_model(name: str) -> list[str]:
 
 
 def _write_manifest(d: Path, manifest: dict) -> None:
-    from .._atomic import atomic_write
-
-    text = json.dumps(manifest, indent=1)
-    atomic_write(d / MANIFEST, lambda fh: fh.write(text), binary=False, what="model manifest")
+    """Write the manifest atomically: a unique temporary file next to it, then a rename (readers never see half)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(manifest, indent=1))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, d / MANIFEST)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _sha256(path: Path) -> str:
