@@ -19,11 +19,11 @@ See ``docs/widgets.md`` for how the data travels (binary buffers, overview + til
 from __future__ import annotations
 
 from . import charts
+from ._tag_state import prompt_trace
+from ._tag_widget import TagExplorer, TagLink, link
 from ._widget import AttentionHeatmap, PngExport, SinkExplorer, SinkGrid, TokenStrip, WidgetValueError
 from .standalone import save_html
 from .synthetic import synthetic_trace
-from ._tag_state import prompt_trace
-from ._tag_widget import TagExplorer, TagLink, link
 
 __all__ = [
     "SinkExplorer",
