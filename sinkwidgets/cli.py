@@ -207,12 +207,7 @@ def check_scan_args(args) -> str:
 # ----------------------------------------------------------------------------- commands
 def _quiet_progress() -> None:
     """Turn off progress bars (tqdm, Hugging Face) for this process."""
-    os.environ["TQDM_DISABLE"] = "1"
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    with contextlib.suppress(Exception):
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
+    os.environ["TQDM_DISABLE"] = "1"  # read by every tqdm bar (tqdm >= 4.66), hub and transformers included
 
 
 def _load_model(name: str):

@@ -200,7 +200,13 @@ def test_json_turns_progress_bars_off(fake_model, capsys, monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     _run(capsys, "scan", "some text", "--json")
-    assert os.environ.get("TQDM_DISABLE") == "1" and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") == "1"
+    assert os.environ.get("TQDM_DISABLE") == "1"
+    # tqdm reads TQDM_* when it is imported: the command line must set it before anything imports tqdm
+    code = ("import sys, sinkwidgets.cli as c; c.build_parser(); assert 'tqdm' not in sys.modules, 'tqdm imported early'; "
+            "c._quiet_progress(); from tqdm.auto import tqdm; assert tqdm(range(3)).disable; print('OFF')")
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.stdout.strip() == "OFF", out.stderr[-2000:]
 
 
 @pytest.mark.unit
