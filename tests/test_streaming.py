@@ -63,11 +63,11 @@ def test_exact_equals_token_by_token_streaming(smollm2, doc_ids, n_sink):
     W = 16
     ref = stepwise_streaming(hf, ids, W, n_sink)
     one_pass = _streamed(hf, ids, n_sink, W, True)
-    np.testing.assert_allclose(one_pass, ref, atol=2e-3)
+    np.testing.assert_allclose(one_pass, ref, atol=5e-4)  # measured: max 7.8e-5 (k=0), 2.1e-5 (k=4) nats
     # and the positions matter: the mask method (original positions) differs from the reference after t = W
     if n_sink:
         masked = _streamed(hf, ids, n_sink, W, False)
-        np.testing.assert_allclose(masked[:W], ref[:W], atol=2e-3)
+        np.testing.assert_allclose(masked[:W], ref[:W], atol=5e-4)
         assert np.abs(masked[W:] - ref[W:]).max() > 1e-3
 
 
