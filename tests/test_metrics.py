@@ -6,6 +6,8 @@ import pytest
 import sinkwidgets as sw
 from sinkwidgets import metrics as M
 
+pytestmark = pytest.mark.unit  # no model, browser or notebook
+
 
 def causal_uniform(T):
     A = np.tril(np.ones((T, T)))

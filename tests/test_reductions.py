@@ -9,6 +9,8 @@ import torch
 from sinkwidgets.tracing import eager as tracing  # the eager executor chunks full maps
 from sinkwidgets.tracing import reduce_attention, reduce_residual, reductions
 
+pytestmark = pytest.mark.unit  # no model, browser or notebook
+
 
 def _causal_maps(B, H, T, pad, seed=0):
     """Random causal attention with left padding ``pad[b]`` (padded keys masked, padded rows uniform over 0..t)."""

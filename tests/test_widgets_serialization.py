@@ -12,6 +12,8 @@ from sinkwidgets.widgets import SinkExplorer, synthetic_trace
 from sinkwidgets.widgets import _serialization as ser
 from sinkwidgets.widgets._maps import MapStore
 
+pytestmark = pytest.mark.unit  # no model, browser or notebook
+
 
 # ----------------------------------------------------------------------------- encode / decode
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
