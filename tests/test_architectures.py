@@ -127,14 +127,14 @@ print('OK', m.sinkwidgets.hub_id, m.sinkwidgets.family, tr.sink_scores.shape)
 
 @pytest.mark.parametrize("kind,expected", [("llama", "chunked"), ("gpt2", "eager"), ("bert", "eager")])
 def test_auto_method_goes_chunked_for_long_prompts_where_supported(kind, expected, tmp_path, monkeypatch):
-    from sinkwidgets import tracing
+    from sinkwidgets.tracing import api
 
     d = save_tiny(tmp_path, kind, build(kind))
     model = sw.load_model(d)
     text = "The cat sat on the mat. Then it slept, and the dog barked."
     short = sw.trace(model, text)
     assert short.meta["method"] == "eager"
-    monkeypatch.setattr(tracing, "AUTO_CHUNKED_TOKENS", 8)  # "long" = 8 tokens or more
+    monkeypatch.setattr(api, "AUTO_CHUNKED_TOKENS", 8)  # "long" = 8 tokens or more
     long = sw.trace(model, text)
     assert long.meta["method"] == expected
     assert np.abs(long.sink_scores - short.sink_scores).max() < 1e-4

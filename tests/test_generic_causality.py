@@ -85,3 +85,22 @@ def test_alpha_equals_causal_alpha_from_output_attentions(kind, tmp_path):
     assert np.abs(want - tr.sink_scores).max() < 1e-5
     first = A[:, :, 1:, 0].mean(-1)
     assert np.abs(first - tr.first_token_mass).max() < 1e-5
+
+
+@pytest.mark.models
+def test_validate_catches_causality_that_disagrees_with_the_map(tmp_path):
+    """The load-time probe compares the adapter's causality with the map's upper triangle."""
+    import dataclasses
+
+    from sinkwidgets.errors import TraceError
+    from sinkwidgets.models.check import validate_model
+    from sinkwidgets.models.fetch import model_dir
+
+    d = tmp_path / "gpt_neox"
+    build("gpt_neox").save_pretrained(d)
+    tf.AutoTokenizer.from_pretrained(model_dir("smollm2-135m")).save_pretrained(d)
+    model = sw.load_model(d, validate=True)  # the right causality: passes
+    info = model.sinkwidgets
+    info.adapter = dataclasses.replace(info.adapter, causal=False)
+    with pytest.raises(TraceError, match="never reaches later tokens"):
+        validate_model(model)

@@ -8,7 +8,8 @@ from ..errors import TraceError
 
 
 def validate_model(model, atol: float = 1e-3) -> None:
-    """Trace a 6-token probe and check layer 0's attention probabilities: ``[B, H, T, T]``, rows summing to one.
+    """Trace a 6-token probe and check layer 0's attention probabilities: ``[B, H, T, T]``, rows summing to one,
+    and an upper triangle that agrees with the adapter's causality (all zero for a decoder, not for an encoder).
 
     Raises :class:`~sinkwidgets.errors.TraceError` naming the model when its attention cannot be traced.
     """
@@ -39,6 +40,19 @@ def validate_model(model, atol: float = 1e-3) -> None:
         raise TraceError(
             f"the attention module of {info.name!r} ({info.architecture}) did not return probabilities of shape "
             f"[B, H={info.n_heads}, T, T] under eager attention (got {got}); supported families: {SUPPORTED}"
+        )
+    upper = float(A.float().triu(1).abs().max())  # attention to later tokens
+    if ad.causal and upper > 1e-6:
+        raise TraceError(
+            f"{info.name!r} ({info.architecture}) was taken for a causal decoder, but its layer-0 attention reaches "
+            f"later tokens (up to {upper:.3g}); its α would be averaged over the wrong queries. Please open an issue "
+            "with the model id; an encoder loads correctly when its model_type is a known encoder family"
+        )
+    if not ad.causal and upper == 0.0:
+        raise TraceError(
+            f"{info.name!r} ({info.architecture}) was taken for a bidirectional encoder, but its attention never "
+            "reaches later tokens (a causal mask): α would be averaged over all T queries instead of T - k. Please "
+            "open an issue with the model id"
         )
     sums = A.float().sum(-1)
     if not torch.allclose(sums, torch.ones_like(sums), atol=atol):
