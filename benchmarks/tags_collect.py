@@ -14,7 +14,8 @@ Target: collect time and peak RSS each <= 1.5x forward_eager. Ratios are taken w
 cases back to back). Time is the minimum over --repeat runs after one warm-up batch, as wall time and as process CPU
 time (on a shared machine wall time mostly measures the neighbours; CPU time is the steadier ratio).
 
-The JSON result goes outside the git tree (the user cache folder) unless --out is given.
+The JSON result goes outside the git tree ($SINKWIDGETS_BENCH_DIR or <temp dir>/sinkwidgets-benchmarks, see
+_out.py) unless --out is given.
 
 usage: python benchmarks/tags_collect.py [--repeat 2] [--threads 2] [--out results.json]
 """
@@ -28,8 +29,9 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
+
+from _out import default_out, write_json  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 CASES = ["forward_eager", "forward_sdpa", "collect"]
 HEADS = [(1, 1), (2, 2), (3, 6), (5, 6), (8, 4), (9, 3), (11, 3), (15, 7), (19, 8), (28, 8)]
@@ -112,22 +114,13 @@ def child(case: str, repeat: int, threads: int) -> dict:
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def default_out() -> str:
-    try:
-        from platformdirs import user_cache_dir
-
-        base = user_cache_dir("sinkwidgets")
-    except ImportError:  # pragma: no cover
-        base = os.path.join(tempfile.gettempdir(), "sinkwidgets")
-    return os.path.join(base, "benchmarks", "tags_collect.json")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", "2")))
     ap.add_argument("--cases", nargs="+", default=CASES, choices=CASES)
-    ap.add_argument("--out", default=None, help="JSON output path (default: outside the git tree, " + default_out() + ")")
+    ap.add_argument("--out", default=default_out("tags_collect.json"),
+                    help="JSON path (default outside the git tree; benchmarks/results/tags_collect.json to record)")
     ap.add_argument("--child", nargs=1, metavar="CASE")
     a = ap.parse_args()
     if a.child:
@@ -168,12 +161,9 @@ def main() -> None:
                           "threads": a.threads, "load_avg_at_end": load},
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "repeat": a.repeat, "rows": rows,
               "ratios": ratios, "targets_met": targets}
-    out_path = a.out or default_out()
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    with open(out_path, "w") as fh:
-        json.dump(result, fh, indent=1)
+    path = write_json(a.out, json.dumps(result, indent=1))
     print(json.dumps({"ratios": ratios, "targets_met": targets}, indent=1))
-    print(f"written: {out_path}")
+    print(f"written: {path}")
 
 
 if __name__ == "__main__":

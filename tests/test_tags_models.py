@@ -57,23 +57,23 @@ def test_collect_equals_plain_torch(smollm2):
     heads = [(1, 1), (2, 2), (2, 5)]
     layers = [3, 29]
     data = tags.collect(smollm2, texts, heads=heads, layers=layers, batch_size=2, progress=False)
-    hf, tok = smollm2._module, smollm2.tokenizer
+    hf = smollm2._module
     cfg = hf.config
     H, KV, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
     prev = hf.config._attn_implementation
     hf.set_attn_implementation("eager")
     try:
-        for i, text in enumerate(texts):
+        for i in range(len(texts)):
             ids = torch.tensor([data.token_ids[data.span(i)]])
             store = {}
             hooks = []
             for l in {h[0] for h in heads}:
                 attn = hf.model.layers[l].self_attn
-                hooks.append(attn.v_proj.register_forward_hook(lambda m, a, o, l=l: store.__setitem__(("v", l), o)))
-                hooks.append(attn.o_proj.register_forward_pre_hook(lambda m, a, l=l: store.__setitem__(("o", l), a[0])))
+                hooks.append(attn.v_proj.register_forward_hook(lambda m, a, o, l=l, st=store: st.__setitem__(("v", l), o)))
+                hooks.append(attn.o_proj.register_forward_pre_hook(lambda m, a, l=l, st=store: st.__setitem__(("o", l), a[0])))
             for l in layers:
                 hooks.append(hf.model.layers[l].register_forward_hook(
-                    lambda m, a, o, l=l: store.__setitem__(("h", l), o[0] if isinstance(o, tuple) else o)))
+                    lambda m, a, o, l=l, st=store: st.__setitem__(("h", l), o[0] if isinstance(o, tuple) else o)))
             try:
                 with torch.no_grad():
                     out = hf(input_ids=ids, output_attentions=True, use_cache=False)
