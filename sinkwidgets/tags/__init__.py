@@ -48,16 +48,16 @@ from .analysis import (
 )
 from .collect import boundary_heads, collect
 from .data import TagData, TagDataFormatError
-from .datasets import ProbeDataset, load_dataset
+from .datasets import TEASER, ProbeDataset, load_dataset, paragraphs
 from .probes import ProbeResult, TagBasis, grouped_folds, probe, probe_features, probe_report, tag_basis
 from .release import ReleaseResult, release
 
 __all__ = [
-    "ALPHA0", "BOUNDARY_ALPHA", "BOUNDARY_SHARE", "EPS", "TAU",
+    "ALPHA0", "BOUNDARY_ALPHA", "BOUNDARY_SHARE", "EPS", "TAU", "TEASER",
     "CatchResult", "HeadRecord", "ProbeDataset", "ProbeResult", "ReleaseResult", "SinkHeads", "TagBasis", "TagData",
     "TagDataFormatError", "TagEV", "TagEVTable",
     "alpha_from_map", "boundary_alpha", "boundary_heads", "boundary_heads_from_data", "boundary_mask", "catch",
     "caught_set", "collect", "explained_variance", "grouped_folds", "is_boundary", "load_dataset", "pc_bound",
-    "probe", "probe_features", "probe_report", "random_subspace", "release", "sink_heads", "sink_positions",
+    "paragraphs", "probe", "probe_features", "probe_report", "random_subspace", "release", "sink_heads", "sink_positions",
     "split_prompts", "tag_basis", "tag_ev", "tag_ev_table", "tag_subspace", "tag_vectors", "union_subspace",
 ]

@@ -130,3 +130,42 @@ def load_dataset(name: str) -> ProbeDataset:
         raise ValueError(f"unknown dataset {name!r}; shipped datasets: {sorted(DATASETS)} "
                          "(or pass your own texts and labels to sinkwidgets.tags.probe)")
     return DATASETS[name]()
+
+
+# ----------------------------------------------------------------------------- multi-sentence paragraphs (catch)
+SUBJECTS = ("The old farmer", "My sister", "A young doctor", "The tired driver", "Our neighbour", "The quiet student",
+            "A small child", "The baker", "His grandfather", "The new teacher", "A careful pilot", "The lonely sailor")
+VERBS = ("walked slowly to", "looked closely at", "drove past", "painted a picture of", "talked about", "cleaned",
+         "visited", "waited near", "laughed at", "forgot about", "carried a box to", "dreamed of")
+OBJECTS = ("the red barn", "the busy market", "an empty station", "the river bank", "the noisy kitchen",
+           "a dusty library", "the tall tower", "the green garden", "a broken bridge", "the winter forest",
+           "the morning train", "a crowded beach")
+TAILS = ("before the rain started", "after a long day", "with a heavy heart", "in the early morning",
+         "without saying a word", "while the dog slept", "for the second time", "under a grey sky")
+
+#: Our transcription of the three sentences in the teaser figure of Zhang, Khan & Papyan's project page (one head
+#: of an unnamed Llama-2-style model catches sentences 2 and 3 on the first sentence boundary). The figure shows
+#: lowercase "i" after each boundary and unlabeled boundary tokens; we join the sentences with newlines.
+TEASER = ("I laughed with friends until my stomach hurt.\ni wiped away tears of sadness and said nothing.\n"
+          "i slammed my fist in anger on the table.")
+
+
+def paragraphs(n: int = 40, seed: int = 0, sentences: int = 3, joiner: str = " ") -> list[str]:
+    """``n`` paragraphs of ``sentences`` short sentences each ("The baker visited the red barn after a long day."),
+    drawn from small word tables with ``numpy.random.default_rng(seed)``; deterministic, offline.
+
+    Every sentence ends with ``'.'`` and sentences are joined by ``joiner`` (``" "`` or ``"\\n"``), so each
+    paragraph has ``sentences - 1`` non-first sentence boundaries for :func:`sinkwidgets.tags.boundary_heads` and
+    :func:`sinkwidgets.tags.catch` (pilot on SmolLM2-135M, 40 paragraphs: L1H1 is the top boundary head, α ≈ 0.43).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    if isinstance(sentences, bool) or not isinstance(sentences, (int, np.integer)) or sentences < 1:
+        raise ValueError(f"sentences must be a positive integer, got {sentences!r}")
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(int(n)):
+        out.append(joiner.join(
+            f"{SUBJECTS[rng.integers(len(SUBJECTS))]} {VERBS[rng.integers(len(VERBS))]} "
+            f"{OBJECTS[rng.integers(len(OBJECTS))]} {TAILS[rng.integers(len(TAILS))]}." for _ in range(int(sentences))))
+    return out
