@@ -325,6 +325,7 @@ function build(model, host) {
   const dy = (py) => view.y1 - ((py - MT) / PH) * (view.y1 - view.y0);
 
   function draw() {
+    const tDraw = performance.now();
     const dpr = window.devicePixelRatio || 1;
     const ctx = sizeCanvas(base, W, H);
     sizeCanvas(over, W, H);
@@ -399,6 +400,7 @@ function build(model, host) {
       catchHead: ((model.get("_catch") || {}).head || []).join(","),
     });
     drawOverlay();
+    base.dataset.drawMs = (performance.now() - tDraw).toFixed(1);
     report();
   }
 

@@ -1,0 +1,338 @@
+"""TagExplorer speed and size: first paint, hover latency, pan at 100,000 points; payload and offline file sizes;
+and the same numbers for jupyter-scatter when it is importable (``--jscatter-path`` adds its install folder).
+
+For each size a fresh notebook (fresh kernel) and a fresh page in a throw-away JupyterLab (127.0.0.1, headless
+Debian chromium):
+
+1. an untimed setup cell loads a synthetic TagData (``synthetic_tagdata``: ~50-token prompts, d = 64, one head with
+   a first-token sink and its maps, words from a small vocabulary) from an .npz file;
+2. the clock starts as the timed cell is sent (``performance.now()`` in the page) and stops at the widget's
+   ``data-first-paint`` stamp (two animation frames after the points are drawn). The timed cell builds the widget,
+   so it includes the kernel's work (tag_ev with its controls, catch colours, coordinates) and the transfer;
+3. hover: the pointer moves onto 40 points; the widget stamps the time from the mousemove event to the animation
+   frame after the tooltip was filled (``data-latency-ms``);
+4. pan: a 300-px drag in 15 steps; the widget's own draw time per frame (``data-draw-ms``) and that the view moved.
+
+jupyter-scatter (``jscatter.Scatter(data=df, x, y, color_by, tooltip=True)``, its documented API) is timed from
+cell execution to the first frame after its canvas exists; its hover tooltip is timed from the mousemove to the
+frame after its tooltip element is visible. Its offline HTML export is ``ipywidgets.embed.embed_minimal_html``
+(what jupyter-scatter's docs point to), opened from file:// with every other request aborted.
+
+Usage::
+
+    python benchmarks/tag_explorer.py                          # JSON to $TMPDIR/sinkwidgets-bench/tag_explorer.json
+    python benchmarks/tag_explorer.py --sizes 20000 --out benchmarks/results/tag_explorer.json
+    python benchmarks/tag_explorer.py --jscatter-path /tmp/jscatter_pkg   # folder of a pip --target install
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "browser"))
+sys.path.insert(0, str(REPO))
+
+from labserver import CHROMIUM, CHROMIUM_ARGS, LOCAL_PREFIXES, start_lab  # noqa: E402
+
+WORDS = ("the a of to and in is was that it for on with as his her they at by this from had not but what all were "
+         "when we there can an your which their said if do will each about how up out them then she many some so "
+         "these would other into has more two like him see time could no make than first been its who now people "
+         "my made over did down only way find use may water long little very after words called just where most "
+         "know get through back much before go good new write our used me man too any day same right look think "
+         "also around another came come work three word must because does part even place well such").split()
+
+
+def synthetic_tagdata(n_points: int, d: int = 64, T: int = 50, seed: int = 0):
+    """A TagData of ~``n_points`` tokens: head (1, 0) with a first-token sink (α 0.8), values with a tag direction,
+    outputs that lean on it, maps whose later rows put 0.35-0.65 on token 0 (so about half the tokens are caught at
+    τ = 0.5), tokens drawn from a 150-word list (real text repeats its words too)."""
+    from sinkwidgets.tags import TagData
+
+    rng = np.random.default_rng(seed)
+    N = max(2, n_points // T)
+    u = np.linalg.qr(rng.standard_normal((d, 2)))[0][:, 0]
+    tokens, outs, vals, scores, maps = [], [], [], [], []
+    for _ in range(N):
+        toks = ["The"] + [" " + WORDS[k] for k in rng.integers(0, len(WORDS), T - 2)] + ["."]
+        tokens.append(toks)
+        a = rng.normal(2, 1, T)
+        outs.append((a[:, None] * u + 0.4 * rng.standard_normal((T, d)))[None].astype(np.float32))
+        g = 0.5 * rng.standard_normal((T, d))
+        g[0] = 3 * u
+        vals.append(g[None].astype(np.float32))
+        s = np.full((2, 2, T), 0.05, np.float32)
+        s[1, 0, 0] = 0.8
+        scores.append(s)
+        A = np.tril(rng.random((T, T))).astype(np.float32)
+        A[:, 0] = 0
+        A /= np.maximum(A.sum(1, keepdims=True), 1e-9)
+        w0 = rng.uniform(0.35, 0.65, T)
+        A = A * (1 - w0[:, None])
+        A[:, 0] += w0
+        A[0] = 0
+        A[0, 0] = 1
+        maps.append(A[None].astype(np.float16))
+    return TagData.from_prompts(tokens, heads=[(1, 0)], head_outputs=outs, head_values=vals, sink_scores=scores,
+                                maps=maps, map_index=[(1, 0)], meta={"model": "synthetic"})
+
+
+def run_cell(page, i: int) -> float:
+    return page.evaluate(
+        """(i) => { const nb = window.jupyterapp.shell.currentWidget.content; nb.activeCellIndex = i;
+                   const t0 = performance.now(); window.jupyterapp.commands.execute('notebook:run-cell'); return t0; }""",
+        i)
+
+
+def run_cell_wait(page, i: int) -> None:
+    """Run cell ``i`` and return when it has finished (the command's promise resolves then)."""
+    page.evaluate("""async (i) => { const nb = window.jupyterapp.shell.currentWidget.content; nb.activeCellIndex = i;
+                   await window.jupyterapp.commands.execute('notebook:run-cell'); }""", i)
+
+
+def open_nb(page, lab, name: str) -> None:
+    page.goto(lab.url(f"lab/tree/{name}") + "&reset")
+    page.wait_for_function(
+        """(name) => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
+                   return !!(w && w.context && w.context.path === name && w.sessionContext
+                             && w.sessionContext.session && w.sessionContext.session.kernel
+                             && w.sessionContext.kernelDisplayStatus === 'idle'); }""", arg=name, timeout=180_000)
+
+
+def write_nb(lab, name: str, cells: list[str]) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell(c) for c in cells],
+                      metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}})
+    nbformat.write(nb, lab.root / name)
+
+
+def wait_idle(page, timeout=180_000):
+    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.kernelDisplayStatus === 'idle'",
+                           timeout=timeout)
+
+
+def stats(xs):
+    xs = sorted(xs)
+    if not xs:
+        return None
+    return {"median": statistics.median(xs), "p95": xs[min(len(xs) - 1, int(0.95 * len(xs)))], "max": xs[-1],
+            "n": len(xs)}
+
+
+def bench_ours(browser, lab, path: Path, n: int, repeat: int) -> dict:
+    paints, hovers, draw_ms, moved = [], [], [], None
+    for r in range(repeat):
+        name = f"te_{n}_{r}.ipynb"
+        write_nb(lab, name, [
+            "import sinkwidgets as sw, json\nfrom sinkwidgets.widgets._serialization import buffers_nbytes\n"
+            f"data = sw.tags.TagData.load({str(path)!r})\nprint('READY', data.n_tokens)",
+            "te = sw.TagExplorer(data, head=(1, 0), tau=0.5)\nte",
+            "st = te.get_state()\nprint('PAYLOAD', buffers_nbytes(st), len(json.dumps(st, default=lambda b: None)))",
+        ])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.route("**/*", lambda rt: rt.continue_() if rt.request.url.startswith(LOCAL_PREFIXES) else rt.abort())
+        open_nb(page, lab, name)
+        run_cell_wait(page, 0)
+        t0 = run_cell(page, 1)
+        page.wait_for_selector("[data-testid=te-root][data-first-paint]", timeout=120_000)
+        t1 = page.evaluate("() => Number(document.querySelector('[data-testid=te-root]').dataset.firstPaint)")
+        paints.append((t1 - t0) / 1000)
+        if r == 0:
+            wait_idle(page)
+            run_cell_wait(page, 2)
+            out = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets[2].outputArea.node.innerText")
+            b, j = out.split("PAYLOAD")[1].split()[:2]
+            payload = {"binary_bytes": int(b), "json_bytes": int(j)}
+            cv = page.get_by_test_id("te-scatter")
+            cv.scroll_into_view_if_needed()
+            box = cv.bounding_box()
+            rng = np.random.default_rng(1)
+            for _ in range(40):
+                x, y = 56 + rng.uniform(60, 460), 12 + rng.uniform(40, 380)
+                page.evaluate("() => { delete document.querySelector('[data-testid=te-tooltip]').dataset.latencyMs; }")
+                page.mouse.move(box["x"] + x, box["y"] + y)
+                page.wait_for_timeout(80)
+                d = page.evaluate("() => Object.assign({}, document.querySelector('[data-testid=te-tooltip]').dataset)")
+                if d.get("latencyMs"):  # a point within the hover radius: the tooltip was filled
+                    hovers.append(float(d["latencyMs"]))
+            v0 = cv.get_attribute("data-view")
+            page.mouse.move(box["x"] + 300, box["y"] + 200)
+            page.mouse.down()
+            for s in range(15):
+                page.mouse.move(box["x"] + 300 - 20 * (s + 1), box["y"] + 200 + 5 * (s + 1))
+                page.wait_for_timeout(30)
+                draw_ms.append(float(cv.get_attribute("data-draw-ms")))
+            page.mouse.up()
+            page.wait_for_timeout(200)
+            moved = cv.get_attribute("data-view") != v0
+        page.close()
+    return {"first_paint_s": stats(paints), "runs": paints, "hover_ms": stats(hovers), "pan_draw_ms": stats(draw_ms),
+            "pan_moved": moved, **payload}
+
+
+def bench_jscatter(browser, lab, path: Path, n: int, repeat: int) -> dict:
+    paints, hovers = [], []
+    setup = ("import pandas as pd, numpy as np, jscatter, sinkwidgets as sw\n"
+             f"data = sw.tags.TagData.load({str(path)!r})\n"
+             "te = sw.TagExplorer(data, head=(1, 0), tau=0.5)\nxy = te.coords()\n"
+             "codes = te._view_model.catch((1, 0), 0.5)['codes']\n"
+             "flat = [t for toks in data.tokens for t in toks]\n"
+             "df = pd.DataFrame({'x': xy[:, 0], 'y': xy[:, 1], 'catch': pd.Categorical(codes.astype(str)), "
+             "'token': flat})\nprint('READY')")
+    timed = ("s = jscatter.Scatter(data=df, x='x', y='y', color_by='catch', tooltip=True, "
+             "tooltip_properties=['token', 'catch'])\ns.show()")
+    canvas_js = "() => !!document.querySelector('.jp-OutputArea-output canvas')"
+    for r in range(repeat):
+        name = f"js_{n}_{r}.ipynb"
+        write_nb(lab, name, [setup, timed])
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        errors: list[str] = []
+        page.on("pageerror", lambda e, errors=errors: errors.append(str(e)))
+        page.route("**/*", lambda rt: rt.continue_() if rt.request.url.startswith(LOCAL_PREFIXES) else rt.abort())
+        open_nb(page, lab, name)
+        run_cell_wait(page, 0)
+        t0 = run_cell(page, 1)
+        try:
+            page.wait_for_function(canvas_js, timeout=120_000, polling=50)
+        except Exception as exc:
+            page.close()
+            return {"error": f"no canvas within 120 s ({type(exc).__name__}); page errors: {errors[:3]}"}
+        t1 = page.evaluate("() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(() => "
+                           "r(performance.now()))))")
+        paints.append((t1 - t0) / 1000)
+        if r == 0:
+            page.wait_for_timeout(1500)
+            cv = page.locator(".jp-OutputArea-output canvas").first
+            box = cv.bounding_box()
+            rng = np.random.default_rng(1)
+            for _ in range(20):
+                x, y = box["x"] + rng.uniform(0.2, 0.8) * box["width"], box["y"] + rng.uniform(0.2, 0.8) * box["height"]
+                page.mouse.move(x - 30, y - 30)
+                page.wait_for_timeout(100)
+                ms = page.evaluate(
+                    """([x, y]) => new Promise((res) => {
+                        const t0 = performance.now();
+                        const vis = () => [...document.querySelectorAll('.jp-OutputArea-output div')].some((d) =>
+                          /tooltip/i.test(d.className) && getComputedStyle(d).opacity !== '0'
+                          && getComputedStyle(d).visibility !== 'hidden' && getComputedStyle(d).display !== 'none'
+                          && d.textContent.trim().length > 0);
+                        const loop = () => { if (vis()) return res(performance.now() - t0);
+                          if (performance.now() - t0 > 1500) return res(null); requestAnimationFrame(loop); };
+                        const c = document.querySelector('.jp-OutputArea-output canvas');
+                        c.dispatchEvent(new MouseEvent('mousemove', {clientX: x, clientY: y, bubbles: true}));
+                        requestAnimationFrame(loop);
+                      })""", [x, y])
+                if ms is not None:
+                    hovers.append(ms)
+        page.close()
+    return {"first_paint_s": stats(paints), "runs": paints, "hover_ms": stats(hovers),
+            "hover_note": "tooltip element visible after a synthetic mousemove; None when it never showed"}
+
+
+def offline(browser, path: Path, out_dir: Path, jscatter: bool) -> dict:
+    import sinkwidgets as sw
+
+    res = {}
+    data = sw.tags.TagData.load(path)
+    te = sw.TagExplorer(data, head=(1, 0), tau=0.5)
+    html = te.to_html(out_dir / "te.html")
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.route("**/*", lambda rt: rt.continue_() if rt.request.url.startswith(("file:", "data:", "blob:")) else rt.abort())
+    t0 = time.perf_counter()
+    page.goto(html.as_uri())
+    page.wait_for_selector("[data-testid=te-root][data-first-paint]", timeout=60_000)
+    nav = page.evaluate("() => Number(document.querySelector('[data-testid=te-root]').dataset.firstPaint)")
+    res["sinkwidgets"] = {"bytes": html.stat().st_size, "navigation_to_paint_s": nav / 1000,
+                          "wall_s": time.perf_counter() - t0, "renders_offline": True}
+    page.close()
+    if jscatter:
+        import jscatter as js
+        import pandas as pd
+        from ipywidgets.embed import embed_minimal_html
+
+        xy = te.coords()
+        df = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1]})
+        s = js.Scatter(data=df, x="x", y="y")
+        p = out_dir / "jscatter.html"
+        embed_minimal_html(str(p), views=[s.widget], drop_defaults=False)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        blocked = []
+        page.route("**/*", lambda rt: rt.continue_() if rt.request.url.startswith(("file:", "data:", "blob:"))
+                   else (blocked.append(rt.request.url), rt.abort()))
+        page.goto(p.as_uri())
+        page.wait_for_timeout(5000)
+        has_canvas = page.evaluate("() => !!document.querySelector('canvas')")
+        res["jupyter-scatter"] = {"bytes": p.stat().st_size, "renders_offline": has_canvas,
+                                  "blocked_requests": blocked[:5]}
+        page.close()
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--jscatter-path", default=None, help="folder holding jscatter (pip install --target ...)")
+    ap.add_argument("--out", default=None, help="JSON file (default: outside the git tree, in $TMPDIR)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if args.jscatter_path:
+        sys.path.insert(0, args.jscatter_path)
+    try:
+        import jscatter  # noqa: F401
+        have_js = True
+    except ImportError:
+        have_js = False
+    out = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "sinkwidgets-bench" / "tag_explorer.json"
+    work = Path(tempfile.mkdtemp(prefix="te-bench-"))
+    from playwright.sync_api import sync_playwright
+
+    results = {"benchmark": "TagExplorer: cell execution -> first paint, hover, pan, payload, offline HTML",
+               "date": dt.datetime.now().isoformat(timespec="seconds"),
+               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                           "load_avg": os.getloadavg(), "python": platform.python_version()},
+               "sizes": {}}
+    lab = start_lab(work / "lab", extra_pythonpath=[str(REPO)] + ([args.jscatter_path] if args.jscatter_path else []))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            results["machine"]["chromium"] = browser.version
+            for n in args.sizes:
+                data = synthetic_tagdata(n)
+                path = data.save(work / f"tags_{n}.npz")
+                row = {"n_points": data.n_tokens}
+                print(f"n={data.n_tokens}: sinkwidgets…", flush=True)
+                row["sinkwidgets"] = bench_ours(browser, lab, path, n, args.repeat)
+                print(json.dumps(row["sinkwidgets"]["first_paint_s"]), flush=True)
+                if have_js:
+                    print(f"n={data.n_tokens}: jupyter-scatter…", flush=True)
+                    row["jupyter-scatter"] = bench_jscatter(browser, lab, path, n, args.repeat)
+                    print(json.dumps(row["jupyter-scatter"].get("first_paint_s")), flush=True)
+                if n == args.sizes[0]:
+                    row["offline_html"] = offline(browser, path, work, have_js)
+                results["sizes"][str(n)] = row
+            browser.close()
+    finally:
+        lab.stop()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
