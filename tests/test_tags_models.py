@@ -2,7 +2,7 @@
 (docs/tags.md) hold on texts written here. The pilot's negatives are not asserted as positives: θ_tag is never
 required to beat θ_no_tag, catching at τ = 0.5 is not required, and Gemma-3 is not required to have boundary sinks.
 
-One collection of 40 paragraphs is shared by the catch and tag tests (module-scoped fixture)."""
+One collection of 30 paragraphs is shared by the catch and tag tests (module-scoped fixture)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,32 @@ OBJECTS = ["the red barn", "the busy market", "an empty station", "the river ban
 TAILS = ["before the rain started", "after a long day", "with a heavy heart", "in the early morning",
          "without saying a word", "while the dog slept", "for the second time", "under a grey sky"]
 
+# Natural three-sentence paragraphs: release is measured on these (on the word-table paragraphs above, whose
+# sentences are random combinations, removing L1H1's tag costs only ~0.016 nats/token: the model has little to
+# retrieve there).
+NATURAL = [
+    "I laughed with friends until my stomach hurt. I wiped away tears of joy and said nothing. I slammed my fist on the table in delight.",
+    "The train was late again this morning. Everyone on the platform looked tired and cold. When it finally arrived, nobody could find a seat.",
+    "My grandmother grew tomatoes in her garden every summer. She picked them early in the morning before the heat. In the evening we ate them with bread and salt.",
+    "The storm knocked out the power in our street. We lit candles and played cards in the kitchen. By midnight the lights came back on.",
+    "Anna opened the letter with shaking hands. It was from the university she had dreamed of. She read the first line and started to cry.",
+    "The museum was almost empty on Monday. I spent an hour in front of a single painting. The guard smiled at me when I finally left.",
+    "Our dog hates the sound of thunder. He hides under the bed whenever it rains. Last night he refused to come out until morning.",
+    "The bakery on the corner closed after forty years. People left flowers and notes at the door. The owner said she would miss her customers most.",
+    "We climbed the hill just before sunset. The whole valley turned orange and gold. Nobody said a word on the way down.",
+    "The meeting ran two hours over time. Nobody agreed on the budget for next year. In the end the manager postponed the decision.",
+    "My brother learned to swim when he was thirty. He practised every morning at the public pool. Now he swims across the lake every summer.",
+    "The old bridge was finally repaired last week. Cars can cross the river again without a long detour. The shop owners in town were relieved.",
+    "She forgot her umbrella on the bus. By the time she reached the office she was soaking wet. Her colleague lent her a dry sweater.",
+    "The children built a snowman in the park. They used a carrot for the nose and stones for the eyes. By the afternoon it had started to melt.",
+    "The restaurant was full on Saturday night. We waited almost an hour for a table. The soup was cold, but the dessert was wonderful.",
+    "He fixed the old radio with a few spare parts. At first it only made a quiet hiss. Then, suddenly, music filled the room.",
+    "The library will move to a new building next year. The old one is too small for all the books. Volunteers will help carry the boxes.",
+    "Tom missed the last bus home. He walked for an hour through the quiet streets. When he arrived, his mother was still awake.",
+    "The garden was full of birds in the spring. A pair of robins built a nest above the door. We watched the chicks leave the nest in June.",
+    "The exam was harder than anyone expected. Half the class did not finish in time. The teacher agreed to give everyone another chance.",
+]
+
 
 def paragraphs(n: int, seed: int = 0, joiner: str = " ") -> list[str]:
     """``n`` three-sentence paragraphs from the word tables above (deterministic)."""
@@ -46,11 +72,19 @@ def _one_blas_thread():
 
 @pytest.fixture(scope="module")
 def para_data(smollm2):
-    return tags.collect(smollm2, paragraphs(40, seed=1), heads=HEADS, maps=[(1, 1)], progress=False)
+    return tags.collect(smollm2, paragraphs(30, seed=1), heads=HEADS, maps=[(1, 1)], progress=False)
 
 
 # ----------------------------------------------------------------------------- collect == plain torch
+def _close(actual, desired, tol=1e-5):
+    """Equal to ``tol`` relative to the array's scale (float32 sums of values ~30 carry ~1e-6 relative error)."""
+    desired = np.asarray(desired, dtype=np.float64)
+    np.testing.assert_allclose(actual, desired, rtol=tol, atol=tol * max(1.0, float(np.abs(desired).max())))
+
+
 def test_collect_equals_plain_torch(smollm2):
+    """α, per-head outputs and values after W_O, kept maps and pooled residuals equal a plain transformers forward
+    (eager attention, hooks on v_proj / o_proj / the blocks) over the same left-padded batch."""
     import torch
 
     texts = ["The cat sat on the mat. It was warm.", "A bird sang.\nThe sun rose over the quiet hills today."]
@@ -60,46 +94,45 @@ def test_collect_equals_plain_torch(smollm2):
     hf = smollm2._module
     cfg = hf.config
     H, KV, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    lens = data.lengths
+    T = int(lens.max())
+    ids = torch.zeros((2, T), dtype=torch.long)
+    mask = torch.zeros((2, T), dtype=torch.long)
+    for i in range(2):
+        ids[i, T - lens[i]:] = torch.tensor(data.token_ids[data.span(i)])
+        mask[i, T - lens[i]:] = 1
+    store, hooks = {}, []
+    for l in {h[0] for h in heads}:
+        attn = hf.model.layers[l].self_attn
+        hooks.append(attn.v_proj.register_forward_hook(lambda m, a, o, l=l: store.__setitem__(("v", l), o)))
+        hooks.append(attn.o_proj.register_forward_pre_hook(lambda m, a, l=l: store.__setitem__(("o", l), a[0])))
+    for l in layers:
+        hooks.append(hf.model.layers[l].register_forward_hook(
+            lambda m, a, o, l=l: store.__setitem__(("h", l), o[0] if isinstance(o, tuple) else o)))
     prev = hf.config._attn_implementation
     hf.set_attn_implementation("eager")
     try:
-        for i in range(len(texts)):
-            ids = torch.tensor([data.token_ids[data.span(i)]])
-            store = {}
-            hooks = []
-            for l in {h[0] for h in heads}:
-                attn = hf.model.layers[l].self_attn
-                hooks.append(attn.v_proj.register_forward_hook(lambda m, a, o, l=l, st=store: st.__setitem__(("v", l), o)))
-                hooks.append(attn.o_proj.register_forward_pre_hook(lambda m, a, l=l, st=store: st.__setitem__(("o", l), a[0])))
-            for l in layers:
-                hooks.append(hf.model.layers[l].register_forward_hook(
-                    lambda m, a, o, l=l, st=store: st.__setitem__(("h", l), o[0] if isinstance(o, tuple) else o)))
-            try:
-                with torch.no_grad():
-                    out = hf(input_ids=ids, output_attentions=True, use_cache=False)
-            finally:
-                for hk in hooks:
-                    hk.remove()
-            T = ids.shape[1]
-            sl = data.span(i)
-            for l, h in heads:
-                A = out.attentions[l][0, h].double().numpy()
-                alpha = np.tril(A).sum(0) / (T - np.arange(T))
-                np.testing.assert_allclose(data.alpha((l, h))[sl], alpha, atol=1e-5)
-                W = hf.model.layers[l].self_attn.o_proj.weight.double()  # [d, H*Dh]
-                Wh = W[:, h * Dh:(h + 1) * Dh]
-                o_ref = (store[("o", l)][0, :, h * Dh:(h + 1) * Dh].double() @ Wh.T).numpy()
-                kv = h // (H // KV)
-                g_ref = (store[("v", l)][0, :, kv * Dh:(kv + 1) * Dh].double() @ Wh.T).numpy()
-                np.testing.assert_allclose(data.outputs((l, h))[sl], o_ref, atol=1e-5, rtol=1e-5)
-                np.testing.assert_allclose(data.values((l, h))[sl], g_ref, atol=1e-5, rtol=1e-5)
-                np.testing.assert_allclose(data.attention_map((l, h), i), A, atol=1e-3)  # kept as float16
-            for l in layers:
-                hs = store[("h", l)][0].double().numpy()
-                np.testing.assert_allclose(data.pooled(l, "mean")[i], hs[1:].mean(0), atol=1e-5, rtol=1e-5)
-                np.testing.assert_allclose(data.pooled(l, "last")[i], hs[-1], atol=1e-5, rtol=1e-5)
+        with torch.no_grad():
+            out = hf(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                     output_attentions=True, use_cache=False)
     finally:
         hf.set_attn_implementation(prev)
+        for hk in hooks:
+            hk.remove()
+    for i in range(2):
+        f, n, sl = T - int(lens[i]), int(lens[i]), data.span(i)
+        for l, h in heads:
+            A = out.attentions[l][i, h, f:, f:].double().numpy()
+            _close(data.alpha((l, h))[sl], np.tril(A).sum(0) / (n - np.arange(n)))
+            Wh = hf.model.layers[l].self_attn.o_proj.weight.double()[:, h * Dh:(h + 1) * Dh]
+            kv = h // (H // KV)
+            _close(data.outputs((l, h))[sl], (store[("o", l)][i, f:, h * Dh:(h + 1) * Dh].double() @ Wh.T).numpy())
+            _close(data.values((l, h))[sl], (store[("v", l)][i, f:, kv * Dh:(kv + 1) * Dh].double() @ Wh.T).numpy())
+            np.testing.assert_allclose(data.attention_map((l, h), i), A, atol=1e-3)  # kept as float16
+        for l in layers:
+            hs = store[("h", l)][i, f:].double().numpy()
+            _close(data.pooled(l, "mean")[i], hs[1:].mean(0))
+            _close(data.pooled(l, "last")[i], hs[-1])
     assert data.meta["model"] == "smollm2-135m" and data.meta["add_bos"] is False
 
 
@@ -120,7 +153,7 @@ def test_l1h1_is_the_top_boundary_head_and_catches_at_tau_03(para_data):
     assert 0.35 <= top.alpha <= 0.55 and top.n_prompts >= 20
     assert (1, 1) in [tuple(r) for r in tags.sink_heads(para_data).boundary]
     c3 = tags.catch(para_data, (1, 1), tau=0.3)
-    assert c3.catch_rate >= 0.6 and c3.n_later > 500
+    assert c3.catch_rate >= 0.6 and c3.n_later > 400
     c5 = tags.catch(para_data, (1, 1), tau=0.5)
     assert c5.catch_rate < c3.catch_rate  # reported, not required to be large (pilot: 0.29)
 
@@ -144,6 +177,7 @@ def test_tag_ev_bands_with_controls(para_data, head, band):
 
 
 # ----------------------------------------------------------------------------- probe (pilot bands)
+@pytest.mark.slow  # 384 statements through the model (two head-selection passes on 64 + the 256 cities)
 def test_cities_probe_layer9_mean(smollm2):
     r = tags.probe_report(smollm2, "cities", layer=9, pool="mean", seeds=3, progress=False)
     assert r["tag"] >= 0.70, str(r)
@@ -154,8 +188,10 @@ def test_cities_probe_layer9_mean(smollm2):
 
 
 # ----------------------------------------------------------------------------- release (pilot band)
+@pytest.mark.slow  # 12 texts x (1 tag + 3 random subspaces) edited forward passes, plus their clean rows
 def test_release_l1h1_beats_random_subspaces(smollm2):
-    r = tags.release(smollm2, paragraphs(20, seed=5), head=(1, 1), rank=2, n_random=3, progress=False)
+    r = tags.release(smollm2, NATURAL[:12], head=(1, 1), rank=2, n_random=3, pcs=False, attention_layers=None,
+                     progress=False)
     assert r.dnll >= 0.05, str(r)
     assert r.dnll >= 5 * np.mean(r.dnll_random), str(r)
-    assert len(r.dnll_random) == 3 and np.isfinite(r.dnll_pcs)
+    assert len(r.dnll_random) == 3 and r.n_projected > 0

@@ -81,8 +81,9 @@ class ReleaseResult:
             f"  {'subspace':<16}{'ΔNLL':>9}{'|Δ| on sink':>13}{'row TV':>9}",
             f"  {'tag':<16}{self.dnll:>+9.3f}{self.sink_delta:>13.4f}{self.tv:>9.4f}",
             f"  {f'random ({len(r)})':<16}{r.mean():>+9.3f}{sd.mean():>13.4f}{tv.mean():>9.4f}{pm}",
-            f"  {'top PCs':<16}{self.dnll_pcs:>+9.3f}{self.sink_delta_pcs:>13.4f}{self.tv_pcs:>9.4f}",
-        ])
+            f"  {'top PCs':<16}{self.dnll_pcs:>+9.3f}{self.sink_delta_pcs:>13.4f}{self.tv_pcs:>9.4f}"
+            if np.isfinite(self.dnll_pcs) else "  top PCs         (not run: pcs=False)",
+        ] + (["  (attention changes not measured: attention_layers=None)"] if not np.isfinite(self.tv) else []))
 
     def _repr_pretty_(self, p, cycle):
         p.text(str(self))
