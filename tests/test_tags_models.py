@@ -177,7 +177,6 @@ def test_tag_ev_bands_with_controls(para_data, head, band):
 
 
 # ----------------------------------------------------------------------------- probe (pilot bands)
-@pytest.mark.slow  # 384 statements through the model (two head-selection passes on 64 + the 256 cities)
 def test_cities_probe_layer9_mean(smollm2):
     r = tags.probe_report(smollm2, "cities", layer=9, pool="mean", seeds=3, progress=False)
     assert r["tag"] >= 0.70, str(r)
@@ -188,7 +187,6 @@ def test_cities_probe_layer9_mean(smollm2):
 
 
 # ----------------------------------------------------------------------------- release (pilot band)
-@pytest.mark.slow  # 12 texts x (1 tag + 3 random subspaces) edited forward passes, plus their clean rows
 def test_release_l1h1_beats_random_subspaces(smollm2):
     r = tags.release(smollm2, NATURAL[:12], head=(1, 1), rank=2, n_random=3, pcs=False, attention_layers=None,
                      progress=False)
