@@ -10,6 +10,8 @@ import pytest
 
 from sinkwidgets import SinkTrace, SinkTraceFormatError
 
+pytestmark = pytest.mark.unit  # no model, browser or notebook
+
 
 def make(T=5, L=2, H=3, maps=True):
     rng = np.random.default_rng(0)
@@ -95,8 +97,6 @@ class Block:
             raise ImportError('blocked ' + name)
 sys.meta_path.insert(0, Block())
 import sinkwidgets as sw
-
-pytestmark = pytest.mark.unit  # no model, browser or notebook
 tr = sw.SinkTrace.load({str(p)!r})
 print(sw.sink_ratio(tr, k=0, eps=0.3), len(sw.find_sinks(tr, eps=0.2)), sw.sinks_per_head(tr).mean_all)
 assert 'torch' not in sys.modules and 'nnsight' not in sys.modules
