@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_write
+from ..sinktrace import _check as _shape
+from ..sinktrace import _jsonable
 
 FORMAT_NAME = "sinkwidgets.TagData"
 FORMAT_VERSION = 1
@@ -385,24 +387,3 @@ def _pair(head: Any) -> tuple[int, int]:
         return int(l), int(h)
     except (TypeError, ValueError):
         raise ValueError(f"a head is a (layer, head) pair such as (2, 2), got {head!r}") from None
-
-
-def _shape(a: Any, shape: tuple[int, ...], name: str, dtype: Any) -> np.ndarray:
-    a = np.asarray(a, dtype=dtype)
-    if a.shape != shape:
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(a.shape)}")
-    return a
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)

@@ -304,16 +304,8 @@ class TagExplorer(anywidget.AnyWidget):
             return
         with self._lock:
             export = self._png_pending.pop(int(content.get("id", -1)), None)
-        if export is None or export._expired():
-            return
-        if not content.get("ok") or not buffers:
-            export.error = f"the browser could not draw the PNG: {content.get('error', 'no data')}"
-            return
-        data = bytes(buffers[0])
-        export.path.parent.mkdir(parents=True, exist_ok=True)
-        export.path.write_bytes(data)
-        export.nbytes = len(data)
-        export.done = True
+        if export is not None:
+            export.receive(content, buffers)
 
 
 TagExplorer._esm = esm()

@@ -19,6 +19,7 @@ import anywidget
 import numpy as np
 import traitlets
 
+from .._atomic import atomic_write
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 from ._maps import MapStore
@@ -58,6 +59,23 @@ class PngExport:
             self.error = (f"no PNG from the front-end within {self.timeout:g} s: is the widget displayed in a live "
                           "notebook tab? (for a browser-free export use sinkwidgets.widgets.charts)")
         return self.error is not None
+
+    def receive(self, msg: dict[str, Any], buffers: list[bytes]) -> None:
+        """The browser's answer: write the PNG (atomically) or record its error; late answers are ignored."""
+        if self._expired():
+            return
+        if not msg.get("ok") or not buffers:
+            self.error = f"the browser could not draw the PNG: {msg.get('error', 'no data')}"
+            return
+        data = bytes(buffers[0])
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.path, lambda fh: fh.write(data), what="PNG")
+        except OSError as exc:
+            self.error = f"could not write {str(self.path)!r}: {exc}"
+            return
+        self.nbytes = len(data)
+        self.done = True
 
     @property
     def pending(self) -> bool:
@@ -312,16 +330,8 @@ class _SinkWidget(anywidget.AnyWidget):
     def _receive_png(self, msg: dict[str, Any], buffers: list[bytes]) -> None:
         with self._lock:
             export = self._png_pending.pop(int(msg.get("id", -1)), None)
-        if export is None or export._expired():
-            return
-        if not msg.get("ok") or not buffers:
-            export.error = f"the browser could not draw the PNG: {msg.get('error', 'no data')}"
-            return
-        data = bytes(buffers[0])
-        export.path.parent.mkdir(parents=True, exist_ok=True)
-        export.path.write_bytes(data)
-        export.nbytes = len(data)
-        export.done = True
+        if export is not None:
+            export.receive(msg, buffers)
 
 
 class SinkExplorer(_SinkWidget):

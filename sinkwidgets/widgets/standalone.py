@@ -165,19 +165,28 @@ def html_document(trace: SinkTrace, title: str | None = None, view: str = "explo
     payload = _extract_buffers({"state": model_state, "maps": maps}, bufs)
     js = (STATIC / "sinkwidgets.js").read_text(encoding="utf-8")
     css = (STATIC / "sinkwidgets.css").read_text(encoding="utf-8")
-    if "</script" in js.lower():
-        raise RuntimeError("sinkwidgets.js must not contain '</script' (it is inlined into a <script> element)")
     title = title or f"sinkwidgets · {trace.model_name} · {trace.n_tokens} tokens"
-    buf_tags = "\n".join(f'<script type="application/octet-stream;base64" data-sw-buffer="{i}">{ser.b64(b)}</script>'
-                         for i, b in enumerate(bufs))
-    boot = """
-;(() => {
-  const state = JSON.parse(document.getElementById("sw-state").textContent);
-  const bufs = [...document.querySelectorAll("script[data-sw-buffer]")]
-    .sort((a, b) => Number(a.dataset.swBuffer) - Number(b.dataset.swBuffer))
+    return offline_page(title, js, css, payload, bufs, prefix="sw", mount="mountStandalone", what="sinkwidgets.js")
+
+
+def offline_page(title: str, js: str, css: str, payload: Any, bufs: list[bytes], *, prefix: str, mount: str,
+                 what: str) -> str:
+    """One self-contained HTML page: ``js`` (an ES module defining ``mount``) and ``css`` inlined, the JSON
+    ``payload`` in a ``<script type="application/json" id="{prefix}-state">`` and each binary buffer as base64 in
+    its own ``<script data-{prefix}-buffer="i">``; a boot script calls ``mount(root, state, buffers)``."""
+    if "</script" in js.lower():
+        raise RuntimeError(f"{what} must not contain '</script' (it is inlined into a <script> element)")
+    data_attr = f"{prefix}Buffer"
+    buf_tags = "\n".join(f'<script type="application/octet-stream;base64" data-{prefix}-buffer="{i}">{ser.b64(b)}'
+                         "</script>" for i, b in enumerate(bufs))
+    boot = f"""
+;(() => {{
+  const state = JSON.parse(document.getElementById("{prefix}-state").textContent);
+  const bufs = [...document.querySelectorAll("script[data-{prefix}-buffer]")]
+    .sort((a, b) => Number(a.dataset.{data_attr}) - Number(b.dataset.{data_attr}))
     .map((s) => s.textContent.trim());
-  mountStandalone(document.getElementById("sw-root"), state, bufs);
-})();
+  {mount}(document.getElementById("{prefix}-root"), state, bufs);
+}})();
 """
     return f"""<!doctype html>
 <html lang="en">
@@ -191,8 +200,8 @@ def html_document(trace: SinkTrace, title: str | None = None, view: str = "explo
 </head>
 <body>
 <h1 class="sw-page-title">{html.escape(title)}</h1>
-<div id="sw-root"></div>
-<script type="application/json" id="sw-state">{_script_json(payload)}</script>
+<div id="{prefix}-root"></div>
+<script type="application/json" id="{prefix}-state">{_script_json(payload)}</script>
 {buf_tags}
 <script type="module">
 {js}

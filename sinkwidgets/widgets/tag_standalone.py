@@ -8,14 +8,12 @@ the exported rank, τ and source, so the head and projection menus, hover, zoom,
 
 from __future__ import annotations
 
-import html
 import os
 from pathlib import Path
 from typing import Any
 
 from .._atomic import atomic_write
-from . import _serialization as ser
-from .standalone import _PAGE_CSS, _extract_buffers, _script_json
+from .standalone import _extract_buffers, offline_page
 
 #: Largest number of points an offline file embeds (8 bytes of coordinates per point, per head and projection).
 STANDALONE_MAX_POINTS = 200_000
@@ -44,43 +42,9 @@ def tag_html_document(te: Any, title: str | None = None) -> str:
              "selected": list(te.selected), "focus": int(te.focus)}
     bufs: list[bytes] = []
     payload = _extract_buffers({"state": state, "views": views}, bufs)
-    js = esm()
-    if "</script" in js.lower():
-        raise RuntimeError("tagexplorer.js must not contain '</script' (it is inlined into a <script> element)")
     title = title or f"sinkwidgets TagExplorer · {static['model']} · {n} tokens"
-    buf_tags = "\n".join(f'<script type="application/octet-stream;base64" data-te-buffer="{i}">{ser.b64(b)}</script>'
-                         for i, b in enumerate(bufs))
-    boot = """
-;(() => {
-  const state = JSON.parse(document.getElementById("te-state").textContent);
-  const bufs = [...document.querySelectorAll("script[data-te-buffer]")]
-    .sort((a, b) => Number(a.dataset.teBuffer) - Number(b.dataset.teBuffer))
-    .map((s) => s.textContent.trim());
-  mountTagStandalone(document.getElementById("te-root"), state, bufs);
-})();
-"""
-    return f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="generator" content="sinkwidgets">
-<title>{html.escape(title)}</title>
-<style>{_PAGE_CSS}
-{css()}</style>
-</head>
-<body>
-<h1 class="sw-page-title">{html.escape(title)}</h1>
-<div id="te-root"></div>
-<script type="application/json" id="te-state">{_script_json(payload)}</script>
-{buf_tags}
-<script type="module">
-{js}
-{boot}
-</script>
-</body>
-</html>
-"""
+    return offline_page(title, esm(), css(), payload, bufs, prefix="te", mount="mountTagStandalone",
+                        what="tagexplorer.js")
 
 
 def save_tag_html(te: Any, path: str | os.PathLike, title: str | None = None) -> Path:
