@@ -79,6 +79,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--T", type=int, nargs="+", default=[128, 512, 2048])
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all cases; each keeps its best")
     ap.add_argument("--cases", nargs="+", default=CASES)
     ap.add_argument("--out", default=default_out("trace_cost.json"),
                     help="JSON path (default outside the git tree; benchmarks/results/trace_cost.json to record)")
@@ -87,19 +88,33 @@ def main() -> None:
     if a.child:
         print("RESULT " + json.dumps(child(a.child[0], int(a.child[1]), int(a.child[2]))))
         return
-    rows = []
-    for T in a.T:
-        for case in a.cases:
-            out = subprocess.run([sys.executable, __file__, "--child", case, str(T), str(a.repeat)],
-                                 capture_output=True, text=True)
-            line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-            if not line:
-                rows.append({"case": case, "T": T, "error": out.stderr[-1500:]})
-                print(f"T={T} {case}: FAILED\n{out.stderr[-1500:]}", file=sys.stderr)
-                continue
-            r = json.loads(line[0][7:])
-            rows.append(r)
-            print(f"T={T:5d} {case:14s} {r['seconds']:7.2f} s wall {r['cpu_seconds']:7.2f} s CPU  peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
+    # Rounds interleave the cases (round 1: every case once, round 2: again, ...) and each case keeps its best
+    # round: on a shared machine a burst of load then hits one round of every case, not all rounds of one case.
+    best: dict[tuple[int, str], dict] = {}
+    for rnd in range(a.rounds):
+        for T in a.T:
+            for case in a.cases:
+                out = subprocess.run([sys.executable, __file__, "--child", case, str(T), str(a.repeat)],
+                                     capture_output=True, text=True)
+                line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+                if not line:
+                    print(f"T={T} {case}: FAILED\n{out.stderr[-1500:]}", file=sys.stderr)
+                    best.setdefault((T, case), {"case": case, "T": T, "error": out.stderr[-1500:]})
+                    continue
+                r = json.loads(line[0][7:])
+                r["round"] = rnd
+                prev = best.get((T, case))
+                if prev is None or "error" in prev:
+                    best[(T, case)] = r
+                else:
+                    r_all = prev.get("rounds_seconds", [prev["seconds"]]) + [r["seconds"]]
+                    keep = r if r["seconds"] < prev["seconds"] else prev
+                    keep = {**keep, "cpu_seconds": min(r["cpu_seconds"], prev["cpu_seconds"]),
+                            "peak_rss_mib": min(r["peak_rss_mib"], prev["peak_rss_mib"]), "rounds_seconds": r_all}
+                    best[(T, case)] = keep
+                print(f"round {rnd} T={T:5d} {case:14s} {r['seconds']:7.2f} s wall {r['cpu_seconds']:7.2f} s CPU  "
+                      f"peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
+    rows = list(best.values())
     ratios = {}
     for T in a.T:
         by = {r["case"]: r for r in rows if r["T"] == T and "error" not in r}
@@ -124,6 +139,8 @@ def main() -> None:
                     "threads": int(os.environ.get("BENCH_THREADS", "2"))},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "repeat": a.repeat,
+        "rounds": a.rounds,
+        "load_avg_at_end": os.getloadavg(),
         "rows": rows,
         "ratios": ratios,
         "targets_met": targets,
