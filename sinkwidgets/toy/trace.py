@@ -115,3 +115,64 @@ def trace_toy(model: TinyTransformer, batch_or_seed: Batch | int = 0, index: int
         meta=meta,
         **kw,
     )
+
+
+@torch.no_grad()
+def tag_data(model: TinyTransformer, n: int = 64, seed: int = 0, keep_maps: bool = True):
+    """Run ``model`` on ``n`` averaging sequences and pack what :mod:`sinkwidgets.tags` and
+    :class:`sinkwidgets.TagExplorer` need, as a :class:`~sinkwidgets.tags.TagData` (every head of every layer).
+
+    Per sequence (``T`` real tokens, extra slots left out) and head ``(l, h)``:
+
+    * ``head_outputs``: the head's write to the residual, ``o_t = Σ_j A[t, j] v_j W_O^h`` (gated when the model
+      has a gate; the extra slots' contribution included, as in the forward pass);
+    * ``head_values``: ``g_j = v_j W_O^h`` for every real token ``j`` (the tag vectors of the sinks among them;
+      ungated);
+    * ``sink_scores``: Gu et al. α of every real key, ``(1 / (T − k)) Σ_{t ≥ k} A[t, k]``;
+    * ``maps`` (``keep_maps``): every head's attention on the real tokens.
+
+    Tokens are ``"<bos>"``, ``"<sep>"`` and the values (``"+0.53"``); ``token_ids`` are the token types
+    (0 BOS, 1 SEP, 2 NUM); ``meta`` records ``model="toy-averaging"``, the config and each sequence's SEP position.
+    The sequences come from :func:`~sinkwidgets.toy.make_batch` with ``seed``.
+    """
+    from ..tags.data import TagData
+
+    if not isinstance(model, TinyTransformer):
+        raise ValueError(f"tag_data needs a sinkwidgets.toy.TinyTransformer, got {type(model).__name__}")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an integer >= 2 (the tag EV is held out over sequences), got {n!r}")
+    cfg = model.config
+    batch = make_batch(n, cfg.T, seed)
+    was = model.training
+    model.eval()
+    try:
+        it = model(batch.types, batch.values, return_internals=True)
+        values = []
+        for layer, x in zip(model.layers, it.resid[:-1]):
+            h = model._norm(x)  # per-token norm: the real positions alone give the same values
+            v = layer.v(h).view(n, cfg.T, cfg.n_heads, cfg.d_head).transpose(1, 2)  # [B, H, T, dh]
+            Wo = layer.o.weight.t().reshape(cfg.n_heads, cfg.d_head, cfg.d_model)
+            values.append(torch.einsum("bhtk,hkd->bhtd", v, Wo))
+    finally:
+        model.train(was)
+    L, H, T = cfg.n_layers, cfg.n_heads, cfg.T
+    heads = [(layer, head) for layer in range(L) for head in range(H)]
+    A = torch.stack(it.attn, 1).float()  # [B, L, H, T, T]
+    O = torch.stack(it.head_out, 1).float()  # [B, L, H, T, d]
+    V = torch.stack(values, 1).float()
+    counts = (T - torch.arange(T)).float()
+    alpha = A.sum(-2) / counts  # [B, L, H, T]
+    tokens = [batch.tokens(i) for i in range(n)]
+    return TagData.from_prompts(
+        tokens,
+        heads=heads,
+        head_outputs=[O[i].reshape(L * H, T, -1).numpy() for i in range(n)],
+        head_values=[V[i].reshape(L * H, T, -1).numpy() for i in range(n)],
+        sink_scores=[alpha[i].numpy() for i in range(n)],
+        maps=[A[i].reshape(L * H, T, T).numpy().astype("float16") for i in range(n)] if keep_maps else None,
+        map_index=heads if keep_maps else None,
+        token_ids=[batch.types[i].numpy() for i in range(n)],
+        meta={"model": "toy-averaging", "architecture": "toy", "n_layers": L, "n_heads": H,
+              "d_model": cfg.d_model, "add_bos": True, "causal": True, "toy_config": cfg.to_dict(),
+              "seed": seed, "sep_positions": [int(s) for s in batch.sep]},
+    )
