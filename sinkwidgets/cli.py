@@ -192,10 +192,10 @@ def check_scan_args(args) -> str:
         raise UsageError(f"--max-tokens {args.max_tokens}: give a positive number of tokens, or leave it out")
     if args.top < 0:
         raise UsageError(f"--top {args.top}: give the number of sinks to show per layer (0 or more)")
-    if args.save:
+    if args.save_path:
         from .sinktrace import SinkTrace
 
-        _check_output_path(str(SinkTrace.save_path(Path(args.save).expanduser())), "--save")
+        _check_output_path(str(SinkTrace.save_path(Path(args.save_path).expanduser())), "--save")
     if args.html:
         _check_output_path(args.html, "--html")
     text = _read_prompt(args)
@@ -241,8 +241,8 @@ def cmd_scan(args) -> int:
     summary = _scan_summary(tr, args.eps, args.top)
     summary["seconds"] = {"load": round(t1 - t0, 2), "trace": round(t2 - t1, 2)}
     written = []
-    if args.save:
-        saved = tr.save(Path(args.save).expanduser())
+    if args.save_path:
+        saved = tr.save(Path(args.save_path).expanduser())
         summary["saved"] = str(saved)
         written.append(f"trace saved to {saved}")
     if args.html:
@@ -330,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=3, help="strongest sinks to show per layer (default 3)")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.add_argument("--no-legend", action="store_true", help="leave the column legend out of the table")
-    s.add_argument("--save", help="save the SinkTrace to this file ('.npz' is added when missing)")
+    # dest is not "save": once nnsight has traced, every object has a .save attribute (nnsight patches `object`),
+    # and argparse then skips the default of an attribute that already "exists"
+    s.add_argument("--save", dest="save_path", metavar="PATH",
+                   help="save the SinkTrace to this file ('.npz' is added when missing)")
     s.add_argument("--html", help="write a self-contained offline HTML view of the sinks")
     s.set_defaults(func=cmd_scan)
 
