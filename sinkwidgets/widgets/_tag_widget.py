@@ -32,7 +32,7 @@ from ._tag_state import (
     prompt_trace,
     token_table,
 )
-from ._widget import PngExport, SinkExplorer, WidgetValueError
+from ._widget import PngExport, SinkExplorer, WidgetValueError, request_png
 
 
 class TagExplorer(anywidget.AnyWidget):
@@ -147,12 +147,7 @@ class TagExplorer(anywidget.AnyWidget):
         if not self._frontend or self.comm is None:
             raise RuntimeError("TagExplorer.save_png needs the widget displayed in a live notebook front-end "
                                "(display it in a cell first), or use to_html(path) for an offline file")
-        export = PngExport(Path(path), timeout)
-        with self._lock:
-            rid = next(self._png_ids)
-            self._png_pending[rid] = export
-        self.send({"type": "png_request", "id": rid})
-        return export
+        return request_png(self, path, timeout)
 
     def to_html(self, path: str | os.PathLike, title: str | None = None) -> Path:
         """Write this view as one offline, self-contained HTML file (every collected head, both projections)."""

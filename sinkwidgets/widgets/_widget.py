@@ -34,6 +34,17 @@ _METRIC_HELP = {
     "entropy": "mean attention entropy (nats)",
 }
 
+def request_png(widget: Any, path: str | os.PathLike, timeout: float) -> PngExport:
+    """Ask a displayed widget's front-end for a PNG of its view; the answer arrives as a custom message that the
+    widget hands to :meth:`PngExport.receive` (``widget`` has ``_lock``, ``_png_ids``, ``_png_pending``)."""
+    export = PngExport(Path(path), timeout)
+    with widget._lock:
+        rid = next(widget._png_ids)
+        widget._png_pending[rid] = export
+    widget.send({"type": "png_request", "id": rid})
+    return export
+
+
 class WidgetValueError(traitlets.TraitError, ValueError):
     """An out-of-range widget setting (a ``ValueError``, and a ``TraitError`` for traitlets)."""
 
@@ -198,12 +209,7 @@ class _SinkWidget(anywidget.AnyWidget):
                 "(display it in a cell first). Without a browser, export charts with "
                 "sinkwidgets.widgets.charts.save_png(sinkwidgets.widgets.charts.heatmap_chart(trace, layer, head), path)"
             )
-        export = PngExport(Path(path), timeout)
-        with self._lock:
-            rid = next(self._png_ids)
-            self._png_pending[rid] = export
-        self.send({"type": "png_request", "id": rid})
-        return export
+        return request_png(self, path, timeout)
 
     def to_html(self, path: str | os.PathLike, title: str | None = None) -> Path:
         """Write this view as one offline, self-contained HTML file (see :func:`sinkwidgets.widgets.save_html`)."""
