@@ -499,6 +499,8 @@ function makeHeatmap(store, tooltip, report) {
   let cur = null; // {layer, head, level, stride, rows, cols, vmax, data, canvas}
   const tiles = new Map(); // key -> tile, in LRU order
   const inflight = new Set();
+  let tileError = null; // the last tile failure, kept in the status line until a tile arrives
+  const failedTiles = new Set(); // keys refused once: not asked again (no request loop on an offline page)
   let view = { q0: 0, q1: T, k0: 0, k1: T };
   let draws = 0, requested = 0, received = 0, scaleSeen = null, rafPending = false;
   let viewTimer = null;
@@ -636,7 +638,9 @@ function makeHeatmap(store, tooltip, report) {
     title.textContent = `layer ${l} · head ${hd} · queries × keys · ${T} tokens`;
     const res = have && cur.canvas
       ? (level < cur.level ? `tiles 1:${1 << level} (${nTiles} shown)` : `overview 1:${cur.stride}`) : "α per key";
-    status.textContent = `${res} · ${store.get("scale")} scale · ${nSinks} sink column${nSinks === 1 ? "" : "s"} in view`;
+    const failed = tileError && have && cur.canvas && level < cur.level
+      ? `tiles unavailable (${tileError}); showing the overview · ` : "";
+    status.textContent = `${failed}${res} · ${store.get("scale")} scale · ${nSinks} sink column${nSinks === 1 ? "" : "s"} in view`;
     draws++;
     Object.assign(canvas.dataset, {
       layer: l, head: hd, draws, status: have ? cur.status : mapStatus(l, hd),
@@ -698,7 +702,7 @@ function makeHeatmap(store, tooltip, report) {
         if (store.causal && tx * span > Math.min(T, (ty + 1) * span) - 1) continue; // above the diagonal: all 0
         const key = `${cur.layer},${cur.head},${level},${ty},${tx}`;
         if (tiles.has(key)) { const t = tiles.get(key); tiles.delete(key); tiles.set(key, t); continue; }
-        if (!inflight.has(key)) want.push([key, ty, tx]);
+        if (!inflight.has(key) && !failedTiles.has(key)) want.push([key, ty, tx]);
       }
     }
     // nearest the view centre first
@@ -719,14 +723,17 @@ function makeHeatmap(store, tooltip, report) {
                       q0: msg.q0, q1: msg.q1, k0: msg.k0, k1: msg.k1,
                       canvas: colorize(data, rows, cols, vmax, store.get("scale") === "log") };
           tiles.set(key, t);
+          tileError = null;
           received++;
           while (tiles.size > TILE_CACHE) tiles.delete(tiles.keys().next().value);
           schedule();
         })
         .catch((err) => {
           inflight.delete(key);
-          status.textContent = `tiles unavailable (${err.message}); showing the overview`;
+          tileError = err.message;
+          failedTiles.add(key);
           canvas.dataset.tileError = err.message;
+          schedule(); // redraw: the status line says why the overview stays
         });
     }
   }
