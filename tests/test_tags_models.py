@@ -82,32 +82,34 @@ def _close(actual, desired, tol=1e-5):
     np.testing.assert_allclose(actual, desired, rtol=tol, atol=tol * max(1.0, float(np.abs(desired).max())))
 
 
-def test_collect_equals_plain_torch(smollm2):
-    """α, per-head outputs and values after W_O, kept maps and pooled residuals equal a plain transformers forward
-    (eager attention, hooks on v_proj / o_proj / the blocks) over the same left-padded batch."""
+def _assert_collect_equals_plain_torch(model, data, heads, layers, texts):
+    """Every kept array of ``data`` equals a plain transformers forward of ``model`` (eager attention, hooks on
+    v_proj / o_proj / the blocks) over the same left-padded batch."""
     import torch
 
-    texts = ["The cat sat on the mat. It was warm.", "A bird sang.\nThe sun rose over the quiet hills today."]
-    heads = [(1, 1), (2, 2), (2, 5)]
-    layers = [3, 29]
-    data = tags.collect(smollm2, texts, heads=heads, layers=layers, batch_size=2, progress=False)
-    hf = smollm2._module
-    cfg = hf.config
-    H, KV, Dh = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    hf = model._module
+    cfg = getattr(hf.config, "text_config", hf.config)
+    H, KV = cfg.num_attention_heads, cfg.num_key_value_heads
+    Dh = getattr(cfg, "head_dim", None) or cfg.hidden_size // H
+    blocks = model.sinkwidgets.adapter
+    from sinkwidgets.models.adapters import get_path
+
+    layer_mods = get_path(model, blocks.layers)
+    n = len(texts)
     lens = data.lengths
     T = int(lens.max())
-    ids = torch.zeros((2, T), dtype=torch.long)
-    mask = torch.zeros((2, T), dtype=torch.long)
-    for i in range(2):
+    ids = torch.zeros((n, T), dtype=torch.long)
+    mask = torch.zeros((n, T), dtype=torch.long)
+    for i in range(n):
         ids[i, T - lens[i]:] = torch.tensor(data.token_ids[data.span(i)])
         mask[i, T - lens[i]:] = 1
     store, hooks = {}, []
     for l in {h[0] for h in heads}:
-        attn = hf.model.layers[l].self_attn
+        attn = layer_mods[l].self_attn
         hooks.append(attn.v_proj.register_forward_hook(lambda m, a, o, l=l: store.__setitem__(("v", l), o)))
         hooks.append(attn.o_proj.register_forward_pre_hook(lambda m, a, l=l: store.__setitem__(("o", l), a[0])))
     for l in layers:
-        hooks.append(hf.model.layers[l].register_forward_hook(
+        hooks.append(layer_mods[l].register_forward_hook(
             lambda m, a, o, l=l: store.__setitem__(("h", l), o[0] if isinstance(o, tuple) else o)))
     prev = hf.config._attn_implementation
     hf.set_attn_implementation("eager")
@@ -119,12 +121,12 @@ def test_collect_equals_plain_torch(smollm2):
         hf.set_attn_implementation(prev)
         for hk in hooks:
             hk.remove()
-    for i in range(2):
-        f, n, sl = T - int(lens[i]), int(lens[i]), data.span(i)
+    for i in range(n):
+        f, m, sl = T - int(lens[i]), int(lens[i]), data.span(i)
         for l, h in heads:
             A = out.attentions[l][i, h, f:, f:].double().numpy()
-            _close(data.alpha((l, h))[sl], np.tril(A).sum(0) / (n - np.arange(n)))
-            Wh = hf.model.layers[l].self_attn.o_proj.weight.double()[:, h * Dh:(h + 1) * Dh]
+            _close(data.alpha((l, h))[sl], np.tril(A).sum(0) / (m - np.arange(m)))
+            Wh = layer_mods[l].self_attn.o_proj.weight.double()[:, h * Dh:(h + 1) * Dh]
             kv = h // (H // KV)
             _close(data.outputs((l, h))[sl], (store[("o", l)][i, f:, h * Dh:(h + 1) * Dh].double() @ Wh.T).numpy())
             _close(data.values((l, h))[sl], (store[("v", l)][i, f:, kv * Dh:(kv + 1) * Dh].double() @ Wh.T).numpy())
@@ -133,7 +135,38 @@ def test_collect_equals_plain_torch(smollm2):
             hs = store[("h", l)][i, f:].double().numpy()
             _close(data.pooled(l, "mean")[i], hs[1:].mean(0))
             _close(data.pooled(l, "last")[i], hs[-1])
-    assert data.meta["model"] == "smollm2-135m" and data.meta["add_bos"] is False
+
+
+COLLECT_TEXTS = ["The cat sat on the mat. It was warm.", "A bird sang.\nThe sun rose over the quiet hills today."]
+
+
+def test_collect_equals_plain_torch(smollm2):
+    """α, per-head outputs and values after W_O, kept maps and pooled residuals equal a plain transformers forward."""
+    heads, layers = [(1, 1), (2, 2), (2, 5)], [3, 29]
+    data = tags.collect(smollm2, COLLECT_TEXTS, heads=heads, layers=layers, batch_size=2, progress=False)
+    _assert_collect_equals_plain_torch(smollm2, data, heads, layers, COLLECT_TEXTS)
+    assert data.meta["model"] == "smollm2-135m" and data.meta["add_bos"] is False and data.meta["method"] == "eager"
+
+
+def test_collect_chunked_equals_eager(smollm2):
+    """The chunked path (attention recomputed from q/k, as shipped to NDIF) collects the same arrays."""
+    heads, layers = [(1, 1), (2, 2), (2, 5)], [3, 29]
+    e = tags.collect(smollm2, COLLECT_TEXTS, heads=heads, layers=layers, batch_size=2, progress=False)
+    c = tags.collect(smollm2, COLLECT_TEXTS, heads=heads, layers=layers, batch_size=2, method="chunked",
+                     progress=False)
+    assert c.meta["method"] == "chunked"
+    assert c.token_ids.tolist() == e.token_ids.tolist()
+    for name in ("sink_scores", "first_token_mass", "head_outputs", "head_values", "pooled_mean", "pooled_last"):
+        _close(getattr(c, name), getattr(e, name), tol=1e-4)
+    np.testing.assert_allclose(c.maps.astype(np.float32), e.maps.astype(np.float32), atol=2e-3)
+
+
+def test_collect_on_gemma3_equals_plain_torch(gemma3):
+    """Gemma-3 (q/k norms, <bos> added, 4 query heads on 1 value head): the same arrays as plain torch."""
+    heads, layers = [(0, 1), (3, 2)], [0, 5, 17]
+    data = tags.collect(gemma3, COLLECT_TEXTS, heads=heads, layers=layers, batch_size=2, progress=False)
+    assert data.meta["add_bos"] is True and data.tokens[0][0] == "<bos>"
+    _assert_collect_equals_plain_torch(gemma3, data, heads, layers, COLLECT_TEXTS)
 
 
 def test_collect_arguments_are_checked(smollm2):

@@ -306,3 +306,20 @@ def test_remote_units_equal_local(remote_smollm2, smollm2, reset_server):
             assert x.shape == y.shape, key
             np.testing.assert_allclose(y, x, rtol=0, atol=1e-5 * max(1.0, float(np.abs(x).max())), err_msg=key)
         assert r.arrays["head_value_index"].tolist() == [[2, 2]] + [[5, h] for h in range(9)]
+
+
+def test_remote_collect_equals_local(remote_smollm2, smollm2, reset_server):
+    """sinkwidgets.tags.collect on NDIF: α, per-head outputs, values, maps and pooled residuals equal the local
+    chunked collection (the same reductions, run on the server)."""
+    from sinkwidgets import tags
+
+    texts = [TEXT, "The cat sat on the mat. It was warm."]
+    kw = dict(heads=[(1, 1), (2, 2)], layers=[0, 9], batch_size=2, progress=False)
+    r = tags.collect(remote_smollm2, texts, **kw)
+    c = tags.collect(smollm2, texts, method="chunked", **kw)
+    assert r.meta["remote"] and r.token_ids.tolist() == c.token_ids.tolist()
+    for key in ("sink_scores", "first_token_mass", "head_outputs", "head_values", "pooled_mean", "pooled_last"):
+        x, y = getattr(c, key), getattr(r, key)
+        assert x.shape == y.shape, key
+        np.testing.assert_allclose(y, x, rtol=0, atol=1e-5 * max(1.0, float(np.abs(x).max())), err_msg=key)
+    np.testing.assert_allclose(r.maps.astype(np.float32), c.maps.astype(np.float32), atol=1e-3)
