@@ -52,6 +52,8 @@ def qk_geometry(model, text: str, layer: int, add_bos: bool | None = None) -> QK
     ``model`` comes from :func:`sinkwidgets.load_model`; ``add_bos`` as in :func:`sinkwidgets.trace`.
     Runs one plain forward pass with a hook on that layer's attention module (no nnsight trace).
     """
+    import sys
+
     import torch
 
     from . import trace
@@ -68,7 +70,11 @@ def qk_geometry(model, text: str, layer: int, add_bos: bool | None = None) -> QK
     attn = get_path(layers[layer], ad.attn)
     if not (hasattr(attn, "q_proj") and hasattr(attn, "k_proj")):
         raise ValueError(f"qk_geometry needs an attention module with q_proj / k_proj; {type(attn).__name__} has none")
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    # the model's own rotary function (the one its attention calls), not Llama's: families differ in detail
+    apply_rotary_pos_emb = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
+    if apply_rotary_pos_emb is None:
+        raise ValueError(f"{info.name!r}: {type(attn).__module__} defines no apply_rotary_pos_emb; qk_geometry "
+                         "supports rotary decoders (Llama/SmolLM2, Gemma, Mistral, Qwen)")
 
     tr = trace(model, text, add_bos=add_bos, progress=False)  # the same tokens (and BOS rule) as every trace
     ids = [int(i) for i in tr.token_ids]

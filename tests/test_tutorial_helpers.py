@@ -175,3 +175,17 @@ def test_qk_geometry_reproduces_attention(smollm):
     assert np.nanmean(g.cos_to(0)[:, 1:]) > np.nanmean(g.cos[:, 2:, 1:2]) + 0.2
     with pytest.raises(ValueError, match="out of range"):
         qk_geometry(smollm, text, 99)
+
+
+@pytest.mark.models
+def test_qk_geometry_reproduces_gemma3_attention(gemma3):
+    """Gemma-3 (QK-norm, its own rotary function, <bos>): softmax of the logits is the model's attention."""
+    from sinkwidgets.geometry import qk_geometry
+
+    text = "The old lighthouse keeper climbed the stairs. Ships passed by."
+    tr = sw.trace(gemma3, text, keep_maps=[3], map_dtype="float32")
+    g = qk_geometry(gemma3, text, 3)
+    assert g.tokens == tr.tokens and g.tokens[0] == "<bos>"
+    A = g.attention()
+    for h in range(A.shape[0]):
+        np.testing.assert_allclose(A[h], tr.get_map(3, h), atol=1e-5)
