@@ -248,6 +248,7 @@ def run_units(
     remote: Any = False,
     progress: bool | None = None,
     desc: str | None = None,
+    _encoded: list | None = None,
 ) -> list[PromptResult]:
     """Run in-trace reductions (:mod:`sinkwidgets.tracing.reductions`) over prompts → one :class:`PromptResult` each.
 
@@ -269,7 +270,8 @@ def run_units(
         raise ValueError("remote traces use method='chunked' (NDIF serves models without eager attention); "
                          "leave method='auto'")
     units = UnitSet(list(units), info.n_layers, info.n_heads, info.d_model)
-    encoded = _encode(model, info, texts, add_bos, max_tokens)
+    # _encoded: trace() may already have tokenized the same texts with the same add_bos / max_tokens
+    encoded = _encoded if _encoded is not None else _encode(model, info, texts, add_bos, max_tokens)
     requested = method
     method = "chunked" if (remote or method == "chunked") else "eager"
     if requested == "auto" and method == "eager" and max(len(e[1]) for e in encoded) >= AUTO_CHUNKED_TOKENS:
@@ -415,10 +417,12 @@ def trace(
         raise ValueError(f"method must be 'auto', 'eager' or 'chunked', got {method!r}")
     L, H = info.n_layers, info.n_heads
     auto_maps = isinstance(keep_maps, str) and keep_maps == "auto"
+    encoded = None
     if auto_maps and (remote or info.remote):
         keep_maps = None  # every map would be downloaded: remote traces keep maps only when asked
     elif auto_maps:
-        longest = max(len(e[1]) for e in _encode(model, info, texts, add_bos, max_tokens))
+        encoded = _encode(model, info, texts, add_bos, max_tokens)  # tokenized once: run_units reuses it
+        longest = max(len(e[1]) for e in encoded)
         keep_maps = "all" if longest <= AUTO_KEEP_MAPS_TOKENS else None
     maps_sel = _parse_keep_maps(keep_maps, L, H)
     ho_layers = _parse_layers(keep_head_outputs, L, "keep_head_outputs")
@@ -431,7 +435,7 @@ def trace(
     if hv_layers:
         units.append(R.HeadValues({l: None for l in hv_layers}))
     results = run_units(model, texts, units, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
-                        method=method, remote=remote, progress=progress)
+                        method=method, remote=remote, progress=progress, _encoded=encoded)
     if auto_maps:
         keep_note = "auto: all" if maps_sel else ("auto: none (remote)" if remote or info.remote else
                                                  f"auto: none (prompt > {AUTO_KEEP_MAPS_TOKENS} tokens)")
