@@ -1,6 +1,8 @@
 """Shared fixtures: the offline models are fetched once (download + convert) and cached per user."""
 
 import os
+import socket
+import threading
 
 import pytest
 
@@ -29,3 +31,30 @@ def minilm():
     import sinkwidgets as sw
 
     return sw.load_model("minilm-l6")
+
+
+@pytest.fixture
+def silent_host():
+    """``http://127.0.0.1:PORT`` of a local listener that accepts connections and never says a word (a hub or NDIF
+    server that hangs); stopped and closed at the end of the test."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    srv.settimeout(0.2)
+    stop, conns = threading.Event(), []
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conns.append(srv.accept()[0])
+            except OSError:
+                continue
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    stop.set()
+    th.join(5)
+    for c in conns:
+        c.close()
+    srv.close()

@@ -2,10 +2,8 @@
 error in seconds (no retry noise, no blame on HF_HUB_OFFLINE unless it is set); a cached model still loads."""
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -22,32 +20,6 @@ except sw.models.HubUnreachableError as e:
 """
 
 
-@pytest.fixture
-def silent_proxy():
-    """A local socket that accepts connections and never says a word."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(64)
-    conns, stop = [], threading.Event()
-
-    def accept():
-        srv.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conns.append(srv.accept()[0])
-            except OSError:
-                continue
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    stop.set()
-    t.join(2)
-    for c in conns:
-        c.close()
-    srv.close()
-
-
 def _load(model, tmp_path, **env):
     full = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     full.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"), SINKWIDGETS_HUB_TIMEOUT="1",
@@ -57,14 +29,14 @@ def _load(model, tmp_path, **env):
     return out, time.perf_counter() - t0
 
 
-def test_silent_proxy_gives_one_clear_error(silent_proxy, tmp_path):
-    out, wall = _load("HuggingFaceTB/SmolLM2-135M", tmp_path, HTTPS_PROXY=silent_proxy, HTTP_PROXY=silent_proxy)
+def test_silent_host_gives_one_clear_error(silent_host, tmp_path):
+    out, wall = _load("HuggingFaceTB/SmolLM2-135M", tmp_path, HTTPS_PROXY=silent_host, HTTP_PROXY=silent_host)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.startswith("UNREACHABLE"), (out.stdout, out.stderr[-2000:])
     took = float(out.stdout.split()[1])
     assert took < 15, took  # bounded: 1 s per request here
     msg = out.stdout
-    assert "could not be reached" in msg and silent_proxy in msg and "sinkwidgets models fetch smollm2-135m" in msg
+    assert "could not be reached" in msg and silent_host in msg and "sinkwidgets models fetch smollm2-135m" in msg
     assert "HF_HUB_OFFLINE" not in msg
     assert "Retry" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
 
@@ -97,7 +69,7 @@ def test_timeout_setting_is_checked(monkeypatch):
 
 
 @pytest.mark.models
-def test_cached_model_loads_when_the_hub_is_silent(silent_proxy, tmp_path):
+def test_cached_model_loads_when_the_hub_is_silent(silent_host, tmp_path):
     """A model in the local Hugging Face cache loads although the hub does not answer."""
     import transformers as tf
 
@@ -114,7 +86,7 @@ def test_cached_model_loads_when_the_hub_is_silent(silent_proxy, tmp_path):
     code = LOAD.replace("    sw.load_model(sys.argv[1])", "    m = sw.load_model(sys.argv[1]); print('LOADED', m.sinkwidgets.hub_id)")
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     env.update(HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf" / "hub"), SINKWIDGETS_HUB_TIMEOUT="1",
-               HTTPS_PROXY=silent_proxy, HTTP_PROXY=silent_proxy)
+               HTTPS_PROXY=silent_host, HTTP_PROXY=silent_host)
     out = subprocess.run([sys.executable, "-c", code, "test-org/tiny-llama"], capture_output=True, text=True, env=env,
                          timeout=120)
     assert "LOADED test-org/tiny-llama" in out.stdout, (out.stdout, out.stderr[-2000:])

@@ -5,8 +5,6 @@ error, model not deployed, result too large). The API key must never appear in a
 from __future__ import annotations
 
 import logging
-import socket
-import threading
 import time
 
 import numpy as np
@@ -166,32 +164,6 @@ def test_bad_host_url(smollm2_dir):
     model = _load(smollm2_dir, "ndif.example.org")
     with pytest.raises(RemoteConfigError, match="not an http"):
         sw.trace(model, TEXT)
-
-
-@pytest.fixture
-def silent_host():
-    """A TCP listener that accepts connections and never says a word."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.settimeout(0.2)
-    stop, conns = threading.Event(), []
-
-    def serve():
-        while not stop.is_set():
-            try:
-                conns.append(srv.accept()[0])
-            except OSError:
-                pass
-
-    th = threading.Thread(target=serve, daemon=True)
-    th.start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    stop.set()
-    th.join(5)
-    for c in conns:
-        c.close()
-    srv.close()
 
 
 def test_silent_server_times_out(smollm2_dir, silent_host):
