@@ -8,6 +8,7 @@ uncaught page error fails the test (tests that provoke an error on purpose decla
 
 from __future__ import annotations
 
+import struct
 import sys
 import time
 from pathlib import Path
@@ -211,3 +212,14 @@ def wait_state(page, testid: str, cond_js: str, timeout: int = 20_000, root: str
         timeout=timeout,
     )
     return state(page, testid, root)
+
+
+def assert_png_export(page, cell: int, png_path, min_size: tuple[int, int]) -> None:
+    """Wait for cell ``cell`` to report the PNG export (``done=True`` or an error), then check the written file: a PNG
+    of at least ``min_size`` (width, height) pixels."""
+    out = poll_cell(page, cell, lambda s: "done=True" in s or ("error=None" not in s and "error=" in s), what="PNG")
+    assert "done=True" in out, out
+    raw = Path(png_path).read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", raw[16:24])
+    assert w >= min_size[0] and h >= min_size[1], (w, h)

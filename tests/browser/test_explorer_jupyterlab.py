@@ -8,10 +8,18 @@ export from Python, and the dark theme. Any browser console error fails the test
 
 from __future__ import annotations
 
-import struct
-
 import numpy as np
-from conftest import cell_text, lab_exec, open_notebook, poll_cell, run_cell, state, wait_state, write_notebook
+from conftest import (
+    assert_png_export,
+    cell_text,
+    lab_exec,
+    open_notebook,
+    poll_cell,
+    run_cell,
+    state,
+    wait_state,
+    write_notebook,
+)
 from pixels import match_fraction, sample_heatmap
 
 from sinkwidgets.metrics import sinks_per_head
@@ -156,12 +164,7 @@ def test_explorer_in_jupyterlab(lab, guarded_page, smollm2_trace, smollm2_trace_
 
     # ---- 7. PNG export from Python: the browser draws the view and sends it back
     run_cell(page, 2)
-    out = poll_cell(page, 3, lambda s: "done=True" in s or ("error=None" not in s and "error=" in s), what="PNG")
-    assert "done=True" in out, out
-    data = png_path.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    w, h = struct.unpack(">II", data[16:24])
-    assert w >= 800 and h >= 500, (w, h)
+    assert_png_export(page, 3, png_path, (800, 500))
 
     # ---- 8. Python -> browser: select() from a cell moves the widget
     run_cell(page, 4)

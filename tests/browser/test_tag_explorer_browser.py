@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import struct
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import open_notebook, poll_cell, run_cell, state, wait_state, write_notebook
+from conftest import assert_png_export, open_notebook, poll_cell, run_cell, state, wait_state, write_notebook
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_tags_models import paragraphs  # noqa: E402
@@ -212,12 +211,7 @@ def test_tag_explorer_in_jupyterlab(lab, guarded_page, tag_data_path, tmp_path):
 
     # ---- 6. PNG of the current view, from Python
     run_cell(page, 3)
-    out = poll_cell(page, 4, lambda s: "done=True" in s or ("error=None" not in s and "error=" in s), what="PNG")
-    assert "done=True" in out, out
-    raw = png_path.read_bytes()
-    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
-    w, h = struct.unpack(">II", raw[16:24])
-    assert w >= 900 and h >= 450, (w, h)
+    assert_png_export(page, 4, png_path, (900, 450))
 
 
 def test_injection_tokens_create_no_element(lab, guarded_page, xss_data_path):
