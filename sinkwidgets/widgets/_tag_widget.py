@@ -35,6 +35,13 @@ from ._tag_state import (
 from ._widget import PngExport, SinkExplorer, WidgetValueError, request_png
 
 
+def _choice(name: str, value: Any, options: tuple) -> Any:
+    """``value`` if it is one of ``options``; else a :class:`WidgetValueError` naming the setting and the choices."""
+    if value not in options:
+        raise WidgetValueError(f"{name} must be one of {options}, got {value!r}")
+    return value
+
+
 class TagExplorer(anywidget.AnyWidget):
     """One point per token of every prompt, projected on a head's tag subspace (or the top-2 PCs), coloured by the
     sink that caught it at τ, by a label or by position; the numbers that keep the picture honest beside it (tag EV,
@@ -178,15 +185,11 @@ class TagExplorer(anywidget.AnyWidget):
 
     @traitlets.validate("projection")
     def _v_projection(self, proposal):
-        if proposal["value"] not in PROJECTIONS:
-            raise WidgetValueError(f"projection must be one of {PROJECTIONS}, got {proposal['value']!r}")
-        return proposal["value"]
+        return _choice("projection", proposal["value"], PROJECTIONS)
 
     @traitlets.validate("source")
     def _v_source(self, proposal):
-        v = proposal["value"]
-        if v not in SOURCES:
-            raise WidgetValueError(f"source must be one of {SOURCES}, got {v!r}")
+        v = _choice("source", proposal["value"], SOURCES)
         if v == "residual" and getattr(self, "_model", None) is None:
             raise WidgetValueError("source='residual' needs the residual stream at every token: create the widget "
                                    "with a model, TagExplorer(data, head, model=sinkwidgets.load_model(...))")
@@ -194,9 +197,7 @@ class TagExplorer(anywidget.AnyWidget):
 
     @traitlets.validate("color_by")
     def _v_color(self, proposal):
-        v = proposal["value"]
-        if v not in COLOR_MODES:
-            raise WidgetValueError(f"color_by must be one of {COLOR_MODES}, got {v!r}")
+        v = _choice("color_by", proposal["value"], COLOR_MODES)
         if v == "label" and hasattr(self, "_view_model") and self._view_model.labels is None:
             raise WidgetValueError("color_by='label' needs labels: TagExplorer(data, head, labels=[...]) with one "
                                    "label per prompt or per token, or a TagData collected with labels=[...]")
