@@ -32,9 +32,7 @@ Positions are 0-based and count real tokens only (padding is never part of a tra
 from __future__ import annotations
 
 import io
-import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_write
+from ._npz import HEADER, header_array, read_headered
 
 FORMAT_NAME = "sinkwidgets.SinkTrace"
 FORMAT_VERSION = 1
@@ -235,48 +234,15 @@ class SinkTrace:
                   if getattr(self, n) is not None}
         header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tokens": self.tokens,
                   "meta": _jsonable(self.meta)}
-        arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        arrays[HEADER] = header_array(header)
         return arrays
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SinkTrace:
         """Read a trace written by :meth:`save`. Raises :class:`SinkTraceFormatError` on a corrupt or
         foreign file, and ``FileNotFoundError`` when the path does not exist."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no SinkTrace file at {str(path)!r}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if "__header__" not in z.files:
-                    raise SinkTraceFormatError(
-                        f"{str(path)!r} is an .npz file but not a SinkTrace (no header); "
-                        "write traces with SinkTrace.save()"
-                    )
-                header = json.loads(bytes(z["__header__"]).decode("utf-8"))
-                data = {name: z[name] for name in z.files if name != "__header__"}
-        except SinkTraceFormatError:
-            raise
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as exc:
-            raise SinkTraceFormatError(
-                f"{str(path)!r} is not a readable SinkTrace file ({type(exc).__name__}: {exc}); "
-                "it may be truncated or not written by SinkTrace.save()"
-            ) from exc
-        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-            raise SinkTraceFormatError(f"{str(path)!r} is not a SinkTrace file (format={header.get('format')!r})")
-        version = header.get("format_version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise SinkTraceFormatError(
-                f"{str(path)!r} has an invalid SinkTrace format version {version!r} (versions start at 1); "
-                "the file was not written by SinkTrace.save()"
-            )
-        if version > FORMAT_VERSION:
-            raise SinkTraceFormatError(
-                f"{str(path)!r} has SinkTrace format version {version!r}; this sinkwidgets reads up to "
-                f"{FORMAT_VERSION}: upgrade sinkwidgets (pip install -U sinkwidgets)"
-            )
-        missing = [n for n in ("sink_scores",) if n not in data]
-        if missing:
-            raise SinkTraceFormatError(f"{str(path)!r} lacks required arrays {missing}")
+        header, data = read_headered(path, kind="SinkTrace", format_name=FORMAT_NAME, max_version=FORMAT_VERSION,
+                                     error=SinkTraceFormatError, required=("sink_scores",))
         try:
             return cls(tokens=header.get("tokens", []), meta=header.get("meta", {}), **data)
         except (TypeError, ValueError) as exc:

@@ -316,6 +316,16 @@ def test_tagdata_roundtrip_subset_and_errors(tmp_path):
     np.savez(newer, offsets=np.array([0, 1]), __header__=np.frombuffer(json.dumps(hdr).encode(), np.uint8))
     with pytest.raises(TagDataFormatError, match="upgrade"):
         TagData.load(newer)
+    # the same checks as SinkTrace.load (one reader, sinkwidgets._npz): a version that is not >= 1, a missing array
+    for version in (0, True, "1"):
+        hdr["format_version"] = version
+        np.savez(newer, offsets=np.array([0, 1]), __header__=np.frombuffer(json.dumps(hdr).encode(), np.uint8))
+        with pytest.raises(TagDataFormatError, match="invalid TagData format version"):
+            TagData.load(newer)
+    hdr["format_version"] = 1
+    np.savez(newer, token_ids=np.array([0]), __header__=np.frombuffer(json.dumps(hdr).encode(), np.uint8))
+    with pytest.raises(TagDataFormatError, match=r"lacks required arrays \['offsets'\]"):
+        TagData.load(newer)
     with pytest.raises(ValueError, match="offsets"):
         TagData(tokens=[["a", "b"]], offsets=[0, 3])
     with pytest.raises(ValueError, match="head_outputs"):

@@ -29,9 +29,7 @@ anywhere. Sources: Zhang, Khan & Papyan, "Attention Sinks: A 'Catch, Tag, Releas
 
 from __future__ import annotations
 
-import json
 import os
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_write
+from .._npz import HEADER, header_array, read_headered
 from ..sinktrace import _check as _shape
 from ..sinktrace import _jsonable
 
@@ -340,37 +339,15 @@ class TagData:
         arrays = {n: np.asarray(getattr(self, n)) for n in _ARRAYS if getattr(self, n) is not None}
         header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tokens": self.tokens,
                   "groups": self.groups, "meta": _jsonable(self.meta)}
-        arrays["__header__"] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+        arrays[HEADER] = header_array(header)
         return atomic_write(self.save_path(out), lambda fh: np.savez(fh, **arrays), what="TagData")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TagData:
         """Read a file written by :meth:`save`. Raises :class:`TagDataFormatError` on a corrupt, foreign or newer
         file and ``FileNotFoundError`` when the path does not exist."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no TagData file at {str(path)!r}")
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if "__header__" not in z.files:
-                    raise TagDataFormatError(f"{str(path)!r} is an .npz file but not a TagData (no header); "
-                                             "write it with TagData.save()")
-                header = json.loads(bytes(z["__header__"]).decode("utf-8"))
-                data = {n: z[n] for n in z.files if n != "__header__"}
-        except TagDataFormatError:
-            raise
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError, UnicodeDecodeError) as exc:
-            raise TagDataFormatError(f"{str(path)!r} is not a readable TagData file ({type(exc).__name__}: {exc}); "
-                                     "it may be truncated or not written by TagData.save()") from exc
-        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-            got = header.get("format") if isinstance(header, dict) else None
-            raise TagDataFormatError(f"{str(path)!r} is not a TagData file (format={got!r})")
-        version = header.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise TagDataFormatError(f"{str(path)!r} has TagData format version {version!r}; this sinkwidgets reads "
-                                     f"up to {FORMAT_VERSION}: upgrade sinkwidgets (pip install -U sinkwidgets)")
-        if "offsets" not in data:
-            raise TagDataFormatError(f"{str(path)!r} lacks the required array 'offsets'")
+        header, data = read_headered(path, kind="TagData", format_name=FORMAT_NAME, max_version=FORMAT_VERSION,
+                                     error=TagDataFormatError, required=("offsets",))
         unknown = sorted(set(data) - set(_ARRAYS))
         if unknown:
             raise TagDataFormatError(f"{str(path)!r} holds arrays this version does not know: {unknown}")
