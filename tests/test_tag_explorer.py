@@ -344,6 +344,17 @@ def test_offline_html_is_self_contained_and_escapes_tokens(tmp_path):
         te.to_html(tmp_path)
 
 
+def test_offline_html_embeds_each_buffer_once(tmp_path):
+    te = sw.TagExplorer(corpus(), head=(1, 0))
+    page = te.to_html(tmp_path / "once.html").read_text(encoding="utf-8")
+    payload = json.loads(re.search(r'id="te-state">(.*?)</script>', page, re.S).group(1))
+    refs = re.findall(r'\{"\$buffer": (\d+)\}', json.dumps(payload))
+    n_tags = page.count('data-te-buffer="')
+    assert sorted({int(i) for i in refs}) == list(range(n_tags)) and len(refs) > n_tags
+    st, view = payload["state"], payload["views"]["1,0"]
+    assert st["_points"] == view[st["projection"]] and st["_catch"] == view["catch"]  # shared, embedded once
+
+
 def test_save_png_needs_a_front_end(data):
     te = sw.TagExplorer(data)
     with pytest.raises(RuntimeError, match="displayed in a live notebook"):

@@ -239,6 +239,27 @@ def test_save_html_is_self_contained(tr, tmp_path):
     assert "export default" in text and "mountStandalone(" in text
 
 
+def _buffer_refs(obj):
+    """Every ``{"$buffer": i}`` index in an offline page's JSON payload."""
+    if isinstance(obj, dict):
+        if set(obj) == {"$buffer"}:
+            return [obj["$buffer"]]
+        return [i for v in obj.values() for i in _buffer_refs(v)]
+    if isinstance(obj, list):
+        return [i for v in obj for i in _buffer_refs(v)]
+    return []
+
+
+def test_save_html_embeds_each_buffer_once(tr, tmp_path):
+    ly, h = (int(x) for x in tr.map_index[0])
+    text = SinkExplorer(tr, layer=ly, head=h).to_html(tmp_path / "once.html").read_text(encoding="utf-8")
+    payload = json.loads(re.search(r'id="sw-state">(.*?)</script>', text, re.S).group(1))
+    refs = _buffer_refs(payload)
+    n_tags = text.count('data-sw-buffer="')
+    assert sorted(set(refs)) == list(range(n_tags)) and len(refs) > n_tags  # the shown map is referenced twice
+    assert payload["state"]["_map"] == payload["maps"][f"{ly},{h}"]  # same $buffer indices, one embedded copy
+
+
 def test_save_html_from_widget_keeps_the_view(tr, tmp_path):
     ex = SinkExplorer(tr, layer=12, head=3, eps=0.25, metric="sinks_per_head")
     text = ex.to_html(tmp_path / "v.html").read_text(encoding="utf-8")

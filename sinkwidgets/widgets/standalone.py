@@ -102,14 +102,23 @@ h1.sw-page-title { font: 600 15px system-ui, sans-serif; color: var(--jp-ui-font
 """
 
 
-def _extract_buffers(obj: Any, bufs: list[bytes]) -> Any:
+def _extract_buffers(obj: Any, bufs: list[bytes], _seen: dict[int, tuple[int, Any]] | None = None) -> Any:
+    """``obj`` with each binary leaf replaced by ``{"$buffer": i}``, its bytes appended to ``bufs``. A buffer met
+    again (the same object, e.g. the current view's arrays that also sit in the views table) reuses its index, so
+    the page embeds it once."""
+    if _seen is None:
+        _seen = {}  # id -> (index, the object itself: kept alive so no id is reused while extracting)
     if isinstance(obj, (bytes, bytearray, memoryview)):
+        hit = _seen.get(id(obj))
+        if hit is not None:
+            return {"$buffer": hit[0]}
         bufs.append(bytes(obj))
+        _seen[id(obj)] = (len(bufs) - 1, obj)
         return {"$buffer": len(bufs) - 1}
     if isinstance(obj, dict):
-        return {k: _extract_buffers(v, bufs) for k, v in obj.items()}
+        return {k: _extract_buffers(v, bufs, _seen) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_extract_buffers(v, bufs) for v in obj]
+        return [_extract_buffers(v, bufs, _seen) for v in obj]
     if isinstance(obj, (np.integer, np.floating)):
         return obj.item()
     return obj
