@@ -239,6 +239,20 @@ def test_save_html_is_self_contained(tr, tmp_path):
     assert "export default" in text and "mountStandalone(" in text
 
 
+def test_set_trace_builds_only_the_map_of_the_new_head(tr, monkeypatch):
+    ex = SinkExplorer(tr, layer=3, head=0)
+    calls = []
+    real = wmod.MapStore.map_state
+
+    def spy(store, layer, head, *a, **kw):
+        calls.append((layer, head))
+        return real(store, layer, head, *a, **kw)
+
+    monkeypatch.setattr(wmod.MapStore, "map_state", spy)
+    ex.set_trace(tr, layer=5, head=4)
+    assert calls == [(5, 4)] and (ex._map["layer"], ex._map["head"]) == (5, 4)
+
+
 def _buffer_refs(obj):
     """Every ``{"$buffer": i}`` index in an offline page's JSON payload."""
     if isinstance(obj, dict):

@@ -179,7 +179,7 @@ class _SinkWidget(anywidget.AnyWidget):
             if layer is not None or head is not None:
                 raise WidgetValueError(f"set_trace(layer={layer}, head={head}): this trace has {L} layers x {H} heads")
             ly, h = 0, 0
-        with self.hold_sync():
+        with self.hold_sync(), self.hold_trait_notifications():  # observers see the new layer AND head together
             self._trace = tr
             self._store = MapStore(tr, self._store.model)
             self._map = {}  # no map of the old trace may be drawn over the new one
@@ -188,7 +188,7 @@ class _SinkWidget(anywidget.AnyWidget):
             self.view = []
             self._tokens = list(tr.tokens)
             self._summary = summary_state(tr)
-        self._update_map()
+        self._update_map()  # when neither layer nor head changed, no observer ran
 
     def save_png(self, path: str | os.PathLike, timeout: float = 15.0) -> PngExport:
         """Ask the displayed widget for a PNG of its current view and write it to ``path``.
