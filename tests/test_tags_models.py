@@ -16,19 +16,9 @@ pytestmark = pytest.mark.models
 
 HEADS = [(1, 1), (2, 2), (5, 6), (15, 7)]
 
-SUBJECTS = ["The old farmer", "My sister", "A young doctor", "The tired driver", "Our neighbour", "The quiet student",
-            "A small child", "The baker", "His grandfather", "The new teacher", "A careful pilot", "The lonely sailor"]
-VERBS = ["walked slowly to", "looked closely at", "drove past", "painted a picture of", "talked about", "cleaned",
-         "visited", "waited near", "laughed at", "forgot about", "carried a box to", "dreamed of"]
-OBJECTS = ["the red barn", "the busy market", "an empty station", "the river bank", "the noisy kitchen",
-           "a dusty library", "the tall tower", "the green garden", "a broken bridge", "the winter forest",
-           "the morning train", "a crowded beach"]
-TAILS = ["before the rain started", "after a long day", "with a heavy heart", "in the early morning",
-         "without saying a word", "while the dog slept", "for the second time", "under a grey sky"]
-
-# Natural three-sentence paragraphs: release is measured on these (on the word-table paragraphs above, whose
-# sentences are random combinations, removing L1H1's tag costs only ~0.016 nats/token: the model has little to
-# retrieve there).
+# Natural three-sentence paragraphs: release is measured on these (on the word-table paragraphs of
+# tags.paragraphs, whose sentences are random combinations, removing L1H1's tag costs only ~0.016 nats/token: the
+# model has little to retrieve there).
 NATURAL = [
     "I laughed with friends until my stomach hurt. I wiped away tears of joy and said nothing. I slammed my fist on the table in delight.",
     "The train was late again this morning. Everyone on the platform looked tired and cold. When it finally arrived, nobody could find a seat.",
@@ -53,17 +43,6 @@ NATURAL = [
 ]
 
 
-def paragraphs(n: int, seed: int = 0, joiner: str = " ") -> list[str]:
-    """``n`` three-sentence paragraphs from the word tables above (deterministic)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        out.append(joiner.join(
-            f"{SUBJECTS[rng.integers(12)]} {VERBS[rng.integers(12)]} {OBJECTS[rng.integers(12)]} "
-            f"{TAILS[rng.integers(8)]}." for _ in range(3)))
-    return out
-
-
 @pytest.fixture(autouse=True)
 def _one_blas_thread():
     with threadpool_limits(1):
@@ -72,7 +51,7 @@ def _one_blas_thread():
 
 @pytest.fixture(scope="module")
 def para_data(smollm2):
-    return tags.collect(smollm2, paragraphs(30, seed=1), heads=HEADS, maps=[(1, 1)], progress=False)
+    return tags.collect(smollm2, tags.paragraphs(30, seed=1), heads=HEADS, maps=[(1, 1)], progress=False)
 
 
 # ----------------------------------------------------------------------------- collect == plain torch

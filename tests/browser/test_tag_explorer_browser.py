@@ -8,15 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import assert_png_export, open_notebook, poll_cell, run_cell, state, wait_state, write_notebook
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from test_tags_models import paragraphs  # noqa: E402
 
 XSS = ["<img src=x onerror=\"window.__xss=(window.__xss||0)+1\">", "<script>window.__xss=(window.__xss||0)+1</script>",
        "<svg onload=\"window.__xss=(window.__xss||0)+1\"></svg>", "</script><b>bold</b>"]
@@ -29,7 +24,7 @@ def tag_data_path(tmp_path_factory):
 
     with __import__("threadpoolctl").threadpool_limits(1):
         model = sw.load_model("smollm2-135m")
-        data = sw.tags.collect(model, paragraphs(16, seed=3), heads=[(1, 1), (2, 2)], layers="all", progress=False)
+        data = sw.tags.collect(model, sw.tags.paragraphs(16, seed=3), heads=[(1, 1), (2, 2)], layers="all", progress=False)
     return data.save(tmp_path_factory.mktemp("tags") / "smollm2_tags.npz")
 
 
