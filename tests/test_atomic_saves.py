@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+from _helpers import race
 
 from sinkwidgets import SinkTrace
 from sinkwidgets.widgets import save_html
@@ -23,31 +24,10 @@ def _trace(seed, T=64, L=4, H=4):
     )
 
 
-def _race(write, n_writers=4, rounds=3):
-    errors = []
-    barrier = threading.Barrier(n_writers)
-
-    def run(i):
-        try:
-            for _ in range(rounds):
-                barrier.wait(timeout=60)
-                write(i)
-        except BaseException as exc:  # noqa: BLE001 - collected and reported by the test
-            errors.append(exc)
-            barrier.abort()  # the other writers stop waiting for this one
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_writers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return errors
-
-
 def test_concurrent_trace_saves_leave_one_complete_file(tmp_path):
     traces = [_trace(i) for i in range(4)]
     target = tmp_path / "shared.npz"
-    errors = _race(lambda i: traces[i].save(target))
+    errors = race(lambda i: traces[i].save(target))
     assert [e for e in errors if not isinstance(e, threading.BrokenBarrierError)] == []
     back = SinkTrace.load(target)  # a complete file from exactly one writer, never a mix
     i = int(back.meta["model"].split("-")[1])
@@ -58,7 +38,7 @@ def test_concurrent_trace_saves_leave_one_complete_file(tmp_path):
 def test_concurrent_save_html_leave_one_complete_page(tmp_path):
     traces = [_trace(i, T=32) for i in range(4)]
     target = tmp_path / "page.html"
-    errors = _race(lambda i: save_html(traces[i], target))
+    errors = race(lambda i: save_html(traces[i], target))
     assert [e for e in errors if not isinstance(e, threading.BrokenBarrierError)] == []
     text = target.read_text(encoding="utf-8")
     assert text.startswith("<!doctype html>") and text.rstrip().endswith("</html>")

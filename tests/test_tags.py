@@ -3,10 +3,9 @@ controls, probes on planted and noise labels, and the shipped datasets (numpy + 
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
+from _helpers import race
 from threadpoolctl import threadpool_limits
 
 from sinkwidgets import tags
@@ -337,22 +336,7 @@ def test_concurrent_saves_leave_one_complete_file(tmp_path):
     for i, d in enumerate(datas):
         d.meta["writer"] = i
     target = tmp_path / "shared.npz"
-    errors = []
-    barrier = threading.Barrier(4)
-
-    def run(i):
-        try:
-            for _ in range(3):
-                barrier.wait()
-                datas[i].save(target)
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = race(lambda i: datas[i].save(target))
     assert errors == []
     back = TagData.load(target)
     assert np.array_equal(back.head_outputs, datas[back.meta["writer"]].head_outputs)

@@ -1,0 +1,30 @@
+"""Helpers shared by several test modules (imported as ``from _helpers import ...``, like ``_prompts``)."""
+
+from __future__ import annotations
+
+import threading
+
+
+def race(write, n_writers=4, rounds=3, timeout=60):
+    """Run ``write(i)`` for ``i`` in ``range(n_writers)`` on ``n_writers`` threads, ``rounds`` times, every round
+    released at once by a barrier (so the writes overlap); return the exceptions raised. A writer that raises aborts
+    the barrier so the others stop waiting (they then raise ``threading.BrokenBarrierError``), and no wait lasts
+    longer than ``timeout`` seconds, so a stuck writer cannot hang the test."""
+    errors = []
+    barrier = threading.Barrier(n_writers)
+
+    def run(i):
+        try:
+            for _ in range(rounds):
+                barrier.wait(timeout=timeout)
+                write(i)
+        except BaseException as exc:  # noqa: BLE001 - collected and reported by the test
+            errors.append(exc)
+            barrier.abort()  # the other writers stop waiting for this one
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n_writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
