@@ -29,3 +29,16 @@ def write_json(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def keep_best(prev: dict | None, new: dict) -> dict:
+    """Merge one round's result row ``new`` into the best row so far ``prev`` (rounds interleave the cases; each case
+    keeps its best round). ``None`` or an ``"error"`` row is replaced by ``new``; otherwise the row of the faster
+    round (``"seconds"``) is kept, with the minimum ``cpu_seconds`` and ``peak_rss_mib`` over the rounds and every
+    round's wall time in ``rounds_seconds``."""
+    if prev is None or "error" in prev:
+        return new
+    keep = new if new["seconds"] < prev["seconds"] else prev
+    return {**keep, "cpu_seconds": min(new["cpu_seconds"], prev["cpu_seconds"]),
+            "peak_rss_mib": min(new["peak_rss_mib"], prev["peak_rss_mib"]),
+            "rounds_seconds": prev.get("rounds_seconds", [prev["seconds"]]) + [new["seconds"]]}

@@ -26,6 +26,8 @@ import platform
 import sys
 import time
 
+from _out import write_json  # noqa: E402 - benchmarks/ is on sys.path when a script runs
+
 
 def timed(fn, repeat):
     fn()  # warm-up
@@ -79,9 +81,7 @@ def main(argv=None):
     text = json.dumps(out, indent=2)
     print(text)
     if a.out:
-        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-        with open(a.out, "w") as fh:
-            fh.write(text + "\n")
+        write_json(a.out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ frame after its tooltip element is visible. Its offline HTML export is ``ipywidg
 
 Usage::
 
-    python benchmarks/tag_explorer.py                          # JSON to $TMPDIR/sinkwidgets-bench/tag_explorer.json
+    python benchmarks/tag_explorer.py                          # JSON outside the git tree (see _out.py)
     python benchmarks/tag_explorer.py --sizes 20000 --out benchmarks/results/tag_explorer.json
     python benchmarks/tag_explorer.py --jscatter-path /tmp/jscatter_pkg   # folder of a pip --target install
 """
@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "browser"))
 sys.path.insert(0, str(REPO))
 
+from _out import default_out, write_json  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 from labserver import CHROMIUM, CHROMIUM_ARGS, LOCAL_PREFIXES, start_lab  # noqa: E402
 
 WORDS = ("the a of to and in is was that it for on with as his her they at by this from had not but what all were "
@@ -286,7 +287,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--jscatter-path", default=None, help="folder holding jscatter (pip install --target ...)")
-    ap.add_argument("--out", default=None, help="JSON file (default: outside the git tree, in $TMPDIR)")
+    ap.add_argument("--out", default=default_out("tag_explorer.json"),
+                    help="JSON path (default outside the git tree; benchmarks/results/tag_explorer.json to record)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if args.jscatter_path:
@@ -296,7 +298,6 @@ def main(argv=None) -> int:
         have_js = True
     except ImportError:
         have_js = False
-    out = Path(args.out) if args.out else Path(tempfile.gettempdir()) / "sinkwidgets-bench" / "tag_explorer.json"
     work = Path(tempfile.mkdtemp(prefix="te-bench-"))
     from playwright.sync_api import sync_playwright
 
@@ -327,8 +328,7 @@ def main(argv=None) -> int:
             browser.close()
     finally:
         lab.stop()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out = write_json(args.out, json.dumps(results, indent=2))
     print(f"wrote {out}")
     print(json.dumps(results, indent=2))
     return 0

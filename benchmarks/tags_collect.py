@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from _out import default_out, write_json  # noqa: E402 - benchmarks/ is on sys.path when a script runs
+from _out import default_out, keep_best, write_json  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 CASES = ["forward_eager", "forward_sdpa", "collect"]
 HEADS = [(1, 1), (2, 2), (3, 6), (5, 6), (8, 4), (9, 3), (11, 3), (15, 7), (19, 8), (28, 8)]
@@ -142,13 +142,7 @@ def main() -> None:
                 continue
             r = json.loads(line[0][7:])
             r["rounds_seconds"] = [r["seconds"]]
-            prev = best.get(case)
-            if prev is not None and "error" not in prev:
-                keep = r if r["seconds"] < prev["seconds"] else prev
-                r = {**keep, "cpu_seconds": min(r["cpu_seconds"], prev["cpu_seconds"]),
-                     "peak_rss_mib": min(r["peak_rss_mib"], prev["peak_rss_mib"]),
-                     "rounds_seconds": prev["rounds_seconds"] + [r["seconds"]]}
-            best[case] = r
+            r = best[case] = keep_best(best.get(case), r)
             print(f"round {rnd} {case:14s} {r['rounds_seconds'][-1]:7.2f} s wall (best {r['seconds']:.2f}) "
                   f"{r['cpu_seconds']:7.2f} s CPU  peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
     rows = list(best.values())

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 
-from _out import default_out  # noqa: E402 - benchmarks/ is on sys.path when a script runs
+from _out import default_out, keep_best, write_json  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 CASES = ["forward_sdpa", "forward_eager", "trace", "trace_maps"]
 TEXT_FILE = "/usr/share/common-licenses/GPL-3"
@@ -103,15 +103,7 @@ def main() -> None:
                     continue
                 r = json.loads(line[0][7:])
                 r["round"] = rnd
-                prev = best.get((T, case))
-                if prev is None or "error" in prev:
-                    best[(T, case)] = r
-                else:
-                    r_all = prev.get("rounds_seconds", [prev["seconds"]]) + [r["seconds"]]
-                    keep = r if r["seconds"] < prev["seconds"] else prev
-                    keep = {**keep, "cpu_seconds": min(r["cpu_seconds"], prev["cpu_seconds"]),
-                            "peak_rss_mib": min(r["peak_rss_mib"], prev["peak_rss_mib"]), "rounds_seconds": r_all}
-                    best[(T, case)] = keep
+                best[(T, case)] = keep_best(best.get((T, case)), r)
                 print(f"round {rnd} T={T:5d} {case:14s} {r['seconds']:7.2f} s wall {r['cpu_seconds']:7.2f} s CPU  "
                       f"peak RSS {r['peak_rss_mib']:7.0f} MiB", flush=True)
     rows = list(best.values())
@@ -145,9 +137,7 @@ def main() -> None:
         "ratios": ratios,
         "targets_met": targets,
     }
-    os.makedirs(os.path.dirname(a.out), exist_ok=True)
-    with open(a.out, "w") as fh:
-        json.dump(result, fh, indent=1)
+    write_json(a.out, json.dumps(result, indent=1))
     print(json.dumps({"ratios": ratios, "targets_met": targets}, indent=1))
 
 
