@@ -34,6 +34,16 @@ def minilm():
 
 
 @pytest.fixture
+def one_blas_thread():
+    """One BLAS / OpenMP thread for the test: OpenBLAS starts one thread per core and thrashes on shared cores (an
+    SVD 6x slower). Use with ``pytest.mark.usefixtures("one_blas_thread")``."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture
 def silent_host():
     """``http://127.0.0.1:PORT`` of a local listener that accepts connections and never says a word (a hub or NDIF
     server that hangs); stopped and closed at the end of the test."""

@@ -6,19 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from _helpers import race
-from threadpoolctl import threadpool_limits
 
 from sinkwidgets import tags
 from sinkwidgets.tags import TagData, TagDataFormatError
 
-pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    # OpenBLAS starts one thread per core and thrashes on shared cores (an SVD 6x slower)
-    with threadpool_limits(1):
-        yield
+pytestmark = [pytest.mark.unit, pytest.mark.usefixtures("one_blas_thread")]
 
 
 # ----------------------------------------------------------------------------- a planted corpus

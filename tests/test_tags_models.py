@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from sinkwidgets import tags
 
-pytestmark = pytest.mark.models
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_blas_thread")]
 
 HEADS = [(1, 1), (2, 2), (5, 6), (15, 7)]
 
@@ -41,12 +40,6 @@ NATURAL = [
     "The garden was full of birds in the spring. A pair of robins built a nest above the door. We watched the chicks leave the nest in June.",
     "The exam was harder than anyone expected. Half the class did not finish in time. The teacher agreed to give everyone another chance.",
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    with threadpool_limits(1):
-        yield
 
 
 @pytest.fixture(scope="module")
