@@ -8,8 +8,6 @@ Changing the head, rank, projection or τ recomputes in the kernel and sends onl
 from __future__ import annotations
 
 import os
-import threading
-from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +30,7 @@ from ._tag_state import (
     prompt_trace,
     token_table,
 )
-from ._widget import PngExport, SinkExplorer, WidgetValueError, request_png
+from ._widget import PngExport, PngRequests, SinkExplorer, WidgetValueError
 
 
 def _choice(name: str, value: Any, options: tuple) -> Any:
@@ -42,7 +40,7 @@ def _choice(name: str, value: Any, options: tuple) -> Any:
     return value
 
 
-class TagExplorer(anywidget.AnyWidget):
+class TagExplorer(PngRequests, anywidget.AnyWidget):
     """One point per token of every prompt, projected on a head's tag subspace (or the top-2 PCs), coloured by the
     sink that caught it at τ, by a label or by position; the numbers that keep the picture honest beside it (tag EV,
     PC bound, random floor, non-sink value control, all from :func:`sinkwidgets.tags.tag_ev`); and a second panel
@@ -102,9 +100,7 @@ class TagExplorer(anywidget.AnyWidget):
         self._view_model = TagView(self._data, labels)
         self._model = model
         self._texts = texts
-        self._png_ids = count(1)
-        self._png_pending: dict[int, PngExport] = {}
-        self._lock = threading.Lock()
+        self._init_png()
         self._layer_cache: dict[tuple, np.ndarray] = {}
         if model is not None:
             self._attach_model(model)
@@ -151,10 +147,8 @@ class TagExplorer(anywidget.AnyWidget):
     def save_png(self, path: str | os.PathLike, timeout: float = 15.0) -> PngExport:
         """Ask the displayed widget for a PNG of its current view (scatter, numbers, layers panel) and write it to
         ``path``; returns a :class:`PngExport` that completes after the cell (see :meth:`SinkExplorer.save_png`)."""
-        if not self._frontend or self.comm is None:
-            raise RuntimeError("TagExplorer.save_png needs the widget displayed in a live notebook front-end "
-                               "(display it in a cell first), or use to_html(path) for an offline file")
-        return request_png(self, path, timeout)
+        return self._request_png(path, timeout, "TagExplorer.save_png needs the widget displayed in a live notebook "
+                                 "front-end (display it in a cell first), or use to_html(path) for an offline file")
 
     def to_html(self, path: str | os.PathLike, title: str | None = None) -> Path:
         """Write this view as one offline, self-contained HTML file (every collected head, both projections)."""
@@ -296,12 +290,8 @@ class TagExplorer(anywidget.AnyWidget):
 
     # ------------------------------------------------------------------ messages
     def _on_custom_msg(self, _widget: Any, content: Any, buffers: list[bytes]) -> None:
-        if not isinstance(content, dict) or content.get("type") != "png":
-            return
-        with self._lock:
-            export = self._png_pending.pop(int(content.get("id", -1)), None)
-        if export is not None:
-            export.receive(content, buffers)
+        if isinstance(content, dict) and content.get("type") == "png":
+            self._receive_png(content, buffers)
 
 
 TagExplorer._esm = esm()

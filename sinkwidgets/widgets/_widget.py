@@ -34,17 +34,6 @@ _METRIC_HELP = {
     "entropy": "mean attention entropy (nats)",
 }
 
-def request_png(widget: Any, path: str | os.PathLike, timeout: float) -> PngExport:
-    """Ask a displayed widget's front-end for a PNG of its view; the answer arrives as a custom message that the
-    widget hands to :meth:`PngExport.receive` (``widget`` has ``_lock``, ``_png_ids``, ``_png_pending``)."""
-    export = PngExport(Path(path), timeout)
-    with widget._lock:
-        rid = next(widget._png_ids)
-        widget._png_pending[rid] = export
-    widget.send({"type": "png_request", "id": rid})
-    return export
-
-
 class WidgetValueError(traitlets.TraitError, ValueError):
     """An out-of-range widget setting (a ``ValueError``, and a ``TraitError`` for traitlets)."""
 
@@ -98,7 +87,36 @@ class PngExport:
         return f"PngExport({str(self.path)!r}, {state})"
 
 
-class _SinkWidget(anywidget.AnyWidget):
+class PngRequests:
+    """The kernel side of ``save_png``, shared by the explorers (mixed into an anywidget with a ``_frontend`` trait):
+    call :meth:`_init_png` in ``__init__``, :meth:`_request_png` from ``save_png`` and hand ``{"type": "png"}``
+    custom messages to :meth:`_receive_png`."""
+
+    def _init_png(self) -> None:
+        self._png_ids = count(1)
+        self._png_pending: dict[int, PngExport] = {}
+        self._lock = threading.Lock()
+
+    def _request_png(self, path: str | os.PathLike, timeout: float, no_frontend: str) -> PngExport:
+        """Ask the displayed front-end for a PNG of its view (``RuntimeError(no_frontend)`` if it was never
+        displayed); the answer arrives as a custom message, see :meth:`_receive_png`."""
+        if not self._frontend or self.comm is None:
+            raise RuntimeError(no_frontend)
+        export = PngExport(Path(path), timeout)
+        with self._lock:
+            rid = next(self._png_ids)
+            self._png_pending[rid] = export
+        self.send({"type": "png_request", "id": rid})
+        return export
+
+    def _receive_png(self, msg: dict[str, Any], buffers: list[bytes]) -> None:
+        with self._lock:
+            export = self._png_pending.pop(int(msg.get("id", -1)), None)
+        if export is not None:
+            export.receive(msg, buffers)
+
+
+class _SinkWidget(PngRequests, anywidget.AnyWidget):
     _esm = STATIC / "sinkwidgets.js"
     _css = STATIC / "sinkwidgets.css"
 
@@ -130,9 +148,7 @@ class _SinkWidget(anywidget.AnyWidget):
             )
         self._trace = _as_trace(trace, who)
         self._store = MapStore(self._trace, model)
-        self._png_ids = count(1)
-        self._png_pending: dict[int, PngExport] = {}
-        self._lock = threading.Lock()
+        self._init_png()
         tr = self._trace
         if layer is None or head is None:
             dl, dh = self._default_head()
@@ -203,13 +219,11 @@ class _SinkWidget(anywidget.AnyWidget):
         RuntimeError
             If the widget has never been displayed in a front-end.
         """
-        if not self._frontend or self.comm is None:
-            raise RuntimeError(
-                f"{type(self).__name__}.save_png needs the widget displayed in a live notebook front-end "
-                "(display it in a cell first). Without a browser, export charts with "
-                "sinkwidgets.widgets.charts.save_png(sinkwidgets.widgets.charts.heatmap_chart(trace, layer, head), path)"
-            )
-        return request_png(self, path, timeout)
+        return self._request_png(path, timeout, (
+            f"{type(self).__name__}.save_png needs the widget displayed in a live notebook front-end "
+            "(display it in a cell first). Without a browser, export charts with "
+            "sinkwidgets.widgets.charts.save_png(sinkwidgets.widgets.charts.heatmap_chart(trace, layer, head), path)"
+        ))
 
     def to_html(self, path: str | os.PathLike, title: str | None = None) -> Path:
         """Write this view as one offline, self-contained HTML file (see :func:`sinkwidgets.widgets.save_html`)."""
@@ -332,12 +346,6 @@ class _SinkWidget(anywidget.AnyWidget):
             self.send({**base, "ok": False, "error": str(exc)})
             return
         self.send({**base, "ok": True, **spec}, [data])
-
-    def _receive_png(self, msg: dict[str, Any], buffers: list[bytes]) -> None:
-        with self._lock:
-            export = self._png_pending.pop(int(msg.get("id", -1)), None)
-        if export is not None:
-            export.receive(msg, buffers)
 
 
 class SinkExplorer(_SinkWidget):
