@@ -163,12 +163,3 @@ def is_causal_model(hf_model: torch.nn.Module) -> bool:
     except ImportError:  # pragma: no cover - moved in some transformers version
         pass
     return bool(getattr(cfg, "is_decoder", True))
-
-
-def per_head_wo(weight: torch.Tensor, layout: str, n_heads: int) -> torch.Tensor:
-    """The output projection split by head: ``[H, Dh, d]`` so that ``contrib_h = o_h @ W[h]``."""
-    w = weight.detach().float()
-    if layout == "linear":  # nn.Linear: y = x W^T, W [d, H*Dh]
-        w = w.t()
-    d_in, d = w.shape
-    return w.reshape(n_heads, d_in // n_heads, d)

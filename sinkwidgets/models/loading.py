@@ -78,15 +78,13 @@ def _resolve(name_or_path: str | os.PathLike, fetch: bool) -> tuple[str, ModelSp
     name = str(name_or_path)
     spec = resolve_name(name)
     if spec is not None and not Path(name).is_dir():
-        from .fetch import fetch_model, is_cached, model_dir
+        from .fetch import cache_problems, damaged_message, fetch_model, model_dir
 
-        if is_cached(spec.name):
+        problems = cache_problems(spec.name)  # None: not cached; []: intact (what is_cached() asks)
+        if problems == []:
             return str(model_dir(spec.name)), spec, True
         if fetch:
             return str(fetch_model(spec.name)), spec, True
-        from .fetch import cache_problems, damaged_message
-
-        problems = cache_problems(spec.name)
         if problems:
             raise ModelNotFoundError(damaged_message(spec.name, problems))
         raise ModelNotFoundError(f"offline model {spec.name!r} is not fetched yet: run `sinkwidgets models fetch {spec.name}`")
