@@ -250,12 +250,12 @@ def test_model_folder_without_weights(tmp_path, capsys):
 
 
 @pytest.mark.models
-def test_cli_in_process_after_a_trace(no_load, capsys):
+def test_cli_in_process_after_a_trace(smollm2, no_load, capsys):
     """Once nnsight has traced, every object has a ``save`` attribute (nnsight patches ``object``); argparse then
     skipped --save's default and the CLI, run in the same process, failed on a bound method. It must not."""
     import sinkwidgets as sw
 
-    sw.trace(sw.load_model("smollm2-135m"), "The cat sat on the mat.")
+    sw.trace(smollm2, "The cat sat on the mat.")
     assert hasattr(object(), "save")  # the patch this test is about
     assert cli.build_parser().parse_args(["scan", "some text"]).save_path is None
     code, out, err = _run(capsys, "scan", "some text", "--top", "-1")

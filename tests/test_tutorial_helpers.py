@@ -135,37 +135,28 @@ def test_natural_texts_offline():
         inputs.natural_texts(0)
 
 
-@pytest.fixture(scope="module")
-def smollm():
-    from sinkwidgets.models import fetch
-
-    if not fetch.is_cached("smollm2-135m"):
-        pytest.skip("smollm2-135m is not fetched (sinkwidgets models fetch smollm2-135m)")
-    return sw.load_model("smollm2-135m")
-
-
 @pytest.mark.models
-def test_random_and_repeated_text(smollm):
+def test_random_and_repeated_text(smollm2):
     from sinkwidgets import inputs
 
-    tok = smollm.tokenizer
-    r = inputs.random_text(smollm, 40, seed=3)
+    tok = smollm2.tokenizer
+    r = inputs.random_text(smollm2, 40, seed=3)
     ids = tok(r, add_special_tokens=False)["input_ids"]
     assert len(ids) == 40 and len(set(ids)) > 30
-    rep = inputs.repeated_text(smollm, 24)
+    rep = inputs.repeated_text(smollm2, 24)
     ids = tok(rep, add_special_tokens=False)["input_ids"]
     assert len(ids) == 24 and len(set(ids)) == 1
     with pytest.raises(ValueError, match="repeats"):
-        inputs.repeated_text(smollm, 8, candidates=("!!",))
+        inputs.repeated_text(smollm2, 8, candidates=("!!",))
 
 
 @pytest.mark.models
-def test_qk_geometry_reproduces_attention(smollm):
+def test_qk_geometry_reproduces_attention(smollm2):
     from sinkwidgets.geometry import qk_geometry
 
     text = "The old lighthouse keeper climbed the stairs. Ships passed by."
-    tr = sw.trace(smollm, text, keep_maps=[18], map_dtype="float32")
-    g = qk_geometry(smollm, text, 18)
+    tr = sw.trace(smollm2, text, keep_maps=[18], map_dtype="float32")
+    g = qk_geometry(smollm2, text, 18)
     assert g.tokens == tr.tokens and g.cos.shape == (9, tr.n_tokens, tr.n_tokens)
     A = g.attention()
     for h in range(9):
@@ -174,7 +165,7 @@ def test_qk_geometry_reproduces_attention(smollm):
     assert (g.k_norm[:, 0] < np.median(g.k_norm[:, 1:], axis=1)).all()
     assert np.nanmean(g.cos_to(0)[:, 1:]) > np.nanmean(g.cos[:, 2:, 1:2]) + 0.2
     with pytest.raises(ValueError, match="out of range"):
-        qk_geometry(smollm, text, 99)
+        qk_geometry(smollm2, text, 99)
 
 
 @pytest.mark.models
