@@ -34,10 +34,6 @@ def _run_tour(tmp_path, monkeypatch):
     return results
 
 
-def _floats(text):
-    return [float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*\.\d+|\d[\d,]*", text)]
-
-
 @pytest.mark.models
 def test_tour_figures_are_true(tmp_path, monkeypatch):
     res = _run_tour(tmp_path, monkeypatch)
