@@ -109,10 +109,8 @@ def label_codes(data: TagData, labels: Any) -> tuple[np.ndarray, list[str]] | No
                          "categories: bin them first (e.g. labels=[v > 0 for v in values])")
     index = {s: i for i, s in enumerate(names)}
     codes = np.array([index[str(v)] for v in vals], dtype=np.uint8)
-    if len(vals) == N and N != n:
+    if len(vals) == N and N != n:  # per prompt (when N == n, per prompt and per token agree)
         codes = np.repeat(codes, data.lengths)
-    elif len(vals) == N == n:  # ambiguous only when every prompt has one token: per prompt and per token agree
-        pass
     return codes, names
 
 
@@ -254,8 +252,7 @@ class TagView:
         X = self.source_rows(head, source)
         xy = np.asarray(X @ B, dtype=np.float32)
         g = self.mean_tag_vector(head) @ B
-        info = {"axes": names, "arrow": [float(g[0]), float(g[1])],
-                "arrow_label": "mean tag vector ḡ = mean of v_s W_O over the sinks"}
+        info = {"axes": names, "arrow": [float(g[0]), float(g[1])]}
         self._coords[key] = (xy, info)
         while len(self._coords) > 16:
             self._coords.popitem(last=False)
@@ -290,11 +287,9 @@ class TagView:
         caught = pos >= 0
         # category of each caught token: the first token, or the catching sink's token string
         starts = np.repeat(d.offsets[:-1], d.lengths)
-        names_of = np.array(["" for _ in range(n)], dtype=object)
         flat = [t for toks in d.tokens for t in toks]
-        cat_name = [("first token (position 0)" if p == 0 else f"sink {shown(flat[starts[j] + p])!r}") if p >= 0
-                    else "" for j, p in enumerate(pos.tolist())]
-        names_of[:] = cat_name
+        names_of = np.array([("first token (position 0)" if p == 0 else f"sink {shown(flat[starts[j] + p])!r}")
+                             if p >= 0 else "" for j, p in enumerate(pos.tolist())], dtype=object)
         counts: dict[str, int] = {}
         for c in names_of[caught]:
             counts[c] = counts.get(c, 0) + 1
@@ -310,8 +305,7 @@ class TagView:
             codes[j] = index.get(names_of[j], len(names) - 1)
         later = self.positions >= 1
         res = {"codes": codes, "names": names, "pos": pos, "weight": weight,
-               "caught_share": float(caught[later].mean()) if later.any() else float("nan"),
-               "counts": [int((codes == k).sum()) for k in range(len(names))]}
+               "caught_share": float(caught[later].mean()) if later.any() else float("nan")}
         self._catch[key] = res
         return res
 

@@ -80,7 +80,6 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
     _catch = traitlets.Dict().tag(sync=True)
     _numbers = traitlets.Dict().tag(sync=True)
     _layers = traitlets.Dict().tag(sync=True)
-    _status = traitlets.Unicode("").tag(sync=True)
 
     head = traitlets.List(traitlets.Int(), minlen=2, maxlen=2, default_value=[0, 0]).tag(sync=True)
     tau = traitlets.Float(A.TAU).tag(sync=True)
@@ -117,7 +116,6 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
             "has_model": model is not None, "offline": False,
             "label_names": vm.labels[1] if vm.labels else None,
             "labels": packed_int(vm.labels[0], "uint8") if vm.labels else None,
-            "d": int(self._data.d_model or 0),
         }
         super().__init__(_vocab=vocab, _static=static, head=list(head), **kwargs)
         self._refresh("all")
@@ -235,7 +233,6 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
         head, rank, tau = tuple(self.head), int(self.rank), float(self.tau)
         with self.hold_sync():
             if what == "all":
-                self._status = f"computing L{head[0]}H{head[1]}…"
                 self._points = self._points_state(head, rank, self.projection, self.source)
             if what in ("all", "catch"):
                 self._catch = self._catch_state(head, tau)
@@ -246,7 +243,6 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
                 except Exception as exc:  # the model may fail: shown in the panel
                     self._layers = {"status": "error", "message": f"{type(exc).__name__}: {exc}",
                                     "n_selected": len(self.selected)}
-            self._status = ""
 
     def _points_state(self, head, rank, projection, source) -> dict[str, Any]:
         base = {"head": list(head), "rank": rank, "projection": projection, "source": source}
@@ -262,7 +258,7 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
             return {"head": list(head), "tau": tau, "status": "missing",
                     "message": f"no attention maps of L{head[0]}H{head[1]} in this TagData: collect with "
                                f"maps=[({head[0]}, {head[1]})] to colour by catch"}
-        return {"head": list(head), "tau": tau, "status": "ok", "names": res["names"], "counts": res["counts"],
+        return {"head": list(head), "tau": tau, "status": "ok", "names": res["names"],
                 "codes": packed_int(res["codes"], "uint8"), "pos": packed_int(res["pos"], "int32"),
                 "weight": ser.packed(res["weight"], "uint8", scale=1.0)}
 

@@ -37,7 +37,7 @@ def tag_html_document(te: Any, title: str | None = None) -> str:
     static = {**te._static, "offline": True, "has_model": False}
     state = {"_static": static, "_vocab": list(te._vocab), "_points": views[cur][te.projection],
              "_catch": views[cur]["catch"], "_numbers": views[cur]["numbers"], "_layers": dict(te._layers),
-             "_status": "", "_frontend": 0, "head": list(te.head), "tau": float(te.tau), "rank": int(te.rank),
+             "_frontend": 0, "head": list(te.head), "tau": float(te.tau), "rank": int(te.rank),
              "projection": te.projection, "source": te.source, "color_by": te.color_by,
              "selected": list(te.selected), "focus": int(te.focus)}
     bufs: list[bytes] = []

@@ -214,7 +214,7 @@ function build(model, host) {
   const layersCanvas = el("canvas", "te-layers", { "data-testid": "te-layers" });
   right.append(numbers, layersHead, layersCanvas);
   main.append(left, right);
-  const status = txt("div", "sw-footer", "", { "data-testid": "te-status", "aria-live": "polite" });
+  const status = txt("div", "sw-footer", "", { "data-testid": "te-status", "aria-live": "polite" }); // empty footer
   root.append(toolbar, main, status, errors);
   host.appendChild(root);
 
@@ -732,7 +732,6 @@ function build(model, host) {
   on("_layers", () => guard(drawLayers));
   on("selected", () => guard(applySelection));
   on("focus", () => guard(drawOverlay));
-  on("_status", () => { status.textContent = model.get("_status") || ""; });
   on("head rank projection source color_by tau", () => guard(syncControls));
 
   // ---- PNG of the current view
@@ -785,7 +784,6 @@ function build(model, host) {
   applySelection();
   drawNumbers();
   drawLayers();
-  status.textContent = model.get("_status") || "";
   root.dataset.renderMs = (performance.now() - t0).toFixed(1);
   requestAnimationFrame(() => {
     guard(draw);
