@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from sinkwidgets import tags
 
@@ -110,20 +111,27 @@ def _assert_collect_equals_plain_torch(model, data, heads, layers, texts):
 
 
 COLLECT_TEXTS = ["The cat sat on the mat. It was warm.", "A bird sang.\nThe sun rose over the quiet hills today."]
+COLLECT_HEADS, COLLECT_LAYERS = [(1, 1), (2, 2), (2, 5)], [3, 29]
 
 
-def test_collect_equals_plain_torch(smollm2):
+@pytest.fixture(scope="module")
+def eager_collect(smollm2):
+    """The default (eager) collection of COLLECT_TEXTS on SmolLM2, shared by the plain-torch and chunked tests."""
+    with threadpool_limits(1):
+        return tags.collect(smollm2, COLLECT_TEXTS, heads=COLLECT_HEADS, layers=COLLECT_LAYERS, batch_size=2,
+                            progress=False)
+
+
+def test_collect_equals_plain_torch(smollm2, eager_collect):
     """α, per-head outputs and values after W_O, kept maps and pooled residuals equal a plain transformers forward."""
-    heads, layers = [(1, 1), (2, 2), (2, 5)], [3, 29]
-    data = tags.collect(smollm2, COLLECT_TEXTS, heads=heads, layers=layers, batch_size=2, progress=False)
+    heads, layers, data = COLLECT_HEADS, COLLECT_LAYERS, eager_collect
     _assert_collect_equals_plain_torch(smollm2, data, heads, layers, COLLECT_TEXTS)
     assert data.meta["model"] == "smollm2-135m" and data.meta["add_bos"] is False and data.meta["method"] == "eager"
 
 
-def test_collect_chunked_equals_eager(smollm2):
+def test_collect_chunked_equals_eager(smollm2, eager_collect):
     """The chunked path (attention recomputed from q/k, as shipped to NDIF) collects the same arrays."""
-    heads, layers = [(1, 1), (2, 2), (2, 5)], [3, 29]
-    e = tags.collect(smollm2, COLLECT_TEXTS, heads=heads, layers=layers, batch_size=2, progress=False)
+    heads, layers, e = COLLECT_HEADS, COLLECT_LAYERS, eager_collect
     c = tags.collect(smollm2, COLLECT_TEXTS, heads=heads, layers=layers, batch_size=2, method="chunked",
                      progress=False)
     assert c.meta["method"] == "chunked"
