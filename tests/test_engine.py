@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from _helpers import save_tiny
 
 import sinkwidgets as sw
-from sinkwidgets.models.fetch import model_dir
 from sinkwidgets.tracing import reductions as R
 from sinkwidgets.tracing import run_units
 
@@ -66,10 +66,7 @@ def tiny(tmp_path, kind):
         m = tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=49152, n_embd=64, n_layer=3, n_head=4, n_positions=256))
     else:
         m = tf.BertModel(tf.BertConfig(**TINY))
-    d = tmp_path / kind
-    m.save_pretrained(d)
-    tf.AutoTokenizer.from_pretrained(model_dir("smollm2-135m")).save_pretrained(d)
-    return sw.load_model(d)
+    return sw.load_model(save_tiny(tmp_path / kind, m))
 
 
 # ----------------------------------------------------------------------------- units against plain torch
@@ -77,7 +74,8 @@ def tiny(tmp_path, kind):
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "bert"])
 def test_head_values_and_outputs_equal_plain_torch(kind, tmp_path):
     model = tiny(tmp_path, kind)
-    units = [R.HeadValues({1: [0, 3], 2: None}), R.HeadOutputs({1: [2]}), R.PooledResidual([0, 2])]
+    units = [R.HeadValues({1: [0, 3], 2: None}), R.HeadOutputs({1: [2]}), R.PooledResidual([0, 2]),
+             R.ResidualRows([0, 2])]
     methods = ["eager", "chunked"] if kind == "llama" else ["eager"]
     for method in methods:
         res = run_units(model, TEXTS, units, method=method, batch_size=2)  # padded batches
@@ -93,6 +91,8 @@ def test_head_values_and_outputs_equal_plain_torch(kind, tmp_path):
             for i, h in enumerate((h0, h2)):
                 np.testing.assert_allclose(a["pooled_mean"][i], h[1:].mean(0), rtol=0, atol=1e-5)
                 np.testing.assert_allclose(a["pooled_last"][i], h[-1], rtol=0, atol=1e-5)
+                np.testing.assert_allclose(a["resid_rows"][i], h, rtol=0, atol=1e-5)
+            assert a["resid_row_layers"].tolist() == [0, 2]
             assert r.meta["method"] == method
 
 

@@ -230,33 +230,9 @@ def residual_rows(model, texts: Sequence[str], layer: int, *, add_bos: bool | No
                   max_tokens: int | None = None, batch_size: int = 8) -> list[np.ndarray]:
     """The residual stream after ``layer`` at every token of each text, ``[T_i, d]`` each (for the PC control of
     :func:`sinkwidgets.tags.release`; one layer only)."""
+    from ..tracing import reductions as R
     from ..tracing import run_units
 
-    unit = _residual_rows_unit(int(layer))
-    res = run_units(model, list(texts), [unit], add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
-                    progress=False)
-    return [np.array(r.arrays["resid_rows"], dtype=np.float32) for r in res]
-
-
-def _residual_rows_unit(layer: int):
-    from ..tracing import reductions as R
-
-    class ResidualRows(R.Reduction):
-        """The block output after one layer at every real token, ``[B, T, d]`` (lands as ``resid_rows [T, d]``)."""
-
-        name = "resid_rows"
-        reads = ("resid",)
-
-        def layers(self, n_layers):
-            return [layer]
-
-        def read(self, source, x, w_o, ctx, l):
-            return {"h": x.float()}
-
-        def result_bytes(self, B, T, ctx):
-            return B * T * ctx.d_model * 4
-
-        def land(self, out, b, f):
-            return {"resid_rows": out["h"][0, b, f:]}
-
-    return ResidualRows()
+    res = run_units(model, list(texts), [R.ResidualRows([int(layer)])], add_bos=add_bos, max_tokens=max_tokens,
+                    batch_size=batch_size, progress=False)
+    return [np.array(r.arrays["resid_rows"][0], dtype=np.float32) for r in res]

@@ -236,6 +236,14 @@ def _texts(text_or_texts) -> tuple[list[str], bool]:
     return texts, single
 
 
+def _check_run_args(batch_size: Any, max_tokens: Any, method: Any) -> None:
+    """The arguments :func:`trace` and :func:`run_units` share, checked before any model work."""
+    _check_int("batch_size", batch_size, 1)
+    _check_int("max_tokens", max_tokens, 2, allow_none=True)
+    if method not in ("auto", "eager", "chunked"):
+        raise ValueError(f"method must be 'auto', 'eager' or 'chunked', got {method!r}")
+
+
 def run_units(
     model,
     texts: Sequence[str],
@@ -260,10 +268,7 @@ def run_units(
     """
     info = _info(model)
     texts, _ = _texts(texts)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("max_tokens", max_tokens, 2, allow_none=True)
-    if method not in ("auto", "eager", "chunked"):
-        raise ValueError(f"method must be 'auto', 'eager' or 'chunked', got {method!r}")
+    _check_run_args(batch_size, max_tokens, method)
     if info.remote and not remote:
         remote = True  # a model from load_model(..., remote=True) has no local weights
     if remote and method == "eager":
@@ -411,10 +416,7 @@ def trace(
     if map_dtype not in ("float16", "float32"):
         raise ValueError(f"map_dtype must be 'float16' or 'float32', got {map_dtype!r}")
     _check_int("top_k", top_k, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("max_tokens", max_tokens, 2, allow_none=True)
-    if method not in ("auto", "eager", "chunked"):
-        raise ValueError(f"method must be 'auto', 'eager' or 'chunked', got {method!r}")
+    _check_run_args(batch_size, max_tokens, method)
     L, H = info.n_layers, info.n_heads
     auto_maps = isinstance(keep_maps, str) and keep_maps == "auto"
     encoded = None

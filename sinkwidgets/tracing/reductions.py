@@ -89,7 +89,7 @@ class BatchContext:
         return self.qmask.to(device), self.first.to(device), self.n_real.to(device)
 
 
-def _sel(sel, n_layers: int | None = None) -> dict[int, list[int] | None]:
+def _sel(sel) -> dict[int, list[int] | None]:
     """Normalise a selection: ``{layer: [heads]}`` / ``{layer: None}`` (all heads) / a list of layers."""
     if isinstance(sel, dict):
         return {int(k): (None if v is None else sorted({int(h) for h in v})) for k, v in sorted(sel.items())}
@@ -467,7 +467,21 @@ class HeadValues(_HeadSelection):
         return _whole_layers(landed["head_values"], landed["head_value_index"], "head_values", "head_value_layers")
 
 
-class PooledResidual(Reduction):
+class _LayerList(Reduction):
+    """A unit that reads the residual stream after a fixed list of layers (given at construction)."""
+
+    reads = ("resid",)
+
+    def __init__(self, layers):
+        self._layers = sorted({int(l) for l in layers})
+        if not self._layers:
+            raise ValueError(f"{type(self).__name__} needs at least one layer, got {layers!r}")
+
+    def layers(self, n_layers):
+        return list(self._layers)
+
+
+class PooledResidual(_LayerList):
     """The residual stream after chosen layers, pooled over each prompt: ``mean [B, d]`` and ``last [B, d]``.
 
     ``mean`` averages the block output over real tokens t ≥ 1 (position 0, the first-token sink with its massive
@@ -476,15 +490,6 @@ class PooledResidual(Reduction):
     """
 
     name = "pooled"
-    reads = ("resid",)
-
-    def __init__(self, layers):
-        self._layers = sorted({int(l) for l in layers})
-        if not self._layers:
-            raise ValueError(f"PooledResidual needs at least one layer, got {layers!r}")
-
-    def layers(self, n_layers):
-        return list(self._layers)
 
     def read(self, source, x, w_o, ctx, layer):
         qmask, first, n_real = ctx.on(x.device)
@@ -504,7 +509,7 @@ class PooledResidual(Reduction):
         return f"PooledResidual({self._layers})"
 
 
-class ResidualProjection(Reduction):
+class ResidualProjection(_LayerList):
     """The residual stream after chosen layers at every token, projected on a few directions: ``x_t @ basis``.
 
     ``basis [d, k]`` (e.g. a head's tag subspace) travels with the unit, so only ``[T, k]`` per layer leaves the
@@ -514,19 +519,13 @@ class ResidualProjection(Reduction):
     """
 
     name = "resid_coords"
-    reads = ("resid",)
 
     def __init__(self, layers, basis):
-        self._layers = sorted({int(l) for l in layers})
-        if not self._layers:
-            raise ValueError(f"ResidualProjection needs at least one layer, got {layers!r}")
+        super().__init__(layers)
         basis = torch.as_tensor(np.asarray(basis, dtype=np.float32))
         if basis.ndim != 2 or basis.shape[1] < 1:
             raise ValueError(f"ResidualProjection basis must be [d, k] with k >= 1, got {list(basis.shape)}")
         self.basis = basis
-
-    def layers(self, n_layers):
-        return list(self._layers)
 
     def bind(self, n_layers, n_heads, d_model):
         super().bind(n_layers, n_heads, d_model)
@@ -544,6 +543,28 @@ class ResidualProjection(Reduction):
 
     def __repr__(self):
         return f"ResidualProjection({self._layers}, k={int(self.basis.shape[1])})"
+
+
+class ResidualRows(_LayerList):
+    """The residual stream (block output) after chosen layers at every real token, ``h [B, T, d]`` per layer.
+
+    Lands as ``resid_rows [Ls, T, d]`` and ``resid_row_layers [Ls]``: ``[T, d]`` per layer leaves the model, so keep
+    to one or a few layers (the PC control of :func:`sinkwidgets.tags.release` reads one).
+    """
+
+    name = "resid_rows"
+
+    def read(self, source, x, w_o, ctx, layer):
+        return {"h": x.float()}
+
+    def result_bytes(self, B, T, ctx):
+        return len(self._layers) * B * T * ctx.d_model * 4
+
+    def land(self, out, b, f):
+        return {"resid_rows": out["h"][:, b, f:], "resid_row_layers": np.asarray(self._layers, np.int32)}
+
+    def __repr__(self):
+        return f"ResidualRows({self._layers})"
 
 
 @dataclass
