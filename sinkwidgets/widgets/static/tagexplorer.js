@@ -345,6 +345,9 @@ function build(model, host) {
     const X0 = Math.round(ML * dpr), X1 = Math.round((ML + PW) * dpr), Y0 = Math.round(MT * dpr), Y1 = Math.round((MT + PH) * dpr);
     const kx = (PW * dpr) / (view.x1 - view.x0), ky = (PH * dpr) / (view.y1 - view.y0);
     const dim = nSelected > 0;
+    // with a selection, the others are drawn dimmed towards the background: one dimmed palette per draw
+    const dimmed = (c) => [(c[0] + 3 * bgRgb[0]) >> 2, (c[1] + 3 * bgRgb[1]) >> 2, (c[2] + 3 * bgRgb[2]) >> 2];
+    const dimPalette = dim ? palette.map(dimmed) : null, dimNotCaught = dimmed(NOT_CAUGHT);
     const cols = Math.ceil(PW / CELL), rows = Math.ceil(PH / CELL);
     const cellCount = new Int32Array(cols * rows + 1);
     const cellOf = new Int32Array(D.n).fill(-1);
@@ -355,8 +358,7 @@ function build(model, host) {
         const x = xy[2 * j], y = xy[2 * j + 1];
         const cx = Math.round(X0 + (x - view.x0) * kx), cy = Math.round(Y0 + (view.y1 - y) * ky);
         if (!(cx >= X0 && cx < X1 && cy >= Y0 && cy < Y1)) continue;
-        let c = palette[colorIdx[j]] || NOT_CAUGHT;
-        if (dim && !selected[j]) c = [(c[0] + 3 * bgRgb[0]) >> 2, (c[1] + 3 * bgRgb[1]) >> 2, (c[2] + 3 * bgRgb[2]) >> 2];
+        const c = dim && !selected[j] ? (dimPalette[colorIdx[j]] || dimNotCaught) : (palette[colorIdx[j]] || NOT_CAUGHT);
         for (let a = -r0; a < r - r0; a++) {
           const yy = cy + a;
           if (yy < Y0 || yy >= Y1) continue;
