@@ -56,8 +56,8 @@ def qk_geometry(model, text: str, layer: int, add_bos: bool | None = None) -> QK
 
     import torch
 
-    from . import trace
     from .models.adapters import get_path
+    from .tracing import tokenize
 
     info = model.sinkwidgets
     hf = getattr(model, "_module", model)
@@ -76,8 +76,9 @@ def qk_geometry(model, text: str, layer: int, add_bos: bool | None = None) -> QK
         raise ValueError(f"{info.name!r}: {type(attn).__module__} defines no apply_rotary_pos_emb; qk_geometry "
                          "supports rotary decoders (Llama/SmolLM2, Gemma, Mistral, Qwen)")
 
-    tr = trace(model, text, add_bos=add_bos, progress=False)  # the same tokens (and BOS rule) as every trace
-    ids = [int(i) for i in tr.token_ids]
+    ids, _ = tokenize(model, text, add_bos)  # the same tokens (and BOS rule) as every trace, without running one
+    ids = [int(i) for i in ids]
+    tokens = [model.tokenizer.decode([i]) for i in ids]  # as the engine names them
     seen: dict = {}
 
     def hook(mod, args, kwargs):
@@ -115,4 +116,4 @@ def qk_geometry(model, text: str, layer: int, add_bos: bool | None = None) -> QK
         softcap = getattr(attn, "attn_logit_softcapping", None)
         if softcap:
             logits = torch.tanh(logits / softcap) * softcap
-    return QKGeometry(layer, list(tr.tokens), qn.numpy(), kn.numpy(), cos.numpy(), logits.numpy(), scale)
+    return QKGeometry(layer, tokens, qn.numpy(), kn.numpy(), cos.numpy(), logits.numpy(), scale)

@@ -136,7 +136,11 @@ def boundary_heads_from_data(data: TagData, *, threshold: float = BOUNDARY_ALPHA
     ``share`` is the share of prompts whose boundary α is ``>= threshold``. Prompts without a boundary token that
     has ``min_later`` later queries are left out (``n_prompts`` counts the rest).
     """
-    ba = boundary_alpha(data, min_later)
+    return _rank_boundary(boundary_alpha(data, min_later), threshold, min_later, top)
+
+
+def _rank_boundary(ba: np.ndarray, threshold: float, min_later: int, top: int | None) -> HeadRanking:
+    """:func:`boundary_heads_from_data` on a computed :func:`boundary_alpha` ``ba [N, L, H]``."""
     valid = ~np.isnan(ba[:, 0, 0])
     if not valid.any():
         raise ValueError(f"no prompt has a non-first boundary token ('.', '!', '?', newline) with >= {min_later} "
@@ -187,18 +191,14 @@ def sink_heads(data: TagData, *, alpha0: float = ALPHA0, boundary_alpha_min: flo
     order = [int(f) for f in np.argsort(-a0, axis=None, kind="stable") if keep.flat[f]]
     first = HeadRanking(HeadRecord(f // H, f % H, float(a0.flat[f]), 1.0, data.n_prompts) for f in order)
     first.title = f"first-token sink heads (mean α₀ >= {alpha0})"
-    if np.isnan(boundary_alpha(data, min_later)[:, 0, 0]).all():  # no sentence boundary in any prompt
+    ba = boundary_alpha(data, min_later)
+    if np.isnan(ba[:, 0, 0]).all():  # no sentence boundary in any prompt
         ranked = HeadRanking()
     else:
-        ranked = boundary_heads_from_data(data, threshold=boundary_alpha_min, min_later=min_later)
+        ranked = _rank_boundary(ba, boundary_alpha_min, min_later, None)
     bnd = HeadRanking(r for r in ranked if r.share >= share and (max_layer is None or r.layer <= max_layer))
     bnd.title = f"boundary sink heads (boundary α >= {boundary_alpha_min} in >= {share:.0%} of prompts)"
     return SinkHeads(first, bnd)
-
-
-def sinks_of(data: TagData, head: Any, i: int, eps: float = EPS, min_later: int = MIN_LATER) -> np.ndarray:
-    """Sink positions of ``head`` in prompt ``i`` (:func:`sink_positions` on the head's α)."""
-    return sink_positions(data.alpha(head)[data.span(i)], eps, min_later)
 
 
 # ----------------------------------------------------------------------------- catch
