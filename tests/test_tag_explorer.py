@@ -168,6 +168,15 @@ def test_error_in_tag_ev_is_shown_not_raised():
     assert te._points["status"] == "error" and "sinks" in te._points["message"]
 
 
+def test_projection_change_refreshes_only_the_points(data, monkeypatch):
+    te = sw.TagExplorer(data, head=(1, 0))
+    calls = []
+    for name in ("catch", "numbers", "layer_series"):
+        monkeypatch.setattr(te._view_model, name, lambda *a, name=name, **kw: calls.append(name))
+    te.projection = "pca"
+    assert calls == [] and te._points["projection"] == "pca" and te._points["status"] == "ok"
+
+
 # ----------------------------------------------------------------------------- traits
 @pytest.mark.parametrize(("name", "value", "match"), [
     ("head", [2, 1], r"head \(2, 1\) was not collected; this TagData has heads \(1, 0\)"),

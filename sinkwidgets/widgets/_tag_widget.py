@@ -214,9 +214,13 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
         return v
 
     # ------------------------------------------------------------------ updates
-    @traitlets.observe("head", "rank", "projection", "source")
+    @traitlets.observe("head", "rank")
     def _on_view(self, change) -> None:
         self._refresh("all")
+
+    @traitlets.observe("projection", "source")
+    def _on_axes(self, change) -> None:
+        self._refresh("points")  # catch, numbers and the layers panel depend on head, rank and tau only
 
     @traitlets.observe("tau")
     def _on_tau(self, change) -> None:
@@ -232,7 +236,7 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
         vm = self._view_model
         head, rank, tau = tuple(self.head), int(self.rank), float(self.tau)
         with self.hold_sync():
-            if what == "all":
+            if what in ("all", "points"):
                 self._points = self._points_state(head, rank, self.projection, self.source)
             if what in ("all", "catch"):
                 self._catch = self._catch_state(head, tau)
