@@ -28,3 +28,19 @@ def race(write, n_writers=4, rounds=3, timeout=60):
     for t in threads:
         t.join()
     return errors
+
+
+def save_tiny(folder, model):
+    """Save ``model`` (a tiny random-init transformers model, or only its config: a folder without weights) and the
+    SmolLM2 tokenizer (from the offline model cache) to ``folder``; return ``folder`` as a Path, ready for
+    ``sinkwidgets.load_model``."""
+    from pathlib import Path
+
+    import transformers as tf
+
+    from sinkwidgets.models.fetch import model_dir
+
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tf.AutoTokenizer.from_pretrained(model_dir("smollm2-135m")).save_pretrained(folder)
+    return folder

@@ -7,22 +7,14 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from _helpers import save_tiny
 
 import sinkwidgets as sw
-from sinkwidgets.models.fetch import model_dir
 
 pytestmark = pytest.mark.models
 
 TINY = dict(vocab_size=49152, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             max_position_embeddings=256)
-
-
-def save_tiny(tmp_path, name, model):
-    d = tmp_path / name
-    model.save_pretrained(d)
-    tok = tf.AutoTokenizer.from_pretrained(model_dir("smollm2-135m"))
-    tok.save_pretrained(d)
-    return d
 
 
 def build(kind):
@@ -45,7 +37,7 @@ def build(kind):
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "gemma3", "gpt2", "bert"])
 def test_tiny_architectures_trace_and_match_eager(kind, tmp_path):
-    d = save_tiny(tmp_path, kind, build(kind))
+    d = save_tiny(tmp_path / kind, build(kind))
     model = sw.load_model(d, validate=True)
     text = "The cat sat on the mat. Then it slept, and the dog barked."
     tr = sw.trace(model, text, keep_maps="all", map_dtype="float32", keep_head_outputs=[1])
@@ -70,7 +62,7 @@ def test_tiny_architectures_trace_and_match_eager(kind, tmp_path):
 
 def test_model_without_attention_gets_a_clear_error(tmp_path):
     cfg = tf.MambaConfig(vocab_size=49152, hidden_size=32, num_hidden_layers=2, state_size=4)
-    d = save_tiny(tmp_path, "mamba", tf.MambaForCausalLM(cfg))
+    d = save_tiny(tmp_path / "mamba", tf.MambaForCausalLM(cfg))
     with pytest.raises(sw.models.UnsupportedModelError, match="Supported families"):
         sw.load_model(d)
 
@@ -102,7 +94,7 @@ except sw.models.HubUnreachableError as e:
 def test_hub_id_code_path_with_local_directory(tmp_path):
     """A hub id resolves through the Hugging Face cache: lay a tiny model out as the hub cache does and load it
     by its id with the hub switched off (what a user's second load looks like)."""
-    src = save_tiny(tmp_path, "llama", build("llama"))
+    src = save_tiny(tmp_path / "llama", build("llama"))
     rev = "0" * 40
     repo = tmp_path / "hub" / "models--test-org--tiny-llama"
     snap = repo / "snapshots" / rev
@@ -129,7 +121,7 @@ print('OK', m.sinkwidgets.hub_id, m.sinkwidgets.family, tr.sink_scores.shape)
 def test_auto_method_goes_chunked_for_long_prompts_where_supported(kind, expected, tmp_path, monkeypatch):
     from sinkwidgets.tracing import api
 
-    d = save_tiny(tmp_path, kind, build(kind))
+    d = save_tiny(tmp_path / kind, build(kind))
     model = sw.load_model(d)
     text = "The cat sat on the mat. Then it slept, and the dog barked."
     short = sw.trace(model, text)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from _helpers import save_tiny
 
 from sinkwidgets import cli
 from sinkwidgets.widgets.synthetic import synthetic_trace
@@ -239,12 +240,8 @@ def test_models_list_into_head_is_quiet(tmp_path):
 def test_model_folder_without_weights(tmp_path, capsys):
     import transformers as tf
 
-    from sinkwidgets.models.fetch import model_dir
-
-    d = tmp_path / "noweights"
-    tf.LlamaConfig(vocab_size=49152, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                   intermediate_size=128).save_pretrained(d)
-    tf.AutoTokenizer.from_pretrained(model_dir("smollm2-135m")).save_pretrained(d)
+    d = save_tiny(tmp_path / "noweights", tf.LlamaConfig(vocab_size=49152, hidden_size=64, num_hidden_layers=2,
+                                                         num_attention_heads=4, intermediate_size=128))  # no weights
     code, out, err = _run(capsys, "scan", "some text for the model", "--model", str(d))
     assert code == 1 and "no model weights" in err and "Traceback" not in err, err
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers as tf
+from _helpers import save_tiny
 
 import sinkwidgets as sw
 from sinkwidgets.models.adapters import is_causal_model
@@ -67,12 +68,7 @@ def test_encoders_stay_bidirectional():
 @pytest.mark.models
 @pytest.mark.parametrize("kind", KINDS)
 def test_alpha_equals_causal_alpha_from_output_attentions(kind, tmp_path):
-    from sinkwidgets.models.fetch import model_dir
-
-    d = tmp_path / kind
-    build(kind).save_pretrained(d)
-    tf.AutoTokenizer.from_pretrained(model_dir("smollm2-135m")).save_pretrained(d)
-    model = sw.load_model(d, validate=True)
+    model = sw.load_model(save_tiny(tmp_path / kind, build(kind)), validate=True)
     assert model.sinkwidgets.causal is True
     text = "The cat sat on the mat. Then it slept, and the dog barked at the moon."
     tr = sw.trace(model, text)
@@ -94,12 +90,8 @@ def test_validate_catches_causality_that_disagrees_with_the_map(tmp_path):
 
     from sinkwidgets.errors import TraceError
     from sinkwidgets.models.check import validate_model
-    from sinkwidgets.models.fetch import model_dir
 
-    d = tmp_path / "gpt_neox"
-    build("gpt_neox").save_pretrained(d)
-    tf.AutoTokenizer.from_pretrained(model_dir("smollm2-135m")).save_pretrained(d)
-    model = sw.load_model(d, validate=True)  # the right causality: passes
+    model = sw.load_model(save_tiny(tmp_path / "gpt_neox", build("gpt_neox")), validate=True)  # right causality: passes
     info = model.sinkwidgets
     info.adapter = dataclasses.replace(info.adapter, causal=False)
     with pytest.raises(TraceError, match="never reaches later tokens"):

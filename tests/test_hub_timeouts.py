@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from _helpers import save_tiny
 
 LOAD = """
 import sys, time
@@ -70,13 +71,10 @@ def test_cached_model_loads_when_the_hub_is_silent(silent_host, tmp_path):
     """A model in the local Hugging Face cache loads although the hub does not answer."""
     import transformers as tf
 
-    from sinkwidgets.models.fetch import model_dir
-
     rev = "0" * 40
     snap = tmp_path / "hf" / "hub" / "models--test-org--tiny-llama" / "snapshots" / rev
-    tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=49152, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                       intermediate_size=64)).save_pretrained(snap)
-    tf.AutoTokenizer.from_pretrained(model_dir("smollm2-135m")).save_pretrained(snap)
+    save_tiny(snap, tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=49152, hidden_size=32, num_hidden_layers=1,
+                                                       num_attention_heads=2, intermediate_size=64)))
     refs = snap.parents[1] / "refs"
     refs.mkdir()
     (refs / "main").write_text(rev)
