@@ -85,7 +85,8 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     labels, groups : optional per-text labels and groups, stored for :func:`sinkwidgets.tags.probe`.
     """
     from ..tracing import reductions as R
-    from ..tracing import run_units, tokenize
+    from ..tracing import run_units
+    from ..tracing.api import _check_run_args, _encode
 
     info = getattr(model, "sinkwidgets", None)
     if info is None:
@@ -96,8 +97,7 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     texts = list(texts)
     if not texts:
         raise ValueError("collect() needs at least one text")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_run_args(batch_size, max_tokens, method)
     L, H, d = info.n_layers, info.n_heads, info.d_model
     head_list = _norm_heads(heads, L, H)
     layer_list = _norm_layers(layers, L)
@@ -130,12 +130,9 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     if not units:
         raise ValueError("nothing to collect: pass heads, layers, or summary=True")
 
-    # token counts first (cheap), so the packed arrays are allocated once
-    lengths = []
-    for t in texts:
-        ids, _ = tokenize(model, t, add_bos)
-        lengths.append(min(len(ids), max_tokens) if max_tokens is not None else len(ids))
-    lengths = np.asarray(lengths, dtype=np.int64)
+    # tokenize first (cheap), so the packed arrays are allocated once; the engine reuses this encoding
+    encoded = _encode(model, info, texts, add_bos, max_tokens)
+    lengths = np.asarray([len(e[1]) for e in encoded], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     map_offsets = np.concatenate([[0], np.cumsum(lengths ** 2)])
     n_tok, N, P = int(offsets[-1]), len(texts), len(head_list)
@@ -158,7 +155,8 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     with tqdm(total=N, desc=f"collecting {info.name}", unit="text", disable=not show) as bar:
         for start in range(0, N, block):
             res = run_units(model, texts[start:start + block], units, add_bos=add_bos, max_tokens=max_tokens,
-                            batch_size=batch_size, method=method, remote=remote, progress=False)
+                            batch_size=batch_size, method=method, remote=remote, progress=False,
+                            _encoded=encoded[start:start + block])
             for j, r in enumerate(res):
                 i = start + j
                 a, b = int(offsets[i]), int(offsets[i + 1])
