@@ -13,6 +13,9 @@ from . import _serialization as ser
 
 STATIC = Path(__file__).parent / "static"
 
+#: The grid metrics of the SinkExplorer (the live widget's ``metric`` trait and the offline page's settings).
+METRICS = ("alpha", "first_token_mass", "sink_flag", "sinks_per_head", "entropy")
+
 try:  # numpy-only metrics of the core package; the constant keeps JS counts equal to sinks_per_head
     from ..metrics import DEFAULT_MIN_QUERIES
 except ImportError:  # pragma: no cover - metrics is part of the package

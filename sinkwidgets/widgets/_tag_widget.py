@@ -20,6 +20,7 @@ from . import _serialization as ser
 from ._tag_state import (
     COLOR_MODES,
     LAYER_CACHE_PROMPTS,
+    MAX_RANK,
     PROJECTIONS,
     SOURCES,
     TagView,
@@ -170,7 +171,7 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
 
     @traitlets.validate("rank")
     def _v_rank(self, proposal):
-        v, top = proposal["value"], self._view_model.max_rank() if hasattr(self, "_view_model") else 8
+        v, top = proposal["value"], self._view_model.max_rank() if hasattr(self, "_view_model") else MAX_RANK
         if not 1 <= v <= top:
             raise WidgetValueError(f"rank must be an int in 1..{top}, got {v!r}")
         return v

@@ -23,9 +23,8 @@ from .._atomic import atomic_write
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 from ._maps import MapStore
-from ._state import DEFAULT_MIN_QUERIES, STATIC, _as_trace, summary_state  # noqa: F401 - STATIC re-exported
+from ._state import DEFAULT_MIN_QUERIES, METRICS, STATIC, _as_trace, summary_state  # noqa: F401 - STATIC re-exported
 
-METRICS = ("alpha", "first_token_mass", "sink_flag", "sinks_per_head", "entropy")
 _METRIC_HELP = {
     "alpha": "α of the selected token (mean attention it receives)",
     "first_token_mass": "first-token mass (mean attention on token 0)",

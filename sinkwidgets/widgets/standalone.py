@@ -13,6 +13,7 @@ import html
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,12 @@ from .._atomic import atomic_write
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 from ._maps import MapStore
-from ._state import STATIC, _as_trace, summary_state
+from ._state import METRICS, STATIC, _as_trace, summary_state
 
 _UI_DEFAULTS = {"layer": 0, "head": 0, "eps": 0.3, "metric": "alpha", "token": 0, "scale": "linear",
                 "strip_mode": "max", "view": [], "heatmap_size": 512}
 _VIEWS = ("explorer", "grid", "heatmap", "strip")
-_METRICS = ("alpha", "first_token_mass", "sink_flag", "sinks_per_head", "entropy")  # = the widgets' METRICS
+_METRICS = METRICS  # the same tuple as the live widgets' (one definition, in _state); the old name stays importable
 
 
 def _is_int(x: Any) -> bool:
@@ -65,8 +66,8 @@ def check_state(trace: SinkTrace, state: dict[str, Any] | None) -> dict[str, Any
                 raise bad("a number in [0, 1) (a fraction of attention)")
             out[key] = float(value)
         elif key == "metric":
-            if value not in _METRICS:
-                raise bad(f"one of {list(_METRICS)}")
+            if value not in METRICS:
+                raise bad(f"one of {list(METRICS)}")
             out[key] = value
         elif key == "scale":
             if value not in ("linear", "log"):
@@ -244,9 +245,15 @@ def save_html(trace: SinkTrace | str | os.PathLike, path: str | os.PathLike, tit
         The written file. It loads nothing from the network: share it, or put it in slides.
     """
     tr = _as_trace(trace, "save_html")
+    return write_page(path, "save_html", lambda: html_document(tr, title=title, view=view, state=state))
+
+
+def write_page(path: str | os.PathLike, who: str, page: Callable[[], str]) -> Path:
+    """Write the HTML that ``page()`` returns to ``path``, atomically; a directory ``path`` is refused (naming
+    ``who``) before ``page()`` runs, and ``page()`` (which validates everything) runs before the disk is touched."""
     out = Path(path)
     if out.is_dir():
-        raise IsADirectoryError(f"save_html(path={str(path)!r}): that is a directory; give a file name (.html)")
-    page = html_document(tr, title=title, view=view, state=state)  # validates everything before touching disk
+        raise IsADirectoryError(f"{who}(path={str(path)!r}): that is a directory; give a file name (.html)")
+    text = page()
     out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out, lambda fh: fh.write(page), binary=False, what="HTML page")
+    return atomic_write(out, lambda fh: fh.write(text), binary=False, what="HTML page")

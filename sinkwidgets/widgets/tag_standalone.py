@@ -12,8 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._atomic import atomic_write
-from .standalone import _extract_buffers, offline_page
+from .standalone import _extract_buffers, offline_page, write_page
 
 #: Largest number of points an offline file embeds (8 bytes of coordinates per point, per head and projection).
 STANDALONE_MAX_POINTS = 200_000
@@ -49,9 +48,4 @@ def tag_html_document(te: Any, title: str | None = None) -> str:
 
 def save_tag_html(te: Any, path: str | os.PathLike, title: str | None = None) -> Path:
     """Write a :class:`TagExplorer` (its current settings) as ONE offline HTML file; returns the path written."""
-    out = Path(path)
-    if out.is_dir():
-        raise IsADirectoryError(f"to_html(path={str(path)!r}): that is a directory; give a file name (.html)")
-    page = tag_html_document(te, title=title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out, lambda fh: fh.write(page), binary=False, what="HTML page")
+    return write_page(path, "to_html", lambda: tag_html_document(te, title=title))
