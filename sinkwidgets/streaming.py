@@ -241,10 +241,13 @@ def _tokens(model, text, add_bos, max_tokens):
     return ids
 
 
-def _check(window, n_sink, method, N):
+def _check(window, n_sink, method, N, info=None):
     if method not in ("exact", "mask"):
         raise StreamingError(f"method={method!r}: use 'exact' (StreamingLLM's positions within the cache) or 'mask' "
                              "(the same attention at the original positions, an approximation)")
+    if method == "exact" and n_sink and info is not None and info.family not in EXACT_FAMILIES:
+        raise StreamingError(f"method='exact' supports rotary families {EXACT_FAMILIES}; {info.name!r} is "
+                             f"{info.family!r}: use method='mask'")
     if not isinstance(window, (int, np.integer)) or window < 2:
         raise StreamingError(f"window={window!r}: give the cache size in tokens (an int >= 2), e.g. 256")
     if not isinstance(n_sink, (int, np.integer)) or not 0 <= n_sink < window:
@@ -355,10 +358,7 @@ def streaming_ppl(model, text: str, window: int = 256, n_sink: int = 4, method: 
     hf, info = _hf(model)
     ids = _tokens(model, text, add_bos, max_tokens)
     N = len(ids)
-    _check(window, n_sink, method, N)
-    if method == "exact" and n_sink and info is not None and info.family not in EXACT_FAMILIES:
-        raise StreamingError(f"method='exact' supports rotary families {EXACT_FAMILIES}; {info.name!r} is "
-                             f"{info.family!r}: use method='mask'")
+    _check(window, n_sink, method, N, info)
     bad = set(baselines) - {"dense", "window"}
     if bad:
         raise StreamingError(f"baselines={tuple(baselines)!r}: choose from 'dense', 'window'")
@@ -440,7 +440,7 @@ def streaming_sweep(model, text: str, windows=(128, 256, 512), n_sinks=(0, 1, 4)
     for W in windows:
         for k in n_sinks:
             for m in methods:
-                _check(W, k, m, len(ids))
+                _check(W, k, m, len(ids), info)
     dense = _dense(hf, ids)
     grid = sorted({(W, k, m if k else "mask") for W in windows for k in n_sinks for m in methods})
     out = {}

@@ -138,3 +138,16 @@ def test_streaming_ppl_api_and_errors(smollm2, doc_ids):
         streaming_ppl(smollm2, text, window=64, n_sink=64, max_tokens=256)
     with pytest.raises(StreamingError, match="nothing leaves the cache"):
         streaming_ppl(smollm2, "A short text.", window=64)
+
+
+def test_exact_method_is_refused_outside_its_families_in_ppl_and_sweep(gemma3, smollm2, doc_ids):
+    """Gemma-3 is not a rotate-half family the 'exact' re-rotation supports: both entry points say so before any
+    forward pass (the sweep used to run and return wrong numbers)."""
+    from sinkwidgets.streaming import StreamingError, streaming_ppl, streaming_sweep
+
+    text = smollm2.tokenizer.decode(doc_ids[:400])
+    for call in (lambda: streaming_ppl(gemma3, text, window=64, n_sink=1, method="exact", max_tokens=256),
+                 lambda: streaming_sweep(gemma3, text, windows=(64,), n_sinks=(1,), methods=("exact",),
+                                         max_tokens=256)):
+        with pytest.raises(StreamingError, match="supports rotary families.*gemma3.*method='mask'"):
+            call()
