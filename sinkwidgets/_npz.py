@@ -1,8 +1,9 @@
 """The one saved-file layout of :class:`~sinkwidgets.SinkTrace` and :class:`~sinkwidgets.tags.TagData`: an ``.npz``
 of named arrays plus ``__header__``, a JSON object (``format``, ``format_version``, tokens, meta) stored as uint8.
 
-Both classes write with :func:`header_array` and read with :func:`read_headered`, so a damaged, foreign or newer
-file gets the same checks and the same kind of error from either.
+Both classes write with :func:`write_headered` (atomically, via :func:`sinkwidgets._atomic.atomic_write`) and read
+with :func:`read_headered`, so a bad target, a damaged, foreign or newer file gets the same checks and the same kind
+of error from either.
 """
 
 from __future__ import annotations
@@ -16,12 +17,35 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import atomic_write
+
 HEADER = "__header__"
 
 
 def header_array(header: dict[str, Any]) -> np.ndarray:
     """``header`` as the uint8 array stored under :data:`HEADER`."""
     return np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+
+
+def npz_path(path: str | os.PathLike) -> Path:
+    """The file a save writes for ``path``: ``.npz`` is appended when the name does not end in it."""
+    path = Path(path)
+    return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def write_headered(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, kind: str, example: str,
+                   compressed: bool) -> Path:
+    """Write ``arrays`` (one of them the :data:`HEADER`) atomically to :func:`npz_path` of ``path``; return it.
+
+    Raises ``ValueError`` for an empty path (the message shows ``example``, e.g. ``"tr.save('trace.npz')"``) and
+    ``IsADirectoryError`` when ``path`` is a directory, before anything is written.
+    """
+    if isinstance(path, str) and path.strip() == "":
+        raise ValueError(f"{kind}.save(path=''): give a file name, e.g. {example}")
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"{kind}.save({str(path)!r}): that is a directory; give a file name")
+    save = np.savez_compressed if compressed else np.savez
+    return atomic_write(npz_path(path), lambda fh: save(fh, **arrays), what=kind)
 
 
 def read_headered(path: str | os.PathLike, *, kind: str, format_name: str, max_version: int,

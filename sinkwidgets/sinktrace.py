@@ -39,8 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_write
-from ._npz import HEADER, header_array, read_headered
+from ._npz import HEADER, header_array, npz_path, read_headered, write_headered
 
 FORMAT_NAME = "sinkwidgets.SinkTrace"
 FORMAT_VERSION = 1
@@ -208,8 +207,7 @@ class SinkTrace:
     @staticmethod
     def save_path(path: str | os.PathLike) -> Path:
         """The file :meth:`save` writes for ``path``: ``.npz`` is appended when the name does not end in it."""
-        path = Path(path)
-        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+        return npz_path(path)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the trace to one ``.npz`` file and return the path written (``.npz`` is appended when ``path``
@@ -220,14 +218,8 @@ class SinkTrace:
         nothing behind. Raises ``IsADirectoryError`` / ``FileNotFoundError`` / ``PermissionError`` (all
         ``OSError``) when the target cannot be written.
         """
-        if isinstance(path, str) and path.strip() == "":
-            raise ValueError("SinkTrace.save(path=''): give a file name, e.g. tr.save('trace.npz')")
-        out = Path(path)
-        if out.is_dir():
-            raise IsADirectoryError(f"SinkTrace.save({str(path)!r}): that is a directory; give a file name")
-        out = self.save_path(out)
-        arrays = self._arrays()
-        return atomic_write(out, lambda fh: np.savez_compressed(fh, **arrays), what="SinkTrace")
+        return write_headered(path, self._arrays(), kind="SinkTrace", example="tr.save('trace.npz')",
+                              compressed=True)
 
     def _arrays(self) -> dict[str, np.ndarray]:
         arrays = {n: np.asarray(getattr(self, n)) for n in _REQUIRED + _OPTIONAL_ARRAYS + ("token_ids",)

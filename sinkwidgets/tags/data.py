@@ -37,8 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_write
-from .._npz import HEADER, header_array, read_headered
+from .._npz import HEADER, header_array, npz_path, read_headered, write_headered
 from ..sinktrace import _check as _shape
 from ..sinktrace import _jsonable
 
@@ -320,8 +319,7 @@ class TagData:
     @staticmethod
     def save_path(path: str | os.PathLike) -> Path:
         """The file :meth:`save` writes for ``path``: ``.npz`` is appended when the name does not end in it."""
-        path = Path(path)
-        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+        return npz_path(path)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to one ``.npz`` file (``.npz`` appended when missing) and return the path written.
@@ -331,16 +329,11 @@ class TagData:
         file, and a failed write leaves nothing behind. Arrays are stored uncompressed (float data compresses
         poorly and compression would dominate the save time).
         """
-        if isinstance(path, str) and path.strip() == "":
-            raise ValueError("TagData.save(path=''): give a file name, e.g. data.save('tags.npz')")
-        out = Path(path)
-        if out.is_dir():
-            raise IsADirectoryError(f"TagData.save({str(path)!r}): that is a directory; give a file name")
         arrays = {n: np.asarray(getattr(self, n)) for n in _ARRAYS if getattr(self, n) is not None}
         header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "tokens": self.tokens,
                   "groups": self.groups, "meta": _jsonable(self.meta)}
         arrays[HEADER] = header_array(header)
-        return atomic_write(self.save_path(out), lambda fh: np.savez(fh, **arrays), what="TagData")
+        return write_headered(path, arrays, kind="TagData", example="data.save('tags.npz')", compressed=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TagData:
