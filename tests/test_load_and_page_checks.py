@@ -9,7 +9,7 @@ import pytest
 
 from sinkwidgets import SinkTrace, SinkTraceFormatError
 from sinkwidgets.widgets import save_html
-from sinkwidgets.widgets.standalone import _METRICS, check_state
+from sinkwidgets.widgets.standalone import check_state
 
 pytestmark = pytest.mark.unit
 
@@ -92,7 +92,11 @@ def test_save_html_accepts_good_state(tmp_path):
 
 
 def test_page_metrics_match_the_widgets():
+    """The offline page accepts exactly the live widget's metrics (one definition, widgets._state.METRICS)."""
     from sinkwidgets.widgets._widget import METRICS
 
-    assert tuple(METRICS) == _METRICS
+    for metric in METRICS:
+        assert check_state(make(), {"metric": metric}) == {"metric": metric}
+    with pytest.raises(ValueError, match="metric"):
+        check_state(make(), {"metric": "not_a_metric"})
     assert check_state(make(), None) == {}

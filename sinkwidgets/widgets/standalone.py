@@ -28,7 +28,6 @@ from ._state import METRICS, STATIC, _as_trace, summary_state
 _UI_DEFAULTS = {"layer": 0, "head": 0, "eps": 0.3, "metric": "alpha", "token": 0, "scale": "linear",
                 "strip_mode": "max", "view": [], "heatmap_size": 512}
 _VIEWS = ("explorer", "grid", "heatmap", "strip")
-_METRICS = METRICS  # the same tuple as the live widgets' (one definition, in _state); the old name stays importable
 
 
 def _is_int(x: Any) -> bool:
