@@ -377,10 +377,10 @@ def _layers_arg(sel, L, name) -> list[int]:
     return sorted(set(out))
 
 
-def _progress(it, desc, total):
+def _progress(it, desc, total, show=True):
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc=desc, total=total, unit="text", leave=False, disable=total < 2)
+    return tqdm(it, desc=desc, total=total, unit="text", leave=False, disable=total < 2 or not show)
 
 
 # ============================================================================= result
@@ -549,7 +549,7 @@ def _positions_weight(positions, T, sink_positions, i):
 # ============================================================================= project_out
 def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_positions=(0,),
                 attention_layers="after", add_bos: bool | None = None, max_tokens: int | None = None,
-                remote=None) -> InterventionResult:
+                remote=None, progress: bool = True) -> InterventionResult:
     r"""Project a subspace out of the residual stream after ``layer`` at chosen positions; measure what changes.
 
     With :math:`U \in \mathbb R^{d\times r}` an orthonormal basis of ``basis`` (QR), every chosen position gets
@@ -569,12 +569,13 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
         rank ``r``. A 1-D ``[d]`` vector is one direction.
     positions : ``"non_sink"`` (default: every token but ``sink_positions``), ``"all"``, a list of positions, a
         bool mask ``[T]``, a list of those (one per text), or a callable ``(text_index, T) -> positions``.
-    sink_positions : positions of the sink tokens (default ``(0,)``): excluded by ``"non_sink"``, and the keys whose
-        attention is measured by ``sink_delta`` / ``sink_mass``.
+    sink_positions : positions of the sink tokens (default ``(0,)``), or a list of those (one per text): excluded by
+        ``"non_sink"``, and the keys whose attention is measured by ``sink_delta`` / ``sink_mass``.
     attention_layers : ``"after"`` (default: layers ``layer+1..L-1``), a list / range string, or ``None``/``()`` for
         no attention statistics.
     add_bos, max_tokens : tokenization (see :func:`sinkwidgets.trace`).
     remote : None (the model's own setting), False, True or a host URL.
+    progress : ``False`` hides the progress bar over the texts (shown when there are several).
 
     Returns
     -------
@@ -582,7 +583,8 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
         ``conditions = ["clean", "projected"]``; ``nll[c][i]`` per-token NLL ``[T_i - 1]`` before / after;
         ``attention``: ``layers``, ``sink_delta [N, S, 1, H]`` (mean :math:`|\Delta|` of the attention on the sink
         positions), ``tv [N, S, 1, H]`` (mean total variation of the attention rows), ``sink_mass [N, S, 2, H]``;
-        ``meta["rank"]``, ``meta["n_projected"]`` (positions edited per text).
+        ``meta["rank"]``, ``meta["n_projected"]`` (positions edited per text), ``meta["sink_positions"]`` (one list,
+        or one per text when given per text).
 
     Cost: one forward pass per text (two batch rows), plus ``[2, H, T, T]`` probabilities per measured layer.
     """
@@ -610,13 +612,20 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
         not isinstance(p, (int, np.integer)) for p in positions)
     stats = list(range(layer + 1, L)) if attention_layers == "after" else _layers_arg(attention_layers or None, L,
                                                                                        "attention_layers")
+    per_text_sink = isinstance(sink_positions, (list, tuple)) and len(sink_positions) > 0 and all(
+        not isinstance(s, (int, np.integer)) for s in sink_positions)
+    if per_text_sink and len(sink_positions) != len(texts):
+        raise InterventionError(f"sink_positions: give one list of positions, or one per text ({len(texts)}), got "
+                                f"{len(sink_positions)} lists")
+    sink_sets = [torch.tensor(sorted(set(int(s) for s in sp)), dtype=torch.long)
+                 for sp in (sink_positions if per_text_sink else [sink_positions])]
     run = _Runner(model, info, remote)
     neg = _neg()
-    sink_cols = torch.tensor(sorted(set(int(s) for s in sink_positions)), dtype=torch.long)
     chunks, nll0, nll1, n_proj, n_tok = [], [], [], [], 0
-    for i, text in enumerate(_progress(texts, "project_out", len(texts))):
+    for i, text in enumerate(_progress(texts, "project_out", len(texts), progress)):
         ids, used = _tokenize(model, text, add_bos, max_tokens)
         T = len(ids)
+        sink_cols = sink_sets[i if per_text_sink else 0]
         if sink_cols.numel() and int(sink_cols.max()) >= T:
             raise InterventionError(f"sink_positions {sink_cols.tolist()} out of range for text {i} ({T} tokens)")
         w = _positions_weight(positions[i] if per_text_pos else positions, T, sink_cols.tolist(), i)
@@ -637,7 +646,8 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
     return InterventionResult(
         "project_out", ["clean", "projected"], {"clean": nll0, "projected": nll1}, _collect_attention(chunks, stats),
         {"model": info.name, "layer": layer, "rank": rank, "n_projected": n_proj, "n_texts": len(texts),
-         "n_tokens": n_tok, "sink_positions": sink_cols.tolist(), "add_bos": used, "remote": bool(run.remote)})
+         "n_tokens": n_tok, "add_bos": used, "remote": bool(run.remote),
+         "sink_positions": [c.tolist() for c in sink_sets] if per_text_sink else sink_sets[0].tolist()})
 
 
 # ============================================================================= massive activations

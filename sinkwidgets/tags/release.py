@@ -95,14 +95,15 @@ class ReleaseResult:
         return {k: getattr(self, k) for k in keys} | {"head": list(self.head)}
 
 
-def _summarise(results: list) -> tuple[float, float, float, float, np.ndarray]:
-    """project_out results (one per text) → (ΔNLL, baseline NLL, sink |Δ|, TV, per-text ΔNLL)."""
-    clean = np.concatenate([r.nll["clean"][0] for r in results])
-    proj = np.concatenate([r.nll["projected"][0] for r in results])
-    per_text = np.array([r.nll["projected"][0].mean() - r.nll["clean"][0].mean() for r in results])
-    att = [r.attention for r in results if r.attention]
-    sd = float(np.mean([a["sink_delta"].mean() for a in att])) if att else float("nan")
-    tv = float(np.mean([a["tv"].mean() for a in att])) if att else float("nan")
+def _summarise(r) -> tuple[float, float, float, float, np.ndarray]:
+    """A project_out result over all texts → (ΔNLL, baseline NLL, sink |Δ|, TV, per-text ΔNLL); the attention
+    changes are means of the per-text means."""
+    clean = np.concatenate(r.nll["clean"])
+    proj = np.concatenate(r.nll["projected"])
+    per_text = np.array([p.mean() - c.mean() for c, p in zip(r.nll["clean"], r.nll["projected"])])
+    att = r.attention
+    sd = float(np.mean([a.mean() for a in att["sink_delta"]])) if att else float("nan")
+    tv = float(np.mean([a.mean() for a in att["tv"]])) if att else float("nan")
     return float(proj.mean() - clean.mean()), float(clean.mean()), sd, tv, per_text
 
 
@@ -185,18 +186,19 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
     from tqdm.auto import tqdm
 
     show = progress if progress is not None else True
+    # one project_out call per subspace (one forward per text); a callable hands each text its own positions
+    pos_arg = "all" if label == "all" else (lambda i, T: per_pos[i])
     summary = {}
     n_proj = 0
     with tqdm(total=len(bases) * len(texts), desc=f"release L{layer}H{h}", unit="text", disable=not show) as bar:
         for name, B in bases.items():
-            outs = []
-            for i, text in enumerate(texts):
-                outs.append(project_out(model, [text], layer, B, positions=per_pos[i], sink_positions=sinks[i],
-                                        attention_layers=attention_layers, add_bos=add_bos, max_tokens=max_tokens))
-                bar.update(1)
+            out = project_out(model, texts, layer, B, positions=pos_arg, sink_positions=sinks,
+                              attention_layers=attention_layers, add_bos=add_bos, max_tokens=max_tokens,
+                              progress=False)
+            bar.update(len(texts))
             if name == "tag":
-                n_proj = int(sum(sum(o.meta["n_projected"]) for o in outs))
-            summary[name] = _summarise(outs)
+                n_proj = int(sum(out.meta["n_projected"]))
+            summary[name] = _summarise(out)
     tag = summary["tag"]
     rnd = [summary[f"random{k}"] for k in range(n_random)]
     pc = summary.get("pcs", (float("nan"),) * 4 + (None,))
