@@ -148,7 +148,7 @@ def _block(model, inputs, ids, layers, attns, params, base_masks, blocked, mask_
 
     ``mask_rows {li: bool [B]}``: rows whose layer ``li`` does not attend to the ``blocked [T, T]`` entries;
     ``resid (li, edit)`` or None: a residual edit after layer ``li`` (see :func:`_edit_residual`);
-    ``stats_layers``: layers whose attention changes are measured; ``params[li] = (scale, n_rep, softcap, window)``;
+    ``stats_layers``: layers whose attention changes are measured; ``params[li] = (scale, n_rep, window, softcap)``;
     ``base_masks[li]``: the causal (and sliding-window) additive mask ``[T, T]`` of layer ``li``.
     """
     import torch
@@ -169,7 +169,7 @@ def _block(model, inputs, ids, layers, attns, params, base_masks, blocked, mask_
                 attns[li].inputs = (a, kw)
             if li in stats_layers:
                 q, k = attns[li].source.apply_rotary_pos_emb_0.output
-                scale, n_rep, softcap, _ = params[li]
+                scale, n_rep, _, softcap = params[li]
                 d, t, s = _attn_stats(_probs(q, k, scale, n_rep, m, softcap), sink_cols, first_query)
                 ds.append(d)
                 tvs.append(t)
@@ -237,31 +237,18 @@ def _device(model):
 
 
 def _plan(model, info):
-    """Layers, attention envoys and per-layer ``(scale, n_rep, softcap, window)``."""
-    from .models.adapters import get_path
+    """Layers, attention envoys and per-layer ``(scale, n_rep, window, softcap)``: the chunked executor's
+    :func:`~sinkwidgets.tracing.chunked.layer_plan` (it touches every attention's ``.source`` before the trace)."""
+    from .errors import ChunkedUnsupportedError
+    from .tracing.chunked import layer_plan
 
-    layers = get_path(model, info.adapter.layers)
-    hf_layers = get_path(model._module, info.adapter.layers)
-    attns, params = [], []
-    for li in range(info.n_layers):
-        attn = get_path(layers[li], info.adapter.attn)
-        mod = get_path(hf_layers[li], info.adapter.attn)
-        try:
-            _ = attn.source.apply_rotary_pos_emb_0  # touch .source before the trace (nnsight needs it built)
-        except AttributeError as exc:
-            raise InterventionError(
-                f"{info.name!r} ({info.family}): its attention does not call apply_rotary_pos_emb, so queries and keys "
-                "cannot be read for attention statistics; pass attention_layers=() or use a Llama-style model") from exc
-        scale = getattr(mod, "scaling", None) or info.head_dim**-0.5
-        n_rep = getattr(mod, "num_key_value_groups", None) or info.n_heads // info.n_kv_heads
-        softcap = getattr(mod, "attn_logit_softcapping", None) or getattr(model._module.config, "attn_logit_softcapping",
-                                                                          None)
-        window = getattr(mod, "sliding_window", None)
-        if window is not None and not getattr(mod, "is_sliding", True):
-            window = None
-        attns.append(attn)
-        params.append((float(scale), int(n_rep), float(softcap) if softcap else None, int(window) if window else None))
-    return layers, attns, params
+    try:
+        plan = layer_plan(model, info)
+    except ChunkedUnsupportedError as exc:
+        raise InterventionError(
+            f"{info.name!r} ({info.family}): its attention does not call apply_rotary_pos_emb, so queries and keys "
+            "cannot be read for attention statistics; pass attention_layers=() or use a Llama-style model") from exc
+    return plan.layers, plan.attns, plan.params
 
 
 def _base_mask(T, window, neg):
@@ -633,7 +620,7 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
         wt[1] = torch.from_numpy(w)
         x = torch.tensor([ids, ids])
         inputs, xd = run.inputs(x)
-        bases = {li: _base_mask(T, run.params[li][3], neg) for li in stats}
+        bases = {li: _base_mask(T, run.params[li][2], neg) for li in stats}
         out = run.run(_block, model, inputs, xd, run.layers, run.attns, run.params, bases, None, {},
                       (layer, ("project", U, wt)), stats, sink_cols, FIRST_QUERY, neg)
         nll = out["nll"].numpy()
@@ -760,7 +747,7 @@ def ablate_massive(model, texts, mode="both", *, reference=None, spec: MassiveSp
         T = len(ids)
         x = torch.tensor([ids] * len(conds))
         inputs, xd = run.inputs(x)
-        bases = {li: _base_mask(T, run.params[li][3], neg) for li in stats}
+        bases = {li: _base_mask(T, run.params[li][2], neg) for li in stats}
         edit = ("massive", ch, values, float(spec.abs_thr), float(spec.ratio), T - 1 if control else -1)
         out = run.run(_block, model, inputs, xd, run.layers, run.attns, run.params, bases, None, {},
                       (spec.layer, edit), stats, sink_cols, FIRST_QUERY, neg)
@@ -842,7 +829,7 @@ def mask_sink(model, texts, layers="12-29", *, token=0, sweep: bool = False, att
         if max(tokens) >= T:
             raise InterventionError(f"token={token!r} is out of range for a text of {T} tokens")
         bl = _blocked(T, tokens)
-        bases = {li: _base_mask(T, run.params[li][3], neg) for li in range(L)}
+        bases = {li: _base_mask(T, run.params[li][2], neg) for li in range(L)}
         parts = []
         for g in range(0, len(names), per):
             group = names[g:g + per]
