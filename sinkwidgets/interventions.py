@@ -39,8 +39,6 @@ Gemma 2/3, OLMo, Phi-3). This module sits above the tracing layer: nothing below
 
 from __future__ import annotations
 
-import contextlib
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -261,22 +259,6 @@ def _base_mask(T, window, neg):
     return torch.zeros(T, T).masked_fill(bad, neg)
 
 
-@contextlib.contextmanager
-def _by_value():
-    """Ship this module to the server by value while a remote request is serialized (NDIF has no sinkwidgets)."""
-    import cloudpickle
-
-    mod = sys.modules[__name__]
-    registered = __name__ in cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES
-    if not registered:
-        cloudpickle.register_pickle_by_value(mod)
-    try:
-        yield
-    finally:
-        if not registered:
-            cloudpickle.unregister_pickle_by_value(mod)
-
-
 class _Runner:
     """Runs blocks on this model: locally under SDPA (probabilities are recomputed where asked), or on NDIF."""
 
@@ -300,16 +282,13 @@ class _Runner:
             finally:
                 if prev != "sdpa":
                     hf.set_attn_implementation(prev)
-        try:
-            from sinkwidgets.tracing.remote import RemoteSession
-        except ImportError:
-            from sinkwidgets.remote import RemoteSession
-        try:  # the session ships extra modules by value (this one: the blocks call its plain-torch helpers)
-            session = RemoteSession(self.model, self.info, self.remote, by_value=(__name__,))
-        except TypeError:  # a session without that hook: register this module with cloudpickle ourselves
-            session = RemoteSession(self.model, self.info, self.remote)
+        from .tracing.remote import RemoteSession
+
+        # the session ships this module by value while it serializes the request (NDIF has no sinkwidgets; the
+        # blocks call its plain-torch helpers)
+        session = RemoteSession(self.model, self.info, self.remote, by_value=(__name__,))
         backend = session.backend()
-        with _by_value(), session.guard():
+        with session.guard():
             return fn(*args, backend)
 
     def inputs(self, ids):
@@ -330,10 +309,8 @@ def _texts(texts) -> list[str]:
 
 
 def _tokenize(model, text, add_bos, max_tokens):
-    try:
-        from sinkwidgets.tracing import tokenize
-    except ImportError:  # pragma: no cover - during the tracing refactor
-        from sinkwidgets.tracing.api import tokenize
+    from .tracing.api import tokenize
+
     ids, used = tokenize(model, text, add_bos)
     if max_tokens is not None:
         ids = ids[:max_tokens]
