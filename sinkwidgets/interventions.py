@@ -259,6 +259,18 @@ def _base_mask(T, window, neg):
     return torch.zeros(T, T).masked_fill(bad, neg)
 
 
+def _base_masks(T, layers, params, neg):
+    """``{li: [T, T] mask}`` for the layers :func:`_block` reads, one tensor per distinct sliding window."""
+    by_window = {}
+    out = {}
+    for li in layers:
+        window = params[li][2]
+        if window not in by_window:
+            by_window[window] = _base_mask(T, window, neg)
+        out[li] = by_window[window]
+    return out
+
+
 class _Runner:
     """Runs blocks on this model: locally under SDPA (probabilities are recomputed where asked), or on NDIF."""
 
@@ -597,7 +609,7 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
         wt[1] = torch.from_numpy(w)
         x = torch.tensor([ids, ids])
         inputs, xd = run.inputs(x)
-        bases = {li: _base_mask(T, run.params[li][2], neg) for li in stats}
+        bases = _base_masks(T, stats, run.params, neg)
         out = run.run(_block, model, inputs, xd, run.layers, run.attns, run.params, bases, None, {},
                       (layer, ("project", U, wt)), stats, sink_cols, FIRST_QUERY, neg)
         nll = out["nll"].numpy()
@@ -724,7 +736,7 @@ def ablate_massive(model, texts, mode="both", *, reference=None, spec: MassiveSp
         T = len(ids)
         x = torch.tensor([ids] * len(conds))
         inputs, xd = run.inputs(x)
-        bases = {li: _base_mask(T, run.params[li][2], neg) for li in stats}
+        bases = _base_masks(T, stats, run.params, neg)
         edit = ("massive", ch, values, float(spec.abs_thr), float(spec.ratio), T - 1 if control else -1)
         out = run.run(_block, model, inputs, xd, run.layers, run.attns, run.params, bases, None, {},
                       (spec.layer, edit), stats, sink_cols, FIRST_QUERY, neg)
@@ -800,13 +812,14 @@ def mask_sink(model, texts, layers="12-29", *, token=0, sweep: bool = False, att
     nll: dict[str, list] = {c: [] for c in conds}
     chunks, n_tok = [], 0
     per = batch_size - 1
+    read = sorted({li for ls in sets.values() for li in ls} | set(stats))  # layers _block masks or measures
     for text in _progress(texts, "mask_sink", len(texts)):
         ids, used = _tokenize(model, text, add_bos, max_tokens)
         T = len(ids)
         if max(tokens) >= T:
             raise InterventionError(f"token={token!r} is out of range for a text of {T} tokens")
         bl = _blocked(T, tokens)
-        bases = {li: _base_mask(T, run.params[li][2], neg) for li in range(L)}
+        bases = _base_masks(T, read, run.params, neg)
         parts = []
         for g in range(0, len(names), per):
             group = names[g:g + per]
