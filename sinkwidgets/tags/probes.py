@@ -326,9 +326,8 @@ def _auto_heads(model, texts, layer: int, batch_size: int, alpha0: float, rank: 
     if not cands:
         raise ValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {layer}; pass heads=[...]")
     sel = _collect(model, sub, heads=cands, layers=None, maps=False, progress=False, batch_size=batch_size)
-    evs = {h: _in_sample_ev(sel, h, rank) for h in cands}
-    chosen = sorted((h for h in cands if np.isfinite(evs[h])), key=lambda h: -evs[h])[:n_heads]
-    return chosen, {f"L{a}H{b}": float(v) for (a, b), v in evs.items()}
+    tb = tag_basis(sel, "auto", rank=rank, n_heads=n_heads, max_layer=layer, alpha0=alpha0)  # same α: same candidates
+    return tb.heads, {k: float(v) for k, v in tb.evs.items()}
 
 
 def probe_report(model_or_data: Any, dataset: str = "cities", **kwargs: Any) -> ProbeResult:
