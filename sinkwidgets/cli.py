@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import SinkwidgetsValueError
+
 #: Prompts up to this many tokens keep every attention map for ``scan --html``.
 HTML_MAPS_MAX_TOKENS = 256
 #: Below this many tokens the scan warns that its numbers mean little (see :func:`uniform_first_token_mass`).
@@ -45,7 +47,7 @@ header:
   sinks/head         keys with alpha > eps per head, averaged over all heads and over the sink heads only"""
 
 
-class UsageError(ValueError):
+class UsageError(SinkwidgetsValueError):
     """A command-line argument is unusable; reported before anything is loaded (exit status 2)."""
 
 

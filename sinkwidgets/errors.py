@@ -1,41 +1,66 @@
-"""One family of errors shared by loading, tracing and remote tracing.
+"""One family of errors for everything the package raises on purpose.
 
-Everything the package raises on purpose for a model that cannot be loaded or traced is defined here, so the
-layers that raise them (``models/``, ``tracing/``) need not import each other. Each message names the thing, the
-value and the fix. This module imports nothing from the package.
+:class:`SinkwidgetsError` is the base of every error class sinkwidgets defines, here or in the modules that raise
+them (``InterventionError``, ``StreamingError``, ``SinkTraceFormatError``, ``TagDataFormatError``, the command
+line's ``UsageError``, the widgets' ``WidgetValueError``), so ``except sinkwidgets.errors.SinkwidgetsError`` catches
+every deliberate failure and nothing else. Each subclass also derives from the built-in it refines (``ValueError``
+for a bad argument or file, ``TypeError`` for a wrong type, ``RuntimeError``, ``ConnectionError``,
+``TimeoutError``), so code written as ``except ValueError`` keeps working. ``tests/test_errors.py`` walks the
+package and checks that every exception class defined in it joins this family.
+
+The errors of loading, tracing and remote tracing are defined here, so the layers that raise them (``models/``,
+``tracing/``) need not import each other. Each message names the thing, the value and the fix. This module imports
+nothing from the package, so every layer may import it.
 """
 
 from __future__ import annotations
 
 
+class SinkwidgetsError(Exception):
+    """Base of every error sinkwidgets raises on purpose. Catch it to handle any of them, and only them."""
+
+
+class SinkwidgetsValueError(SinkwidgetsError, ValueError):
+    """An argument or input has the right type but an unusable value (out of range, empty, reversed, non-finite)."""
+
+
+class SinkwidgetsTypeError(SinkwidgetsError, TypeError):
+    """An argument has the wrong type (a string where a list of ints is expected, a float where an int is)."""
+
+
+
 # ----------------------------------------------------------------------------- loading
-class ModelNotFoundError(ValueError):
+class ModelNotFoundError(SinkwidgetsValueError):
     """The model name is neither a known short name, a local directory, nor reachable on the hub."""
 
 
-class HubUnreachableError(ConnectionError):
+class HubUnreachableError(SinkwidgetsError, ConnectionError):
     """The Hugging Face hub could not be reached to download a model."""
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(SinkwidgetsValueError):
     """sinkwidgets cannot find or trace this architecture's attention probabilities."""
 
 
+class ModelFetchError(SinkwidgetsError, RuntimeError):
+    """Downloading, verifying or converting an offline model failed (``sinkwidgets.models.fetch``)."""
+
+
 # ----------------------------------------------------------------------------- tracing
-class TraceError(RuntimeError):
+class TraceError(SinkwidgetsError, RuntimeError):
     """The model's attention could not be traced (wrong shapes, probabilities that do not sum to one)."""
 
 
-class ChunkedUnsupportedError(ValueError):
+class ChunkedUnsupportedError(SinkwidgetsValueError):
     """The chunked path cannot recompute this model's attention (no rotary q/k to capture, or a mismatch)."""
 
 
-class ReductionUnsupportedError(ValueError):
+class ReductionUnsupportedError(SinkwidgetsValueError):
     """A requested in-trace quantity cannot be read from this model (e.g. per-head values of a fused q/k/v)."""
 
 
 # ----------------------------------------------------------------------------- remote (NDIF)
-class RemoteTraceError(RuntimeError):
+class RemoteTraceError(SinkwidgetsError, RuntimeError):
     """A remote (NDIF) trace failed. ``host`` is the server, ``fix`` what to do about it."""
 
     def __init__(self, problem: str, host: str | None = None, fix: str | None = None):

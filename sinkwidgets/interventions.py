@@ -45,13 +45,15 @@ from typing import Any
 
 import numpy as np
 
+from .errors import SinkwidgetsValueError
+
 #: Rows (clean + edited copies) per forward pass; each row keeps a ``[T, vocab]`` float32 logits tensor.
 DEFAULT_BATCH = 4
 #: Queries with ``t >= FIRST_QUERY`` enter the attention statistics (query 0 can only attend to itself).
 FIRST_QUERY = 1
 
 
-class InterventionError(ValueError):
+class InterventionError(SinkwidgetsValueError):
     """An intervention's arguments do not fit the model or the texts (the message says which and how to fix)."""
 
 

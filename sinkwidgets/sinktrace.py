@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from ._npz import HEADER, header_array, npz_path, read_headered, write_headered
+from .errors import SinkwidgetsValueError
 
 FORMAT_NAME = "sinkwidgets.SinkTrace"
 FORMAT_VERSION = 1
@@ -59,7 +60,7 @@ _OPTIONAL_ARRAYS = (
 )
 
 
-class SinkTraceFormatError(ValueError):
+class SinkTraceFormatError(SinkwidgetsValueError):
     """A file is not a readable SinkTrace (corrupt, truncated, foreign, or from a newer version)."""
 
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import SinkwidgetsValueError
+
 #: Name under which the banded attention is registered with transformers while a forward pass runs.
 ATTN_NAME = "sinkwidgets_streaming"
 #: Families whose rotary embedding uses HF's rotate_half convention with one ``rotary_emb`` (method="exact").
@@ -45,7 +47,7 @@ EXACT_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granit
 _STATE: dict[str, Any] = {}
 
 
-class StreamingError(ValueError):
+class StreamingError(SinkwidgetsValueError):
     """A streaming argument does not fit the model or the text (the message says which and how to fix)."""
 
 

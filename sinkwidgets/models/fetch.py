@@ -21,14 +21,11 @@ import time
 import zipfile
 from pathlib import Path
 
+from ..errors import ModelFetchError
 from .registry import REGISTRY, ModelSpec, resolve_name, unknown_model_error
 
 MANIFEST = "sinkwidgets-manifest.json"
 CONVERSION_VERSION = 1
-
-
-class ModelFetchError(RuntimeError):
-    """Downloading, verifying or converting an offline model failed."""
 
 
 def cache_dir() -> Path:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .._npz import HEADER, header_array, npz_path, read_headered, write_headered
+from ..errors import SinkwidgetsValueError
 from ..sinktrace import _check as _shape
 from ..sinktrace import _jsonable
 
@@ -50,7 +51,7 @@ _ARRAYS = (
 )
 
 
-class TagDataFormatError(ValueError):
+class TagDataFormatError(SinkwidgetsValueError):
     """A file is not a readable TagData (corrupt, truncated, foreign, or from a newer version)."""
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import traitlets
 
 from .._atomic import atomic_write
+from ..errors import SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 from ._maps import MapStore
@@ -33,7 +34,7 @@ _METRIC_HELP = {
     "entropy": "mean attention entropy (nats)",
 }
 
-class WidgetValueError(traitlets.TraitError, ValueError):
+class WidgetValueError(traitlets.TraitError, SinkwidgetsValueError):
     """An out-of-range widget setting (a ``ValueError``, and a ``TraitError`` for traitlets)."""
 
 
