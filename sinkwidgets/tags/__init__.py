@@ -35,6 +35,8 @@ from .analysis import (
     caught_set,
     explained_variance,
     is_boundary,
+    norm_fraction,
+    norm_matched_subspace,
     pc_bound,
     random_subspace,
     sink_heads,
@@ -57,7 +59,8 @@ __all__ = [
     "CatchResult", "HeadRecord", "ProbeDataset", "ProbeResult", "ReleaseResult", "SinkHeads", "TagBasis", "TagData",
     "TagDataFormatError", "TagEV", "TagEVTable",
     "alpha_from_map", "boundary_alpha", "boundary_heads", "boundary_heads_from_data", "boundary_mask", "catch",
-    "caught_set", "collect", "explained_variance", "grouped_folds", "is_boundary", "load_dataset", "pc_bound",
+    "caught_set", "collect", "explained_variance", "grouped_folds", "is_boundary", "load_dataset",
+    "norm_fraction", "norm_matched_subspace", "pc_bound",
     "paragraphs", "probe", "probe_features", "probe_report", "random_subspace", "release", "sink_heads", "sink_positions",
     "split_prompts", "tag_basis", "tag_ev", "tag_ev_table", "tag_subspace", "tag_vectors", "union_subspace",
 ]

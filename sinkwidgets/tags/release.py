@@ -17,9 +17,30 @@ The projection itself is :func:`sinkwidgets.interventions.project_out` (one impl
   residual after that layer at the edited positions (the directions that carry the most variance; these usually
   hurt more than the tag, so a large ΔNLL alone does not single out the tag).
 
+**Size matters.** ``U`` can hold a large share of the residual's norm at the edited positions (SmolLM2 L1H1:
+``norm_fraction`` ≈ 0.20, a random 2-d subspace ≈ 0.06, the top-2 PCs 0.30–0.58), so a same-rank random subspace
+removes far less and is no fair control. Two controls decide, both reported:
+
+- **norm-matched random subspaces** (``matched=True``, the default; the control the verdict uses): random
+  directions (Haar) added one by one until they remove the same ``norm_fraction`` as ``U``
+  (:func:`~sinkwidgets.tags.analysis.norm_matched_subspace`). ΔNLL is not linear in the norm removed (the loss of
+  removing 0.2 of the norm is not 3× that of 0.06), so dividing by the norm is only a first-order correction;
+  matching the norm compares like with like.
+- **ΔNLL per unit of norm** (``dnll / norm_fraction``) for the tag, the same-rank random draws and the top PCs:
+  the PCs cannot be matched in norm (they hold more), so per unit of norm is the only comparison with them.
+
+Two attention readouts: ``sink_shift``, the signed change of later heads' mean attention mass on the head's sinks
+(and token 0), and ``dnll_own_write``: only the head's own write along ``U`` removed (what the head itself adds,
+rather than everything any earlier layer wrote along ``U``).
+
+**Verdict** (``shown``; the printout's last line): release is shown when (1) the tag's ΔNLL exceeds that of every
+norm-matched random draw, and (2) later heads' sink attention moves beyond random:
+``|sink_shift - mean(matched)| >= max(0.05, 3 sd(matched))`` and ``|sink_shift| > |mean(matched)|``. Without
+norm-matched draws (``matched=False``) there is no verdict (``shown = None``).
+
 Pilot on SmolLM2-135M (20 paragraphs, baseline 3.72 nats/token): L1H1 ΔNLL +0.17 vs random +0.009 ± 0.007; L15H7
-+0.37 vs +0.018; the top-2 PCs hurt 2–9× more than the tag, and later heads' mean attention on the sink hardly
-moves (|Δ| ≤ 0.01).
++0.37 vs +0.018; the top-2 PCs hurt 2–9× more than the tag (2.6–14× per unit of norm), later heads' mean attention
+on the sink hardly moves (|Δ| ≤ 0.01), and the head's own write alone costs almost nothing (≤ 0.015 nats).
 """
 
 from __future__ import annotations
@@ -30,18 +51,63 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import EPS, MIN_LATER, random_subspace, sink_positions, tag_subspace, tag_vectors
+from .analysis import (
+    EPS,
+    MIN_LATER,
+    norm_fraction,
+    norm_matched_subspace,
+    random_subspace,
+    sink_positions,
+    tag_subspace,
+    tag_vectors,
+)
 from .data import TagData, _pair
+
+#: Absolute floor on the change of later heads' sink attention for a release verdict (5 points of attention).
+SINK_SHIFT_MIN = 0.05
+
+
+def _mean(x) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.mean()) if x.size else float("nan")
+
+
+def _sd(x) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.std(ddof=1)) if x.size > 1 else 0.0
+
+
+def release_verdict(dnll: float, dnll_matched: Sequence[float], shift: float,
+                    shift_matched: Sequence[float]) -> tuple[bool | None, str]:
+    """The release rule (module docstring): ``(shown, reason)``; ``shown`` is None without norm-matched draws or
+    without attention statistics."""
+    if not len(dnll_matched):
+        return None, "no verdict: no norm-matched random control (matched=False)"
+    loss = bool(dnll > float(np.max(dnll_matched)))
+    if not np.isfinite(shift):
+        return None, "no verdict: attention not measured (attention_layers=None)"
+    m, sd = _mean(shift_matched), _sd(shift_matched)
+    moved = bool(abs(shift - m) >= max(SINK_SHIFT_MIN, 3 * sd) and abs(shift) > abs(m))
+    parts = [f"ΔNLL {dnll:+.3f} {'>' if loss else '<='} every norm-matched random draw (max "
+             f"{float(np.max(dnll_matched)):+.3f})",
+             f"sink attention {shift:+.3f} vs random {m:+.3f} ± {sd:.3f} ({'moves' if moved else 'does not move'}"
+             f" beyond random)"]
+    return loss and moved, "; ".join(parts)
 
 
 @dataclass
 class ReleaseResult:
     """ΔNLL (nats per token, token-weighted over all texts; positive = worse) and later heads' attention change
-    for the tag subspace, each random subspace and the top PCs.
+    for the tag subspace, each random subspace, the top PCs and the norm-matched random subspaces.
 
-    ``dnll``, ``dnll_random`` (one per draw), ``dnll_pcs``; ``sink_delta*``: mean over texts, later layers, heads
-    and queries ``t >= 1`` of ``|Δ|`` of the attention on the head's sinks; ``tv*``: mean total variation
-    ``½ Σ_j |ΔP_tj|`` of later heads' attention rows. ``baseline_nll`` is the clean model's mean NLL.
+    ``dnll``, ``dnll_random`` (one per same-rank draw), ``dnll_pcs``, ``dnll_matched`` (one per norm-matched draw,
+    of ``rank_matched`` dimensions each), ``dnll_own_write`` (only the head's own write along the tag removed; NaN
+    when not run). ``norm_fraction*``: share of the residual norm at the edited positions in each subspace,
+    ``||X U||_F / ||X||_F`` (:func:`~sinkwidgets.tags.analysis.norm_fraction`). ``sink_delta*``: mean over texts,
+    later layers, heads and queries ``t >= 1`` of ``|Δ|`` of the attention on the head's sinks; ``sink_shift*``:
+    the same without the absolute value (signed change of the mean sink mass; ``sink_mass`` is the clean mass);
+    ``tv*``: mean total variation ``½ Σ_j |ΔP_tj|`` of later heads' attention rows. ``baseline_nll`` is the clean
+    model's mean NLL. ``shown`` / ``verdict``: the rule in the module docstring.
     """
 
     head: tuple[int, int]
@@ -62,6 +128,21 @@ class ReleaseResult:
     n_projected: int
     per_text: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     subspace: np.ndarray = field(default=None, repr=False)
+    norm_fraction: float = float("nan")
+    norm_fraction_random: list[float] = field(default_factory=list)
+    norm_fraction_pcs: float = float("nan")
+    dnll_matched: list[float] = field(default_factory=list)
+    norm_fraction_matched: list[float] = field(default_factory=list)
+    rank_matched: list[int] = field(default_factory=list)
+    sink_mass: float = float("nan")
+    sink_shift: float = float("nan")
+    sink_shift_random: list[float] = field(default_factory=list)
+    sink_shift_pcs: float = float("nan")
+    sink_shift_matched: list[float] = field(default_factory=list)
+    sink_delta_matched: list[float] = field(default_factory=list)
+    tv_matched: list[float] = field(default_factory=list)
+    dnll_own_write: float = float("nan")
+    sink_shift_own_write: float = float("nan")
 
     @property
     def ratio_random(self) -> float:
@@ -69,21 +150,74 @@ class ReleaseResult:
         m = float(np.mean(self.dnll_random))
         return self.dnll / m if m > 0 else float("inf")
 
+    @property
+    def dnll_per_norm(self) -> float:
+        """ΔNLL of the tag per unit of norm fraction removed, ``dnll / norm_fraction``."""
+        return self.dnll / self.norm_fraction
+
+    @property
+    def dnll_per_norm_random(self) -> list[float]:
+        """``dnll / norm_fraction`` of each same-rank random draw."""
+        return [d / f for d, f in zip(self.dnll_random, self.norm_fraction_random)]
+
+    @property
+    def dnll_per_norm_pcs(self) -> float:
+        """``dnll_pcs / norm_fraction_pcs`` (NaN when the PCs were not run)."""
+        return self.dnll_pcs / self.norm_fraction_pcs
+
+    @property
+    def dnll_per_norm_matched(self) -> list[float]:
+        return [d / f for d, f in zip(self.dnll_matched, self.norm_fraction_matched)]
+
+    @property
+    def shown(self) -> bool | None:
+        """Release shown by the rule of the module docstring (None: no norm-matched control or no attention)."""
+        return release_verdict(self.dnll, self.dnll_matched, self.sink_shift, self.sink_shift_matched)[0]
+
+    @property
+    def verdict(self) -> str:
+        """One plain line: shown / not shown / no verdict, and why."""
+        shown, why = release_verdict(self.dnll, self.dnll_matched, self.sink_shift, self.sink_shift_matched)
+        word = {True: "release SHOWN", False: "release NOT shown", None: "release undecided"}[shown]
+        return f"verdict: {word}: {why}"
+
     def __str__(self) -> str:
         l, h = self.head
+
+        def row(name, dnll, nf, shift, sd, tv, spread=""):
+            per = dnll / nf if np.isfinite(nf) and nf > 0 else float("nan")
+            return (f"  {name:<26}{dnll:>+9.3f}{nf:>8.3f}{per:>10.3f}{shift:>+10.4f}{sd:>10.4f}{tv:>8.4f}"
+                    f"{spread}")
+
         r = np.asarray(self.dnll_random)
-        sd = np.asarray(self.sink_delta_random)
-        tv = np.asarray(self.tv_random)
-        pm = f" ± {r.std(ddof=1):.3f}" if len(r) > 1 else ""
-        return "\n".join([
+        pm = f"  (ΔNLL sd {_sd(r):.3f})" if len(r) > 1 else ""
+        lines = [
             f"release of L{l}H{h}: rank-{self.rank} subspace projected out after layer {l} at {self.positions} "
-            f"positions ({self.n_texts} texts, {self.n_tokens} tokens, baseline NLL {self.baseline_nll:.3f})",
-            f"  {'subspace':<16}{'ΔNLL':>9}{'|Δ| on sink':>13}{'row TV':>9}",
-            f"  {'tag':<16}{self.dnll:>+9.3f}{self.sink_delta:>13.4f}{self.tv:>9.4f}",
-            f"  {f'random ({len(r)})':<16}{r.mean():>+9.3f}{sd.mean():>13.4f}{tv.mean():>9.4f}{pm}",
-            f"  {'top PCs':<16}{self.dnll_pcs:>+9.3f}{self.sink_delta_pcs:>13.4f}{self.tv_pcs:>9.4f}"
-            if np.isfinite(self.dnll_pcs) else "  top PCs         (not run: pcs=False)",
-        ] + (["  (attention changes not measured: attention_layers=None)"] if not np.isfinite(self.tv) else []))
+            f"positions ({self.n_texts} texts, {self.n_tokens} tokens, baseline NLL {self.baseline_nll:.3f}, "
+            f"later heads' clean sink mass {self.sink_mass:.3f})",
+            f"  {'subspace':<26}{'ΔNLL':>9}{'norm':>8}{'ΔNLL/norm':>10}{'Δ sink':>10}{'|Δ| sink':>10}{'row TV':>8}",
+            row("tag", self.dnll, self.norm_fraction, self.sink_shift, self.sink_delta, self.tv),
+            row(f"random, rank {self.rank} ({len(r)})", _mean(r), _mean(self.norm_fraction_random),
+                _mean(self.sink_shift_random), _mean(self.sink_delta_random), _mean(self.tv_random), pm),
+        ]
+        if self.dnll_matched:
+            dm = np.asarray(self.dnll_matched)
+            lines.append(row(f"random, norm-matched ({len(dm)})", _mean(dm), _mean(self.norm_fraction_matched),
+                             _mean(self.sink_shift_matched), _mean(self.sink_delta_matched), _mean(self.tv_matched),
+                             f"  (ΔNLL sd {_sd(dm):.3f}, Δ sink sd {_sd(self.sink_shift_matched):.4f}, "
+                             f"{min(self.rank_matched)}–{max(self.rank_matched)} dims)"))
+        if np.isfinite(self.dnll_pcs):
+            lines.append(row(f"top-{self.rank} PCs", self.dnll_pcs, self.norm_fraction_pcs, self.sink_shift_pcs,
+                             self.sink_delta_pcs, self.tv_pcs))
+        else:
+            lines.append(f"  {'top PCs':<26}(not run: pcs=False)")
+        if np.isfinite(self.dnll_own_write):
+            lines.append(f"  {'own write only':<26}{self.dnll_own_write:>+9.3f}{'':>18}"
+                         f"{self.sink_shift_own_write:>+10.4f}")
+        if not np.isfinite(self.tv):
+            lines.append("  (attention changes not measured: attention_layers=None)")
+        lines.append(self.verdict)
+        return "\n".join(lines)
 
     def _repr_pretty_(self, p, cycle):
         p.text(str(self))
@@ -91,27 +225,38 @@ class ReleaseResult:
     def as_dict(self) -> dict:
         keys = ("rank", "positions", "baseline_nll", "dnll", "dnll_random", "dnll_pcs", "sink_delta",
                 "sink_delta_random", "sink_delta_pcs", "tv", "tv_random", "tv_pcs", "n_texts", "n_tokens",
-                "n_projected")
-        return {k: getattr(self, k) for k in keys} | {"head": list(self.head)}
+                "n_projected", "norm_fraction", "norm_fraction_random", "norm_fraction_pcs", "dnll_matched",
+                "norm_fraction_matched", "rank_matched", "sink_mass", "sink_shift", "sink_shift_random",
+                "sink_shift_pcs", "sink_shift_matched", "sink_delta_matched", "tv_matched", "dnll_own_write", "sink_shift_own_write", "shown")
+        return {k: getattr(self, k) for k in keys} | {"head": list(self.head), "verdict": self.verdict}
 
 
-def _summarise(r) -> tuple[float, float, float, float, np.ndarray]:
-    """A project_out result over all texts → (ΔNLL, baseline NLL, sink |Δ|, TV, per-text ΔNLL); the attention
-    changes are means of the per-text means."""
+def _summarise(r) -> dict:
+    """A project_out (or own-write) result over all texts → ΔNLL, baseline NLL, sink |Δ|, sink shift, clean sink
+    mass, TV and per-text ΔNLL; the attention statistics are means of the per-text means."""
     clean = np.concatenate(r.nll["clean"])
-    proj = np.concatenate(r.nll["projected"])
-    per_text = np.array([p.mean() - c.mean() for c, p in zip(r.nll["clean"], r.nll["projected"])])
+    edited = r.conditions[1]
+    proj = np.concatenate(r.nll[edited])
+    per_text = np.array([p.mean() - c.mean() for c, p in zip(r.nll["clean"], r.nll[edited])])
     att = r.attention
-    sd = float(np.mean([a.mean() for a in att["sink_delta"]])) if att else float("nan")
-    tv = float(np.mean([a.mean() for a in att["tv"]])) if att else float("nan")
-    return float(proj.mean() - clean.mean()), float(clean.mean()), sd, tv, per_text
+    nan = float("nan")
+    if att:
+        mass = att["sink_mass"]  # [N] of [S, C, H]
+        sd = float(np.mean([a.mean() for a in att["sink_delta"]]))
+        shift = float(np.mean([m[:, 1].mean() - m[:, 0].mean() for m in mass]))
+        mass0 = float(np.mean([m[:, 0].mean() for m in mass]))
+        tv = float(np.mean([a.mean() for a in att["tv"]]))
+    else:
+        sd = shift = mass0 = tv = nan
+    return {"dnll": float(proj.mean() - clean.mean()), "base": float(clean.mean()), "sink_delta": sd,
+            "shift": shift, "mass": mass0, "tv": tv, "per_text": per_text}
 
 
 def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, positions: Any = "non_sink",
             n_random: int = 3, *, data: TagData | None = None, subspace: np.ndarray | None = None, pcs: bool = True,
-            eps: float = EPS, min_later: int = MIN_LATER, attention_layers: Any = "after",
-            add_bos: bool | None = None, max_tokens: int | None = None, seed: int = 0, batch_size: int = 8,
-            progress: bool | None = None) -> ReleaseResult:
+            matched: bool = True, own_write: bool = True, eps: float = EPS, min_later: int = MIN_LATER,
+            attention_layers: Any = "after", add_bos: bool | None = None, max_tokens: int | None = None,
+            seed: int = 0, batch_size: int = 8, progress: bool | None = None) -> ReleaseResult:
     """Project ``head``'s rank-``rank`` tag subspace out of the residual after its layer; compare with controls.
 
     Parameters
@@ -122,14 +267,19 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
     rank : rank of the tag subspace (top singular vectors of the sinks' values ``g_s = v_s W_O^h``).
     positions : ``"non_sink"`` (default; every token but token 0 and the head's sinks, ``alpha > eps``), ``"all"``
         (includes the sinks: breaks the model, see the module docstring), or per-text positions / masks.
-    n_random : random subspaces of the same rank (one ΔNLL per draw).
+    n_random : random subspaces of the same rank (one ΔNLL per draw), and as many norm-matched ones.
     data : a :class:`TagData` with the head's values and α to fit the subspace and find the sinks (default: collected
         from ``texts``). ``subspace``: an explicit basis ``[d, rank]`` instead.
     pcs : also project out the top-``rank`` PCs of the residual after the layer (at the edited positions).
+    matched : also project out ``n_random`` random subspaces that remove the same share of the residual norm as
+        the tag (the control of the verdict; see the module docstring for why).
+    own_write : also remove only the head's own write along ``U`` (``dnll_own_write``), when the interventions
+        module offers that edit.
     attention_layers : later layers whose attention change is measured (``"after"``: all later layers; ``None``:
-        none, faster).
+        none, faster, and no verdict).
 
-    Cost: ``2 + n_random`` (+1 for the PCs) forward passes per text, each of two rows (clean and edited).
+    Cost: one residual pass, then ``1 + n_random`` (+1 for the PCs, + ``n_random`` norm-matched, +1 own write)
+    forward passes per text, each of two rows (clean and edited).
     """
     from ..interventions import project_out
     from .collect import collect, residual_rows
@@ -163,34 +313,49 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
         per_pos = [np.array([t not in s for t in range(int(T))]) for s, T in zip(sinks, own.lengths)]
         label = "non-sink"
     elif isinstance(positions, str) and positions == "all":
-        per_pos = ["all"] * len(texts)
+        per_pos = [np.ones(int(T), dtype=bool) for T in own.lengths]
         label = "all"
     else:
         if len(positions) != len(texts):
             raise ValueError(f"positions: give 'non_sink', 'all' or one position list / mask per text "
                              f"({len(texts)}), got {len(positions)} entries")
-        per_pos = list(positions)
+        per_pos = []
+        for p, T in zip(positions, own.lengths):
+            p = np.asarray(p)
+            if p.dtype != bool:
+                m = np.zeros(int(T), dtype=bool)
+                m[p.astype(int)] = True
+                p = m
+            per_pos.append(p)
         label = "chosen"
 
+    # the residual after the layer at the edited positions: norm fractions, PCs and norm-matched controls
+    rows = residual_rows(model, texts, layer, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size)
+    X = np.concatenate([r[p] for r, p in zip(rows, per_pos)]).astype(np.float64)
     rng = np.random.default_rng(seed)
+    Uo = np.linalg.qr(U)[0]
+    target = norm_fraction(X, Uo)
     bases = {"tag": U}
     for k in range(n_random):
         bases[f"random{k}"] = random_subspace(d, U.shape[1], rng)
     if pcs:
-        rows = residual_rows(model, texts, layer, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size)
-        X = np.concatenate([r[np.asarray(p, dtype=bool)] if not isinstance(p, str) else r
-                            for r, p in zip(rows, per_pos)]).astype(np.float64)
         Xc = X - X.mean(0)
         bases["pcs"] = np.linalg.svd(Xc, full_matrices=False)[2][: U.shape[1]].T
+    if matched:
+        for k in range(n_random):
+            bases[f"matched{k}"] = norm_matched_subspace(X, target, rng)
+    fractions = {name: norm_fraction(X, np.linalg.qr(B)[0]) for name, B in bases.items()}
 
     from tqdm.auto import tqdm
 
+    own_fn = _own_write_edit() if own_write else None
     show = progress if progress is not None else True
     # one project_out call per subspace (one forward per text); a callable hands each text its own positions
     pos_arg = "all" if label == "all" else (lambda i, T: per_pos[i])
     summary = {}
     n_proj = 0
-    with tqdm(total=len(bases) * len(texts), desc=f"release L{layer}H{h}", unit="text", disable=not show) as bar:
+    total = (len(bases) + (own_fn is not None)) * len(texts)
+    with tqdm(total=total, desc=f"release L{layer}H{h}", unit="text", disable=not show) as bar:
         for name, B in bases.items():
             out = project_out(model, texts, layer, B, positions=pos_arg, sink_positions=sinks,
                               attention_layers=attention_layers, add_bos=add_bos, max_tokens=max_tokens,
@@ -199,14 +364,39 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
             if name == "tag":
                 n_proj = int(sum(out.meta["n_projected"]))
             summary[name] = _summarise(out)
+        if own_fn is not None:
+            out = own_fn(model, texts, (layer, h), U, positions=pos_arg, sink_positions=sinks,
+                         attention_layers=attention_layers, add_bos=add_bos, max_tokens=max_tokens, progress=False)
+            bar.update(len(texts))
+            summary["own"] = _summarise(out)
     tag = summary["tag"]
     rnd = [summary[f"random{k}"] for k in range(n_random)]
-    pc = summary.get("pcs", (float("nan"),) * 4 + (None,))
+    mt = [summary[f"matched{k}"] for k in range(n_random)] if matched else []
+    nan = float("nan")
+    pc = summary.get("pcs", {"dnll": nan, "sink_delta": nan, "shift": nan, "tv": nan, "per_text": None})
+    ow = summary.get("own", {"dnll": nan, "shift": nan})
     return ReleaseResult(
-        head=(layer, h), rank=int(U.shape[1]), positions=label, baseline_nll=tag[1], dnll=tag[0],
-        dnll_random=[r[0] for r in rnd], dnll_pcs=pc[0], sink_delta=tag[2], sink_delta_random=[r[2] for r in rnd],
-        sink_delta_pcs=pc[2], tv=tag[3], tv_random=[r[3] for r in rnd], tv_pcs=pc[3], n_texts=len(texts),
-        n_tokens=int(own.n_tokens), n_projected=n_proj,
-        per_text={"tag": tag[4], **{f"random{k}": r[4] for k, r in enumerate(rnd)},
-                  **({"pcs": pc[4]} if pcs else {})},
-        subspace=U)
+        head=(layer, h), rank=int(U.shape[1]), positions=label, baseline_nll=tag["base"], dnll=tag["dnll"],
+        dnll_random=[r["dnll"] for r in rnd], dnll_pcs=pc["dnll"], sink_delta=tag["sink_delta"],
+        sink_delta_random=[r["sink_delta"] for r in rnd], sink_delta_pcs=pc["sink_delta"], tv=tag["tv"],
+        tv_random=[r["tv"] for r in rnd], tv_pcs=pc["tv"], n_texts=len(texts), n_tokens=int(own.n_tokens),
+        n_projected=n_proj,
+        per_text={"tag": tag["per_text"], **{f"random{k}": r["per_text"] for k, r in enumerate(rnd)},
+                  **({"pcs": pc["per_text"]} if pcs else {}),
+                  **{f"matched{k}": r["per_text"] for k, r in enumerate(mt)}},
+        subspace=U, norm_fraction=fractions["tag"],
+        norm_fraction_random=[fractions[f"random{k}"] for k in range(n_random)],
+        norm_fraction_pcs=fractions.get("pcs", nan), dnll_matched=[r["dnll"] for r in mt],
+        norm_fraction_matched=[fractions[f"matched{k}"] for k in range(len(mt))],
+        rank_matched=[int(bases[f"matched{k}"].shape[1]) for k in range(len(mt))], sink_mass=tag["mass"],
+        sink_shift=tag["shift"], sink_shift_random=[r["shift"] for r in rnd], sink_shift_pcs=pc["shift"],
+        sink_shift_matched=[r["shift"] for r in mt], sink_delta_matched=[r["sink_delta"] for r in mt],
+        tv_matched=[r["tv"] for r in mt], dnll_own_write=ow["dnll"], sink_shift_own_write=ow["shift"])
+
+
+def _own_write_edit():
+    """The interventions module's edit that removes only one head's own write along a subspace, or None while it
+    does not exist (then ``dnll_own_write`` stays NaN)."""
+    from .. import interventions
+
+    return getattr(interventions, "remove_head_write", None)
