@@ -2,12 +2,15 @@
 ``py.typed``; ``twine check`` passes; the wheel installed into a fresh virtual environment imports from there (not
 from this checkout), renders a saved SinkTrace to offline HTML, and its command line starts.
 
-The venv sees the system site-packages for the heavy dependencies (torch etc.) and gets the wheel with
-``--no-deps``; the test asserts that ``sinkwidgets`` itself is imported from the venv.
+The venv gets the wheel with ``--no-deps`` and then sees the heavy dependencies (torch etc.) through the
+site-packages of the interpreter running the tests (:func:`_share_site_packages`): whatever that interpreter is (a
+venv, a conda env, the system Python), the wheel meets the same dependencies by construction. The test asserts that
+``sinkwidgets`` itself is imported from the venv, not from the checkout.
 """
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import tarfile
@@ -68,22 +71,57 @@ print("HTML", len(page))
 """
 
 
+def _parent_site_dirs() -> list[str]:
+    """The site directories of the interpreter running the tests: its site-packages (a venv's own, plus the base
+    interpreter's when it was made with ``--system-site-packages``; a conda env's; the system Python's
+    dist-packages) and the user site when that interpreter reads it."""
+    dirs = list(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    out = []
+    for d in dirs:
+        if os.path.isdir(d) and d not in out and Path(d).resolve() != ROOT:
+            out.append(d)
+    return out
+
+
+def _share_site_packages(py: Path) -> tuple[Path, list[str]]:
+    """Make the venv of ``py`` see the running interpreter's site directories, after its own.
+
+    One ``.pth`` file in the venv's site-packages calls ``site.addsitedir`` on each directory, so their own ``.pth``
+    files (namespace packages, editable installs of dependencies) work too. The venv's site-packages stays first on
+    ``sys.path``, so the wheel installed there wins over any other copy of sinkwidgets (an editable install of this
+    checkout included). ``--system-site-packages`` is not enough: from a venv it exposes the *base* interpreter, not
+    the venv where the user installed the dependencies.
+    """
+    purelib = Path(subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                  capture_output=True, text=True, check=True, timeout=120).stdout.strip())
+    dirs = _parent_site_dirs()
+    lines = [f"import site; site.addsitedir({d!r})" for d in dirs]
+    (purelib / "_sinkwidgets_test_parent_site.pth").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return purelib, dirs
+
+
 def test_wheel_in_a_fresh_venv(dists, tmp_path):
     wheel, _ = dists
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
+    # the wheel goes in while the venv sees only itself, so pip cannot mistake another sinkwidgets for it
     proc = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check",
                            "-q", str(wheel)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    purelib, dirs = _share_site_packages(py)
+    assert dirs, "the running interpreter reports no site-packages to share"
     work = tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PYTHONNOUSERSITE"] = "1"
     out = subprocess.run([str(py), "-c", USE], cwd=work, capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.returncode == 0, f"site dirs shared: {dirs}\n" + out.stderr[-3000:]
     imported = Path(out.stdout.split("FILE ", 1)[1].splitlines()[0])
     assert venv.resolve() in imported.parents, f"imported {imported}, not the wheel in {venv}"
+    assert imported.parent.parent == purelib.resolve(), (imported, purelib)
     assert ROOT not in imported.parents
     assert (work / "t.html").is_file() and (work / "t.npz").is_file()
     cli = venv / "bin" / "sinkwidgets"
