@@ -14,6 +14,8 @@ from sinkwidgets import cli
 from sinkwidgets.models import fetch as F
 
 NAME = "minilm-l6"
+#: The cache the user configured before any fixture replaced it (None: the platform's default cache).
+USER_CACHE = os.environ.get("SINKWIDGETS_CACHE") or None
 
 
 @pytest.fixture
@@ -167,15 +169,44 @@ def test_list_reports_size_on_disk(fake_fetch):
     assert rows["smollm2-135m"]["disk_mb"] is None
 
 
+def _real_model_dir(monkeypatch):
+    """Where the real minilm-l6 is: the user's own ``$SINKWIDGETS_CACHE`` (read before the fixtures replaced it),
+    else the default cache with the variable deleted. None when it is in neither."""
+    candidates = [USER_CACHE] if USER_CACHE else []
+    candidates.append(None)  # the platform default
+    for cache in candidates:
+        if cache is None:
+            monkeypatch.delenv("SINKWIDGETS_CACHE", raising=False)
+        else:
+            monkeypatch.setenv("SINKWIDGETS_CACHE", cache)
+        if F.is_cached(NAME, check_digests=False):
+            return F.model_dir(NAME)
+    return None
+
+
+@pytest.mark.unit
+def test_the_real_cache_is_found_under_a_user_cache_variable(tmp_path, monkeypatch):
+    """A user's own ``$SINKWIDGETS_CACHE`` is where the test above looks first; without it, the default cache."""
+    own = tmp_path / "own-cache"
+    (own / "models" / NAME).mkdir(parents=True)
+    monkeypatch.setattr(F, "is_cached", lambda name, check_digests=True: F.cache_dir() == own)
+    monkeypatch.setitem(globals(), "USER_CACHE", str(own))
+    monkeypatch.setenv("SINKWIDGETS_CACHE", str(tmp_path / "fixture-cache"))
+    assert _real_model_dir(monkeypatch) == own / "models" / NAME
+    monkeypatch.setitem(globals(), "USER_CACHE", None)
+    assert _real_model_dir(monkeypatch) is None  # not in the default cache under this fake is_cached
+    assert "SINKWIDGETS_CACHE" not in os.environ  # the default cache is read with the variable deleted
+
+
 @pytest.mark.models
 def test_load_of_a_damaged_cached_model_says_so(tmp_path, monkeypatch, fake_fetch):
     """A real model (MiniLM) whose weights header was damaged in place: the load names the cache and the fix."""
     import sinkwidgets as sw
 
-    monkeypatch.delenv("SINKWIDGETS_CACHE")
-    real = F.model_dir(NAME)
-    if not F.is_cached(NAME, check_digests=False):
-        pytest.skip("minilm-l6 is not in the model cache (sinkwidgets models fetch minilm-l6)")
+    real = _real_model_dir(monkeypatch)
+    if real is None:
+        pytest.skip(f"minilm-l6 is in neither the default cache nor $SINKWIDGETS_CACHE={USER_CACHE!r} "
+                    "(sinkwidgets models fetch minilm-l6)")
     monkeypatch.setenv("SINKWIDGETS_CACHE", str(tmp_path / "cache"))
     fake_fetch["source"] = real
     d = F.fetch_model(NAME, quiet=True)
