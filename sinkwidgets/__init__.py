@@ -18,13 +18,16 @@ _LAZY = {
     # metrics (numpy only)
     "sink_scores": "metrics",
     "sink_ratio": "metrics",
-    "sink_heads": "metrics",
+    "sink_head_mask": "metrics",
     "find_sinks": "metrics",
     "sinks_per_head": "metrics",
     "first_token_mass": "metrics",
     "attention_entropy": "metrics",
     "massive_activations": "metrics",
     "Sink": "metrics",
+    # corpora for catch / tag / release (numpy only), beside SinkTrace
+    "TagData": "tags.data",
+    "TagDataFormatError": "tags.data",
     # models and tracing (torch)
     "load_model": "tracing",  # local (models.load_model) or remote=True (tracing.remote)
     "fetch_model": "models",
@@ -48,19 +51,30 @@ _LAZY = {
 
 __all__ = ["SinkTrace", "SinkTraceFormatError", "__version__", *_LAZY]
 
+#: Deprecated top-level names: still resolved (with a DeprecationWarning when called), not in __all__ or dir().
+_DEPRECATED = {"sink_heads": "metrics"}  # renamed sink_head_mask; sw.tags.sink_heads is the corpus-level record
 
-_SUBMODULES = {"metrics", "models", "tracing", "widgets", "toy", "remote", "errors", "cli", "interventions",
+_SUBMODULES = ("metrics", "models", "tracing", "widgets", "toy", "remote", "errors", "cli", "interventions",
                "streaming",
-               # tutorial helpers: charts (sw.charts), numpy summaries, inputs, a hand-made head, q-k geometry
-               "charts", "analysis", "inputs", "handmade", "geometry",
+               # static charts: the one charts home (sw.charts.line_chart, grid_chart, emergence_chart, ...)
+               "charts",
                # catch / tag / release on corpora (sw.tags.collect, tag_ev, probe, release)
-               "tags"}
+               "tags",
+               # tutorial helpers: handmade head, inputs, q-k geometry, trace summaries
+               "lessons")
+
+#: Tutorial helpers that moved into sinkwidgets.lessons: the error for the old name says where they went.
+_MOVED = {"handmade": "lessons.handmade", "inputs": "lessons.inputs", "geometry": "lessons.geometry",
+          "analysis": "lessons.summaries"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
-    module = _LAZY.get(name)
+    if name in _MOVED:
+        raise AttributeError(f"sinkwidgets.{name} moved to sinkwidgets.{_MOVED[name]}: use "
+                             f"'from sinkwidgets.lessons import {_MOVED[name].partition('.')[2]}'")
+    module = _LAZY.get(name) or _DEPRECATED.get(name)
     if module is None:
         raise AttributeError(f"module 'sinkwidgets' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
@@ -69,4 +83,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    """The public names and the subpackages, so that ``sw.<TAB>`` completes ``sw.tags``, ``sw.charts``, ..."""
+    return sorted({*__all__, *_SUBMODULES})

@@ -1,18 +1,29 @@
-"""Static charts (Altair) for notebooks and slides, as ``sw.charts``.
+"""Static charts (Altair) for notebooks and slides: ``sw.charts`` is the package's one charts home.
 
-Re-exports the trace charts of :mod:`sinkwidgets.widgets.charts` (``grid_chart``, ``heatmap_chart``,
-``token_chart``, ``save_png``, ``save_svg``) and adds:
+Every static chart a notebook draws is reached as ``sw.charts.<name>``. Most are defined here; two groups are defined
+beside the code whose definitions they share and re-exported here (same objects):
 
 =================================  ===============================================================================
+defined here
 ``norm_chart(tr)``                 residual-stream norm of every token after every layer (log colour scale)
 ``outlier_chart(tr)``              the top |activations| per layer, coloured by channel, against the layer median
                                    and Sun et al.'s thresholds (massive activations)
 ``activation_view(tr)``            both side by side: the "why the first token?" picture from the SinkTrace alone
 ``line_chart(series, x=...)``      one line per named series (e.g. a metric per layer for several conditions)
 ``bar_chart(values)``              one bar per named value
+``weights_chart(results)``         one panel of attention weights per normaliser (the hand-made head, tutorial 02)
+re-exported from widgets.charts    ``grid_chart``, ``heatmap_chart``, ``token_chart``, ``save_png``, ``save_svg``: the
+                                   static twins of SinkExplorer's views; they read the widget's metric definitions
+                                   (``METRICS``, ``grid_values``), so they live in :mod:`sinkwidgets.widgets.charts`
+                                   and the widgets never import this module (which sits above them)
+re-exported from toy.charts        ``emergence_chart``: loss and mechanism metrics of a toy training run; it reads
+                                   the toy's history records, so it lives in :mod:`sinkwidgets.toy.charts`; loaded
+                                   on first use, because importing the toy imports torch
 =================================  ===============================================================================
 
-Everything reads only a :class:`~sinkwidgets.SinkTrace` (or plain arrays): no model, no torch.
+Everything reads only a :class:`~sinkwidgets.SinkTrace` (or plain arrays, or a toy history): no model, no torch.
+This module sits at the top of the package beside :mod:`sinkwidgets.lessons` (it uses
+``lessons.summaries.outlier_channels``); nothing else in the package imports it.
 """
 
 from __future__ import annotations
@@ -22,12 +33,25 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import outlier_channels
+from .lessons.summaries import outlier_channels
 from .sinktrace import SinkTrace
 from .widgets.charts import grid_chart, heatmap_chart, save_png, save_svg, token_chart
 
 __all__ = ["grid_chart", "heatmap_chart", "token_chart", "save_png", "save_svg", "norm_chart", "outlier_chart",
-           "activation_view", "line_chart", "bar_chart", "norm_rows", "outlier_rows"]
+           "activation_view", "line_chart", "bar_chart", "weights_chart", "norm_rows", "outlier_rows"]
+# emergence_chart is re-exported lazily (below) and left out of __all__, so that ``import *`` does not import torch
+
+
+def __getattr__(name: str) -> Any:
+    if name == "emergence_chart":  # defined in toy.charts; importing sinkwidgets.toy imports torch, so on first use
+        from .toy.charts import emergence_chart
+
+        return emergence_chart
+    raise AttributeError(f"module 'sinkwidgets.charts' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "emergence_chart"})
 
 
 def _alt():
@@ -177,4 +201,36 @@ def bar_chart(values: Mapping[str, float], y_title: str = "value", title: str = 
                 y=alt.Y("value:Q", title=y_title, scale=alt.Scale(type="log" if log_y else "linear")),
                 tooltip=["name:N", alt.Tooltip("value:Q", format=".3f")])
         .properties(width=width, height=height)
+    )
+
+
+def weights_chart(results: dict[str, np.ndarray], labels: list[str] | None = None, width: int = 120):
+    """Side-by-side bar charts of attention weights, one panel per entry of ``results`` (an ``altair.Chart``).
+
+    ``results`` maps a panel title to a 1-D weight vector (all of the same length); ``labels`` names the keys.
+    Each panel's title shows the total weight.
+    """
+    import altair as alt
+
+    if not results:
+        raise ValueError("results is empty: pass {title: weights}")
+    arrays = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in results.items()}
+    n = {len(v) for v in arrays.values()}
+    if len(n) != 1:
+        raise ValueError(f"all weight vectors must have the same length, got {sorted(n)}")
+    T = n.pop()
+    labels = [f"k{j}" for j in range(T)] if labels is None else [str(s) for s in labels]
+    if len(labels) != T:
+        raise ValueError(f"{len(labels)} labels for {T} keys")
+    rows = [{"panel": f"{name} (sum {w.sum():.2f})", "key": labels[j], "order": j, "weight": float(w[j])}
+            for name, w in arrays.items() for j in range(T)]
+    return (
+        alt.Chart(alt.Data(values=rows))
+        .mark_bar()
+        .encode(x=alt.X("key:N", sort=labels, title=None), y=alt.Y("weight:Q", title="attention weight",
+                                                                   scale=alt.Scale(domain=[0, 1])),
+                color=alt.Color("weight:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]), legend=None),
+                tooltip=["panel:N", "key:N", alt.Tooltip("weight:Q", format=".3f")])
+        .properties(width=width, height=140)
+        .facet(column=alt.Column("panel:N", title=None, sort=list(dict.fromkeys(r["panel"] for r in rows))))
     )

@@ -20,7 +20,7 @@ __all__ = [
     "SinksPerHead",
     "MassiveActivation",
     "sink_scores",
-    "sink_heads",
+    "sink_head_mask",
     "sink_ratio",
     "find_sinks",
     "sinks_per_head",
@@ -96,11 +96,25 @@ def sink_scores(attn: np.ndarray, causal: bool = True) -> np.ndarray:
     return (total / counts).astype(np.float32)
 
 
-def sink_heads(trace: SinkTrace | np.ndarray, k: int = 0, eps: float = 0.3) -> np.ndarray:
-    r"""Which heads treat key ``k`` as a sink: ``α_k^{l,h} > ε`` → bool ``[L, H]`` (Gu et al. §3.2)."""
+def sink_head_mask(trace: SinkTrace | np.ndarray, k: int = 0, eps: float = 0.3) -> np.ndarray:
+    r"""Which heads treat key ``k`` as a sink: ``α_k^{l,h} > ε`` → bool ``[L, H]`` (Gu et al. §3.2).
+
+    ``trace`` is a SinkTrace or α ``[L, H, T]``. (Named ``sink_heads`` before; that name now belongs to
+    :func:`sinkwidgets.tags.sink_heads`, which selects heads over a corpus and returns a record.)
+    """
     a = _alpha(trace)
     k = _check_key(k, a.shape[-1])
     return a[:, :, k] > _check_eps(eps)
+
+
+def sink_heads(trace: SinkTrace | np.ndarray, k: int = 0, eps: float = 0.3) -> np.ndarray:
+    """Deprecated name of :func:`sink_head_mask` (same arguments, same ``[L, H]`` bool array), with a DeprecationWarning."""
+    import warnings
+
+    warnings.warn("sinkwidgets.sink_heads is renamed sink_head_mask (a bool [L, H] array); "
+                  "sinkwidgets.tags.sink_heads is the corpus-level head selection. Use sink_head_mask(trace, k, eps).",
+                  DeprecationWarning, stacklevel=2)
+    return sink_head_mask(trace, k, eps)
 
 
 def sink_ratio(trace: SinkTrace | np.ndarray, k: int = 0, eps: float = 0.3) -> float:
@@ -111,7 +125,7 @@ def sink_ratio(trace: SinkTrace | np.ndarray, k: int = 0, eps: float = 0.3) -> f
     It is a fraction of heads, not an attention mass. Gu et al. use ε = 0.3 and T = 64 ("When Attention
     Sink Emerges", §3.2, Table 1).
     """
-    return float(sink_heads(trace, k, eps).mean())
+    return float(sink_head_mask(trace, k, eps).mean())
 
 
 @dataclass(frozen=True)

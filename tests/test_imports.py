@@ -157,3 +157,30 @@ def _strip_docstrings(tree):
             if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None), ast.Constant):
                 node.body = node.body[1:] or [ast.Pass()]
     return tree
+
+
+TOP = ("sinkwidgets.lessons", "sinkwidgets.charts")  # the tutorial layer: helpers and the one charts home
+
+
+def _in(m: str, prefixes) -> bool:
+    return any(m == p or m.startswith(p + ".") for p in prefixes)
+
+
+def test_lessons_sit_on_top():
+    """sinkwidgets.lessons may import the package below it; nothing in the core imports lessons (or sw.charts).
+
+    ``sw.charts`` sits beside the lessons (it uses ``lessons.summaries``); the lessons draw no charts, so they do not
+    import it. The CLI is an entry point, not core, but it needs neither.
+    """
+    lessons = [m for m in GRAPH if _in(m, ("sinkwidgets.lessons",))]
+    assert {"sinkwidgets.lessons.handmade", "sinkwidgets.lessons.summaries", "sinkwidgets.lessons.inputs",
+            "sinkwidgets.lessons.geometry"} <= set(lessons)
+    assert "sinkwidgets.lessons.summaries" in GRAPH["sinkwidgets.charts"]  # the graph sees the edge we allow
+    for m in GRAPH:
+        if _in(m, TOP) or m == "sinkwidgets":
+            continue
+        bad = {n for n in _reach(m) if _in(n, TOP)}
+        assert not bad, f"core module {m} reaches the tutorial layer: {sorted(bad)}"
+    for m in lessons:
+        bad = {n for n in _reach(m) if n in ("sinkwidgets.charts", "sinkwidgets.cli")}
+        assert not bad, f"{m} reaches {sorted(bad)}"

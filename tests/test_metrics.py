@@ -47,10 +47,13 @@ def test_sink_ratio_and_heads():
     attn = np.stack([np.stack([sink_map(T, 0, 0.9), causal_uniform(T)]), np.stack([sink_map(T, 0, 0.5), sink_map(T, 0, 0.2)])])
     alpha = M.sink_scores(attn)
     assert alpha.shape == (L, H, T)
-    heads = M.sink_heads(alpha, k=0, eps=0.3)
+    heads = M.sink_head_mask(alpha, k=0, eps=0.3)
     assert heads.tolist() == [[True, False], [True, False]]
     assert M.sink_ratio(alpha, k=0, eps=0.3) == pytest.approx(0.5)
     assert M.sink_ratio(alpha, k=0, eps=0.95) == 0.0
+    with pytest.warns(DeprecationWarning, match="sink_head_mask"):  # the old top-level name still works, and warns
+        old = sw.sink_heads(alpha, k=0, eps=0.3)
+    assert np.array_equal(old, heads) and "sink_heads" not in dir(sw)
 
 
 def test_find_sinks_prompt_dependent_and_end_guard():
@@ -120,7 +123,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="eps"):
         M.sink_ratio(np.zeros((1, 1, 4)), eps=1.5)
     with pytest.raises(ValueError, match="k=9"):
-        M.sink_heads(np.zeros((1, 1, 4)), k=9)
+        M.sink_head_mask(np.zeros((1, 1, 4)), k=9)
     with pytest.raises(ValueError, match=r"\[L, H, T\]"):
         M.sink_ratio(np.zeros((4, 4)))
     with pytest.raises(ValueError, match="queries"):

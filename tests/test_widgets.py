@@ -305,7 +305,7 @@ def test_grid_values_match_metrics(tr):
     np.testing.assert_array_equal(charts.grid_values(tr, "sinks_per_head", eps=0.2),
                                   metrics.sinks_per_head(tr, eps=0.2).counts)
     np.testing.assert_array_equal(charts.grid_values(tr, "sink_flag", eps=0.3, token=0),
-                                  metrics.sink_heads(tr, k=0, eps=0.3))
+                                  metrics.sink_head_mask(tr, k=0, eps=0.3))
     np.testing.assert_allclose(charts.grid_values(tr, "alpha", token=5), tr.sink_scores[:, :, 5])
     with pytest.raises(ValueError, match="token 500 is out of range"):
         charts.grid_values(tr, "alpha", token=500)

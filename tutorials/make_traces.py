@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import sinkwidgets as sw
-from sinkwidgets import inputs
+from sinkwidgets.lessons import inputs
 
 OUT = Path(__file__).with_name("traces")
 LIGHTHOUSE = ("The old lighthouse keeper climbed the stairs every evening to light the lamp, watching the ships pass "

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .._softmax1 import softmax1  # the one definition, shared with lessons.handmade (numpy)
 from .task import MIN_T, Batch
 
 ATTN_OPTIONS = ("softmax", "softmax1", "sigmoid")
@@ -191,17 +192,6 @@ class ToyConfig:
         return [f.name for f in fields(cls)]
 
 
-def softmax1(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """softmax₁: ``exp(x_i) / (1 + Σ_j exp(x_j))``, computed stably; ``-inf`` entries get 0.
-
-    With ``m = max(0, max_j x_j)``: ``exp(x_i − m) / (exp(−m) + Σ_j exp(x_j − m))``. Equal to a softmax over
-    ``[x, 0]`` with the last (null) entry dropped, i.e. to attention with an extra all-zero key and value.
-    """
-    m = scores.amax(dim=dim, keepdim=True).clamp(min=0.0).detach()
-    e = torch.exp(scores - m)
-    return e / (torch.exp(-m) + e.sum(dim=dim, keepdim=True))
-
-
 @dataclass
 class ToyInternals:
     """Everything the metrics and the tracer need from one forward pass (real positions only).
@@ -267,7 +257,7 @@ class ToyAttention(nn.Module):
             A = torch.sigmoid(scores + cfg.sigmoid_bias) * causal
         else:
             scores = scores.masked_fill(~causal, float("-inf"))
-            A = torch.softmax(scores, dim=-1) if cfg.attn == "softmax" else softmax1(scores, dim=-1)
+            A = torch.softmax(scores, dim=-1) if cfg.attn == "softmax" else softmax1(scores, axis=-1)
         out = A @ v  # [B, H, N, dh]
         gate = None
         if cfg.gate is not None:

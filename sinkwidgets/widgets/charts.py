@@ -52,7 +52,7 @@ def grid_values(trace: SinkTrace, metric: str = "alpha", eps: float = 0.3, token
     if metric == "entropy":
         return np.asarray(tr.entropy, np.float64)
     if metric == "sink_flag":
-        return M.sink_heads(tr, k=token, eps=eps).astype(np.float64)
+        return M.sink_head_mask(tr, k=token, eps=eps).astype(np.float64)
     return M.sinks_per_head(tr, eps=eps).counts.astype(np.float64)
 
 

@@ -9,9 +9,11 @@ head can put its attention *nowhere*:
   (an all-zero key) and whose value is all-zero (:func:`prepend_zero_kv`).
 * ``"sigmoid"`` (Gu et al. 2025, §7.4): :math:`a_j = \\sigma(z_j + b)`, each weight on its own, no normalisation.
 
-Logits are :math:`z_j = q \\cdot k_j / \\sqrt{d}`. Everything is numpy only.
+Logits are :math:`z_j = q \\cdot k_j / \\sqrt{d}`. Everything is numpy only. :func:`softmax1` is the package's one
+definition (``sinkwidgets._softmax1``, also used by the toy's ``attn="softmax1"``); draw the weights with
+``sw.charts.weights_chart``.
 
->>> from sinkwidgets import handmade as hm
+>>> from sinkwidgets.lessons import handmade as hm
 >>> q, K, V = hm.example_head()
 >>> hm.attend(q, K, V, "softmax").weights.sum()
 1.0
@@ -23,8 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._softmax1 import softmax1
+
 __all__ = ["KINDS", "Attended", "softmax", "softmax1", "sigmoid", "logits", "attend", "prepend_zero_kv",
-           "example_head", "weights_chart"]
+           "example_head"]
 
 KINDS = ("softmax", "softmax1", "sigmoid")
 
@@ -34,18 +38,6 @@ def softmax(z: np.ndarray, axis: int = -1) -> np.ndarray:
     z = np.asarray(z, dtype=np.float64)
     e = np.exp(z - z.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
-
-
-def softmax1(z: np.ndarray, axis: int = -1) -> np.ndarray:
-    """softmax₁: :math:`e^{z_j} / (1 + \\sum_i e^{z_i})` (Xiao et al. 2024, Eq. 2), numerically stable.
-
-    The ``1`` is :math:`e^0`: the weight an extra key with logit 0 would get. With ``m = max(0, max z)``,
-    computes :math:`e^{z_j - m} / (e^{-m} + \\sum_i e^{z_i - m})`.
-    """
-    z = np.asarray(z, dtype=np.float64)
-    m = np.maximum(z.max(axis=axis, keepdims=True), 0.0)
-    e = np.exp(z - m)
-    return e / (np.exp(-m) + e.sum(axis=axis, keepdims=True))
 
 
 def sigmoid(z: np.ndarray, bias: float = 0.0) -> np.ndarray:
@@ -120,35 +112,3 @@ def example_head(seed: int = 0, n_keys: int = 6, d: int = 8) -> tuple[np.ndarray
     target = rng.uniform(-3.0, -1.0, size=n_keys)
     K = K + np.outer((target * np.sqrt(d) - K @ q) / float(q @ q), q)
     return q, K, V
-
-
-def weights_chart(results: dict[str, np.ndarray], labels: list[str] | None = None, width: int = 120):
-    """Side-by-side bar charts of attention weights, one panel per entry of ``results`` (an ``altair.Chart``).
-
-    ``results`` maps a panel title to a 1-D weight vector (all of the same length); ``labels`` names the keys.
-    Each panel's title shows the total weight.
-    """
-    import altair as alt
-
-    if not results:
-        raise ValueError("results is empty: pass {title: weights}")
-    arrays = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in results.items()}
-    n = {len(v) for v in arrays.values()}
-    if len(n) != 1:
-        raise ValueError(f"all weight vectors must have the same length, got {sorted(n)}")
-    T = n.pop()
-    labels = [f"k{j}" for j in range(T)] if labels is None else [str(s) for s in labels]
-    if len(labels) != T:
-        raise ValueError(f"{len(labels)} labels for {T} keys")
-    rows = [{"panel": f"{name} (sum {w.sum():.2f})", "key": labels[j], "order": j, "weight": float(w[j])}
-            for name, w in arrays.items() for j in range(T)]
-    return (
-        alt.Chart(alt.Data(values=rows))
-        .mark_bar()
-        .encode(x=alt.X("key:N", sort=labels, title=None), y=alt.Y("weight:Q", title="attention weight",
-                                                                   scale=alt.Scale(domain=[0, 1])),
-                color=alt.Color("weight:Q", scale=alt.Scale(scheme="viridis", domain=[0, 1]), legend=None),
-                tooltip=["panel:N", "key:N", alt.Tooltip("weight:Q", format=".3f")])
-        .properties(width=width, height=140)
-        .facet(column=alt.Column("panel:N", title=None, sort=list(dict.fromkeys(r["panel"] for r in rows))))
-    )

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .sinktrace import SinkTrace
+from ..sinktrace import SinkTrace
 
 __all__ = ["norm_ratio", "OutlierChannel", "outlier_channels", "attention_to", "special_positions", "PUNCT"]
 
@@ -66,7 +66,7 @@ class OutlierChannel:
 def outlier_channels(tr: SinkTrace, abs_thr: float = 100.0, ratio: float = 1000.0) -> list[OutlierChannel]:
     """Massive activations (Sun et al. 2024: |h| > ``abs_thr`` and ≥ ``ratio`` × the layer's median |h|),
     grouped by (token, channel) and sorted by peak magnitude, largest first."""
-    from .metrics import massive_activations
+    from ..metrics import massive_activations
 
     tr = _trace(tr, "outlier_channels")
     groups: dict[tuple[int, int], list] = {}

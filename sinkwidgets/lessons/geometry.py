@@ -56,8 +56,8 @@ def qk_geometry(model, text: str, layer: int, add_bos: bool | None = None) -> QK
 
     import torch
 
-    from .models.adapters import get_path
-    from .tracing import tokenize
+    from ..models.adapters import get_path
+    from ..tracing import tokenize
 
     info = model.sinkwidgets
     hf = getattr(model, "_module", model)
