@@ -53,12 +53,12 @@ from .collect import boundary_heads, collect
 from .data import TagData, TagDataFormatError
 from .datasets import TEASER, ProbeDataset, load_dataset, paragraphs
 from .mechanism import MechanismReport, mechanism
-from .probes import ProbeResult, TagBasis, grouped_folds, probe, probe_features, probe_report, tag_basis
+from .probes import ProbeGrid, ProbeResult, TagBasis, grouped_folds, probe, probe_features, probe_report, tag_basis
 from .release import ReleaseResult, release
 
 __all__ = [
     "ALPHA0", "BOUNDARY_ALPHA", "BOUNDARY_SHARE", "EPS", "TAU", "TEASER",
-    "CatchResult", "HeadRecord", "MechanismReport", "ProbeDataset", "ProbeResult", "ReleaseResult", "SinkHeads", "TagBasis", "TagData",
+    "CatchResult", "HeadRecord", "MechanismReport", "ProbeDataset", "ProbeGrid", "ProbeResult", "ReleaseResult", "SinkHeads", "TagBasis", "TagData",
     "TagDataFormatError", "TagEV", "TagEVTable",
     "alpha_from_map", "boundary_alpha", "boundary_heads", "boundary_heads_from_data", "boundary_mask", "catch",
     "caught_set", "collect", "explained_variance", "grouped_folds", "is_boundary", "load_dataset", "mechanism",

@@ -198,6 +198,12 @@ def _in_sample_ev(data: TagData, head, rank: int) -> float:
     return explained_variance(data.outputs(head)[rows], tag_subspace(G, rank))
 
 
+def _top_by_ev(evs: Mapping[tuple[int, int], float], cands: Sequence[tuple[int, int]],
+               n_heads: int) -> list[tuple[int, int]]:
+    """The ``n_heads`` candidates with the highest finite EV, highest first (stable for ties)."""
+    return sorted((h for h in cands if np.isfinite(evs[h])), key=lambda h: -evs[h])[:n_heads]
+
+
 @dataclass
 class TagBasis:
     """The union of the chosen heads' rank-``rank`` tag subspaces, ``basis [d, k]``, and how it was chosen."""
@@ -226,7 +232,7 @@ def tag_basis(data: TagData, heads: Any = "auto", *, rank: int = 2, n_heads: int
             raise ValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {max_layer} among the "
                              f"collected heads {collected}; pass heads=[(layer, head), ...]")
         evs = {h: _in_sample_ev(data, h, rank) for h in cands}
-        chosen = sorted((h for h in cands if np.isfinite(evs[h])), key=lambda h: -evs[h])[:n_heads]
+        chosen = _top_by_ev(evs, cands, n_heads)
     else:
         chosen = [_pair(h) for h in heads]
     subs = []
@@ -311,30 +317,174 @@ def probe(model_or_data: Any, texts: Sequence[str] | None = None, labels: Sequen
 SELECT_TEXTS = 64
 
 
+#: Candidate heads whose values and outputs are collected at once while choosing ``heads="auto"``.
+SELECT_CHUNK = 32
+
+
 def _auto_heads(model, texts, layer: int, batch_size: int, alpha0: float, rank: int,
                 n_heads: int) -> tuple[list[tuple[int, int]], dict]:
-    """``heads="auto"`` from a model: an α-only pass over the first :data:`SELECT_TEXTS` texts finds the first-token
-    sink heads (mean α₀ >= ``alpha0``) in layers <= ``layer``; a second pass over the same texts keeps their values
-    and outputs, and the ``n_heads`` with the highest in-sample tag EV at ``rank`` are chosen. (On short statements
-    α₀ >= 0.5 holds for most heads of SmolLM2's first layers, so keeping every candidate over all texts would cost
-    ~10x more memory.)"""
+    """``heads="auto"`` from a model for one layer: see :func:`_auto_heads_layers`."""
+    chosen, evs = _auto_heads_layers(model, texts, [layer], batch_size, alpha0, rank, n_heads)
+    return chosen[layer], evs
+
+
+def _auto_heads_layers(model, texts, layers: Sequence[int], batch_size: int, alpha0: float, rank: int,
+                       n_heads: int) -> tuple[dict[int, list[tuple[int, int]]], dict]:
+    """``heads="auto"`` from a model, for each of ``layers``: an α-only pass over the first :data:`SELECT_TEXTS`
+    texts finds the first-token sink heads (mean α₀ >= ``alpha0``) in layers <= ``max(layers)``; further passes
+    over the same texts keep their values and outputs (:data:`SELECT_CHUNK` heads at a time) for the in-sample tag
+    EV at ``rank``; for each layer the ``n_heads`` candidates in layers <= it with the highest EV are chosen. (On
+    short statements α₀ >= 0.5 holds for most heads of SmolLM2's first layers, so keeping every candidate over all
+    texts would cost ~10x more memory.) Returns ``({layer: heads}, {"LxHy": EV})`` (EVs of the chosen heads)."""
     from .collect import collect as _collect
 
     sub = list(texts[:SELECT_TEXTS])
+    top = max(layers)
     first = _collect(model, sub, heads=[], layers=None, progress=False, batch_size=batch_size)
-    cands = [(r.layer, r.head) for r in sink_heads(first, alpha0=alpha0, max_layer=layer).first_token]
+    cands = [(r.layer, r.head) for r in sink_heads(first, alpha0=alpha0, max_layer=top).first_token]
     if not cands:
-        raise ValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {layer}; pass heads=[...]")
-    sel = _collect(model, sub, heads=cands, layers=None, maps=False, progress=False, batch_size=batch_size)
-    tb = tag_basis(sel, "auto", rank=rank, n_heads=n_heads, max_layer=layer, alpha0=alpha0)  # same α: same candidates
-    return tb.heads, {k: float(v) for k, v in tb.evs.items()}
+        raise ValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {top}; pass heads=[...]")
+    evs: dict[tuple[int, int], float] = {}
+    for k in range(0, len(cands), SELECT_CHUNK):
+        part = cands[k:k + SELECT_CHUNK]
+        sel = _collect(model, sub, heads=part, layers=None, maps=False, progress=False, batch_size=batch_size)
+        evs.update({h: _in_sample_ev(sel, h, rank) for h in part})
+    chosen = {int(li): _top_by_ev(evs, [h for h in cands if h[0] <= li], n_heads) for li in layers}
+    used = {h for hs in chosen.values() for h in hs}
+    return chosen, {f"L{a}H{b}": float(v) for (a, b), v in evs.items() if (a, b) in used}
 
 
-def probe_report(model_or_data: Any, dataset: str = "cities", **kwargs: Any) -> ProbeResult:
+class ProbeGrid(dict):
+    """Probe results for every layer and pooling asked for: ``grid[(layer, pool)]`` is a :class:`ProbeResult`
+    (feature sets ``full / tag / no_tag / random / pcs / shuffled / chance``). Prints as one table; ``.rows()``
+    gives one dict per layer, pooling and feature set; ``.chart()`` draws accuracy against layer."""
+
+    def __init__(self, results: Mapping[tuple[int, str], ProbeResult], dataset: str | None = None):
+        super().__init__(results)
+        self.dataset = dataset
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted({k[0] for k in self})
+
+    @property
+    def pooling(self) -> list[str]:
+        return list(dict.fromkeys(k[1] for k in self))
+
+    def rows(self) -> list[dict]:
+        out = []
+        for (layer, pool), r in self.items():
+            for n in FEATURE_SETS:
+                out.append({"layer": int(layer), "pool": pool, "features": n, "accuracy": r[n], "se": r[f"{n}_se"],
+                            "dim": r.dim if n in ("tag", "random", "pcs") else r.d})
+        return out
+
+    def __str__(self) -> str:
+        any_r = next(iter(self.values()))
+        lines = [f"probe grid: {self.dataset or 'texts'} ({any_r.n} texts, {any_r.folds}-fold grouped CV x "
+                 f"{any_r.seeds} seeds; tag = union of rank-{any_r.rank} tag subspaces of up to 8 heads in layers <= "
+                 f"the probed layer)",
+                 f"  {'layer':>5} {'pool':<5}{'dims':>5}" + "".join(f"{n:>9}" for n in FEATURE_SETS)
+                 + "   tag - random   tag - pcs"]
+        for layer in self.layers:
+            for pool in self.pooling:
+                r = self.get((layer, pool))
+                if r is None:
+                    continue
+                lines.append(f"  {layer:>5} {pool:<5}{r.dim:>5}" + "".join(f"{r[n]:>9.3f}" for n in FEATURE_SETS)
+                             + f"{r['tag'] - r['random']:>+15.3f}{r['tag'] - r['pcs']:>+12.3f}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(str(self))
+
+    def __repr__(self) -> str:
+        return f"ProbeGrid({self.dataset!r}, layers={self.layers}, pooling={self.pooling})"
+
+    def chart(self, features: Sequence[str] = ("full", "tag", "no_tag", "random", "pcs", "shuffled")):
+        """Altair chart: accuracy against layer, one line per feature set, one panel per pooling (error bars:
+        ± one standard error)."""
+        import altair as alt
+
+        values = [r for r in self.rows() if r["features"] in features]
+        for r in values:
+            r["lo"], r["hi"] = r["accuracy"] - r["se"], r["accuracy"] + r["se"]
+        base = alt.Chart(alt.Data(values=values))
+        color = alt.Color("features:N", sort=list(features), title="features")
+        lines = base.mark_line(point=True).encode(
+            x=alt.X("layer:O"), y=alt.Y("accuracy:Q", scale=alt.Scale(zero=False), title="held-out accuracy"),
+            color=color, tooltip=["layer:O", "pool:N", "features:N", alt.Tooltip("accuracy:Q", format=".3f"),
+                                  alt.Tooltip("se:Q", format=".3f"), "dim:Q"])
+        bars = base.mark_errorbar().encode(x="layer:O", y=alt.Y("lo:Q", title="held-out accuracy"), y2="hi:Q",
+                                           color=color)
+        return alt.layer(lines, bars).properties(width=320, height=220).facet(
+            column=alt.Column("pool:N", title="pooling")).properties(
+            title=f"probe grid: {self.dataset or 'texts'}")
+
+
+def probe_report(model_or_data: Any, dataset: str = "cities", *, layers: Any = None,
+                 pooling: Sequence[str] | str | None = None, **kwargs: Any) -> ProbeResult | ProbeGrid:
     """:func:`probe` on a shipped dataset (``"cities"``, ``"sentiment"``, ``"arithmetic"``; see
-    :mod:`sinkwidgets.tags.datasets`). ``kwargs`` go to :func:`probe` (``layer``, ``pool``, ``heads``, ...)."""
+    :mod:`sinkwidgets.tags.datasets`).
+
+    Without ``layers`` / ``pooling``: one :class:`ProbeResult` (``kwargs`` go to :func:`probe`: ``layer``, ``pool``,
+    ``heads``, ...). With ``layers=[...]`` (and ``pooling=("mean", "last")``, the default then): a
+    :class:`ProbeGrid` with every feature set for every layer and pooling. From a model, the texts are run once
+    (residual pooled after every layer asked for, and the values of the union of the chosen heads); with
+    ``heads="auto"`` each layer gets its own heads (the ``n_heads`` highest-EV first-token sink heads in layers
+    ``<=`` it). Show the grid, not one cell of it: on SmolLM2 cities the tag coordinates match the full residual
+    at layer 9 with mean pooling, not at the last token, and fall below the data's own PCs from layer 12 on.
+    """
     from .datasets import load_dataset
 
     ds = load_dataset(dataset)
-    return probe(model_or_data, ds.texts, ds.labels, ds.groups, dataset=ds.name,
-                 negative_control=ds.negative_control, **kwargs)
+    if layers is None and pooling is None:
+        return probe(model_or_data, ds.texts, ds.labels, ds.groups, dataset=ds.name,
+                     negative_control=ds.negative_control, **kwargs)
+    for k in ("layer", "pool", "return_data"):
+        if k in kwargs:
+            raise ValueError(f"probe_report(..., layers=..., pooling=...) makes a grid: pass layers=[...] and "
+                             f"pooling=(...) instead of {k}=")
+    if layers is None:
+        layers = [9]
+    layers = sorted({int(x) for x in ([layers] if isinstance(layers, (int, np.integer)) else layers)})
+    pooling = ("mean", "last") if pooling is None else ((pooling,) if isinstance(pooling, str) else tuple(pooling))
+    bad = [p for p in pooling if p not in ("mean", "last")]
+    if bad or not pooling:
+        raise ValueError(f"pooling entries must be 'mean' or 'last', got {list(pooling)}")
+    heads = kwargs.pop("heads", "auto")
+    rank = kwargs.get("rank", 2)
+    n_heads = kwargs.get("n_heads", 8)
+    alpha0 = kwargs.get("alpha0", 0.5)
+    batch_size = kwargs.pop("batch_size", 8)
+    progress = kwargs.pop("progress", None)
+    if isinstance(model_or_data, TagData):
+        data = model_or_data
+        per_layer = {li: heads for li in layers}
+        evs: dict = {}
+    else:
+        from .collect import collect as _collect
+
+        if kwargs.get("basis") is not None:
+            per_layer, evs = {li: [] for li in layers}, {}
+        elif isinstance(heads, str):
+            if heads != "auto":
+                raise ValueError(f"heads must be 'auto' or a list of (layer, head) pairs, got {heads!r}")
+            per_layer, evs = _auto_heads_layers(model_or_data, list(ds.texts), layers, batch_size, alpha0, rank,
+                                                n_heads)
+        else:
+            per_layer, evs = {li: [_pair(h) for h in heads] for li in layers}, {}
+        union = sorted({h for hs in per_layer.values() for h in hs})
+        data = _collect(model_or_data, list(ds.texts), heads=union, layers=layers, pool=pooling,
+                        batch_size=batch_size, progress=progress, labels=ds.labels, groups=ds.groups, maps=False,
+                        outputs=False)
+    grid = {}
+    for li in layers:
+        for pool in pooling:
+            r = probe(data, None, ds.labels, ds.groups, layer=li, pool=pool, heads=per_layer[li], dataset=ds.name,
+                      negative_control=ds.negative_control, **kwargs)
+            if evs:
+                r.info["head_evs"] = {k: v for k, v in evs.items() if tuple(
+                    int(x) for x in k[1:].split("H")) in per_layer[li]}
+            grid[(li, pool)] = r
+    return ProbeGrid(grid, ds.name)
