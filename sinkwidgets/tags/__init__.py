@@ -58,11 +58,11 @@ from .release import ReleaseResult, release
 
 __all__ = [
     "ALPHA0", "BOUNDARY_ALPHA", "BOUNDARY_SHARE", "EPS", "TAU", "TEASER",
-    "CatchResult", "HeadRecord", "MechanismReport", "ProbeDataset", "ProbeGrid", "ProbeResult", "ReleaseResult", "SinkHeads", "TagBasis", "TagData",
-    "TagDataFormatError", "TagEV", "TagEVTable",
+    "CatchResult", "HeadRecord", "MechanismReport", "ProbeDataset", "ProbeGrid", "ProbeResult", "ReleaseResult",
+    "SinkHeads", "TagBasis", "TagData", "TagDataFormatError", "TagEV", "TagEVTable",
     "alpha_from_map", "boundary_alpha", "boundary_heads", "boundary_heads_from_data", "boundary_mask", "catch",
     "caught_set", "collect", "explained_variance", "grouped_folds", "is_boundary", "load_dataset", "mechanism",
-    "norm_fraction", "norm_matched_subspace", "pc_bound",
-    "paragraphs", "probe", "probe_features", "probe_report", "random_subspace", "release", "sink_heads", "sink_positions",
-    "split_prompts", "tag_basis", "tag_ev", "tag_ev_table", "tag_subspace", "tag_vectors", "union_subspace",
+    "norm_fraction", "norm_matched_subspace", "pc_bound", "paragraphs", "probe", "probe_features", "probe_report",
+    "random_subspace", "release", "sink_heads", "sink_positions", "split_prompts", "tag_basis", "tag_ev",
+    "tag_ev_table", "tag_subspace", "tag_vectors", "union_subspace",
 ]

@@ -227,7 +227,8 @@ class ReleaseResult:
                 "sink_delta_random", "sink_delta_pcs", "tv", "tv_random", "tv_pcs", "n_texts", "n_tokens",
                 "n_projected", "norm_fraction", "norm_fraction_random", "norm_fraction_pcs", "dnll_matched",
                 "norm_fraction_matched", "rank_matched", "sink_mass", "sink_shift", "sink_shift_random",
-                "sink_shift_pcs", "sink_shift_matched", "sink_delta_matched", "tv_matched", "dnll_own_write", "sink_shift_own_write", "shown")
+                "sink_shift_pcs", "sink_shift_matched", "sink_delta_matched", "tv_matched", "dnll_own_write",
+                "sink_shift_own_write", "shown")
         return {k: getattr(self, k) for k in keys} | {"head": list(self.head), "verdict": self.verdict}
 
 
@@ -273,8 +274,9 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
     pcs : also project out the top-``rank`` PCs of the residual after the layer (at the edited positions).
     matched : also project out ``n_random`` random subspaces that remove the same share of the residual norm as
         the tag (the control of the verdict; see the module docstring for why).
-    own_write : also remove only the head's own write along ``U`` (``dnll_own_write``), when the interventions
-        module offers that edit.
+    own_write : also remove only the head's own write along ``U`` (``dnll_own_write``): at the edited positions
+        ``h_t <- h_t - (c_t U) U^T`` with ``c_t`` the head's contribution after ``W_O``
+        (:func:`~sinkwidgets.interventions.project_out` with ``head=``).
     attention_layers : later layers whose attention change is measured (``"after"``: all later layers; ``None``:
         none, faster, and no verdict).
 
@@ -348,13 +350,13 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
 
     from tqdm.auto import tqdm
 
-    own_fn = _own_write_edit() if own_write else None
+    do_own = own_write and _has_head_edit(project_out)
     show = progress if progress is not None else True
     # one project_out call per subspace (one forward per text); a callable hands each text its own positions
     pos_arg = "all" if label == "all" else (lambda i, T: per_pos[i])
     summary = {}
     n_proj = 0
-    total = (len(bases) + (own_fn is not None)) * len(texts)
+    total = (len(bases) + do_own) * len(texts)
     with tqdm(total=total, desc=f"release L{layer}H{h}", unit="text", disable=not show) as bar:
         for name, B in bases.items():
             out = project_out(model, texts, layer, B, positions=pos_arg, sink_positions=sinks,
@@ -364,9 +366,10 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
             if name == "tag":
                 n_proj = int(sum(out.meta["n_projected"]))
             summary[name] = _summarise(out)
-        if own_fn is not None:
-            out = own_fn(model, texts, (layer, h), U, positions=pos_arg, sink_positions=sinks,
-                         attention_layers=attention_layers, add_bos=add_bos, max_tokens=max_tokens, progress=False)
+        if do_own:  # only the head's own write along U, at the same positions
+            out = project_out(model, texts, layer, U, positions=pos_arg, sink_positions=sinks, head=h,
+                              attention_layers=attention_layers, add_bos=add_bos, max_tokens=max_tokens,
+                              progress=False)
             bar.update(len(texts))
             summary["own"] = _summarise(out)
     tag = summary["tag"]
@@ -394,9 +397,8 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
         tv_matched=[r["tv"] for r in mt], dnll_own_write=ow["dnll"], sink_shift_own_write=ow["shift"])
 
 
-def _own_write_edit():
-    """The interventions module's edit that removes only one head's own write along a subspace, or None while it
-    does not exist (then ``dnll_own_write`` stays NaN)."""
-    from .. import interventions
+def _has_head_edit(project_out) -> bool:
+    """Whether :func:`~sinkwidgets.interventions.project_out` can remove one head's own write (``head=``)."""
+    import inspect
 
-    return getattr(interventions, "remove_head_write", None)
+    return "head" in inspect.signature(project_out).parameters
