@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from ._text import show_token
 from .sinktrace import SinkTrace
 
 __all__ = [
     "Sink",
+    "Sinks",
     "SinksPerHead",
     "MassiveActivation",
     "sink_scores",
@@ -148,6 +150,90 @@ class Sink:
         return asdict(self)
 
 
+class Sinks(list):
+    """What :func:`find_sinks` returns: a ``list`` of :class:`Sink` records, strongest first, that prints short.
+
+    Everything a list does works unchanged (``len``, indexing, slicing, ``==``, iteration, ``sorted``). On top:
+
+    - ``repr`` is one line: how many sinks, in how many heads and layers, and the strongest keys with the number
+      of heads that sink on each and the largest α, e.g.
+      ``Sinks(114 sinks in 98 heads of 30 layers, eps=0.2; top keys: 'The'@0 in 86 heads (α ≤ 0.97), ...)``;
+    - ``_repr_html_`` is a table (at most :attr:`HTML_ROWS` rows) in notebooks, token text HTML-escaped and its
+      whitespace made visible (``␣``, ``⏎``: :func:`sinkwidgets._text.show_token`);
+    - :meth:`to_records` gives plain dicts and :meth:`to_frame` a pandas DataFrame.
+
+    ``n_layers``, ``n_heads`` (the shape of the α searched, ``[L, H, T]``) and ``eps`` are kept for the summary.
+    """
+
+    #: Rows of the HTML table before it says how many more there are.
+    HTML_ROWS = 50
+    #: Keys named in the one-line repr.
+    REPR_KEYS = 3
+
+    def __init__(self, sinks=(), *, n_layers: int | None = None, n_heads: int | None = None,
+                 eps: float | None = None):
+        super().__init__(sinks)
+        self.n_layers, self.n_heads, self.eps = n_layers, n_heads, eps
+
+    def _keys(self) -> list[tuple[int, str, int, float]]:
+        """``(k, token, number of heads, largest α)`` per key, strongest key first."""
+        keys: dict[int, list] = {}
+        for s in self:
+            row = keys.setdefault(s.k, [s.k, s.token, 0, -1.0])
+            row[2] += 1
+            row[3] = max(row[3], s.alpha)
+        return [tuple(r) for r in sorted(keys.values(), key=lambda r: (-r[3], r[0]))]
+
+    def _where(self) -> str:
+        heads = len({(s.layer, s.head) for s in self})
+        layers = len({s.layer for s in self})
+        of = f" of {self.n_layers}" if self.n_layers is not None else ""
+        return f"in {heads} head{'s' if heads != 1 else ''}, {layers}{of} layer{'s' if (self.n_layers or layers) != 1 else ''}"
+
+    def __repr__(self) -> str:
+        eps = f", eps={self.eps:g}" if self.eps is not None else ""
+        if not self:
+            return f"Sinks(no sinks{eps})"
+        keys = self._keys()
+        tops = ", ".join(f"{show_token(tok)!r}@{k} in {n} head{'s' if n != 1 else ''} (\u03b1 \u2264 {a:.2f})"
+                         for k, tok, n, a in keys[: self.REPR_KEYS])
+        more = f", +{len(keys) - self.REPR_KEYS} more keys" if len(keys) > self.REPR_KEYS else ""
+        return f"Sinks({len(self)} sink{'s' if len(self) != 1 else ''} {self._where()}{eps}; top keys: {tops}{more})"
+
+    __str__ = __repr__
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per sink: ``layer, head, k, token, alpha, n_queries``."""
+        return [{"layer": s.layer, "head": s.head, "k": s.k, "token": s.token, "alpha": s.alpha,
+                 "n_queries": s.n_queries} for s in self]
+
+    def to_frame(self):
+        """A pandas DataFrame with the columns of :meth:`to_records` (pandas is needed only here)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Sinks.to_frame() needs pandas (pip install pandas); Sinks.to_records() gives the "
+                              "same rows as plain dicts") from None
+        return pd.DataFrame(self.to_records(), columns=["layer", "head", "k", "token", "alpha", "n_queries"])
+
+    def _repr_html_(self) -> str:
+        import html
+
+        esc = html.escape
+        rows = "".join(
+            f"<tr><td>{s.layer}</td><td>{s.head}</td><td>{s.k}</td><td><code>{esc(show_token(s.token))}</code></td>"
+            f"<td>{s.alpha:.3f}</td><td>{s.n_queries}</td></tr>"
+            for s in self[: self.HTML_ROWS]
+        )
+        if len(self) > self.HTML_ROWS:
+            rows += f"<tr><td colspan='6'>… {len(self) - self.HTML_ROWS} more (strongest first; .to_frame() has all)</td></tr>"
+        eps = f" (\u03b1 &gt; {self.eps:g})" if self.eps is not None else ""
+        head = f"<b>{len(self)} sink{'s' if len(self) != 1 else ''}</b>{eps} {esc(self._where())}" if self else f"no sinks{eps}"
+        return ("<div class='sinkwidgets-sinks'><div>" + head + "</div>"
+                + ("<table><thead><tr><th>layer</th><th>head</th><th>k</th><th>token</th><th>\u03b1</th>"
+                   "<th>queries</th></tr></thead><tbody>" + rows + "</tbody></table>" if self else "") + "</div>")
+
+
 def _query_counts(trace: SinkTrace | np.ndarray, T: int, causal: bool | None) -> np.ndarray:
     if causal is None:
         causal = trace.causal if isinstance(trace, SinkTrace) else True
@@ -160,7 +246,7 @@ def find_sinks(
     exclude_first: bool = False,
     min_queries: int = DEFAULT_MIN_QUERIES,
     causal: bool | None = None,
-) -> list[Sink]:
+) -> Sinks:
     r"""All (layer, head, key) with α > ε: the sinks of a prompt (Zhang et al. 2025 use ε = 0.2, §K).
 
     ``k = 0`` is the prompt-independent first-token sink; ``k > 0`` sinks are prompt-dependent
@@ -180,7 +266,9 @@ def find_sinks(
 
     Returns
     -------
-    list of :class:`Sink`, strongest first.
+    :class:`Sinks`
+        A list of :class:`Sink`, strongest first, with a one-line summary repr and a table view
+        (``_repr_html_``, :meth:`Sinks.to_frame`).
     """
     a = _alpha(trace)
     eps = _check_eps(eps)
@@ -198,7 +286,7 @@ def find_sinks(
         for l, h, k in zip(ls, hs, ks)
     ]
     out.sort(key=lambda s: -s.alpha)
-    return out
+    return Sinks(out, n_layers=int(a.shape[0]), n_heads=int(a.shape[1]), eps=eps)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,87 @@
+"""What a new user sees first: tokens whose whitespace is visible, and ``find_sinks`` results that print short."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import sinkwidgets as sw
+from sinkwidgets import metrics as M
+from sinkwidgets._text import show_token
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    (" the", "\u2423the"),
+    ("\n", "\u23ce"),
+    ("\n\n", "\u23ce\u23ce"),
+    ("\t", "\u21e5"),
+    ("a\r\n", "a\u240d\u23ce"),
+    (" " * 90, "\u2423\u00d790"),
+    ("    ", "\u2423" * 4),  # up to max_run the run is written out
+    ("\x00", "\u2400"),
+    ("\u00a0", "\u237d"),
+    ("\u3000", "\u2423"),  # other Unicode spaces
+    ("", "\u2205"),
+    ("plain", "plain"),
+    ("<b>", "<b>"),  # display only: escaping is the caller's job (HTML, repr)
+])
+def test_show_token(raw, shown):
+    assert show_token(raw) == shown
+
+
+def test_show_token_max_run():
+    assert show_token(" " * 6, max_run=0) == "\u2423" * 6
+    assert show_token("\n" * 6, max_run=5) == "\u23ce\u00d76"
+    assert show_token("x" * 50) == "x" * 50  # runs of text are never shortened
+
+
+def _alpha():
+    """α ``[L=3, H=2, T=20]``: every head sinks on key 0; head (2, 1) also on key 5 (a space); one weak key."""
+    a = np.full((3, 2, 20), 0.01, np.float32)
+    a[:, :, 0] = [[0.9, 0.8], [0.7, 0.95], [0.6, 0.5]]
+    a[2, 1, 5] = 0.4
+    a[1, 0, 7] = 0.1
+    return a
+
+
+def test_find_sinks_is_a_list_with_a_short_repr():
+    a = _alpha()
+    sinks = M.find_sinks(a, eps=0.2)
+    assert isinstance(sinks, list) and isinstance(sinks, M.Sinks)
+    assert len(sinks) == 7 and [s.alpha for s in sinks] == sorted((s.alpha for s in sinks), reverse=True)
+    assert sinks == list(sinks) and sinks[:2] == list(sinks)[:2] and sinks[0].k == 0
+    assert M.find_sinks(a, eps=0.2, exclude_first=True) == [M.Sink(2, 1, 5, pytest.approx(0.4), "", 15)]
+    text = repr(sinks)
+    assert text.startswith("Sinks(7 sinks in 6 heads, 3 of 3 layers, eps=0.2; top keys: ")
+    assert "@0 in 6 heads" in text and "@5 in 1 head " in text
+    assert "0.949999" not in text and len(text) < 200  # no full-precision floats, one short line
+    assert repr(M.find_sinks(a, eps=0.99)) == "Sinks(no sinks, eps=0.99)"
+    back = pickle.loads(pickle.dumps(sinks))
+    assert back == sinks and back.eps == 0.2 and back.n_layers == 3
+
+
+def test_sinks_table_escapes_and_shows_whitespace():
+    from sinkwidgets.widgets import synthetic_trace
+
+    tr = synthetic_trace(T=24, n_layers=4, n_heads=2)
+    tokens = list(tr.tokens)
+    tokens[0] = "<script>alert(1)</script>"
+    tr.tokens = tokens
+    sinks = sw.find_sinks(tr, eps=0.2)
+    assert sinks and sinks[0].k == 0
+    page = sinks._repr_html_()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert page.count("<tr>") == min(len(sinks), M.Sinks.HTML_ROWS) + 1
+    spaced = M.Sinks([M.Sink(0, 0, 3, 0.5, " \n", 10)], n_layers=1, eps=0.2)
+    assert "\u2423\u23ce" in spaced._repr_html_() and "'\u2423\u23ce'@3" in repr(spaced)
+    rows = sinks.to_records()
+    assert rows[0] == {"layer": sinks[0].layer, "head": sinks[0].head, "k": 0, "token": tokens[0],
+                       "alpha": sinks[0].alpha, "n_queries": sinks[0].n_queries}
+    pd = pytest.importorskip("pandas")
+    frame = sinks.to_frame()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == len(sinks)
+    assert list(frame.columns) == ["layer", "head", "k", "token", "alpha", "n_queries"]
