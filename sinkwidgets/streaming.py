@@ -26,6 +26,11 @@ a transformers attention function for one forward pass. ``recompute`` adds Xiao 
 re-computation" baseline: each sampled position re-encodes its last :math:`W` tokens from scratch.
 
 Runs locally only (the attention function lives in the local model): a remote model raises an error that says so.
+
+Which families ``method="exact"`` supports, and where their rotary embedding lives, is read from the model's
+adapter (:data:`sinkwidgets.models.adapters.FAMILIES`: ``streaming_exact``, ``rotary_emb``). ``add_bos``,
+``max_tokens`` (and, through ``options=RunOptions(...)``, ``progress`` and the re-computation baseline's
+``batch_size``) are the shared run options of :mod:`sinkwidgets.tracing.options`.
 """
 
 from __future__ import annotations
@@ -38,11 +43,16 @@ from typing import Any
 import numpy as np
 
 from .errors import SinkwidgetsValueError
+from .models.adapters import FAMILIES
+from .tracing.options import RunOptions, tokenize
 
 #: Name under which the banded attention is registered with transformers while a forward pass runs.
 ATTN_NAME = "sinkwidgets_streaming"
-#: Families whose rotary embedding uses HF's rotate_half convention with one ``rotary_emb`` (method="exact").
-EXACT_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "granite", "smollm3", "phi3")
+#: Families whose rotary embedding uses HF's rotate_half convention with one ``rotary_emb`` (method="exact"):
+#: those whose adapter says ``streaming_exact`` (models/adapters.py).
+EXACT_FAMILIES = tuple(f for f, ad in FAMILIES.items() if ad.streaming_exact)
+#: Where the rotary embedding of a model without a sinkwidgets adapter is looked for.
+_ROTARY_EMB = "model.rotary_emb"
 #: Default long text: the standard library's own documentation (no download).
 _STATE: dict[str, Any] = {}
 
@@ -131,16 +141,20 @@ def _attention_fn(module, query, key, value, attention_mask, scaling=None, dropo
 
 
 @contextlib.contextmanager
-def _banded(hf, n_sink: int, window: int, exact: bool, T: int):
-    """Install the banded attention on ``hf`` for the duration of the block."""
+def _banded(hf, n_sink: int, window: int, exact: bool, T: int, rotary_emb: str = _ROTARY_EMB):
+    """Install the banded attention on ``hf`` for the duration of the block (``rotary_emb``: the path of the
+    model's one rotary embedding, from its adapter; used by ``exact``)."""
     import torch
     from transformers import AttentionInterface
 
+    from .models.adapters import get_path, has_path
+
     cos = sin = None
     if exact and n_sink:
-        rot = getattr(getattr(hf, "model", None), "rotary_emb", None)
+        rot = get_path(hf, rotary_emb) if rotary_emb and has_path(hf, rotary_emb) else None
         if rot is None:
-            raise StreamingError("method='exact' needs a model with one rotary embedding (model.model.rotary_emb); "
+            where = rotary_emb or "model.rotary_emb"
+            raise StreamingError(f"method='exact' needs a model with one rotary embedding (model.{where}); "
                                  "use method='mask'")
         if float(getattr(rot, "attention_scaling", 1.0)) != 1.0:
             raise StreamingError("method='exact' re-rotates queries, which needs rotary attention_scaling == 1 "
@@ -200,12 +214,17 @@ def _dense(hf, ids):
         hf.set_attn_implementation(prev)
 
 
-def _streamed(hf, ids, n_sink, window, exact):
-    with _banded(hf, n_sink, window, exact, len(ids)):
+def _streamed(hf, ids, n_sink, window, exact, rotary_emb: str = _ROTARY_EMB):
+    with _banded(hf, n_sink, window, exact, len(ids), rotary_emb):
         return _nll(hf, ids)
 
 
-def _recompute(hf, ids, window, positions, batch=8):
+def _rotary_emb(info) -> str:
+    """The rotary embedding's path for a model's info (None: a plain HF model, the Llama-style default)."""
+    return info.adapter.rotary_emb if info is not None and info.adapter is not None else _ROTARY_EMB
+
+
+def _recompute(hf, ids, window, positions, batch=8, progress=None):
     """NLL of token ``t+1`` from a fresh forward over ``ids[t-W+1 .. t]`` for each ``t`` in ``positions``."""
     import torch
     from tqdm.auto import tqdm
@@ -215,7 +234,8 @@ def _recompute(hf, ids, window, positions, batch=8):
     dev = next(hf.parameters()).device
     out = []
     try:
-        for a in tqdm(range(0, len(positions), batch), desc="recompute", leave=False, disable=len(positions) <= batch):
+        show = progress if progress is not None else len(positions) > batch
+        for a in tqdm(range(0, len(positions), batch), desc="recompute", leave=False, disable=not show):
             ps = positions[a:a + batch]
             x = torch.tensor([ids[p - window + 1: p + 1] for p in ps], device=dev)
             with torch.no_grad():
@@ -228,10 +248,8 @@ def _recompute(hf, ids, window, positions, batch=8):
 
 
 def _tokens(model, text, add_bos, max_tokens):
-    try:
-        from sinkwidgets.tracing import tokenize
-    except ImportError:  # pragma: no cover - during the tracing refactor
-        from sinkwidgets.tracing.api import tokenize
+    """Token ids of ``text`` (``add_bos`` as in :func:`~sinkwidgets.tracing.options.tokenize`), cut to
+    ``max_tokens``; a model without sinkwidgets info uses its tokenizer's own special tokens."""
     if getattr(model, "sinkwidgets", None) is not None:
         ids, _ = tokenize(model, text, add_bos)
     else:
@@ -247,7 +265,7 @@ def _check(window, n_sink, method, N, info=None):
     if method not in ("exact", "mask"):
         raise StreamingError(f"method={method!r}: use 'exact' (StreamingLLM's positions within the cache) or 'mask' "
                              "(the same attention at the original positions, an approximation)")
-    if method == "exact" and n_sink and info is not None and info.family not in EXACT_FAMILIES:
+    if method == "exact" and n_sink and info is not None and not _exact_supported(info):
         raise StreamingError(f"method='exact' supports rotary families {EXACT_FAMILIES}; {info.name!r} is "
                              f"{info.family!r}: use method='mask'")
     if not isinstance(window, (int, np.integer)) or window < 2:
@@ -257,6 +275,21 @@ def _check(window, n_sink, method, N, info=None):
     if N <= window + 1:
         raise StreamingError(f"the text has {N} tokens, not more than window={window}: nothing leaves the cache. "
                              "Pass a longer text (e.g. sinkwidgets.streaming.stdlib_docs_text()) or a smaller window")
+
+
+def _options(options, entry, add_bos, max_tokens) -> RunOptions:
+    """The run options of a streaming entry point (refusing ``remote``: the banded attention is local)."""
+    opts = RunOptions.resolve(options, entry, add_bos=add_bos, max_tokens=max_tokens)
+    if opts.remote:
+        raise StreamingError(f"{entry.__name__} runs locally only, got options={options!r}: its banded attention is "
+                             "a local attention function NDIF cannot install; drop remote from the RunOptions")
+    return opts
+
+
+def _exact_supported(info) -> bool:
+    """Whether the model's family supports ``method="exact"`` (its adapter's ``streaming_exact``)."""
+    ad = info.adapter if info.adapter is not None else FAMILIES.get(info.family)
+    return bool(ad is not None and ad.streaming_exact)
 
 
 # ----------------------------------------------------------------------------- results
@@ -336,7 +369,7 @@ class StreamingResult:
 
 def streaming_ppl(model, text: str, window: int = 256, n_sink: int = 4, method: str = "exact", *,
                   max_tokens: int | None = 2048, baselines=("dense", "window"), recompute: int = 0, seed: int = 0,
-                  add_bos: bool | None = None) -> StreamingResult:
+                  add_bos: bool | None = None, options: RunOptions | None = None) -> StreamingResult:
     r"""StreamingLLM perplexity of ``text`` with a cache of ``window`` tokens, ``n_sink`` of them the first tokens.
 
     Parameters
@@ -348,6 +381,11 @@ def streaming_ppl(model, text: str, window: int = 256, n_sink: int = 4, method: 
     baselines : any of ``"dense"`` (always computed: ratios need it) and ``"window"``.
     recompute : number of positions ``t >= W`` (sampled evenly, ``seed`` for the offsets) that also get the
         re-computation baseline (a fresh forward of the last ``W`` tokens each).
+    add_bos, max_tokens : as in :func:`sinkwidgets.trace` (but ``max_tokens`` defaults to 2048).
+    options : a :class:`~sinkwidgets.tracing.options.RunOptions`: its ``add_bos`` and ``max_tokens`` (an option
+        set in both, to different values, is an error), ``batch_size`` (recompute forwards per batch) and
+        ``progress`` (the recompute bar); ``remote`` must be off and ``method`` (the tracing executor) does not
+        apply.
 
     Returns
     -------
@@ -357,10 +395,12 @@ def streaming_ppl(model, text: str, window: int = 256, n_sink: int = 4, method: 
     Cost: one forward pass per condition (the banded ones ≈ an SDPA forward at ``W = 256``, ``N = 2048``), plus one
     ``W``-token forward per recompute position.
     """
+    opts = _options(options, streaming_ppl, add_bos, max_tokens)
     hf, info = _hf(model)
-    ids = _tokens(model, text, add_bos, max_tokens)
+    ids = _tokens(model, text, opts.add_bos, opts.max_tokens)
     N = len(ids)
     _check(window, n_sink, method, N, info)
+    rot = _rotary_emb(info)
     bad = set(baselines) - {"dense", "window"}
     if bad:
         raise StreamingError(f"baselines={tuple(baselines)!r}: choose from 'dense', 'window'")
@@ -374,7 +414,7 @@ def streaming_ppl(model, text: str, window: int = 256, n_sink: int = 4, method: 
         secs["window"] = time.perf_counter() - t0
     name = f"sink{n_sink} {method}" if n_sink else "window"
     t0 = time.perf_counter()
-    nll[name] = _streamed(hf, ids, n_sink, window, method == "exact")
+    nll[name] = _streamed(hf, ids, n_sink, window, method == "exact", rot)
     secs[name] = time.perf_counter() - t0
     rec = {}
     if recompute:
@@ -385,7 +425,8 @@ def streaming_ppl(model, text: str, window: int = 256, n_sink: int = 4, method: 
                                    len(cand) - 1)])
         pos = np.unique(pos)
         t0 = time.perf_counter()
-        rec = {"positions": pos, "nll": _recompute(hf, ids, window, [int(p) for p in pos])}
+        rec = {"positions": pos, "nll": _recompute(hf, ids, window, [int(p) for p in pos], opts.batch_size,
+                                                   opts.progress)}
         secs["recompute"] = time.perf_counter() - t0
     return StreamingResult(nll, window, n_sink, method if n_sink else "mask", rec,
                            {"model": info.name if info else type(hf).__name__, "n_tokens": N, "seconds": secs})
@@ -432,13 +473,18 @@ class StreamingSweep:
 
 
 def streaming_sweep(model, text: str, windows=(128, 256, 512), n_sinks=(0, 1, 4), methods=("mask",), *,
-                    max_tokens: int | None = 2048, add_bos: bool | None = None) -> StreamingSweep:
+                    max_tokens: int | None = 2048, add_bos: bool | None = None,
+                    options: RunOptions | None = None) -> StreamingSweep:
     """:func:`streaming_ppl` over a grid of windows, sink counts and methods (dense computed once; ``n_sink=0`` is
-    window only, computed once per window). One banded forward pass per grid point."""
+    window only, computed once per window). One banded forward pass per grid point. ``options``: a
+    :class:`~sinkwidgets.tracing.options.RunOptions` (``add_bos``, ``max_tokens``; ``progress`` for the sweep's
+    bar, shown by default), as in :func:`streaming_ppl`."""
     from tqdm.auto import tqdm
 
+    opts = _options(options, streaming_sweep, add_bos, max_tokens)
     hf, info = _hf(model)
-    ids = _tokens(model, text, add_bos, max_tokens)
+    ids = _tokens(model, text, opts.add_bos, opts.max_tokens)
+    rot = _rotary_emb(info)
     for W in windows:
         for k in n_sinks:
             for m in methods:
@@ -446,9 +492,9 @@ def streaming_sweep(model, text: str, windows=(128, 256, 512), n_sinks=(0, 1, 4)
     dense = _dense(hf, ids)
     grid = sorted({(W, k, m if k else "mask") for W in windows for k in n_sinks for m in methods})
     out = {}
-    for W, k, m in tqdm(grid, desc="streaming sweep", leave=False):
+    for W, k, m in tqdm(grid, desc="streaming sweep", leave=False, disable=opts.progress is False):
         t0 = time.perf_counter()
-        a = _streamed(hf, ids, k, W, m == "exact")
+        a = _streamed(hf, ids, k, W, m == "exact", rot)
         name = f"sink{k} {m}" if k else "window"
         out[(W, k, m)] = StreamingResult({"dense": dense, name: a}, W, k, m, {},
                                          {"model": info.name if info else "", "n_tokens": len(ids),

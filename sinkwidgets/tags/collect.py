@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..tracing.options import RunOptions, encode
 from .analysis import BOUNDARY_ALPHA, MIN_LATER, HeadRanking, boundary_heads_from_data
 from .data import TagData, _pair
 
@@ -67,7 +68,7 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
             *, maps: Any = True, outputs: bool = True, values: bool = True, summary: bool = True,
             add_bos: bool | None = None, max_tokens: int | None = None, batch_size: int = 8, method: str = "auto",
             remote: Any = False, progress: bool | None = None, labels: Sequence[int] | None = None,
-            groups: Sequence[Any] | None = None) -> TagData:
+            groups: Sequence[Any] | None = None, options: RunOptions | None = None) -> TagData:
     """Run ``texts`` through ``model`` in batches and keep what catch / tag / release need, as a :class:`TagData`.
 
     Parameters
@@ -81,12 +82,13 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     maps : ``True`` (the chosen heads' maps), ``False``, or a list of other ``(layer, head)`` pairs.
     outputs, values : keep the chosen heads' outputs / values.
     summary : keep α of every head (``[L, H, T]`` per prompt: sink-head selection, :func:`boundary_heads`).
-    add_bos, max_tokens, batch_size, method, remote : as in :func:`sinkwidgets.trace`.
+    add_bos, max_tokens, batch_size, method, remote, progress : as in :func:`sinkwidgets.trace`.
     labels, groups : optional per-text labels and groups, stored for :func:`sinkwidgets.tags.probe`.
+    options : a :class:`~sinkwidgets.tracing.options.RunOptions` carrying the six run options instead of (or
+        besides) the keywords; an option set in both, to different values, is an error.
     """
     from ..tracing import reductions as R
     from ..tracing import run_units
-    from ..tracing.api import _check_run_args, _encode
 
     info = getattr(model, "sinkwidgets", None)
     if info is None:
@@ -97,7 +99,8 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     texts = list(texts)
     if not texts:
         raise ValueError("collect() needs at least one text")
-    _check_run_args(batch_size, max_tokens, method)
+    opts = RunOptions.resolve(options, collect, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
+                              method=method, remote=remote, progress=progress)
     L, H, d = info.n_layers, info.n_heads, info.d_model
     head_list = _norm_heads(heads, L, H)
     layer_list = _norm_layers(layers, L)
@@ -131,7 +134,7 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
         raise ValueError("nothing to collect: pass heads, layers, or summary=True")
 
     # tokenize first (cheap), so the packed arrays are allocated once; the engine reuses this encoding
-    encoded = _encode(model, info, texts, add_bos, max_tokens)
+    encoded = encode(model, texts, opts)
     lengths = np.asarray([len(e[1]) for e in encoded], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     map_offsets = np.concatenate([[0], np.cumsum(lengths ** 2)])
@@ -148,14 +151,14 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     tokens: list[list[str]] = []
     meta: dict[str, Any] = {}
 
-    block = batch_size * BLOCK_BATCHES
-    show = progress if progress is not None else N > batch_size
+    block = opts.batch_size * BLOCK_BATCHES
+    show = opts.progress if opts.progress is not None else N > opts.batch_size
     from tqdm.auto import tqdm
 
     with tqdm(total=N, desc=f"collecting {info.name}", unit="text", disable=not show) as bar:
         for start in range(0, N, block):
-            res = run_units(model, texts[start:start + block], units, add_bos=add_bos, max_tokens=max_tokens,
-                            batch_size=batch_size, method=method, remote=remote, progress=False,
+            res = run_units(model, texts[start:start + block], units, add_bos=opts.add_bos, max_tokens=opts.max_tokens,
+                            batch_size=opts.batch_size, method=opts.method, remote=opts.remote, progress=False,
                             _encoded=encoded[start:start + block])
             for j, r in enumerate(res):
                 i = start + j
@@ -186,7 +189,7 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
                                                                            "trace_seconds", "batch_size")}
             bar.update(len(res))
             del res
-    meta.update(n_texts=N, pool=list(pool), batch_size=batch_size)
+    meta.update(n_texts=N, pool=list(pool), batch_size=opts.batch_size)
     return TagData(tokens=tokens, offsets=offsets, heads=np.asarray(head_list, np.int32).reshape(-1, 2),
                    token_ids=token_ids, head_outputs=head_outputs, head_values=head_values, sink_scores=sink_scores,
                    first_token_mass=ftm, maps=kept, map_index=np.asarray(map_list, np.int32).reshape(-1, 2)
@@ -225,12 +228,16 @@ def boundary_heads(model_or_data: Any, texts: Sequence[str] | None = None, *, th
 
 
 def residual_rows(model, texts: Sequence[str], layer: int, *, add_bos: bool | None = None,
-                  max_tokens: int | None = None, batch_size: int = 8) -> list[np.ndarray]:
+                  max_tokens: int | None = None, batch_size: int = 8,
+                  options: RunOptions | None = None) -> list[np.ndarray]:
     """The residual stream after ``layer`` at every token of each text, ``[T_i, d]`` each (for the PC control of
-    :func:`sinkwidgets.tags.release`; one layer only)."""
+    :func:`sinkwidgets.tags.release`; one layer only). ``options``: a ``RunOptions`` (its ``add_bos``,
+    ``max_tokens``, ``batch_size``, ``method`` and ``remote`` are used; no progress bar)."""
     from ..tracing import reductions as R
     from ..tracing import run_units
 
-    res = run_units(model, list(texts), [R.ResidualRows([int(layer)])], add_bos=add_bos, max_tokens=max_tokens,
-                    batch_size=batch_size, progress=False)
+    opts = RunOptions.resolve(options, residual_rows, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size)
+    res = run_units(model, list(texts), [R.ResidualRows([int(layer)])], add_bos=opts.add_bos,
+                    max_tokens=opts.max_tokens, batch_size=opts.batch_size, method=opts.method, remote=opts.remote,
+                    progress=False)
     return [np.array(r.arrays["resid_rows"][0], dtype=np.float32) for r in res]

@@ -53,7 +53,7 @@ def layer_plan(model, info) -> ChunkedPlan:
     from ..models.adapters import get_path
 
     ad = info.adapter
-    if not ad.causal or ad.o_proj_layout != "linear":
+    if not ad.causal or ad.o_proj_layout != "linear" or ad.rotary == "none":
         raise ChunkedUnsupportedError(
             f"the chunked path needs a rotary (Llama-style) decoder; {info.name!r} ({info.architecture}) is not one. "
             "Use method='eager' (local only)."
@@ -72,13 +72,9 @@ def layer_plan(model, info) -> ChunkedPlan:
                 f"{info.name!r} ({info.architecture}): layer {li}'s attention does not call apply_rotary_pos_emb, "
                 f"so its post-RoPE q/k cannot be captured ({type(exc).__name__}); use method='eager' (local only)."
             ) from exc
-        cfg = getattr(mod, "config", None)
         head_dim = getattr(mod, "head_dim", info.head_dim)
         scale = getattr(mod, "scaling", None) or head_dim**-0.5
-        window = getattr(mod, "sliding_window", None)
-        if window is None and info.family == "mistral":
-            window = getattr(cfg, "sliding_window", None)
-        softcap = getattr(mod, "attn_logit_softcapping", None) if info.family == "gemma2" else None
+        window, softcap = ad.attention_facts(mod)  # the family's sources (models/adapters.py: FAMILIES)
         n_rep = getattr(mod, "num_key_value_groups", None) or info.n_heads // info.n_kv_heads
         attns.append(attn)
         oprojs.append(get_path(layers[li], ad.o_proj))
