@@ -333,3 +333,102 @@ def test_concurrent_saves_leave_one_complete_file(tmp_path):
     back = TagData.load(target)
     assert np.array_equal(back.head_outputs, datas[back.meta["writer"]].head_outputs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shared.npz"]
+
+
+# ----------------------------------------------------------------------------- release controls and mechanism rules
+def test_norm_fraction_and_norm_matched_subspace():
+    rng = np.random.default_rng(0)
+    d = 64
+    X = rng.standard_normal((4000, d))
+    # isotropic rows: a random r-dim subspace holds about sqrt(r / d) of the norm
+    assert tags.norm_fraction(X, tags.random_subspace(d, 2, rng)) == pytest.approx(np.sqrt(2 / d), rel=0.1)
+    u = _orth(rng, d, 1)[0]
+    Xp = X + np.outer(rng.standard_normal(4000) * 10, u)  # one strong direction
+    f = tags.norm_fraction(Xp, u[:, None])
+    assert f == pytest.approx(np.sqrt(101 / (101 + d - 1)), rel=0.05) and f > 0.7
+    M = tags.norm_matched_subspace(X, 0.5, rng)
+    assert tags.norm_fraction(X, M) >= 0.5 > tags.norm_fraction(X, M[:, :-1])
+    assert 10 <= M.shape[1] <= 22  # about 0.5^2 * 64 = 16 random directions
+    assert np.allclose(M.T @ M, np.eye(M.shape[1]), atol=1e-10)
+    assert tags.norm_matched_subspace(X, 1.0, rng).shape[1] == d
+
+
+def test_release_verdict_rule():
+    from sinkwidgets.tags.release import release_verdict
+
+    # loss beats every norm-matched draw and the sink attention moves far beyond them: shown
+    ok, why = release_verdict(0.5, [0.1, 0.2, 0.15], -0.4, [-0.10, -0.12, -0.08])
+    assert ok is True and "moves" in why
+    # loss beats them, attention does not move (SmolLM2 L1H1): not shown
+    assert release_verdict(0.15, [0.10, 0.14, 0.08], 0.002, [0.004, -0.01, 0.02])[0] is False
+    # attention moves, loss does not beat the matched draws: not shown
+    assert release_verdict(0.1, [0.1, 0.3, 0.2], -0.4, [0.0, 0.01, -0.01])[0] is False
+    # a random draw moves the attention as much: not shown
+    assert release_verdict(0.5, [0.1, 0.2], -0.4, [-0.5, -0.45])[0] is False
+    assert release_verdict(0.5, [], -0.4, [])[0] is None
+    assert release_verdict(0.5, [0.1], float("nan"), [0.0])[0] is None
+
+
+def test_sink_catch_rate_against_uniform_attention():
+    from sinkwidgets.tags.mechanism import _rule_catch, boundary_catch_uniform, sink_catch_rate
+
+    data, A = _catch_data()  # sinks 0 and 2; rows 3..6 give 0.6 to token 2, rows 7..10 give 0.8 to token 0
+    rate, uni, n = sink_catch_rate(data, (0, 1), 0.7)
+    assert n == 10 and rate == pytest.approx(6 / 10) and uni == 0  # C_0 = {1, 2, 7..10}; C_2 empty at 0.7
+    rate, uni, _ = sink_catch_rate(data, (0, 1), 0.3)
+    assert rate == 1.0 and uni == pytest.approx(2 / 10)  # uniform: only rows 1 (1/2) and 2 (1/3) exceed 0.3
+    assert boundary_catch_uniform(data, 0.3) == 0  # later-sentence rows see >= 4 keys: 1/(t+1) <= 0.25
+    assert _rule_catch(1.0, 0.2)[0] is True
+    assert _rule_catch(0.6, 0.4)[0] is False and _rule_catch(0.45, 0.0)[0] is False
+
+
+def test_mechanism_tag_rule_on_planted_heads():
+    own, _, _ = planted(0.6)  # the sink's value u is not the non-sink value direction w
+    rep = tags.mechanism(None, ["unused"] * own.n_prompts, (1, 0), steps=("tag",), data=own)
+    assert rep.shown == {"catch": None, "tag": True, "release": None}
+    assert rep.tag.ev == pytest.approx(0.6, abs=1e-6) and rep.tag.value_control < 0.1
+    shared, _, _ = planted(0.6, value_along_tag=True)  # non-sink values along the tag: the control explains as much
+    rep2 = tags.mechanism(None, ["unused"] * shared.n_prompts, (1, 0), steps=("tag",), data=shared)
+    assert rep2.shown["tag"] is False and rep2.tag.value_control >= rep2.tag.ev - 0.15
+    text = str(rep)
+    assert "held-out EV" in text and "tag      SHOWN" in text and "release  not run" in text
+    assert rep.as_dict()["shown"]["tag"] is True
+    spec = rep.chart().to_dict()
+    assert "facet" in spec
+    with pytest.raises(ValueError, match="steps"):
+        tags.mechanism(None, ["x"], (1, 0), steps=("catch", "tagging"), data=own)
+
+
+def test_probe_grid_on_tagdata():
+    ds = tags.load_dataset("cities")
+    rng = np.random.default_rng(4)
+    N, d = len(ds), 16
+    y = ds.labels
+    v = _orth(rng, d, 1)[0]
+    X1 = rng.standard_normal((N, d)) + np.outer((2 * y - 1) * 3.0, v)  # layer 1 knows the label along v
+    X2 = rng.standard_normal((N, d))  # layer 2 does not
+    toks = [["t0", " a", " b"] for _ in range(N)]
+    vals = []
+    for _ in range(N):
+        g = rng.standard_normal((1, 3, d)) * 0.1
+        g[0, 0] = rng.uniform(1, 2) * v
+        vals.append(g)
+    s = np.full((2, 2, 3), 0.1)
+    s[:, :, 0] = 0.9
+    data = TagData.from_prompts(toks, heads=[(0, 0)], head_values=vals, head_outputs=vals, sink_scores=[s] * N,
+                                pooled_mean=np.stack([X1, X2], 1), pooled_last=np.stack([X2, X1], 1),
+                                pooled_layers=[1, 2], labels=y, groups=list(ds.groups))
+    g = tags.probe_report(data, "cities", layers=[1, 2], heads=[(0, 0)], rank=1, seeds=1, n_random=10)
+    assert isinstance(g, tags.ProbeGrid) and set(g) == {(1, "mean"), (1, "last"), (2, "mean"), (2, "last")}
+    assert g[(1, "mean")]["tag"] > 0.9 and g[(2, "last")]["tag"] > 0.9  # the label lives along v there
+    assert abs(g[(2, "mean")]["tag"] - 0.5) < 0.15 and abs(g[(1, "last")]["full"] - 0.5) < 0.15
+    assert len(g.rows()) == 4 * len(tags.probes.FEATURE_SETS)
+    text = str(g)
+    assert "layer" in text and "tag - pcs" in text and text.count("mean") >= 2
+    assert "facet" in g.chart().to_dict()
+    one = tags.probe_report(data, "cities", layer=1, heads=[(0, 0)], rank=1, seeds=1)  # no grid: one result
+    assert isinstance(one, tags.ProbeResult)
+    with pytest.raises(ValueError, match="pooling"):
+        tags.probe_report(data, "cities", layers=[1], pooling=("max",), heads=[(0, 0)], rank=1)
+    with pytest.raises(ValueError, match="layers"):
+        tags.probe_report(data, "cities", layers=[1], layer=1, heads=[(0, 0)], rank=1)

@@ -13,7 +13,7 @@ functions of :mod:`sinkwidgets.tags` (:func:`~sinkwidgets.tags.collect`, :func:`
   The later-sentence (boundary) catch rate of :func:`~sinkwidgets.tags.catch` and its uniform value are shown too.
 - **tag** shown when the held-out EV of the rank-``r`` tag subspace beats the non-sink value control by at least
   ``0.15`` (the control explains ``value_control``; when it is close to the EV, the "tag" is the head's ordinary
-  value direction) **and** is at least ``50×`` the random floor (``≈ r / d``). The PC bound is shown beside.
+  value direction) **and** is at least ``10×`` the random floor (``≈ r / d``). The PC bound is shown beside.
 - **release** shown by :func:`~sinkwidgets.tags.release`'s rule: the tag's ΔNLL beats every norm-matched random
   draw **and** later heads' attention on the sink moves beyond random (``|Δ - mean| >= max(0.05, 3 sd)`` of the
   norm-matched draws, and ``|Δ| > |mean|``). ΔNLL per unit of norm (beside same-rank random subspaces and the top
@@ -53,7 +53,7 @@ CATCH_MARGIN = 0.3
 #: Tag rule: held-out EV at least this much above the non-sink value control ...
 TAG_MARGIN = 0.15
 #: ... and at least this many times the random floor.
-TAG_FLOOR_FACTOR = 50.0
+TAG_FLOOR_FACTOR = 10.0
 STEPS = ("catch", "tag", "release")
 
 
