@@ -17,8 +17,8 @@ import numpy as np
 from ..sinktrace import SinkTrace
 from ..tags import analysis as A
 from ..tags.data import TagData
+from . import _assets
 from . import _serialization as ser
-from ._state import STATIC
 
 # ----------------------------------------------------------------------------- tuning constants
 #: Projections of the scatter: the head's tag subspace (``tag_ev(...).subspace``) or the top-2 principal components.
@@ -397,16 +397,11 @@ def _finite(v: Any) -> Any:
 
 
 def esm() -> str:
-    """TagExplorer's ES module: the codecs of ``sinkwidgets.js`` (read from that file, so both widgets decode
-    with the same code) followed by ``tagexplorer.js``."""
-    src = (STATIC / "sinkwidgets.js").read_text(encoding="utf-8")
-    start = src.index("// ------------------------------------------------------------------------------------------------ codecs")
-    end = src.index("// ------------------------------------------------------------------------------------------------ colour")
-    return ("// codecs shared with sinkwidgets.js (copied in by sinkwidgets/widgets/_tag_state.py:esm)\n"
-            + src[start:end] + "\n" + (STATIC / "tagexplorer.js").read_text(encoding="utf-8"))
+    """TagExplorer's ES module: ``static/sinkwidgets.js`` (the helpers both widgets share) followed by
+    ``static/tagexplorer.js``, assembled by :func:`sinkwidgets.widgets._assets.esm`."""
+    return _assets.esm("tagexplorer")
 
 
 def css() -> str:
     """TagExplorer's CSS: the theme variables and controls of ``sinkwidgets.css``, then ``tagexplorer.css``."""
-    return (STATIC / "sinkwidgets.css").read_text(encoding="utf-8") + "\n" + (STATIC / "tagexplorer.css").read_text(
-        encoding="utf-8")
+    return _assets.css("tagexplorer")

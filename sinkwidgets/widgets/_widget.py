@@ -1,6 +1,7 @@
 """The anywidget classes: SinkGrid, AttentionHeatmap, TokenStrip and the linked SinkExplorer.
 
-All four share one ES module (``static/sinkwidgets.js``) and one state layout; ``_view`` picks which parts a
+All four share one ES module (``static/sinkwidgets.js``, the helpers shared with TagExplorer, followed by
+``static/sinkexplorer.js``; see ``_assets.esm``) and one state layout; ``_view`` picks which parts a
 widget draws. The first payload is the per-key sink summary α ``[L, H, T]`` (binary, see
 ``_serialization``), per-head metrics ``[L, H]``, the tokens, and one max-pooled overview of the selected
 head's map; tiles of the region on screen are sent on request (custom messages with binary buffers).
@@ -23,6 +24,7 @@ from .._atomic import atomic_write
 from ..errors import SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
+from ._assets import css, esm
 from ._maps import MapStore
 from ._state import DEFAULT_MIN_QUERIES, METRICS, STATIC, _as_trace, summary_state  # noqa: F401 - STATIC re-exported
 
@@ -117,8 +119,8 @@ class PngRequests:
 
 
 class _SinkWidget(PngRequests, anywidget.AnyWidget):
-    _esm = STATIC / "sinkwidgets.js"
-    _css = STATIC / "sinkwidgets.css"
+    _esm = esm("sinkexplorer")
+    _css = css("sinkexplorer")
 
     _view = traitlets.Unicode("explorer").tag(sync=True)
     _tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)

@@ -21,9 +21,10 @@ import numpy as np
 
 from .._atomic import atomic_write
 from ..sinktrace import SinkTrace
+from . import _assets
 from . import _serialization as ser
 from ._maps import MapStore
-from ._state import METRICS, STATIC, _as_trace, summary_state
+from ._state import METRICS, _as_trace, summary_state
 
 _UI_DEFAULTS = {"layer": 0, "head": 0, "eps": 0.3, "metric": "alpha", "token": 0, "scale": "linear",
                 "strip_mode": "max", "view": [], "heatmap_size": 512}
@@ -172,10 +173,9 @@ def html_document(trace: SinkTrace, title: str | None = None, view: str = "explo
                    "_map": first_map, "_frontend": 0, **{k: _json_clean(v) for k, v in ui.items()}}
     bufs: list[bytes] = []
     payload = _extract_buffers({"state": model_state, "maps": maps}, bufs)
-    js = (STATIC / "sinkwidgets.js").read_text(encoding="utf-8")
-    css = (STATIC / "sinkwidgets.css").read_text(encoding="utf-8")
     title = title or f"sinkwidgets · {trace.model_name} · {trace.n_tokens} tokens"
-    return offline_page(title, js, css, payload, bufs, prefix="sw", mount="mountStandalone", what="sinkwidgets.js")
+    return offline_page(title, _assets.esm("sinkexplorer"), _assets.css("sinkexplorer"), payload, bufs, prefix="sw",
+                        mount="mountStandalone", what="sinkexplorer.js")
 
 
 def offline_page(title: str, js: str, css: str, payload: Any, bufs: list[bytes], *, prefix: str, mount: str,

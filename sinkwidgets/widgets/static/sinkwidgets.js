@@ -1,14 +1,17 @@
-// sinkwidgets: SinkGrid, AttentionHeatmap, TokenStrip and the linked SinkExplorer.
+// sinkwidgets: what both widgets share. Codecs, colour maps, DOM helpers, menus, error boxes, PNG hand-off and
+// the offline-page helpers, each defined once here.
 //
-// One ES module, used two ways: by anywidget in a notebook (default export `render`), and inlined into an
-// offline HTML file (`mountStandalone`). No imports, nothing fetched from the network.
+// Each widget's ES module is this file followed by the widget's own file (SinkExplorer: sinkexplorer.js,
+// TagExplorer: tagexplorer.js). One Python function assembles it: sinkwidgets/widgets/_assets.py: esm().
+// A widget file starts with `import { ... } from "./sinkwidgets.js";` naming what it uses from here; the assembly
+// checks that every imported name is exported here and drops that statement (both files then share one module
+// scope), so a name defined in both files is a SyntaxError of the assembled module. No imports here, nothing
+// fetched from the network, no default export (each widget module has its own).
 //
 // Rules kept throughout:
 // * Token strings are untrusted: they reach the page through `textContent` and canvas `fillText` only.
-// * Arrays arrive as binary buffers + a JSON spec (see _serialization.py); `decodeArray` is the mirror of
-//   the Python encoders (JupyterLab hands buffers over as DataView, Colab as Uint8Array).
-// * The kernel keeps the attention maps: the heatmap shows a max-pooled overview, then asks for tiles of the
-//   region on screen (custom messages {type: "tile"} answered with one binary buffer).
+// * Arrays arrive as binary buffers + a JSON spec (see _serialization.py and _tag_state.packed_int); the decoders
+//   mirror the Python encoders (JupyterLab hands buffers over as DataView, Colab as Uint8Array).
 // * A failure while rendering shows a visible message in the widget (and in the console), never a blank.
 
 // ------------------------------------------------------------------------------------------------ codecs
@@ -38,7 +41,8 @@ export function asBytes(v) {
   throw new TypeError(`expected binary data, got ${Object.prototype.toString.call(v)}`);
 }
 
-function typedView(bytes, Ctor, n) {
+/** `n` elements of type `Ctor` over `bytes`; copied into a fresh buffer when the offset is not aligned. */
+export function typedView(bytes, Ctor, n) {
   const size = Ctor.BYTES_PER_ELEMENT;
   if (bytes.byteOffset % size === 0) return new Ctor(bytes.buffer, bytes.byteOffset, n);
   // Typed arrays need an aligned offset: copy the bytes into a fresh (aligned) buffer.
@@ -75,48 +79,74 @@ export function decodeArray(p) {
   return out;
 }
 
-// ------------------------------------------------------------------------------------------------ colour
-// Viridis (matplotlib), 11 stops, interpolated to a 256-entry table: perceptually uniform, readable in
-// light and dark themes, colour-blind safe.
+const INT_CTORS = { uint8: Uint8Array, uint16: Uint16Array, int16: Int16Array, int32: Int32Array, uint32: Uint32Array };
+
+/** Decode an integer buffer {dtype, shape, data} (mirror of _tag_state.packed_int). */
+export function decodeInts(p) {
+  if (!p || !p.shape) throw new Error("missing integer payload");
+  const Ctor = INT_CTORS[p.dtype];
+  if (!Ctor) throw new Error(`unknown integer dtype ${JSON.stringify(p.dtype)}`);
+  const n = p.shape.reduce((a, b) => a * b, 1);
+  const bytes = asBytes(p.data);
+  if (bytes.byteLength < n * Ctor.BYTES_PER_ELEMENT) {
+    throw new Error(`buffer of ${bytes.byteLength} bytes is too small for ${p.dtype}[${p.shape}]`);
+  }
+  return typedView(bytes, Ctor, n);
+}
+
+// ------------------------------------------------------------------------------------------------ colour maps
+// Viridis (matplotlib), 11 stops, interpolated: perceptually uniform, readable in light and dark themes,
+// colour-blind safe.
 const VIRIDIS = [
   [68, 1, 84], [72, 36, 117], [65, 68, 135], [53, 95, 141], [42, 120, 142], [33, 145, 140],
   [34, 168, 132], [68, 191, 112], [122, 209, 81], [189, 223, 38], [253, 231, 37],
 ];
-const LUT = (() => {
+
+/** Viridis at t in [0, 1] (clamped), as [r, g, b] integers. */
+export function viridis(t) {
+  const x = Math.max(0, Math.min(1, t)) * (VIRIDIS.length - 1);
+  const j = Math.min(VIRIDIS.length - 2, Math.floor(x)), f = x - j;
+  return [0, 1, 2].map((c) => Math.round(VIRIDIS[j][c] + f * (VIRIDIS[j + 1][c] - VIRIDIS[j][c])));
+}
+
+/** Viridis sampled at 256 steps, [r, g, b] per entry (flat): the table that image-drawing loops index. */
+export const VIRIDIS_LUT = (() => {
   const lut = new Uint8ClampedArray(256 * 3);
-  for (let i = 0; i < 256; i++) {
-    const x = (i / 255) * (VIRIDIS.length - 1);
-    const j = Math.min(VIRIDIS.length - 2, Math.floor(x));
-    const f = x - j;
-    for (let c = 0; c < 3; c++) lut[3 * i + c] = Math.round(VIRIDIS[j][c] + f * (VIRIDIS[j + 1][c] - VIRIDIS[j][c]));
-  }
+  for (let i = 0; i < 256; i++) lut.set(viridis(i / 255), 3 * i);
   return lut;
 })();
-const NAN_RGB = [150, 150, 150];
-const SINK_RGB = "rgb(230, 85, 13)"; // sink marks: orange, distinct from every viridis colour
-const LOG_DECADES = 4; // log colour scale spans [vmax / 10^4, vmax]
 
-function lutIndex(t) {
+/** Index in VIRIDIS_LUT of t in [0, 1]; values <= 0 and NaN give 0, values >= 1 give 255. */
+export function lutIndex(t) {
   if (!(t > 0)) return 0; // also NaN -> 0 (callers treat NaN separately where it matters)
   return t >= 1 ? 255 : Math.round(t * 255);
 }
 
-/** Colour-scale position in [0, 1] of an attention value. */
-function scalePos(v, vmax, log) {
-  if (!(v > 0)) return 0;
-  if (!log) return v / vmax;
-  return 1 + Math.log10(v / vmax) / LOG_DECADES;
+/** CSS colour of viridis at t (through VIRIDIS_LUT). */
+export function rgb(t) {
+  const i = 3 * lutIndex(t);
+  return `rgb(${VIRIDIS_LUT[i]}, ${VIRIDIS_LUT[i + 1]}, ${VIRIDIS_LUT[i + 2]})`;
 }
 
-function rgb(t) {
-  const i = 3 * lutIndex(t);
-  return `rgb(${LUT[i]}, ${LUT[i + 1]}, ${LUT[i + 2]})`;
+/** CSS colour of an [r, g, b] triple. */
+export const cssRgb = (c) => `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
+
+/** [r, g, b] of a computed CSS colour "rgb(...)" / "rgba(...)", or `fallback`. */
+export function parseRgb(s, fallback) {
+  const m = /rgba?\(([^)]+)\)/.exec(s || "");
+  if (!m) return fallback;
+  return m[1].split(",").slice(0, 3).map((x) => Number(x));
 }
+
+/** Categorical colours: Okabe-Ito (colour-blind safe) first, then a few distinct extras. */
+export const CATEGORICAL = [[213, 94, 0], [0, 114, 178], [0, 158, 115], [230, 159, 0], [204, 121, 167],
+  [86, 180, 233], [140, 109, 49], [0, 0, 0], [240, 228, 66], [120, 120, 200], [200, 60, 60], [60, 60, 60]];
 
 // ------------------------------------------------------------------------------------------------ DOM helpers
 const KEYBOARD_TAGS = new Set(["input", "select", "button"]);
 
-function h(tag, cls, attrs) {
+/** A new element with a class and attributes. */
+export function h(tag, cls, attrs) {
   const e = document.createElement(tag);
   if (cls) e.className = cls;
   if (attrs) for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
@@ -126,7 +156,8 @@ function h(tag, cls, attrs) {
   return e;
 }
 
-function text(tag, cls, s, attrs) {
+/** A new element holding the string `s` as text. */
+export function text(tag, cls, s, attrs) {
   const e = h(tag, cls, attrs);
   e.textContent = s; // untrusted strings only ever go through textContent
   return e;
@@ -138,18 +169,21 @@ export function showToken(s) {
   return String(s).replace(/\n/g, "↵").replace(/\r/g, "␍").replace(/\t/g, "→");
 }
 
-function clip(s, n) {
+/** showToken(s) cut to at most n characters (with an ellipsis). */
+export function clip(s, n) {
   s = showToken(s);
   return s.length > n ? s.slice(0, n - 1) + "…" : s;
 }
 
-function fmt(v, digits = 3) {
+/** A number with `digits` decimals; tiny non-zero values in exponent form; null and NaN as "n/a". */
+export function fmt(v, digits = 3) {
   if (v == null || Number.isNaN(v)) return "n/a";
-  if (v !== 0 && Math.abs(v) < 10 ** -digits) return v.toExponential(1);
+  if (v !== 0 && Math.abs(v) < 10 ** -digits) return Number(v).toExponential(1);
   return Number(v).toFixed(digits);
 }
 
-function setupCanvas(canvas, w, hgt) {
+/** Size a canvas to w × hgt CSS pixels at the device pixel ratio; returns its 2-D context in CSS pixels. */
+export function setupCanvas(canvas, w, hgt) {
   const dpr = window.devicePixelRatio || 1;
   canvas.width = Math.round(w * dpr);
   canvas.height = Math.round(hgt * dpr);
@@ -160,981 +194,89 @@ function setupCanvas(canvas, w, hgt) {
   return ctx;
 }
 
-function themeColor(el, prop, fallback) {
-  const v = getComputedStyle(el)[prop];
+/** A computed colour of `node` (e.g. "color", "backgroundColor"), or `fallback` when transparent. */
+export function themeColor(node, prop, fallback) {
+  const v = getComputedStyle(node)[prop];
   return v && v !== "rgba(0, 0, 0, 0)" && v !== "transparent" ? v : fallback;
 }
 
-function select(options, value, label, testid) {
+/** A <select> of `options` ([value, name] or [value, name, disabled]) set to `value`. */
+export function menu(options, value, label, testid) {
   const s = h("select", "sw-select", { "data-testid": testid, "aria-label": label });
-  for (const [v, name] of options) {
+  for (const [v, name, disabled] of options) {
     const o = document.createElement("option");
     o.value = String(v);
     o.textContent = name;
+    if (disabled) o.disabled = true;
     s.appendChild(o);
   }
   s.value = String(value);
   return s;
 }
 
-function labelled(name, control) {
+/** A control with its name in front, as one <label>. */
+export function labelled(name, control) {
   const l = h("label", "sw-control");
-  l.appendChild(text("span", "sw-control-name", name));
-  l.appendChild(control);
+  l.append(text("span", "sw-control-name", name), control);
   return l;
 }
 
-function button(label, aria, testid) {
+export function button(label, aria, testid) {
   return text("button", "sw-button", label, { type: "button", "aria-label": aria, title: aria, "data-testid": testid });
 }
 
-// ------------------------------------------------------------------------------------------------ store
-const METRICS = [
-  ["alpha", "α of selected token"],
-  ["first_token_mass", "first-token mass"],
-  ["sink_flag", "sink flag (α > ε)"],
-  ["sinks_per_head", "sinks per head (α > ε)"],
-  ["entropy", "attention entropy"],
-];
-
-let VIEW_SEQ = 0;
-
-/** Decoded summary data + helpers shared by the parts of one view. */
-function makeStore(model) {
-  const S = model.get("_summary");
-  if (!S || !S.alpha) throw new Error("no data: this widget was created without a trace");
-  const { L, H, T } = S;
-  const alpha = decodeArray(S.alpha);
-  const ftm = decodeArray(S.first_token_mass);
-  const ent = decodeArray(S.entropy);
-  const kept = decodeArray(S.kept);
-  const tokens = model.get("_tokens") || [];
-  if (tokens.length !== T) throw new Error(`${tokens.length} tokens but T=${T}`);
-  if (alpha.length !== L * H * T) throw new Error(`α has ${alpha.length} values, expected L*H*T = ${L * H * T}`);
-  // Keys seen by too few queries are not counted as sinks (same rule as sinkwidgets.metrics).
-  const valid = new Uint8Array(T);
-  const nq0 = S.causal ? T : T;
-  const minQ = Math.min(S.min_queries || 1, nq0);
-  for (let k = 0; k < T; k++) valid[k] = (S.causal ? T - k : T) >= minQ ? 1 : 0;
-  const maxCache = new Map();
-  const viewId = `v${++VIEW_SEQ}-${Math.random().toString(36).slice(2, 8)}`;
-  let seq = 0;
-  const pending = new Map();
-  const disposers = [];
-  const customHandlers = [];
-
-  const onCustom = (msg, buffers) => {
-    if (!msg || typeof msg !== "object") return;
-    if (msg.id != null && pending.has(msg.id)) {
-      const p = pending.get(msg.id);
-      pending.delete(msg.id);
-      clearTimeout(p.timer);
-      p.resolve({ msg, buffers: buffers || [] });
-      return;
-    }
-    for (const fn of customHandlers) fn(msg, buffers || []);
+/** A function that counts draws in `root.dataset.draws`, once per microtask however many parts drew. */
+export function drawCounter(root) {
+  let pending = false;
+  return () => {
+    if (pending) return;
+    pending = true;
+    queueMicrotask(() => { pending = false; root.dataset.draws = String((+root.dataset.draws || 0) + 1); });
   };
-  model.on("msg:custom", onCustom);
-  disposers.push(() => model.off("msg:custom", onCustom));
-
-  const store = {
-    model, L, H, T, alpha, ftm, ent, kept, tokens, valid, causal: !!S.causal, modelName: S.model,
-    get: (k) => model.get(k),
-    set(obj) {
-      for (const [k, v] of Object.entries(obj)) model.set(k, v);
-      model.save_changes();
-    },
-    on(names, fn) {
-      // A new trace (SinkExplorer.set_trace) arrives as a new _summary and rebuilds the view (see render): this
-      // view, built on the old one, ignores the changes that come with it.
-      const guarded = (...args) => { if (model.get("_summary") === S) fn(...args); };
-      for (const n of names.split(" ")) {
-        model.on(`change:${n}`, guarded);
-        disposers.push(() => model.off(`change:${n}`, guarded));
-      }
-    },
-    onCustom(fn) { customHandlers.push(fn); },
-    row(l, hd) { return alpha.subarray((l * H + hd) * T, (l * H + hd + 1) * T); },
-    maxOverHeads(l) {
-      if (!maxCache.has(l)) {
-        const m = new Float32Array(T);
-        for (let hd = 0; hd < H; hd++) {
-          const r = store.row(l, hd);
-          for (let k = 0; k < T; k++) if (r[k] > m[k]) m[k] = r[k];
-        }
-        maxCache.set(l, m);
-      }
-      return maxCache.get(l);
-    },
-    isSink(v, k, eps) { return v > eps && valid[k] === 1; },
-    /** Grid values [L*H] of a metric, with its colour range and a label. */
-    metric(name, eps, token) {
-      const v = new Float32Array(L * H);
-      let lo = 0, hi = 1, label = "";
-      const tk = Math.max(0, Math.min(T - 1, token | 0));
-      if (name === "first_token_mass") { v.set(ftm); label = "first-token mass"; }
-      else if (name === "entropy") {
-        v.set(ent); hi = 0;
-        for (const x of ent) if (x > hi) hi = x;
-        hi = hi || 1; label = "entropy (nats)";
-      } else if (name === "sinks_per_head") {
-        hi = 1;
-        for (let i = 0; i < L * H; i++) {
-          const base = i * T;
-          let c = 0;
-          for (let k = 0; k < T; k++) if (alpha[base + k] > eps && valid[k]) c++;
-          v[i] = c;
-          if (c > hi) hi = c;
-        }
-        label = `sinks per head (α > ${eps.toFixed(2)})`;
-      } else if (name === "sink_flag") {
-        for (let i = 0; i < L * H; i++) v[i] = alpha[i * T + tk] > eps ? 1 : 0;
-        label = `α[${tk}] > ${eps.toFixed(2)}`;
-      } else {
-        for (let i = 0; i < L * H; i++) v[i] = alpha[i * T + tk];
-        label = `α of token ${tk}`;
-      }
-      return { values: v, lo, hi, label };
-    },
-    /** Ask the kernel for something; resolves with {msg, buffers} or rejects after `timeoutMs`. */
-    request(content, timeoutMs = 30000) {
-      const id = `${viewId}:${++seq}`;
-      return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => {
-          pending.delete(id);
-          reject(new Error(`no answer to ${content.type} within ${timeoutMs / 1000} s`));
-        }, timeoutMs);
-        pending.set(id, { resolve, timer });
-        model.send({ ...content, id });
-      });
-    },
-    errorSink: null,
-    /** Run fn; on an exception log it and show it in the widget instead of failing silently. */
-    guard(fn) {
-      try {
-        return fn();
-      } catch (err) {
-        console.error("sinkwidgets:", err);
-        if (store.errorSink) store.errorSink(err);
-        return undefined;
-      }
-    },
-    dispose() {
-      for (const d of disposers.splice(0)) d();
-      for (const p of pending.values()) clearTimeout(p.timer);
-      pending.clear();
-    },
-  };
-  return store;
-}
-
-// ------------------------------------------------------------------------------------------------ tooltip
-function makeTooltip(root) {
-  const tip = h("div", "sw-tooltip", { role: "status", "data-testid": "sw-tooltip" });
-  tip.hidden = true;
-  root.appendChild(tip);
-  return {
-    show(lines, clientX, clientY) {
-      tip.replaceChildren(...lines.map((s) => text("div", "", s)));
-      tip.hidden = false;
-      const r = root.getBoundingClientRect();
-      let x = clientX - r.left + 14, y = clientY - r.top + 14;
-      const w = tip.offsetWidth;
-      if (x + w > r.width) x = Math.max(0, clientX - r.left - w - 10);
-      tip.style.left = `${x}px`;
-      tip.style.top = `${y}px`;
-    },
-    hide() { tip.hidden = true; },
-  };
-}
-
-// ------------------------------------------------------------------------------------------------ grid
-function makeGrid(store, tooltip, report) {
-  const { L, H } = store;
-  const wrap = h("div", "sw-grid", { "data-testid": "sw-grid" });
-  const caption = text("div", "sw-caption", "");
-  const canvas = h("canvas", "sw-grid-canvas", {
-    tabindex: 0, role: "grid", "data-testid": "sw-grid-canvas",
-    "aria-label": `layers × heads grid (${L} × ${H}); arrow keys move the selected head`,
-  });
-  const legend = h("div", "sw-legend");
-  const legendBar = h("canvas", "sw-legend-bar");
-  const legendLo = text("span", "sw-legend-lo", "");
-  const legendHi = text("span", "sw-legend-hi", "");
-  legend.append(legendLo, legendBar, legendHi);
-  wrap.append(caption, canvas, legend);
-
-  const ML = 30, MT = 16;
-  const cw = Math.max(10, Math.min(30, Math.round(270 / H)));
-  const ch = Math.max(6, Math.min(20, Math.round(430 / L)));
-  const W = ML + H * cw + 2, HT = MT + L * ch + 2;
-  let draws = 0;
-  let last = null;
-
-  function draw() {
-    const ctx = setupCanvas(canvas, W, HT);
-    const fg = themeColor(wrap, "color", "#333");
-    const name = store.get("metric"), eps = store.get("eps"), token = store.get("token");
-    const m = store.metric(name, eps, token);
-    last = m;
-    const sel = [store.get("layer"), store.get("head")];
-    for (let l = 0; l < L; l++) {
-      for (let hd = 0; hd < H; hd++) {
-        const v = m.values[l * H + hd];
-        ctx.fillStyle = Number.isNaN(v) ? `rgb(${NAN_RGB})` : rgb((v - m.lo) / (m.hi - m.lo || 1));
-        ctx.fillRect(ML + hd * cw, MT + l * ch, cw - 1, ch - 1);
-        if (store.kept[l * H + hd] > 0.5) { // kept map: small corner mark
-          ctx.fillStyle = "rgba(255, 255, 255, 0.85)";
-          ctx.beginPath();
-          ctx.moveTo(ML + hd * cw + cw - 1, MT + l * ch);
-          ctx.lineTo(ML + hd * cw + cw - 1, MT + l * ch + Math.min(6, ch - 1));
-          ctx.lineTo(ML + hd * cw + cw - 1 - Math.min(6, ch - 1), MT + l * ch);
-          ctx.fill();
-        }
-      }
-    }
-    ctx.strokeStyle = fg;
-    ctx.lineWidth = 2;
-    ctx.strokeRect(ML + sel[1] * cw - 1, MT + sel[0] * ch - 1, cw + 1, ch + 1);
-    ctx.fillStyle = fg;
-    ctx.font = "10px sans-serif";
-    ctx.textBaseline = "middle";
-    ctx.textAlign = "right";
-    const lstep = Math.max(1, Math.ceil(11 / ch));
-    for (let l = 0; l < L; l += lstep) ctx.fillText(String(l), ML - 4, MT + l * ch + ch / 2);
-    ctx.textAlign = "center";
-    const hstep = Math.max(1, Math.ceil(16 / cw));
-    for (let hd = 0; hd < H; hd += hstep) ctx.fillText(String(hd), ML + hd * cw + cw / 2, MT / 2);
-    caption.textContent = `${m.label}: layers (rows) × heads (columns)`;
-    // legend
-    const lctx = setupCanvas(legendBar, 120, 10);
-    for (let i = 0; i < 120; i++) { lctx.fillStyle = rgb(i / 119); lctx.fillRect(i, 0, 1, 10); }
-    legendLo.textContent = fmt(m.lo, 2);
-    legendHi.textContent = name === "sinks_per_head" ? String(m.hi) : fmt(m.hi, 2);
-    draws++;
-    Object.assign(canvas.dataset, {
-      layer: sel[0], head: sel[1], metric: name, eps: eps.toFixed(2), token, draws,
-      cellW: cw, cellH: ch, originX: ML, originY: MT, nLayers: L, nHeads: H,
-      selectedValue: String(m.values[sel[0] * H + sel[1]]),
-    });
-    report();
-  }
-
-  function hit(ev) {
-    const r = canvas.getBoundingClientRect();
-    const hd = Math.floor((ev.clientX - r.left - ML) / cw), l = Math.floor((ev.clientY - r.top - MT) / ch);
-    return l >= 0 && l < L && hd >= 0 && hd < H ? [l, hd] : null;
-  }
-
-  canvas.addEventListener("click", (ev) => {
-    const c = hit(ev);
-    if (c) { store.set({ layer: c[0], head: c[1] }); canvas.focus(); }
-  });
-  canvas.addEventListener("mousemove", (ev) => {
-    const c = hit(ev);
-    if (!c) return tooltip.hide();
-    const [l, hd] = c, i = l * H + hd, tk = store.get("token"), eps = store.get("eps");
-    const row = store.row(l, hd);
-    let n = 0;
-    for (let k = 0; k < store.T; k++) if (store.isSink(row[k], k, eps)) n++;
-    tooltip.show([
-      `layer ${l} · head ${hd}${store.kept[i] > 0.5 ? " · map kept" : ""}`,
-      `α of token ${tk} ${JSON.stringify(clip(store.tokens[tk], 16))}: ${fmt(row[tk])}`,
-      `first-token mass: ${fmt(store.ftm[i])}`,
-      `sinks (α > ${eps.toFixed(2)}): ${n}`,
-      `entropy: ${fmt(store.ent[i], 2)} nats`,
-    ], ev.clientX, ev.clientY);
-  });
-  canvas.addEventListener("mouseleave", () => tooltip.hide());
-  canvas.addEventListener("keydown", (ev) => {
-    let l = store.get("layer"), hd = store.get("head");
-    const moves = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1],
-                    PageUp: [-5, 0], PageDown: [5, 0] };
-    if (ev.key in moves) {
-      l = Math.max(0, Math.min(L - 1, l + moves[ev.key][0]));
-      hd = Math.max(0, Math.min(H - 1, hd + moves[ev.key][1]));
-    } else if (ev.key === "Home") { l = 0; hd = 0; }
-    else if (ev.key === "End") { l = L - 1; hd = H - 1; }
-    else return;
-    ev.preventDefault();
-    store.set({ layer: l, head: hd });
-  });
-  store.on("metric eps token layer head", () => store.guard(draw));
-  return { el: wrap, canvas, draw, last: () => last };
-}
-
-// ------------------------------------------------------------------------------------------------ heatmap
-const TILE_CACHE = 96; // tiles kept in the browser (128 KiB each at most): ~12 MiB
-const MAX_INFLIGHT = 6; // concurrent tile requests: enough to fill a view in one or two round trips
-const MIN_SPAN = 4; // smallest zoom: 4 tokens across
-
-function makeHeatmap(store, tooltip, report) {
-  const { T } = store;
-  const S = Math.max(200, store.get("heatmap_size") || 512);
-  const ML = 92, MT = 86, MR = 10, MB = 10, BAND = 7;
-  const W = ML + S + MR, HT = MT + S + MB;
-  const wrap = h("div", "sw-heatmap", { "data-testid": "sw-heatmap" });
-  const head = h("div", "sw-hm-head");
-  const title = text("span", "sw-hm-title", "");
-  const status = text("span", "sw-hm-status", "", { "data-testid": "sw-hm-status", "aria-live": "polite" });
-  const zoomOut = button("−", "zoom out (key -)", "sw-zoom-out");
-  const zoomIn = button("+", "zoom in (key +)", "sw-zoom-in");
-  const zoomReset = button("⟲", "show the whole map (key 0)", "sw-zoom-reset");
-  const ctrls = h("span", "sw-hm-controls");
-  ctrls.append(zoomOut, zoomIn, zoomReset);
-  head.append(title, ctrls, status);
-  const box = h("div", "sw-hm-box");
-  const canvas = h("canvas", "sw-hm-canvas", {
-    tabindex: 0, "data-testid": "sw-heatmap-canvas",
-    "aria-label": "attention map, queries (rows) × keys (columns); +/- zoom, arrow keys pan, 0 resets",
-  });
-  const message = text("div", "sw-hm-message", "", { "data-testid": "sw-hm-message" });
-  message.hidden = true;
-  message.style.left = `${ML}px`;
-  message.style.top = `${MT}px`;
-  message.style.width = `${S}px`;
-  box.append(canvas, message);
-  wrap.append(head, box);
-
-  let cur = null; // {layer, head, level, stride, rows, cols, vmax, data, canvas}
-  const tiles = new Map(); // key -> tile, in LRU order
-  const inflight = new Set();
-  let tileError = null; // the last tile failure, kept in the status line until a tile arrives
-  const failedTiles = new Set(); // keys refused once: not asked again (no request loop on an offline page)
-  let view = { q0: 0, q1: T, k0: 0, k1: T };
-  let draws = 0, requested = 0, received = 0, scaleSeen = null, rafPending = false;
-  let viewTimer = null;
-
-  function selection() { return [store.get("layer"), store.get("head")]; }
-  function mapStatus(l, hd) {
-    const m = store.get("_map") || {};
-    return m.layer === l && m.head === hd ? m.status || "missing" : "loading";
-  }
-
-  function colorize(data, rows, cols, vmax, log) {
-    const c = document.createElement("canvas");
-    c.width = cols; c.height = rows;
-    const cx = c.getContext("2d");
-    const img = cx.createImageData(cols, rows);
-    const px = img.data;
-    for (let i = 0; i < rows * cols; i++) {
-      const j = 3 * lutIndex(scalePos(data[i], vmax, log));
-      px[4 * i] = LUT[j]; px[4 * i + 1] = LUT[j + 1]; px[4 * i + 2] = LUT[j + 2]; px[4 * i + 3] = 255;
-    }
-    cx.putImageData(img, 0, 0);
-    return c;
-  }
-
-  function setMap() {
-    const m = store.get("_map") || {};
-    const [l, hd] = selection();
-    if (m.layer !== l || m.head !== hd) return; // stale answer for a previous selection
-    const log = store.get("scale") === "log";
-    if (m.overview) {
-      const data = decodeArray(m.overview);
-      cur = { layer: l, head: hd, level: m.level, stride: m.stride, rows: m.rows, cols: m.cols,
-              vmax: m.vmax || 1, data, status: m.status };
-      cur.canvas = colorize(data, m.rows, m.cols, cur.vmax, log);
-      scaleSeen = log;
-    } else {
-      cur = { layer: l, head: hd, status: m.status, message: m.message };
-    }
-    schedule();
-  }
-
-  function recolor() {
-    const log = store.get("scale") === "log";
-    if (!cur || !cur.data || scaleSeen === log) return;
-    cur.canvas = colorize(cur.data, cur.rows, cur.cols, cur.vmax, log);
-    for (const t of tiles.values()) t.canvas = colorize(t.data, t.rows, t.cols, t.vmax, log);
-    scaleSeen = log;
-  }
-
-  function schedule() {
-    if (rafPending) return;
-    rafPending = true;
-    requestAnimationFrame(() => { rafPending = false; store.guard(draw); });
-  }
-
-  const X = (k) => ML + ((k - view.k0) * S) / (view.k1 - view.k0);
-  const Y = (q) => MT + ((q - view.q0) * S) / (view.q1 - view.q0);
-
-  /** Finest pyramid level whose cells still cover at least one device pixel (coarser = overview). */
-  function neededLevel() {
-    const dpr = window.devicePixelRatio || 1;
-    const tpp = Math.max(view.q1 - view.q0, view.k1 - view.k0) / (S * dpr);
-    return tpp <= 1 ? 0 : Math.ceil(Math.log2(tpp) - 1e-9);
-  }
-
-  function draw() {
-    recolor();
-    const ctx = setupCanvas(canvas, W, HT);
-    const fg = themeColor(wrap, "color", "#333");
-    const [l, hd] = selection();
-    const eps = store.get("eps"), tk = store.get("token");
-    const alphaRow = store.row(l, hd);
-    const have = cur && cur.layer === l && cur.head === hd;
-    ctx.fillStyle = "rgba(127, 127, 127, 0.12)";
-    ctx.fillRect(ML, MT, S, S);
-    let level = null, nTiles = 0;
-    if (have && cur.canvas) {
-      ctx.save();
-      ctx.beginPath(); ctx.rect(ML, MT, S, S); ctx.clip();
-      const s = cur.stride;
-      // Nearest-neighbour while a cell spans >= 1 pixel (crisp cells); smoothing when the overview is
-      // squeezed, so that no row or column (a sink!) is dropped by nearest-neighbour sampling.
-      ctx.imageSmoothingEnabled = (S * s) / Math.max(view.q1 - view.q0, view.k1 - view.k0) < 1;
-      ctx.drawImage(cur.canvas, view.k0 / s, view.q0 / s, (view.k1 - view.k0) / s, (view.q1 - view.q0) / s,
-        ML, MT, S, S);
-      level = neededLevel();
-      // Finer tiles drawn over coarser ones: progressive refinement while tiles arrive.
-      const mine = [...tiles.values()].filter((t) => t.layer === l && t.head === hd && t.level >= level &&
-        t.level < cur.level && t.k1 > view.k0 && t.k0 < view.k1 && t.q1 > view.q0 && t.q0 < view.q1);
-      mine.sort((a, b) => b.level - a.level);
-      for (const t of mine) {
-        const span = 1 << t.level;
-        ctx.drawImage(t.canvas, X(t.k0), Y(t.q0), X(t.k0 + t.cols * span) - X(t.k0), Y(t.q0 + t.rows * span) - Y(t.q0));
-        if (t.level === level) nTiles++;
-      }
-      ctx.restore();
-      message.hidden = true;
-    } else {
-      // No map: α per key as a column summary, and a clear note saying why.
-      const span = view.k1 - view.k0;
-      for (let k = Math.floor(view.k0); k < Math.ceil(view.k1); k++) {
-        const v = alphaRow[k];
-        const x0 = X(k), x1 = X(k + 1);
-        const bh = Math.max(1, Math.sqrt(Math.max(0, v)) * (S - 4));
-        ctx.fillStyle = rgb(Math.sqrt(Math.max(0, v)));
-        ctx.fillRect(x0, MT + S - bh, Math.max(1, x1 - x0 - (span < 200 ? 1 : 0)), bh);
-      }
-      const m = store.get("_map") || {};
-      const pendingSel = m.layer !== l || m.head !== hd;
-      message.textContent = pendingSel
-        ? `loading layer ${l}, head ${hd}…`
-        : (m.message || `map not kept: trace with keep_maps=[${l}]`) + (m.status === "missing" ? "" : "");
-      message.hidden = false;
-    }
-    // sink columns: α > ε (keys seen by enough queries), marked in a band above the map
-    ctx.fillStyle = SINK_RGB;
-    let nSinks = 0;
-    const kStart = Math.max(0, Math.floor(view.k0)), kEnd = Math.min(T, Math.ceil(view.k1));
-    for (let k = kStart; k < kEnd; k++) {
-      if (store.isSink(alphaRow[k], k, eps)) {
-        const x0 = X(k), x1 = X(k + 1);
-        ctx.fillRect(x0, MT - BAND - 1, Math.max(2, x1 - x0), BAND);
-        nSinks++;
-      }
-    }
-    // selected token: outline its row and column
-    ctx.strokeStyle = fg;
-    ctx.lineWidth = 1;
-    ctx.save();
-    ctx.beginPath(); ctx.rect(ML - 1, MT - 1, S + 2, S + 2); ctx.clip();
-    if (tk + 1 > view.k0 && tk < view.k1) ctx.strokeRect(X(tk) + 0.5, MT + 0.5, Math.max(1, X(tk + 1) - X(tk)) - 1, S - 1);
-    if (tk + 1 > view.q0 && tk < view.q1) ctx.strokeRect(ML + 0.5, Y(tk) + 0.5, S - 1, Math.max(1, Y(tk + 1) - Y(tk)) - 1);
-    ctx.restore();
-    drawAxes(ctx, fg);
-    title.textContent = `layer ${l} · head ${hd} · queries × keys · ${T} tokens`;
-    const res = have && cur.canvas
-      ? (level < cur.level ? `tiles 1:${1 << level} (${nTiles} shown)` : `overview 1:${cur.stride}`) : "α per key";
-    const failed = tileError && have && cur.canvas && level < cur.level
-      ? `tiles unavailable (${tileError}); showing the overview · ` : "";
-    status.textContent = `${failed}${res} · ${store.get("scale")} scale · ${nSinks} sink column${nSinks === 1 ? "" : "s"} in view`;
-    draws++;
-    Object.assign(canvas.dataset, {
-      layer: l, head: hd, draws, status: have ? cur.status : mapStatus(l, hd),
-      view: [view.q0, view.q1, view.k0, view.k1].map((v) => Math.round(v * 100) / 100).join(","),
-      level: level == null ? "" : level, overviewLevel: have && cur.canvas ? cur.level : "",
-      tilesShown: nTiles, tilesRequested: requested, tilesReceived: received, sinks: nSinks,
-      scale: store.get("scale"), token: tk, vmax: have && cur.vmax ? cur.vmax : "", originX: ML, originY: MT, size: S,
-    });
-    if (have && cur.canvas) requestTiles(level);
-    report();
-  }
-
-  function drawAxes(ctx, fg) {
-    ctx.fillStyle = fg;
-    ctx.font = "10px sans-serif";
-    const span = view.q1 - view.q0, cell = S / span;
-    let step = 1;
-    for (const s of [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]) {
-      step = s;
-      if (s * cell >= 12) break;
-    }
-    const labelOf = (i) => (step === 1 ? clip(store.tokens[i], 12) : `${i} ${clip(store.tokens[i], 6)}`);
-    // query labels (rows), left
-    ctx.textAlign = "right"; ctx.textBaseline = "middle";
-    for (let q = Math.ceil(view.q0 / step) * step; q < view.q1; q += step) {
-      if (q >= T) break;
-      ctx.fillText(labelOf(q), ML - 4, Y(q + 0.5));
-    }
-    // key labels (columns), top, rotated
-    ctx.textAlign = "left"; ctx.textBaseline = "middle";
-    const kspan = view.k1 - view.k0, kcell = S / kspan;
-    let kstep = 1;
-    for (const s of [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000]) {
-      kstep = s;
-      if (s * kcell >= 12) break;
-    }
-    const klabel = (i) => (kstep === 1 ? clip(store.tokens[i], 12) : `${i} ${clip(store.tokens[i], 6)}`);
-    for (let k = Math.ceil(view.k0 / kstep) * kstep; k < view.k1; k += kstep) {
-      if (k >= T) break;
-      ctx.save();
-      ctx.translate(X(k + 0.5), MT - BAND - 4);
-      ctx.rotate(-Math.PI / 3);
-      ctx.fillText(klabel(k), 0, 0);
-      ctx.restore();
-    }
-    ctx.textAlign = "left";
-    ctx.fillText("keys →", 2, 10);
-    ctx.save(); ctx.translate(8, MT + 40); ctx.rotate(Math.PI / 2); ctx.fillText("queries →", 0, 0); ctx.restore();
-  }
-
-  function requestTiles(level) {
-    if (!cur || !cur.canvas || level >= cur.level) return;
-    const span = store.get("_map").tile << level;
-    const t0 = Math.floor(view.q0 / span), t1 = Math.floor((Math.min(T, view.q1) - 1e-9) / span);
-    const u0 = Math.floor(view.k0 / span), u1 = Math.floor((Math.min(T, view.k1) - 1e-9) / span);
-    const want = [];
-    for (let ty = Math.max(0, t0); ty <= t1; ty++) {
-      for (let tx = Math.max(0, u0); tx <= u1; tx++) {
-        if (store.causal && tx * span > Math.min(T, (ty + 1) * span) - 1) continue; // above the diagonal: all 0
-        const key = `${cur.layer},${cur.head},${level},${ty},${tx}`;
-        if (tiles.has(key)) { const t = tiles.get(key); tiles.delete(key); tiles.set(key, t); continue; }
-        if (!inflight.has(key) && !failedTiles.has(key)) want.push([key, ty, tx]);
-      }
-    }
-    // nearest the view centre first
-    const cq = (view.q0 + view.q1) / 2 / span, ck = (view.k0 + view.k1) / 2 / span;
-    want.sort((a, b) => Math.hypot(a[1] + 0.5 - cq, a[2] + 0.5 - ck) - Math.hypot(b[1] + 0.5 - cq, b[2] + 0.5 - ck));
-    for (const [key, ty, tx] of want) {
-      if (inflight.size >= MAX_INFLIGHT) break;
-      inflight.add(key);
-      requested++;
-      const { layer, head: hd, vmax } = cur;
-      store.request({ type: "tile", layer, head: hd, level, ty, tx })
-        .then(({ msg, buffers }) => {
-          inflight.delete(key);
-          if (!msg.ok) throw new Error(msg.error || "tile refused");
-          const data = decodeArray({ ...msg, data: buffers[0] });
-          const [rows, cols] = msg.shape;
-          const t = { layer, head: hd, level, ty, tx, rows, cols, vmax, data,
-                      q0: msg.q0, q1: msg.q1, k0: msg.k0, k1: msg.k1,
-                      canvas: colorize(data, rows, cols, vmax, store.get("scale") === "log") };
-          tiles.set(key, t);
-          tileError = null;
-          received++;
-          while (tiles.size > TILE_CACHE) tiles.delete(tiles.keys().next().value);
-          schedule();
-        })
-        .catch((err) => {
-          inflight.delete(key);
-          tileError = err.message;
-          failedTiles.add(key);
-          canvas.dataset.tileError = err.message;
-          schedule(); // redraw: the status line says why the overview stays
-        });
-    }
-  }
-
-  // ---- zoom and pan (view is in token units; zoom keeps the point under the cursor fixed)
-  function setView(v, sync = true) {
-    let { q0, q1, k0, k1 } = v;
-    const clampSpan = (a, b) => {
-      let s = Math.max(MIN_SPAN, Math.min(T, b - a));
-      a = Math.max(0, Math.min(T - s, a));
-      return [a, a + s];
-    };
-    [q0, q1] = clampSpan(q0, q1);
-    [k0, k1] = clampSpan(k0, k1);
-    view = { q0, q1, k0, k1 };
-    schedule();
-    if (sync) {
-      // Debounced: the kernel hears of the view 250 ms after the last change. Until then the local view
-      // is newer than anything the model holds (e.g. the kernel's echo of an earlier view), see store.on("view").
-      clearTimeout(viewTimer);
-      viewTimer = setTimeout(() => { viewTimer = null; store.set({ view: [q0, q1, k0, k1] }); }, 250);
-    }
-  }
-  function zoom(f, cq, ck) {
-    if (cq == null) { cq = (view.q0 + view.q1) / 2; ck = (view.k0 + view.k1) / 2; }
-    setView({ q0: cq - (cq - view.q0) / f, q1: cq + (view.q1 - cq) / f,
-              k0: ck - (ck - view.k0) / f, k1: ck + (view.k1 - ck) / f });
-  }
-  const reset = () => setView({ q0: 0, q1: T, k0: 0, k1: T });
-  function tokenAt(ev) {
-    const r = canvas.getBoundingClientRect();
-    const x = ev.clientX - r.left - ML, y = ev.clientY - r.top - MT;
-    return { x, y, k: view.k0 + (x / S) * (view.k1 - view.k0), q: view.q0 + (y / S) * (view.q1 - view.q0),
-             inside: x >= 0 && y >= 0 && x < S && y < S };
-  }
-  canvas.addEventListener("wheel", (ev) => {
-    const p = tokenAt(ev);
-    if (!p.inside) return;
-    ev.preventDefault();
-    zoom(Math.exp(-ev.deltaY * 0.002), p.q, p.k);
-  }, { passive: false });
-  let drag = null;
-  canvas.addEventListener("mousedown", (ev) => {
-    const p = tokenAt(ev);
-    if (p.inside) drag = { x: ev.clientX, y: ev.clientY, view: { ...view }, moved: false };
-  });
-  window.addEventListener("mousemove", onDrag);
-  window.addEventListener("mouseup", onUp);
-  function onDrag(ev) {
-    if (!drag) return;
-    const dx = ev.clientX - drag.x, dy = ev.clientY - drag.y;
-    if (Math.abs(dx) + Math.abs(dy) > 3) drag.moved = true;
-    const v = drag.view, fk = (v.k1 - v.k0) / S, fq = (v.q1 - v.q0) / S;
-    setView({ q0: v.q0 - dy * fq, q1: v.q1 - dy * fq, k0: v.k0 - dx * fk, k1: v.k1 - dx * fk });
-  }
-  function onUp(ev) {
-    if (drag && !drag.moved) {
-      const p = tokenAt(ev);
-      if (p.inside) store.set({ token: Math.max(0, Math.min(T - 1, Math.floor(p.k))) });
-    }
-    drag = null;
-  }
-  canvas.addEventListener("dblclick", reset);
-  canvas.addEventListener("keydown", (ev) => {
-    const pan = 0.1;
-    const dq = (view.q1 - view.q0) * pan, dk = (view.k1 - view.k0) * pan;
-    const acts = {
-      "+": () => zoom(2), "=": () => zoom(2), "-": () => zoom(0.5), "0": reset,
-      ArrowLeft: () => setView({ ...view, k0: view.k0 - dk, k1: view.k1 - dk }),
-      ArrowRight: () => setView({ ...view, k0: view.k0 + dk, k1: view.k1 + dk }),
-      ArrowUp: () => setView({ ...view, q0: view.q0 - dq, q1: view.q1 - dq }),
-      ArrowDown: () => setView({ ...view, q0: view.q0 + dq, q1: view.q1 + dq }),
-    };
-    if (acts[ev.key]) { ev.preventDefault(); acts[ev.key](); }
-  });
-  zoomIn.addEventListener("click", () => zoom(2));
-  zoomOut.addEventListener("click", () => zoom(0.5));
-  zoomReset.addEventListener("click", reset);
-  canvas.addEventListener("mousemove", (ev) => {
-    if (drag) return;
-    const p = tokenAt(ev);
-    if (!p.inside) return tooltip.hide();
-    const q = Math.min(T - 1, Math.floor(p.q)), k = Math.min(T - 1, Math.floor(p.k));
-    const [l, hd] = selection();
-    const lines = [`query ${q} ${JSON.stringify(clip(store.tokens[q], 20))}`,
-                   `key ${k} ${JSON.stringify(clip(store.tokens[k], 20))}`];
-    if (cur && cur.data && cur.layer === l && cur.head === hd) {
-      let best = null;
-      for (const t of tiles.values()) {
-        if (t.layer !== l || t.head !== hd || q < t.q0 || q >= t.q1 || k < t.k0 || k >= t.k1) continue;
-        if (!best || t.level < best.level) best = t;
-      }
-      if (best) {
-        const s = 1 << best.level;
-        const v = best.data[Math.floor((q - best.q0) / s) * best.cols + Math.floor((k - best.k0) / s)];
-        lines.push(best.level === 0 ? `attention: ${fmt(v, 4)}` : `max over ${s}×${s} cells: ${fmt(v, 4)}`);
-      } else {
-        const s = cur.stride;
-        const v = cur.data[Math.floor(q / s) * cur.cols + Math.floor(k / s)];
-        lines.push(s === 1 ? `attention: ${fmt(v, 4)}` : `max over ${s}×${s} cells: ${fmt(v, 4)}`);
-      }
-    }
-    lines.push(`α of key ${k}: ${fmt(store.row(l, hd)[k])}`);
-    tooltip.show(lines, ev.clientX, ev.clientY);
-  });
-  canvas.addEventListener("mouseleave", () => tooltip.hide());
-
-  store.on("_map", () => store.guard(setMap));
-  store.on("layer head", () => store.guard(() => { setMap(); schedule(); }));
-  store.on("eps token scale", schedule);
-  store.on("view", () => {
-    const v = store.get("view");
-    if (!v || v.length !== 4) return;
-    if (viewTimer !== null) return; // a newer local change is about to be sent: a stale echo must not undo it
-    const same = Math.abs(v[0] - view.q0) + Math.abs(v[1] - view.q1) + Math.abs(v[2] - view.k0) + Math.abs(v[3] - view.k1) < 1e-6;
-    if (!same) setView({ q0: v[0], q1: v[1], k0: v[2], k1: v[3] }, false);
-  });
-  const v0 = store.get("view");
-  if (v0 && v0.length === 4) view = { q0: v0[0], q1: v0[1], k0: v0[2], k1: v0[3] };
-  setMap();
-  return {
-    el: wrap, canvas, draw,
-    dispose() {
-      window.removeEventListener("mousemove", onDrag);
-      window.removeEventListener("mouseup", onUp);
-      clearTimeout(viewTimer);
-    },
-  };
-}
-
-// ------------------------------------------------------------------------------------------------ token strip
-function makeStrip(store, tooltip, report) {
-  const { T } = store;
-  const wrap = h("div", "sw-strip", { "data-testid": "sw-strip" });
-  const caption = text("div", "sw-caption", "");
-  const box = h("div", "sw-strip-tokens", {
-    tabindex: 0, role: "listbox", "data-testid": "sw-strip-tokens",
-    "aria-label": "prompt tokens coloured by α; left/right arrow keys move the selected token",
-  });
-  const spans = new Array(T);
-  const frag = document.createDocumentFragment();
-  for (let k = 0; k < T; k++) {
-    const s = document.createElement("span");
-    s.className = "sw-tok";
-    s.textContent = showToken(store.tokens[k]); // untrusted text: textContent only
-    s.dataset.k = k;
-    spans[k] = s;
-    frag.appendChild(s);
-  }
-  box.appendChild(frag);
-  wrap.append(caption, box);
-  let selected = -1, draws = 0, values = null;
-
-  function draw() {
-    const l = store.get("layer"), hd = store.get("head"), eps = store.get("eps");
-    const mode = store.get("strip_mode");
-    values = mode === "head" ? store.row(l, hd) : store.maxOverHeads(l);
-    let nSinks = 0;
-    for (let k = 0; k < T; k++) {
-      const v = values[k];
-      const a = Math.min(0.92, Math.sqrt(Math.max(0, v)));
-      spans[k].style.backgroundColor = `rgba(230, 85, 13, ${a.toFixed(3)})`;
-      const sink = store.isSink(v, k, eps);
-      if (sink) nSinks++;
-      spans[k].classList.toggle("sw-sink", sink);
-    }
-    const tk = store.get("token");
-    if (selected >= 0 && spans[selected]) spans[selected].classList.remove("sw-sel");
-    selected = tk;
-    if (spans[tk]) { spans[tk].classList.add("sw-sel"); spans[tk].setAttribute("aria-selected", "true"); }
-    caption.textContent = mode === "head"
-      ? `tokens coloured by α of layer ${l}, head ${hd} (${nSinks} sink${nSinks === 1 ? "" : "s"} with α > ${eps.toFixed(2)})`
-      : `tokens coloured by the max of α over the heads of layer ${l} (${nSinks} sink${nSinks === 1 ? "" : "s"} with α > ${eps.toFixed(2)})`;
-    draws++;
-    Object.assign(box.dataset, { layer: l, head: hd, mode, token: tk, sinks: nSinks, draws });
-    report();
-  }
-  function pick(k) {
-    k = Math.max(0, Math.min(T - 1, k));
-    store.set({ token: k });
-    if (spans[k]) spans[k].scrollIntoView({ block: "nearest", inline: "nearest" });
-  }
-  box.addEventListener("click", (ev) => {
-    const s = ev.target.closest && ev.target.closest(".sw-tok");
-    if (s) pick(Number(s.dataset.k));
-  });
-  box.addEventListener("keydown", (ev) => {
-    const tk = store.get("token");
-    const acts = { ArrowLeft: tk - 1, ArrowRight: tk + 1, Home: 0, End: T - 1 };
-    if (ev.key in acts) { ev.preventDefault(); pick(acts[ev.key]); }
-  });
-  box.addEventListener("mouseover", (ev) => {
-    const s = ev.target.closest && ev.target.closest(".sw-tok");
-    if (!s || !values) return;
-    const k = Number(s.dataset.k);
-    tooltip.show([`token ${k} ${JSON.stringify(showToken(store.tokens[k]))}`,
-                  `α: ${fmt(values[k])}${store.get("strip_mode") === "head" ? "" : " (max over heads)"}`],
-                 ev.clientX, ev.clientY);
-  });
-  box.addEventListener("mouseleave", () => tooltip.hide());
-  store.on("layer head eps token strip_mode", () => store.guard(draw));
-  return { el: wrap, box, draw, spans, values: () => values };
 }
 
 // ------------------------------------------------------------------------------------------------ PNG
-function stripToCanvas(store, strip, width, fg, bg) {
-  // The strip is HTML; for the PNG it is re-drawn on a canvas (fillText, wrapped lines).
-  const c = document.createElement("canvas");
-  const lineH = 16, pad = 4;
-  const probe = c.getContext("2d");
-  probe.font = "11px monospace";
-  const items = [];
-  let x = pad, y = pad;
-  const vals = strip.values() || new Float32Array(store.T);
-  for (let k = 0; k < store.T; k++) {
-    const s = clip(store.tokens[k], 24);
-    const w = probe.measureText(s).width + 4;
-    if (x + w > width - pad) { x = pad; y += lineH; }
-    items.push([s, x, y, w, vals[k]]);
-    x += w + 1;
-    if (y > 4000) break; // keep the image bounded for very long prompts
-  }
-  const ctx = setupCanvas(c, width, y + lineH + pad);
-  ctx.fillStyle = bg; ctx.fillRect(0, 0, width, y + lineH + pad);
-  ctx.font = "11px monospace"; ctx.textBaseline = "middle";
-  for (const [s, ix, iy, w, v] of items) {
-    ctx.fillStyle = `rgba(230, 85, 13, ${Math.min(0.92, Math.sqrt(Math.max(0, v))).toFixed(3)})`;
-    ctx.fillRect(ix, iy, w, lineH - 2);
-    ctx.fillStyle = fg;
-    ctx.fillText(s, ix + 2, iy + (lineH - 2) / 2);
-  }
-  return c;
+/** Let the browser save `blob` as `filename`. */
+export function downloadBlob(blob, filename) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = filename;
+  a.click();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10000);
 }
 
-async function viewToPng(root, store, parts, title) {
-  const fg = themeColor(root, "color", "#222");
-  const bg = themeColor(root, "backgroundColor", "#ffffff");
-  const dpr = window.devicePixelRatio || 1;
-  const canvases = [parts.grid && parts.grid.canvas, parts.heatmap && parts.heatmap.canvas].filter(Boolean);
-  const gap = 16, top = 26;
-  let w = canvases.reduce((a, c) => a + c.width / dpr, 0) + gap * Math.max(0, canvases.length - 1) + 2 * gap;
-  w = Math.max(w, 480);
-  const hTop = canvases.reduce((a, c) => Math.max(a, c.height / dpr), 0);
-  const stripC = parts.strip ? stripToCanvas(store, parts.strip, w - 2 * gap, fg, bg) : null;
-  const hh = top + hTop + (stripC ? stripC.height / dpr + gap : 0) + gap;
-  const out = document.createElement("canvas");
-  const ctx = setupCanvas(out, w, hh);
-  ctx.fillStyle = bg; ctx.fillRect(0, 0, w, hh);
-  ctx.fillStyle = fg; ctx.font = "13px sans-serif"; ctx.textBaseline = "middle";
-  ctx.fillText(title, gap, top / 2);
-  let x = gap;
-  for (const c of canvases) { ctx.drawImage(c, x, top, c.width / dpr, c.height / dpr); x += c.width / dpr + gap; }
-  if (stripC) ctx.drawImage(stripC, gap, top + hTop + gap, stripC.width / dpr, stripC.height / dpr);
-  const blob = await new Promise((res, rej) => out.toBlob((b) => (b ? res(b) : rej(new Error("toBlob failed"))), "image/png"));
-  return blob;
+/** Answer the kernel's {type: "png_request", id}: the PNG from `makePng()` as one binary buffer, or the error. */
+export function sendPng(model, id, makePng, root) {
+  makePng()
+    .then((blob) => blob.arrayBuffer())
+    .then((buf) => {
+      model.send({ type: "png", id, ok: true }, undefined, [buf]);
+      root.dataset.pngSent = String((+root.dataset.pngSent || 0) + 1);
+    })
+    .catch((err) => model.send({ type: "png", id, ok: false, error: String(err && err.message) }));
 }
 
 // ------------------------------------------------------------------------------------------------ errors
-
-function errorBox(err) {
+/** The visible message of a failure (role alert; `testid` names it for tests). */
+export function errorBox(err, testid = "sw-error") {
   return text("div", "sw-error", `sinkwidgets could not draw this view: ${(err && err.message) || err}`,
-    { role: "alert", "data-testid": "sw-error" });
+    { role: "alert", "data-testid": testid });
 }
 
-// ------------------------------------------------------------------------------------------------ render
-function build(model, el) {
-  const t0 = performance.now();
-  const store = makeStore(model);
-  const kind = model.get("_view") || "explorer";
-  const root = h("div", `sw-root sw-view-${kind}`, { "data-testid": "sw-root", "data-view": kind });
-  const tooltip = makeTooltip(root);
-  const parts = {};
-  const toolbar = h("div", "sw-toolbar", { role: "toolbar", "aria-label": "sink explorer controls" });
-  const errors = h("div", "sw-errors");
-  const { L, H } = store;
-  const want = (p) => kind === "explorer" || kind === p;
-  let pendingReport = false;
-  const report = () => {
-    if (pendingReport) return;
-    pendingReport = true;
-    queueMicrotask(() => { pendingReport = false; root.dataset.draws = String((+root.dataset.draws || 0) + 1); });
-  };
-  store.errorSink = (err) => errors.replaceChildren(errorBox(err));
-
-  // ---- controls: real <select>/<input type=range>/<button>, so they are reachable by keyboard
-  const controls = {};
-  if (want("grid")) {
-    controls.metric = select(METRICS, store.get("metric"), "grid metric", "sw-metric");
-    controls.metric.addEventListener("change", () => store.set({ metric: controls.metric.value }));
-    toolbar.appendChild(labelled("metric", controls.metric));
-  }
-  if (kind !== "strip") {
-    const eps = h("input", "sw-range", { type: "range", min: 0, max: 0.99, step: 0.01, "data-testid": "sw-eps",
-                                          "aria-label": "sink threshold epsilon" });
-    eps.value = String(store.get("eps"));
-    const out = text("output", "sw-eps-value", Number(store.get("eps")).toFixed(2), { "data-testid": "sw-eps-value" });
-    eps.addEventListener("input", () => { out.textContent = Number(eps.value).toFixed(2); store.set({ eps: Number(eps.value) }); });
-    const lab = labelled("ε", eps);
-    lab.appendChild(out);
-    toolbar.appendChild(lab);
-    controls.eps = eps; controls.epsOut = out;
-  }
-  if (want("heatmap") || want("strip")) {
-    controls.layer = select([...Array(L).keys()].map((i) => [i, String(i)]), store.get("layer"), "layer", "sw-layer");
-    controls.head = select([...Array(H).keys()].map((i) => [i, String(i)]), store.get("head"), "head", "sw-head");
-    controls.layer.addEventListener("change", () => store.set({ layer: Number(controls.layer.value) }));
-    controls.head.addEventListener("change", () => store.set({ head: Number(controls.head.value) }));
-    toolbar.append(labelled("layer", controls.layer), labelled("head", controls.head));
-  }
-  if (want("heatmap")) {
-    controls.scale = select([["linear", "linear"], ["log", "log"]], store.get("scale"), "heatmap colour scale", "sw-scale");
-    controls.scale.addEventListener("change", () => store.set({ scale: controls.scale.value }));
-    toolbar.appendChild(labelled("scale", controls.scale));
-  }
-  if (want("strip")) {
-    controls.strip = select([["max", "max over heads"], ["head", "selected head"]], store.get("strip_mode"),
-      "token strip colour", "sw-strip-mode");
-    controls.strip.addEventListener("change", () => store.set({ strip_mode: controls.strip.value }));
-    toolbar.appendChild(labelled("tokens", controls.strip));
-  }
-  const pngBtn = button("PNG", "download the current view as PNG", "sw-download-png");
-  toolbar.appendChild(pngBtn);
-
-  const sync = () => {
-    if (controls.metric) controls.metric.value = store.get("metric");
-    if (controls.layer) controls.layer.value = String(store.get("layer"));
-    if (controls.head) controls.head.value = String(store.get("head"));
-    if (controls.scale) controls.scale.value = store.get("scale");
-    if (controls.strip) controls.strip.value = store.get("strip_mode");
-    if (controls.eps && Math.abs(Number(controls.eps.value) - store.get("eps")) > 1e-9) {
-      controls.eps.value = String(store.get("eps"));
-      controls.epsOut.textContent = Number(store.get("eps")).toFixed(2);
-    }
-  };
-  store.on("metric layer head scale strip_mode eps", sync);
-
-  root.appendChild(toolbar);
-  const main = h("div", "sw-main");
-  if (want("grid")) { parts.grid = makeGrid(store, tooltip, report); main.appendChild(parts.grid.el); }
-  if (want("heatmap")) { parts.heatmap = makeHeatmap(store, tooltip, report); main.appendChild(parts.heatmap.el); }
-  root.appendChild(main);
-  if (want("strip")) { parts.strip = makeStrip(store, tooltip, report); root.appendChild(parts.strip.el); }
-  const foot = text("div", "sw-footer",
-    `${store.modelName} · ${L} layers × ${H} heads · ${store.T} tokens · ε marks sinks (α > ε)`);
-  root.append(foot, errors);
-  el.appendChild(root);
-
-  const title = () => `${store.modelName} · layer ${store.get("layer")} head ${store.get("head")} · ` +
-    `ε=${Number(store.get("eps")).toFixed(2)} · ${store.T} tokens`;
-  pngBtn.addEventListener("click", () => viewToPng(root, store, parts, title()).then((blob) => {
-    const a = document.createElement("a");
-    a.href = URL.createObjectURL(blob);
-    a.download = "sinkwidgets.png";
-    a.click();
-    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
-  }).catch((err) => store.errorSink(err)));
-  store.onCustom((msg) => {
-    if (msg.type !== "png_request") return;
-    viewToPng(root, store, parts, title())
-      .then((blob) => blob.arrayBuffer())
-      .then((buf) => {
-        model.send({ type: "png", id: msg.id, ok: true }, undefined, [buf]);
-        root.dataset.pngSent = String((+root.dataset.pngSent || 0) + 1);
-      })
-      .catch((err) => model.send({ type: "png", id: msg.id, ok: false, error: String(err && err.message) }));
-  });
-
-  for (const p of Object.values(parts)) p.draw();
-  root.dataset.renderMs = (performance.now() - t0).toFixed(1);
-  requestAnimationFrame(() => requestAnimationFrame(() => { root.dataset.firstPaint = String(performance.now()); }));
-  model.set("_frontend", (model.get("_frontend") || 0) + 1);
-  model.save_changes();
-  return () => {
-    for (const p of Object.values(parts)) if (p.dispose) p.dispose();
-    store.dispose();
-  };
-}
-
-function mount(model, el) {
+/** `build(model, host)`, or on an exception: logged, and shown in `host` instead of a blank. */
+export function buildOrShowError(build, model, host, testid) {
   try {
-    return build(model, el);
+    return build(model, host);
   } catch (err) {
     console.error("sinkwidgets:", err);
-    el.appendChild(errorBox(err));
+    host.appendChild(errorBox(err, testid));
     return undefined;
   }
 }
 
-function render({ model, el }) {
-  let dispose = mount(model, el);
-  const rebuild = () => { // another trace: build the view again on it
-    if (dispose) dispose();
-    el.replaceChildren();
-    dispose = mount(model, el);
-  };
-  model.on("change:_summary", rebuild);
-  return () => { model.off("change:_summary", rebuild); if (dispose) dispose(); };
-}
-
 // ------------------------------------------------------------------------------------------------ offline page
-function b64ToBytes(s) {
+/** Base64 text as bytes. */
+export function b64ToBytes(s) {
   if (typeof Uint8Array.fromBase64 === "function") return Uint8Array.fromBase64(s);
   const bin = atob(s);
   const out = new Uint8Array(bin.length);
@@ -1142,7 +284,8 @@ function b64ToBytes(s) {
   return out;
 }
 
-function restoreBuffers(obj, bufs) {
+/** A copy of `obj` with every {"$buffer": i} (standalone._extract_buffers) replaced by bufs[i]. */
+export function restoreBuffers(obj, bufs) {
   if (Array.isArray(obj)) return obj.map((v) => restoreBuffers(v, bufs));
   if (obj && typeof obj === "object") {
     if (Object.keys(obj).length === 1 && "$buffer" in obj) return bufs[obj.$buffer];
@@ -1153,12 +296,11 @@ function restoreBuffers(obj, bufs) {
   return obj;
 }
 
-/** A stand-in for the widget model in an offline page: same get/set/on/save_changes/send API, answered
- *  locally from the maps embedded in the file (tiles need a live kernel and are declined). */
-class LocalModel {
-  constructor(state, maps) {
+/** A stand-in for the widget model in an offline page: the get/set/on/off/save_changes/send API of anywidget's
+ *  model over a plain state object. Each widget subclasses it to answer what the kernel would. */
+export class LocalModel {
+  constructor(state) {
     this.state = state;
-    this.maps = maps;
     this.handlers = new Map();
   }
   get(k) { return this.state[k]; }
@@ -1172,38 +314,22 @@ class LocalModel {
   }
   off(evt, fn) { if (this.handlers.has(evt)) this.handlers.get(evt).delete(fn); }
   emit(evt, ...args) { for (const fn of [...(this.handlers.get(evt) || [])]) fn(...args); }
-  save_changes() {
-    const l = this.state.layer, hd = this.state.head, m = this.state._map || {};
-    if (m.layer !== l || m.head !== hd) {
-      const found = this.maps[`${l},${hd}`];
-      const T = this.state._summary.T;
-      setTimeout(() => this.set("_map", found || {
-        layer: l, head: hd, T, tile: 256, status: "missing", overview: null,
-        message: `map not kept: trace with keep_maps=[${l}] to include it in the file; showing α per key`,
-      }), 0);
-    }
-  }
-  send(content) {
-    if (content && content.type === "tile") {
-      setTimeout(() => this.emit("msg:custom", { type: "tile", id: content.id, ok: false,
-        error: "offline file: full-resolution tiles need a live notebook" }, []), 0);
-    }
-  }
+  save_changes() {}
+  send() {}
 }
 
-/** Render a view in a plain page from the state embedded by sinkwidgets.widgets.save_html. */
-export function mountStandalone(el, state, buffersB64) {
+/** Render a widget in a plain page from the state embedded by standalone.offline_page: the base64 buffers are
+ *  decoded and put back in place, `makeModel(full)` builds the LocalModel (kept as `window[name]` for debugging
+ *  and tests) and `render({model, el})` draws it. A failure is shown in `host`, never a blank page. */
+export function mountOffline(host, state, buffersB64, { makeModel, render, name, testid }) {
   try {
-    const bufs = buffersB64.map(b64ToBytes);
-    const full = restoreBuffers(state, bufs);
-    const model = new LocalModel(full.state, full.maps || {});
-    window.sinkwidgetsModel = model; // handy for debugging and tests
-    return render({ model, el });
+    const full = restoreBuffers(state, buffersB64.map(b64ToBytes));
+    const model = makeModel(full);
+    window[name] = model;
+    return render({ model, el: host });
   } catch (err) {
     console.error("sinkwidgets:", err);
-    el.appendChild(errorBox(err));
+    host.appendChild(errorBox(err, testid));
     return undefined;
   }
 }
-
-export default { render };

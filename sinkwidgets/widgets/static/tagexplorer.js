@@ -1,111 +1,21 @@
+import {
+  CATEGORICAL, LocalModel, buildOrShowError, button, cssRgb, decodeArray, decodeInts, downloadBlob, drawCounter, errorBox,
+  fmt, h, labelled, menu, mountOffline, parseRgb, sendPng, setupCanvas, showToken, text, themeColor, viridis,
+} from "./sinkwidgets.js";
 // sinkwidgets TagExplorer: one point per token of a corpus, projected on a head's tag subspace (or top-2 PCs).
 //
-// The codecs (asBytes, typedView, decodeArray) of sinkwidgets.js are prepended to this file by Python
-// (_tag_state.esm), so both widgets decode buffers with the same code. Used two ways, like sinkwidgets.js: by
-// anywidget (default export `render`) and inlined in an offline HTML file (`mountTagStandalone`).
+// The second half of one ES module: the helpers imported above come from sinkwidgets.js, and
+// sinkwidgets/widgets/_assets.py: esm("tagexplorer") puts both files into one module (the import line is dropped
+// there), so both widgets decode buffers, colour and build their controls with the same code. Used two ways, like
+// SinkExplorer: by anywidget (default export `render`) and inlined in an offline HTML file (`mountTagStandalone`).
 //
-// Rules kept throughout:
-// * Token strings are untrusted: they reach the page through textContent and canvas fillText only.
+// Rules kept throughout (besides those of sinkwidgets.js):
 // * Points are drawn into one ImageData (a few ms for 100,000 points); hover uses a screen-space grid index
 //   rebuilt after each draw, so a tooltip costs a 3x3-cell lookup whatever the number of points.
-// * A failure while rendering shows a visible message in the widget (and in the console), never a blank.
-
-const INT_CTORS = { uint8: Uint8Array, uint16: Uint16Array, int16: Int16Array, int32: Int32Array, uint32: Uint32Array };
-
-/** Decode an integer buffer {dtype, shape, data} (mirror of _tag_state.packed_int). */
-export function decodeInts(p) {
-  if (!p || !p.shape) throw new Error("missing integer payload");
-  const Ctor = INT_CTORS[p.dtype];
-  if (!Ctor) throw new Error(`unknown integer dtype ${JSON.stringify(p.dtype)}`);
-  const n = p.shape.reduce((a, b) => a * b, 1);
-  const bytes = asBytes(p.data);
-  if (bytes.byteLength < n * Ctor.BYTES_PER_ELEMENT) {
-    throw new Error(`buffer of ${bytes.byteLength} bytes is too small for ${p.dtype}[${p.shape}]`);
-  }
-  return typedView(bytes, Ctor, n);
-}
 
 // ------------------------------------------------------------------------------------------------ colours
-// Okabe-Ito (colour-blind safe) for categories; "not caught" is a light neutral grey drawn underneath.
+// Categories use CATEGORICAL (Okabe-Ito first); "not caught" is a light neutral grey drawn underneath.
 const NOT_CAUGHT = [176, 176, 176];
-const CATS = [[213, 94, 0], [0, 114, 178], [0, 158, 115], [230, 159, 0], [204, 121, 167], [86, 180, 233],
-              [140, 109, 49], [0, 0, 0], [240, 228, 66], [120, 120, 200], [200, 60, 60], [60, 60, 60]];
-const VIRIDIS = [[68, 1, 84], [72, 36, 117], [65, 68, 135], [53, 95, 141], [42, 120, 142], [33, 145, 140],
-                 [34, 168, 132], [68, 191, 112], [122, 209, 81], [189, 223, 38], [253, 231, 37]];
-function viridis(t) {
-  const x = Math.max(0, Math.min(1, t)) * (VIRIDIS.length - 1);
-  const j = Math.min(VIRIDIS.length - 2, Math.floor(x)), f = x - j;
-  return [0, 1, 2].map((c) => Math.round(VIRIDIS[j][c] + f * (VIRIDIS[j + 1][c] - VIRIDIS[j][c])));
-}
-const css = (c) => `rgb(${c[0]}, ${c[1]}, ${c[2]})`;
-
-// ------------------------------------------------------------------------------------------------ DOM helpers
-function el(tag, cls, attrs) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (attrs) for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
-  if (tag === "select" || tag === "button" || tag === "input" || (attrs && "tabindex" in attrs)) {
-    e.setAttribute("data-lm-suppress-shortcuts", "true"); // our keys, not JupyterLab's notebook shortcuts
-  }
-  return e;
-}
-function txt(tag, cls, s, attrs) {
-  const e = el(tag, cls, attrs);
-  e.textContent = s; // untrusted strings only ever go through textContent
-  return e;
-}
-function showTok(s) {
-  if (s === "") return "∅";
-  return String(s).replace(/\n/g, "↵").replace(/\r/g, "␍").replace(/\t/g, "→");
-}
-function fmt(v, d = 3) {
-  if (v == null || Number.isNaN(v)) return "n/a";
-  if (v !== 0 && Math.abs(v) < 10 ** -d) return Number(v).toExponential(1);
-  return Number(v).toFixed(d);
-}
-function menu(options, value, label, testid) {
-  const s = el("select", "sw-select", { "data-testid": testid, "aria-label": label });
-  for (const [v, name, disabled] of options) {
-    const o = document.createElement("option");
-    o.value = String(v);
-    o.textContent = name;
-    if (disabled) o.disabled = true;
-    s.appendChild(o);
-  }
-  s.value = String(value);
-  return s;
-}
-function labelled(name, control) {
-  const l = el("label", "sw-control");
-  l.append(txt("span", "sw-control-name", name), control);
-  return l;
-}
-function btn(label, aria, testid) {
-  return txt("button", "sw-button", label, { type: "button", "aria-label": aria, title: aria, "data-testid": testid });
-}
-function sizeCanvas(c, w, h) {
-  const dpr = window.devicePixelRatio || 1;
-  c.width = Math.round(w * dpr);
-  c.height = Math.round(h * dpr);
-  c.style.width = `${w}px`;
-  c.style.height = `${h}px`;
-  const ctx = c.getContext("2d");
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  return ctx;
-}
-function themeColor(node, prop, fallback) {
-  const v = getComputedStyle(node)[prop];
-  return v && v !== "rgba(0, 0, 0, 0)" && v !== "transparent" ? v : fallback;
-}
-function parseRgb(s, fallback) {
-  const m = /rgba?\(([^)]+)\)/.exec(s || "");
-  if (!m) return fallback;
-  return m[1].split(",").slice(0, 3).map((x) => Number(x));
-}
-function errorBox(err) {
-  return txt("div", "sw-error", `sinkwidgets could not draw this view: ${(err && err.message) || err}`,
-    { role: "alert", "data-testid": "te-error" });
-}
 
 // ------------------------------------------------------------------------------------------------ data
 function decodeStatic(model) {
@@ -133,7 +43,7 @@ const PW = 520, PH = 420, ML = 56, MR = 12, MT = 12, MB = 40; // scatter plot ar
 const CELL = 8; // hover index cell (CSS px)
 const HIT = 7; // hover radius (CSS px)
 
-function build(model, host) {
+function buildTagExplorer(model, host) {
   const t0 = performance.now();
   const D = decodeStatic(model);
   const disposers = [];
@@ -146,20 +56,21 @@ function build(model, host) {
   const set = (obj) => { for (const [k, v] of Object.entries(obj)) model.set(k, v); model.save_changes(); };
   const offline = !!D.S.offline;
 
-  const root = el("div", "sw-root te-root", { "data-testid": "te-root" });
-  const errors = el("div", "sw-errors");
+  const root = h("div", "sw-root te-root", { "data-testid": "te-root" });
+  const errors = h("div", "sw-errors");
+  const report = drawCounter(root);
   const guard = (fn) => {
     try { return fn(); } catch (err) {
       console.error("sinkwidgets:", err);
-      errors.replaceChildren(errorBox(err));
+      errors.replaceChildren(errorBox(err, "te-error"));
       return undefined;
     }
   };
 
   // ---- toolbar
-  const toolbar = el("div", "sw-toolbar", { role: "toolbar", "aria-label": "tag explorer controls" });
-  const headKey = (h) => `${h[0]},${h[1]}`;
-  const mHead = menu(D.S.heads.map((h, k) => [headKey(h), `L${h[0]}H${h[1]}${D.S.maps[k] ? "" : " (no maps)"}`]),
+  const toolbar = h("div", "sw-toolbar", { role: "toolbar", "aria-label": "tag explorer controls" });
+  const headKey = (hd) => `${hd[0]},${hd[1]}`;
+  const mHead = menu(D.S.heads.map((hd, k) => [headKey(hd), `L${hd[0]}H${hd[1]}${D.S.maps[k] ? "" : " (no maps)"}`]),
     headKey(model.get("head")), "head", "te-head");
   const taus = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9];
   const tau0 = Number(model.get("tau"));
@@ -175,9 +86,9 @@ function build(model, host) {
     model.get("color_by"), "colour", "te-color");
   const mTool = menu([["pan", "pan / zoom"], ["box", "box select"], ["lasso", "lasso select"]], "pan",
     "pointer tool", "te-tool");
-  const bReset = btn("⟲", "show all points", "te-reset");
-  const bClear = btn("clear", "clear the selection", "te-clear");
-  const bPng = btn("PNG", "download the current view as PNG", "te-download-png");
+  const bReset = button("⟲", "show all points", "te-reset");
+  const bClear = button("clear", "clear the selection", "te-clear");
+  const bPng = button("PNG", "download the current view as PNG", "te-download-png");
   if (offline) {
     for (const m of [mTau, mRank, mSource]) { m.disabled = true; m.title = "fixed in the offline file (needs a live kernel)"; }
   }
@@ -191,30 +102,30 @@ function build(model, host) {
   mColor.addEventListener("change", () => set({ color_by: mColor.value }));
 
   // ---- scatter
-  const main = el("div", "te-main");
-  const left = el("div", "te-left");
-  const title = txt("div", "te-title", "", { "data-testid": "te-title" });
-  const box = el("div", "te-box");
+  const main = h("div", "te-main");
+  const left = h("div", "te-left");
+  const title = text("div", "te-title", "", { "data-testid": "te-title" });
+  const box = h("div", "te-box");
   const W = ML + PW + MR, H = MT + PH + MB;
-  const base = el("canvas", "te-canvas", { "data-testid": "te-scatter", tabindex: 0,
+  const base = h("canvas", "te-canvas", { "data-testid": "te-scatter", tabindex: 0,
     "aria-label": "scatter of every token; drag to pan (or select with the box / lasso tool), wheel to zoom" });
-  const over = el("canvas", "te-overlay");
-  const message = txt("div", "te-message", "", { "data-testid": "te-message" });
+  const over = h("canvas", "te-overlay");
+  const message = text("div", "te-message", "", { "data-testid": "te-message" });
   message.hidden = true;
-  const tip = el("div", "sw-tooltip te-tooltip", { role: "status", "data-testid": "te-tooltip" });
+  const tip = h("div", "sw-tooltip te-tooltip", { role: "status", "data-testid": "te-tooltip" });
   tip.hidden = true;
   box.append(base, over, message, tip);
-  const legend = el("div", "te-legend", { "data-testid": "te-legend" });
+  const legend = h("div", "te-legend", { "data-testid": "te-legend" });
   left.append(title, box, legend);
 
   // ---- numbers + across layers
-  const right = el("div", "te-right");
-  const numbers = el("div", "te-numbers", { "data-testid": "te-numbers" });
-  const layersHead = txt("div", "te-caption", "", { "data-testid": "te-layers-caption" });
-  const layersCanvas = el("canvas", "te-layers", { "data-testid": "te-layers" });
+  const right = h("div", "te-right");
+  const numbers = h("div", "te-numbers", { "data-testid": "te-numbers" });
+  const layersHead = text("div", "te-caption", "", { "data-testid": "te-layers-caption" });
+  const layersCanvas = h("canvas", "te-layers", { "data-testid": "te-layers" });
   right.append(numbers, layersHead, layersCanvas);
   main.append(left, right);
-  const status = txt("div", "sw-footer", "", { "data-testid": "te-status", "aria-live": "polite" }); // empty footer
+  const status = text("div", "sw-footer", "", { "data-testid": "te-status", "aria-live": "polite" }); // empty footer
   root.append(toolbar, main, status, errors);
   host.appendChild(root);
 
@@ -265,11 +176,11 @@ function build(model, host) {
     if (mode === "catch" && C.status === "ok") {
       colorIdx.set(decodeInts(C.codes));
       names = C.names;
-      palette = names.map((nm, k) => (k === 0 ? NOT_CAUGHT : CATS[(k - 1) % CATS.length]));
+      palette = names.map((nm, k) => (k === 0 ? NOT_CAUGHT : CATEGORICAL[(k - 1) % CATEGORICAL.length]));
     } else if (mode === "label" && D.labels) {
       colorIdx.set(D.labels);
       names = D.S.label_names;
-      palette = names.map((nm, k) => CATS[k % CATS.length]);
+      palette = names.map((nm, k) => CATEGORICAL[k % CATEGORICAL.length]);
     } else {
       // position: 32 viridis steps over 0..max length
       const steps = 32;
@@ -293,22 +204,22 @@ function build(model, host) {
   function drawLegend(mode, C) {
     legend.replaceChildren();
     if (mode === "position" || (mode === "catch" && C.status !== "ok")) {
-      const bar = el("canvas", "te-ramp");
-      const ctx = sizeCanvas(bar, 120, 10);
-      for (let i = 0; i < 120; i++) { ctx.fillStyle = css(viridis(i / 119)); ctx.fillRect(i, 0, 1, 10); }
+      const bar = h("canvas", "te-ramp");
+      const ctx = setupCanvas(bar, 120, 10);
+      for (let i = 0; i < 120; i++) { ctx.fillStyle = cssRgb(viridis(i / 119)); ctx.fillRect(i, 0, 1, 10); }
       const note = mode === "catch" ? `${C.message || "no catch data"} · showing position: ` : "position in the prompt: ";
-      legend.append(txt("span", "te-legend-note", note), txt("span", "", "0 "), bar,
-        txt("span", "", ` ${D.maxLen - 1}`));
+      legend.append(text("span", "te-legend-note", note), text("span", "", "0 "), bar,
+        text("span", "", ` ${D.maxLen - 1}`));
       return;
     }
     const head = mode === "catch" ? `caught at τ = ${Number(C.tau).toFixed(2)} by (largest A[t, s] > τ over the prompt's sinks):`
       : "label:";
-    legend.appendChild(txt("div", "te-legend-note", head));
+    legend.appendChild(text("div", "te-legend-note", head));
     names.forEach((nm, k) => {
-      const item = el("span", "te-legend-item", { "data-code": k });
-      const sw = el("span", "te-swatch");
-      sw.style.background = css(palette[k]);
-      item.append(sw, txt("span", "", `${nm} (${counts[k]})`));
+      const item = h("span", "te-legend-item", { "data-code": k });
+      const sw = h("span", "te-swatch");
+      sw.style.background = cssRgb(palette[k]);
+      item.append(sw, text("span", "", `${nm} (${counts[k]})`));
       legend.appendChild(item);
     });
   }
@@ -327,11 +238,11 @@ function build(model, host) {
   function draw() {
     const tDraw = performance.now();
     const dpr = window.devicePixelRatio || 1;
-    const ctx = sizeCanvas(base, W, H);
-    sizeCanvas(over, W, H);
+    const ctx = setupCanvas(base, W, H);
+    setupCanvas(over, W, H);
     const fg = themeColor(root, "color", "#222");
     const bgRgb = parseRgb(themeColor(root, "backgroundColor", "rgb(255, 255, 255)"), [255, 255, 255]);
-    ctx.fillStyle = css(bgRgb);
+    ctx.fillStyle = cssRgb(bgRgb);
     ctx.fillRect(0, 0, W, H);
     const hd = model.get("head");
     title.textContent = `L${hd[0]}H${hd[1]} · ${D.n.toLocaleString("en")} tokens of ${D.N} prompts · ` +
@@ -488,10 +399,10 @@ function build(model, host) {
     const i = D.prompt[j], p = D.pos[j], a = D.offsets[i], b = D.offsets[i + 1];
     const lo = Math.max(a, j - CONTEXT), hi = Math.min(b, j + CONTEXT + 1);
     let before = "", after = "";
-    for (let k = lo; k < j; k++) before += showTok(D.token(k));
-    for (let k = j + 1; k < hi; k++) after += showTok(D.token(k));
-    const ctxLine = el("div", "te-context", { "data-testid": "te-context" });
-    const hit = txt("mark", "te-hit", showTok(D.token(j)), { "data-testid": "te-hit" });
+    for (let k = lo; k < j; k++) before += showToken(D.token(k));
+    for (let k = j + 1; k < hi; k++) after += showToken(D.token(k));
+    const ctxLine = h("div", "te-context", { "data-testid": "te-context" });
+    const hit = text("mark", "te-hit", showToken(D.token(j)), { "data-testid": "te-hit" });
     ctxLine.append(document.createTextNode((lo > a ? "…" : "") + before), hit,
       document.createTextNode(after + (hi < b ? "…" : "")));
     let catchLine;
@@ -499,13 +410,13 @@ function build(model, host) {
     if (catchPos && C.status === "ok") {
       const s = catchPos[j];
       catchLine = s >= 0
-        ? `caught by the sink ${JSON.stringify(showTok(D.token(a + s)))} at position ${s} (A = ${fmt(catchW[j], 2)} > τ = ${Number(C.tau).toFixed(2)})`
+        ? `caught by the sink ${JSON.stringify(showToken(D.token(a + s)))} at position ${s} (A = ${fmt(catchW[j], 2)} > τ = ${Number(C.tau).toFixed(2)})`
         : `not caught at τ = ${Number(C.tau).toFixed(2)}`;
     } else catchLine = "catch: no attention maps of this head";
     const lines = [`prompt ${i} · position ${p} · token ${j}`, catchLine,
       `(${fmt(xy[2 * j], 3)}, ${fmt(xy[2 * j + 1], 3)})`];
     if (D.labels && D.S.label_names) lines.push(`label: ${D.S.label_names[D.labels[j]]}`);
-    tip.replaceChildren(txt("div", "", lines[0]), ctxLine, ...lines.slice(1).map((s) => txt("div", "", s)));
+    tip.replaceChildren(text("div", "", lines[0]), ctxLine, ...lines.slice(1).map((s) => text("div", "", s)));
     tip.hidden = false;
     let x = mx + 14, y = my + 14;
     if (x + tip.offsetWidth > W) x = Math.max(0, mx - tip.offsetWidth - 10);
@@ -590,8 +501,8 @@ function build(model, host) {
   }), { passive: false });
   base.addEventListener("keydown", (ev) => guard(() => {
     if (!view) return;
-    const w = view.x1 - view.x0, h = view.y1 - view.y0;
-    const acts = { ArrowLeft: [-0.1 * w, 0], ArrowRight: [0.1 * w, 0], ArrowUp: [0, 0.1 * h], ArrowDown: [0, -0.1 * h] };
+    const w = view.x1 - view.x0, ht = view.y1 - view.y0;
+    const acts = { ArrowLeft: [-0.1 * w, 0], ArrowRight: [0.1 * w, 0], ArrowUp: [0, 0.1 * ht], ArrowDown: [0, -0.1 * ht] };
     if (acts[ev.key]) {
       ev.preventDefault();
       const [a, b] = acts[ev.key];
@@ -645,24 +556,24 @@ function build(model, host) {
     const R = model.get("_numbers") || {};
     numbers.replaceChildren();
     const hd = R.head || model.get("head");
-    numbers.appendChild(txt("div", "te-num-title", `L${hd[0]}H${hd[1]}, rank ${R.rank || model.get("rank")} — sw.tags.tag_ev`));
+    numbers.appendChild(text("div", "te-num-title", `L${hd[0]}H${hd[1]}, rank ${R.rank || model.get("rank")} — sw.tags.tag_ev`));
     if (!R.ok) {
-      numbers.appendChild(txt("div", "te-num-error", R.error ? `tag EV unavailable: ${R.error}` : "computing…",
+      numbers.appendChild(text("div", "te-num-error", R.error ? `tag EV unavailable: ${R.error}` : "computing…",
         { "data-testid": "te-num-error" }));
       return;
     }
-    const dl = el("dl", "te-num-list");
+    const dl = h("dl", "te-num-list");
     for (const [k, name, help] of NUMBERS) {
       let v = R[k];
       let shownV = fmt(v, k === "random_floor" ? 4 : 3);
       if (k === "random_floor" && R.random_std != null) shownV += ` ± ${fmt(R.random_std, 4)}`;
       if (k === "caught_share" && v == null) shownV = "needs maps";
-      const dt = txt("dt", "", name, { title: help });
-      const dd = txt("dd", "", shownV, { "data-testid": `te-num-${k}`, "data-value": v == null ? "" : String(v), title: help });
+      const dt = text("dt", "", name, { title: help });
+      const dd = text("dd", "", shownV, { "data-testid": `te-num-${k}`, "data-value": v == null ? "" : String(v), title: help });
       dl.append(dt, dd);
     }
     numbers.appendChild(dl);
-    numbers.appendChild(txt("div", "te-num-foot",
+    numbers.appendChild(text("div", "te-num-foot",
       `fit: ${R.n_fit} prompts, ${R.n_sinks} sinks (α > ε = ${fmt(R.eps, 2)}); held out: ${R.n_eval} prompts, ` +
       `${R.n_tokens} tokens; ${R.n_random} random draws`));
   }
@@ -670,7 +581,7 @@ function build(model, host) {
   // ---- across layers
   function drawLayers() {
     const Ly = model.get("_layers") || {};
-    const ctx = sizeCanvas(layersCanvas, 340, 210);
+    const ctx = setupCanvas(layersCanvas, 340, 210);
     const fg = themeColor(root, "color", "#222");
     ctx.clearRect(0, 0, 340, 210);
     layersHead.textContent = Ly.status === "ok"
@@ -680,11 +591,11 @@ function build(model, host) {
     if (Ly.status !== "ok") return;
     const st = decodeArray(Ly.stats), ref = Ly.ref ? decodeArray(Ly.ref) : null;
     const layers = Ly.layers, n = layers.length;
-    const ml = 44, mr = 8, mt = 8, mb = 28, w = 340 - ml - mr, h = 210 - mt - mb;
+    const ml = 44, mr = 8, mt = 8, mb = 28, w = 340 - ml - mr, ht = 210 - mt - mb;
     let lo = Infinity, hi = -Infinity;
     for (const a of [st, ref]) if (a) for (let i = 0; i < n; i++) for (const k of [1, 3]) { lo = Math.min(lo, a[4 * i + k]); hi = Math.max(hi, a[4 * i + k]); }
     if (!(hi > lo)) { lo -= 1; hi += 1; }
-    const X = (i) => ml + (n === 1 ? w / 2 : (i / (n - 1)) * w), Y = (v) => mt + ((hi - v) / (hi - lo)) * h;
+    const X = (i) => ml + (n === 1 ? w / 2 : (i / (n - 1)) * w), Y = (v) => mt + ((hi - v) / (hi - lo)) * ht;
     const band = (a, fill, line, dash) => {
       ctx.fillStyle = fill;
       ctx.beginPath();
@@ -698,11 +609,11 @@ function build(model, host) {
     };
     if (ref) band(ref, "rgba(150, 150, 150, 0.25)", "rgb(140, 140, 140)", [4, 3]);
     band(st, "rgba(213, 94, 0, 0.22)", "rgb(213, 94, 0)", []);
-    ctx.strokeStyle = fg; ctx.lineWidth = 1; ctx.strokeRect(ml - 0.5, mt - 0.5, w + 1, h + 1);
+    ctx.strokeStyle = fg; ctx.lineWidth = 1; ctx.strokeRect(ml - 0.5, mt - 0.5, w + 1, ht + 1);
     ctx.fillStyle = fg; ctx.font = "10px sans-serif"; ctx.textAlign = "center"; ctx.textBaseline = "top";
     const step = Math.max(1, Math.ceil(n / 10));
-    for (let i = 0; i < n; i += step) ctx.fillText(String(layers[i]), X(i), mt + h + 3);
-    ctx.fillText("residual after layer (median, 10–90%)", ml + w / 2, mt + h + 15);
+    for (let i = 0; i < n; i += step) ctx.fillText(String(layers[i]), X(i), mt + ht + 3);
+    ctx.fillText("residual after layer (median, 10–90%)", ml + w / 2, mt + ht + 15);
     ctx.textAlign = "right"; ctx.textBaseline = "middle";
     for (const t of ticks(lo, hi)) ctx.fillText(fmtTick(t), ml - 4, Y(t));
     layersCanvas.dataset.median = Array.from({ length: n }, (_, i) => st[4 * i + 2].toFixed(4)).join(",");
@@ -720,12 +631,6 @@ function build(model, host) {
       const o = document.createElement("option"); o.value = String(t); o.textContent = t.toFixed(2); mTau.appendChild(o);
     }
     mTau.value = [...mTau.options].find((o) => Math.abs(Number(o.value) - t) < 1e-9).value;
-  }
-  let pendingReport = false;
-  function report() {
-    if (pendingReport) return;
-    pendingReport = true;
-    queueMicrotask(() => { pendingReport = false; root.dataset.draws = String((+root.dataset.draws || 0) + 1); });
   }
 
   on("_points", () => guard(setPoints));
@@ -747,7 +652,7 @@ function build(model, host) {
     const wL = 340, gap = 16, top = 26;
     const w = W + wL + 3 * gap, hh = top + Math.max(H + 16 * legendLines.length + 8, 16 * textLines.length + 230) + gap;
     const out = document.createElement("canvas");
-    const ctx = sizeCanvas(out, w, hh);
+    const ctx = setupCanvas(out, w, hh);
     ctx.fillStyle = bg; ctx.fillRect(0, 0, w, hh);
     ctx.fillStyle = fg; ctx.font = "13px sans-serif"; ctx.textBaseline = "middle";
     ctx.fillText(title.textContent, gap, top / 2);
@@ -755,7 +660,7 @@ function build(model, host) {
     ctx.drawImage(over, gap, top, W, H);
     ctx.font = "11px sans-serif";
     legendLines.forEach(([c, s], k) => {
-      ctx.fillStyle = css(c); ctx.fillRect(gap + 4, top + H + 8 + 16 * k, 10, 10);
+      ctx.fillStyle = cssRgb(c); ctx.fillRect(gap + 4, top + H + 8 + 16 * k, 10, 10);
       ctx.fillStyle = fg; ctx.fillText(s, gap + 20, top + H + 13 + 16 * k);
     });
     const xr = W + 2 * gap;
@@ -764,18 +669,10 @@ function build(model, host) {
     void dpr;
     return new Promise((res, rej) => out.toBlob((b) => (b ? res(b) : rej(new Error("toBlob failed"))), "image/png"));
   }
-  bPng.addEventListener("click", () => toPng().then((blob) => {
-    const a = document.createElement("a");
-    a.href = URL.createObjectURL(blob);
-    a.download = "tagexplorer.png";
-    a.click();
-    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
-  }).catch((err) => guard(() => { throw err; })));
+  bPng.addEventListener("click", () => toPng().then((blob) => downloadBlob(blob, "tagexplorer.png"))
+    .catch((err) => guard(() => { throw err; })));
   const onCustom = (msg) => {
-    if (!msg || msg.type !== "png_request") return;
-    toPng().then((blob) => blob.arrayBuffer())
-      .then((buf) => { model.send({ type: "png", id: msg.id, ok: true }, undefined, [buf]); root.dataset.pngSent = String((+root.dataset.pngSent || 0) + 1); })
-      .catch((err) => model.send({ type: "png", id: msg.id, ok: false, error: String(err && err.message) }));
+    if (msg && msg.type === "png_request") sendPng(model, msg.id, toPng, root);
   };
   model.on("msg:custom", onCustom);
   disposers.push(() => model.off("msg:custom", onCustom));
@@ -797,43 +694,14 @@ function build(model, host) {
 }
 
 function render({ model, el: host }) {
-  try {
-    return build(model, host);
-  } catch (err) {
-    console.error("sinkwidgets:", err);
-    host.appendChild(errorBox(err));
-    return undefined;
-  }
+  return buildOrShowError(buildTagExplorer, model, host, "te-error");
 }
 
 // ------------------------------------------------------------------------------------------------ offline page
-function b64Bytes(s) {
-  if (typeof Uint8Array.fromBase64 === "function") return Uint8Array.fromBase64(s);
-  const bin = atob(s);
-  const out = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-  return out;
-}
-function restore(obj, bufs) {
-  if (Array.isArray(obj)) return obj.map((v) => restore(v, bufs));
-  if (obj && typeof obj === "object") {
-    if (Object.keys(obj).length === 1 && "$buffer" in obj) return bufs[obj.$buffer];
-    const out = {};
-    for (const [k, v] of Object.entries(obj)) out[k] = restore(v, bufs);
-    return out;
-  }
-  return obj;
-}
-
 /** A stand-in for the widget model in an offline page: answers head and projection changes from the views
  *  embedded in the file (every collected head, both projections, at the exported rank, τ and source). */
-class LocalTagModel {
-  constructor(state, views) { this.state = state; this.views = views; this.handlers = new Map(); }
-  get(k) { return this.state[k]; }
-  set(k, v) { this.state[k] = v; this.emit(`change:${k}`); }
-  on(evt, fn) { if (!this.handlers.has(evt)) this.handlers.set(evt, new Set()); this.handlers.get(evt).add(fn); }
-  off(evt, fn) { if (this.handlers.has(evt)) this.handlers.get(evt).delete(fn); }
-  emit(evt, ...args) { for (const fn of [...(this.handlers.get(evt) || [])]) fn(...args); }
+class LocalTagModel extends LocalModel {
+  constructor(state, views) { super(state); this.views = views; }
   save_changes() {
     const hk = `${this.state.head[0]},${this.state.head[1]}`, v = this.views[hk];
     const P = this.state._points || {};
@@ -847,22 +715,14 @@ class LocalTagModel {
       }, 0);
     }
   }
-  send() {}
 }
 
 /** Render a TagExplorer in a plain page from the state embedded by TagExplorer.to_html. */
 export function mountTagStandalone(host, state, buffersB64) {
-  try {
-    const bufs = buffersB64.map(b64Bytes);
-    const full = restore(state, bufs);
-    const model = new LocalTagModel(full.state, full.views || {});
-    window.tagExplorerModel = model; // for debugging and tests
-    return render({ model, el: host });
-  } catch (err) {
-    console.error("sinkwidgets:", err);
-    host.appendChild(errorBox(err));
-    return undefined;
-  }
+  return mountOffline(host, state, buffersB64, {
+    makeModel: (full) => new LocalTagModel(full.state, full.views || {}),
+    render, name: "tagExplorerModel", testid: "te-error",
+  });
 }
 
 export default { render };
