@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import TraceError
+from ..errors import SinkwidgetsTypeError, TraceError
 
 
 def validate_model(model, atol: float = 1e-3) -> None:
@@ -17,7 +17,7 @@ def validate_model(model, atol: float = 1e-3) -> None:
 
     info = getattr(model, "sinkwidgets", None)
     if info is None:
-        raise TypeError(f"validate_model needs a model from sinkwidgets.load_model(), got {type(model).__name__}")
+        raise SinkwidgetsTypeError(f"validate_model needs a model from sinkwidgets.load_model(), got {type(model).__name__}")
     ad = info.adapter
     ids = torch.tensor([list(range(5, 11))])
     mask = torch.ones_like(ids)

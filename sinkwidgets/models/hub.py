@@ -14,7 +14,7 @@ import logging
 import os
 import time
 
-from ..errors import HubUnreachableError
+from ..errors import HubUnreachableError, SinkwidgetsValueError
 
 DEFAULT_TIMEOUT = 10.0
 
@@ -25,9 +25,9 @@ def hub_timeout() -> float:
     try:
         value = float(raw) if raw.strip() else DEFAULT_TIMEOUT
     except ValueError:
-        raise ValueError(f"SINKWIDGETS_HUB_TIMEOUT={raw!r} is not a number of seconds (e.g. 10)") from None
+        raise SinkwidgetsValueError(f"SINKWIDGETS_HUB_TIMEOUT={raw!r} is not a number of seconds (e.g. 10)") from None
     if not value > 0:
-        raise ValueError(f"SINKWIDGETS_HUB_TIMEOUT={raw!r} must be a positive number of seconds")
+        raise SinkwidgetsValueError(f"SINKWIDGETS_HUB_TIMEOUT={raw!r} must be a positive number of seconds")
     return value
 
 

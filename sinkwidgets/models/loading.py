@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import HubUnreachableError, ModelNotFoundError, UnsupportedModelError  # noqa: F401 - re-exported
+from ..errors import HubUnreachableError, ModelNotFoundError, SinkwidgetsValueError, UnsupportedModelError  # noqa: F401 - re-exported
 from .registry import REGISTRY, ModelSpec, looks_like_hub_id, resolve_name, unknown_model_error  # noqa: F401
 
 
@@ -145,28 +145,29 @@ def load_model(
     from .adapters import adapter_for
 
     if remote:  # NDIF needs the tracing layer's remote loader, which sits above this package
-        raise ValueError("models.load_model loads local weights only; for NDIF use "
+        raise SinkwidgetsValueError("models.load_model loads local weights only; for NDIF use "
                          "sinkwidgets.load_model(name, remote=True) (sinkwidgets.tracing.load_model)")
     if device is not None and not isinstance(device, str):
         device = str(device)
     if device is not None and device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} but this machine has no CUDA GPU (torch.cuda.is_available() is "
+            raise SinkwidgetsValueError(f"device={device!r} but this machine has no CUDA GPU (torch.cuda.is_available() is "
                              "False); use device='cpu' (the default), or install a CUDA build of torch on a GPU machine")
     elif device not in (None, "auto", "cpu", "mps"):
-        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (device_map), got {device!r}")
+        raise SinkwidgetsValueError(f"device must be 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto' (device_map), got {device!r}")
 
     target, spec, local = _resolve(name_or_path, fetch)
     if isinstance(dtype, str):
         try:
             dtype = getattr(torch, dtype)
         except AttributeError:
-            raise ValueError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'") from None
+            raise SinkwidgetsValueError(f"unknown dtype {dtype!r}; use 'float32', 'bfloat16' or 'float16'") from None
     if dtype is None:
         dtype = torch.float32
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from ._progress import ticking
     from .hub import check_hub, quiet_hub
 
     if not local and check_hub(target, str(name_or_path), revision=hf_kwargs.get("revision"),
@@ -175,31 +176,33 @@ def load_model(
     prev = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    try:
+    # a bar with the elapsed time once loading takes over 2 s (a hub download, a slow disk, a busy machine)
+    with ticking(f"loading {name_or_path}", delay=2.0):
         try:
-            with quiet_hub():
-                config = AutoConfig.from_pretrained(target, **hf_kwargs)
-                tok = AutoTokenizer.from_pretrained(target, **{k: v for k, v in hf_kwargs.items()
-                                                               if k in ("revision", "trust_remote_code", "local_files_only")})
-        except Exception as exc:  # noqa: BLE001 - translated into a clear error below
-            if local:
-                raise _local_error(target, spec, exc, "read the model") from exc
-            raise _hub_error(str(name_or_path), exc) from exc
-        encoder = _is_encoder(config, spec)
-        cls = AutoModel if encoder else AutoModelForCausalLM
-        load_kwargs = dict(dtype=dtype, attn_implementation="eager", **hf_kwargs)
-        if device == "auto":
-            load_kwargs["device_map"] = "auto"
-        try:
-            with quiet_hub():
-                hf = cls.from_pretrained(target, **load_kwargs)
-        except Exception as exc:  # noqa: BLE001
-            if local:
-                raise _local_error(target, spec, exc, "load the weights") from exc
-            raise _hub_error(str(name_or_path), exc) from exc
-    finally:
-        hf_logging.set_verbosity(prev)
-        hf_logging.enable_progress_bar()
+            try:
+                with quiet_hub():
+                    config = AutoConfig.from_pretrained(target, **hf_kwargs)
+                    tok = AutoTokenizer.from_pretrained(target, **{k: v for k, v in hf_kwargs.items()
+                                                                   if k in ("revision", "trust_remote_code", "local_files_only")})
+            except Exception as exc:  # noqa: BLE001 - translated into a clear error below
+                if local:
+                    raise _local_error(target, spec, exc, "read the model") from exc
+                raise _hub_error(str(name_or_path), exc) from exc
+            encoder = _is_encoder(config, spec)
+            cls = AutoModel if encoder else AutoModelForCausalLM
+            load_kwargs = dict(dtype=dtype, attn_implementation="eager", **hf_kwargs)
+            if device == "auto":
+                load_kwargs["device_map"] = "auto"
+            try:
+                with quiet_hub():
+                    hf = cls.from_pretrained(target, **load_kwargs)
+            except Exception as exc:  # noqa: BLE001
+                if local:
+                    raise _local_error(target, spec, exc, "load the weights") from exc
+                raise _hub_error(str(name_or_path), exc) from exc
+        finally:
+            hf_logging.set_verbosity(prev)
+            hf_logging.enable_progress_bar()
     hf.eval().requires_grad_(False)
     if device not in (None, "auto", "cpu"):
         hf.to(device)
