@@ -53,6 +53,7 @@ def reference_probs(q, k, qmask, scale, n_rep, window=None, softcap=None):
     return s.softmax(-1)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("window,softcap", [(None, None), (5, None), (None, 30.0), (7, 50.0)])
 def test_kernel_matches_full_computation(window, softcap):
     from sinkwidgets.tracing import reduce_attention
@@ -79,6 +80,7 @@ def test_kernel_matches_full_computation(window, softcap):
     assert torch.isfinite(got[0]).all() and torch.isfinite(got[1]).all() and torch.isfinite(got[2]).all()
 
 
+@pytest.mark.unit
 def test_chunk_rows_fit_the_budget():
     from sinkwidgets.tracing.chunked import MAX_CHUNK, MIN_CHUNK, chunk_rows
 
@@ -133,6 +135,7 @@ def test_encoder_is_not_supported(minilm):
         sw.trace(minilm, "The cat sat on the mat.", method="chunked")
 
 
+@pytest.mark.unit
 def test_method_is_checked():
     import sinkwidgets as sw
 

@@ -42,6 +42,7 @@ def record_hub(monkeypatch):
     return seen
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("hub_id", ["Qwen/Qwen3-0.6B", "meta-llama/Llama-3.1-8B", "Qwen/Qwen2.5-0.5B"])
 def test_load_model_sends_dotted_ids_to_the_hub(record_hub, hub_id, tmp_path, monkeypatch):
     import sinkwidgets as sw
@@ -52,6 +53,7 @@ def test_load_model_sends_dotted_ids_to_the_hub(record_hub, hub_id, tmp_path, mo
     assert record_hub == [f"probe:{hub_id}", hub_id]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("hub_id", ["Qwen/Qwen3-0.6B", "meta-llama/Llama-3.1-8B"])
 def test_remote_load_sends_dotted_ids_to_the_hub(record_hub, hub_id, tmp_path, monkeypatch):
     import sinkwidgets as sw
@@ -62,6 +64,7 @@ def test_remote_load_sends_dotted_ids_to_the_hub(record_hub, hub_id, tmp_path, m
     assert record_hub and record_hub[0] == hub_id
 
 
+@pytest.mark.unit
 def test_missing_local_paths_stay_path_errors(record_hub, tmp_path):
     import sinkwidgets as sw
     from sinkwidgets.errors import ModelNotFoundError
@@ -72,6 +75,7 @@ def test_missing_local_paths_stay_path_errors(record_hub, tmp_path):
     assert record_hub == []
 
 
+@pytest.mark.unit
 def test_an_existing_folder_named_like_a_hub_id_is_local(tmp_path, monkeypatch, record_hub):
     import sinkwidgets as sw
     from sinkwidgets.errors import ModelNotFoundError

@@ -27,6 +27,7 @@ def _load(model, tmp_path, **env):
     return subprocess.run([sys.executable, "-c", LOAD, model], capture_output=True, text=True, env=full, timeout=120)
 
 
+@pytest.mark.unit
 def test_silent_host_gives_one_clear_error(silent_host, tmp_path):
     out = _load("HuggingFaceTB/SmolLM2-135M", tmp_path, HTTPS_PROXY=silent_host, HTTP_PROXY=silent_host)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -39,6 +40,7 @@ def test_silent_host_gives_one_clear_error(silent_host, tmp_path):
     assert "Retry" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
+@pytest.mark.unit
 def test_unresolvable_endpoint_is_quick_and_quiet(tmp_path):
     out = _load("Qwen/Qwen3-0.6B", tmp_path, HF_ENDPOINT="https://no-such-host.invalid")
     assert out.stdout.startswith("UNREACHABLE"), (out.stdout, out.stderr[-2000:])
@@ -47,6 +49,7 @@ def test_unresolvable_endpoint_is_quick_and_quiet(tmp_path):
     assert "Retry" not in out.stderr and len(out.stderr.strip().splitlines()) <= 2, out.stderr[-2000:]
 
 
+@pytest.mark.unit
 def test_offline_mode_is_named_only_when_set(tmp_path):
     out = _load("Qwen/Qwen3-0.6B", tmp_path, HF_HUB_OFFLINE="1")
     assert out.stdout.startswith("UNREACHABLE") and "HF_HUB_OFFLINE=1" in out.stdout, out.stdout

@@ -29,6 +29,8 @@ from sinkwidgets.toy import (
 from sinkwidgets.toy.task import BOS, NUM, SEP
 from sinkwidgets.toy.train import lr_factor
 
+pytestmark = pytest.mark.unit  # no model, browser or notebook (tiny torch models, ~1 min in all)
+
 
 @pytest.fixture(autouse=True)
 def _threads():

@@ -9,6 +9,8 @@ import torch
 from sinkwidgets import tags, toy
 from sinkwidgets.toy import TinyTransformer, make_batch, tag_data, trace_toy
 
+pytestmark = pytest.mark.unit  # no model, browser or notebook (tiny torch models)
+
 
 def _model(**options):
     return TinyTransformer(generator=torch.Generator().manual_seed(0), **options)

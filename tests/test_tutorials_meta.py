@@ -35,10 +35,12 @@ def _text(nb: Path) -> str:
     return "\n".join("".join(c["source"]) for c in _cells(nb))
 
 
+@pytest.mark.unit
 def test_series_exists():
     assert [p.name[:2] for p in NOTEBOOKS][:4] == ["01", "02", "03", "04"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_colab_badge_and_setup_cell(nb):
     slug = repo_url().removeprefix("https://github.com/")
@@ -51,6 +53,7 @@ def test_colab_badge_and_setup_cell(nb):
     assert "<org>" not in text
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_checklist(nb):
     cells = _cells(nb)
@@ -65,6 +68,7 @@ def test_notebook_checklist(nb):
         assert (TUT / link).exists(), f"{nb.name} links to missing {link}"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("nb", NOTEBOOKS, ids=lambda p: p.name)
 def test_outputs_stripped(nb):
     for c in _cells(nb):
@@ -72,6 +76,7 @@ def test_outputs_stripped(nb):
             assert not c.get("outputs") and c.get("execution_count") is None, f"{nb.name} has outputs in git"
 
 
+@pytest.mark.unit
 def test_readme_binder_badge_and_toc():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     slug = repo_url().removeprefix("https://github.com/")
@@ -85,6 +90,7 @@ def test_readme_binder_badge_and_toc():
         assert nb.name in teachers, f"tutorials/README.md lacks {nb.name}"
 
 
+@pytest.mark.unit
 def test_shipped_traces():
     import sinkwidgets as sw
 

@@ -40,6 +40,7 @@ class Sent:
 
 
 # ----------------------------------------------------------------------------- synthetic data is right
+@pytest.mark.unit
 def test_synthetic_summaries_match_the_full_map():
     s, r, w = head_params(2, 2, 150, seed=3)
     for ly, h in [(0, 0), (1, 1)]:
@@ -54,6 +55,7 @@ def test_synthetic_summaries_match_the_full_map():
 
 
 # ----------------------------------------------------------------------------- construction and errors
+@pytest.mark.unit
 def test_trace_none_is_a_clear_type_error():
     with pytest.raises(TypeError, match=r"SinkExplorer\(trace=None\): pass a SinkTrace"):
         SinkExplorer(None)
@@ -61,12 +63,14 @@ def test_trace_none_is_a_clear_type_error():
         SinkGrid(3)
 
 
+@pytest.mark.unit
 def test_accepts_a_saved_trace_path(tr, tmp_path):
     p = tr.save(tmp_path / "t.npz")
     ex = SinkExplorer(str(p))
     assert ex.trace.n_tokens == 96
 
 
+@pytest.mark.unit
 def test_default_head_is_the_strongest_kept_map(tr):
     ex = SinkExplorer(tr)
     kept = [tuple(x) for x in tr.map_index]
@@ -74,6 +78,7 @@ def test_default_head_is_the_strongest_kept_map(tr):
     assert tr.first_token_mass[ex.layer, ex.head] == max(tr.first_token_mass[k] for k in kept)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("name", "value", "match"), [
     ("layer", 30, r"layer 30 is out of range: this trace has 30 layers \(0..29\)"),
     ("head", -1, r"head -1 is out of range: this trace has 9 heads per layer \(0..8\)"),
@@ -91,6 +96,7 @@ def test_out_of_range_settings_raise_value_error(tr, name, value, match):
         setattr(ex, name, value)
 
 
+@pytest.mark.unit
 def test_select_and_zoom_validate(tr):
     ex = SinkExplorer(tr)
     ex.select(12, 8)
@@ -105,6 +111,7 @@ def test_select_and_zoom_validate(tr):
     assert ex.view == [0.0, 96.0, 0.0, 96.0]
 
 
+@pytest.mark.unit
 def test_views_and_which_compute_maps(tr):
     assert SinkGrid(tr)._view == "grid" and SinkGrid(tr)._map == {}
     assert TokenStrip(tr)._view == "strip" and TokenStrip(tr)._map == {}
@@ -112,11 +119,13 @@ def test_views_and_which_compute_maps(tr):
     assert hm._view == "heatmap" and hm._map["status"] == "kept" and hm._map["overview"] is not None
 
 
+@pytest.mark.unit
 def test_lazy_export_from_the_package():
     assert sw.SinkExplorer is SinkExplorer and sw.SinkGrid is SinkGrid
     assert sw.AttentionHeatmap is AttentionHeatmap and sw.TokenStrip is TokenStrip
 
 
+@pytest.mark.unit
 def test_summary_state_is_binary_and_faithful(tr):
     ex = SinkExplorer(tr)
     s = ex._summary
@@ -129,6 +138,7 @@ def test_summary_state_is_binary_and_faithful(tr):
     assert ex._tokens == tr.tokens
 
 
+@pytest.mark.unit
 def test_head_without_map_says_how_to_keep_it(tr):
     ex = SinkExplorer(tr)
     ex.select(20, 4)
@@ -137,6 +147,7 @@ def test_head_without_map_says_how_to_keep_it(tr):
 
 
 # ----------------------------------------------------------------------------- messages
+@pytest.mark.unit
 def test_tile_request_is_answered_with_one_binary_buffer(tr, monkeypatch):
     ex = SinkExplorer(tr, layer=3, head=0)
     sent = Sent(ex, monkeypatch)
@@ -152,12 +163,14 @@ def test_tile_request_is_answered_with_one_binary_buffer(tr, monkeypatch):
     assert sent.msgs[-1][0]["ok"] is False and "outside" in sent.msgs[-1][0]["error"]
 
 
+@pytest.mark.unit
 def test_save_png_without_a_front_end_raises_at_once(tr, tmp_path):
     ex = SinkExplorer(tr)
     with pytest.raises(RuntimeError, match="needs the widget displayed in a live notebook front-end"):
         ex.save_png(tmp_path / "x.png")
 
 
+@pytest.mark.unit
 def test_save_png_round_trip_and_timeout(tr, tmp_path, monkeypatch):
     ex = SinkExplorer(tr)
     ex._frontend = 1
@@ -179,6 +192,7 @@ def test_save_png_round_trip_and_timeout(tr, tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- maps on demand
+@pytest.mark.unit
 def test_missing_map_is_computed_with_a_model_and_cached(tr, monkeypatch):
     calls = []
 
@@ -199,6 +213,7 @@ def test_missing_map_is_computed_with_a_model_and_cached(tr, monkeypatch):
     assert len(calls) == 1  # cached
 
 
+@pytest.mark.unit
 def test_model_failure_is_shown_not_raised(tr, monkeypatch):
     def broken(*a, **k):
         raise OSError("model files missing")
@@ -222,6 +237,7 @@ def test_missing_map_computed_with_real_smollm2():
 
 
 # ----------------------------------------------------------------------------- offline HTML
+@pytest.mark.unit
 def test_save_html_is_self_contained(tr, tmp_path):
     evil = list(tr.tokens)
     evil[1] = "</script><img src=x onerror=alert(1)>"
@@ -239,6 +255,7 @@ def test_save_html_is_self_contained(tr, tmp_path):
     assert "export default" in text and "mountStandalone(" in text
 
 
+@pytest.mark.unit
 def test_set_trace_builds_only_the_map_of_the_new_head(tr, monkeypatch):
     ex = SinkExplorer(tr, layer=3, head=0)
     calls = []
@@ -264,6 +281,7 @@ def _buffer_refs(obj):
     return []
 
 
+@pytest.mark.unit
 def test_save_html_embeds_each_buffer_once(tr, tmp_path):
     ly, h = (int(x) for x in tr.map_index[0])
     text = SinkExplorer(tr, layer=ly, head=h).to_html(tmp_path / "once.html").read_text(encoding="utf-8")
@@ -274,6 +292,7 @@ def test_save_html_embeds_each_buffer_once(tr, tmp_path):
     assert payload["state"]["_map"] == payload["maps"][f"{ly},{h}"]  # same $buffer indices, one embedded copy
 
 
+@pytest.mark.unit
 def test_save_html_from_widget_keeps_the_view(tr, tmp_path):
     ex = SinkExplorer(tr, layer=12, head=3, eps=0.25, metric="sinks_per_head")
     text = ex.to_html(tmp_path / "v.html").read_text(encoding="utf-8")
@@ -283,6 +302,7 @@ def test_save_html_from_widget_keeps_the_view(tr, tmp_path):
         save_html(tr, tmp_path / "x.html", view="table")
 
 
+@pytest.mark.unit
 def test_offline_maps_shrink_to_the_budget(monkeypatch):
     big = synthetic_trace(T=600, keep_maps=[3, 4])  # 18 maps
     from sinkwidgets.widgets import standalone
@@ -301,6 +321,7 @@ def _png_size(path):
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.unit
 def test_grid_values_match_metrics(tr):
     np.testing.assert_array_equal(charts.grid_values(tr, "sinks_per_head", eps=0.2),
                                   metrics.sinks_per_head(tr, eps=0.2).counts)
@@ -311,12 +332,14 @@ def test_grid_values_match_metrics(tr):
         charts.grid_values(tr, "alpha", token=500)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("metric", wmod.METRICS)
 def test_grid_chart_png(tr, tmp_path, metric):
     w, h = _png_size(charts.save_png(charts.grid_chart(tr, metric=metric), tmp_path / "g.png"))
     assert w > 150 and h > 400
 
 
+@pytest.mark.unit
 def test_heatmap_chart_png_svg_and_missing_map(tr, tmp_path):
     svg = charts.save_svg(charts.heatmap_chart(tr, 3, 0), tmp_path / "h.svg").read_text()
     assert svg.startswith("<svg") and "layer 3, head 0" in svg
@@ -329,6 +352,7 @@ def test_heatmap_chart_png_svg_and_missing_map(tr, tmp_path):
         charts.heatmap_chart(tr, 40, 0)
 
 
+@pytest.mark.unit
 def test_heatmap_chart_downsamples_long_maps(tmp_path):
     long = synthetic_trace(T=1000, keep_maps=[(3, 0)])
     spec = charts._spec(charts.heatmap_chart(long, 3, 0, max_cells=64))

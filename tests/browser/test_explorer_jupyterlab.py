@@ -9,6 +9,7 @@ export from Python, and the dark theme. Any browser console error fails the test
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from conftest import (
     assert_png_export,
     cell_text,
@@ -23,6 +24,8 @@ from conftest import (
 from pixels import match_fraction, sample_heatmap
 
 from sinkwidgets.metrics import sinks_per_head
+
+pytestmark = pytest.mark.browser  # Debian chromium against a JupyterLab (also added by conftest.py)
 
 
 def _cells(trace_path, png_path):

@@ -9,6 +9,8 @@ from conftest import REPO, open_notebook, poll_cell, run_cell, state, wait_state
 from labserver import start_lab
 from pixels import match_fraction, sample_heatmap
 
+pytestmark = pytest.mark.browser  # Debian chromium against a JupyterLab (also added by conftest.py)
+
 XSS = [
     "<img src=x onerror=\"window.__xss=(window.__xss||0)+1\">",
     "<script>window.__xss=(window.__xss||0)+1</script>",

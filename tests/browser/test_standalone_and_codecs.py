@@ -15,6 +15,8 @@ from sinkwidgets.widgets import save_html
 from sinkwidgets.widgets._serialization import decode_array, encode_array
 from sinkwidgets.widgets._widget import STATIC
 
+pytestmark = pytest.mark.browser  # Debian chromium against a JupyterLab (also added by conftest.py)
+
 
 def test_offline_html(guarded_page, smollm2_trace, tmp_path):
     page = guarded_page

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from conftest import assert_png_export, open_notebook, poll_cell, run_cell, state, wait_state, write_notebook
 
+pytestmark = pytest.mark.browser  # Debian chromium against a JupyterLab (also added by conftest.py)
+
 XSS = ["<img src=x onerror=\"window.__xss=(window.__xss||0)+1\">", "<script>window.__xss=(window.__xss||0)+1</script>",
        "<svg onload=\"window.__xss=(window.__xss||0)+1\"></svg>", "</script><b>bold</b>"]
 HIT = 7  # px: the widget's hover radius (tagexplorer.js)
