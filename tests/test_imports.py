@@ -118,7 +118,7 @@ def test_models_import_nothing_above_them():
 
 def test_tracing_layers_point_down():
     """reductions/collect (bottom) < executors < api: no layer reaches one above it."""
-    layer = {"reductions": 0, "collect": 0, "qk": 0, "eager": 1, "chunked": 1, "remote": 1, "api": 2}
+    layer = {"reductions": 0, "edits": 0, "collect": 0, "qk": 0, "eager": 1, "chunked": 1, "remote": 1, "api": 2}
     for name, rank in layer.items():
         m = f"sinkwidgets.tracing.{name}"
         for n in _reach(m):
@@ -127,8 +127,25 @@ def test_tracing_layers_point_down():
                 assert layer[short] <= rank, f"{m} (layer {rank}) reaches {n} (layer {layer[short]})"
         if rank == 1:  # executors do not import each other's callers, and remote is not imported by chunked
             assert "sinkwidgets.tracing.remote" not in _reach("sinkwidgets.tracing.chunked")
-    bottom = {n for m in ("reductions", "collect", "qk") for n in _reach(f"sinkwidgets.tracing.{m}")}
-    assert bottom <= {f"sinkwidgets.tracing.{m}" for m in ("reductions", "collect", "qk")}, bottom
+    bottom = {n for m in ("reductions", "edits", "collect", "qk") for n in _reach(f"sinkwidgets.tracing.{m}")}
+    assert bottom <= {f"sinkwidgets.tracing.{m}" for m in ("reductions", "edits", "collect", "qk")}, bottom
+
+
+def test_interventions_sit_above_tracing():
+    """interventions (experiments, edits, results) import the tracing layer and below; nothing below imports them,
+    and above them only tags.release does (it calls project_out)."""
+    pkg = "sinkwidgets.interventions"
+    ours = {m for m in GRAPH if m == pkg or m.startswith(pkg + ".")}
+    assert {f"{pkg}.experiments", f"{pkg}.edits", f"{pkg}.results"} <= ours
+    below = _reach("sinkwidgets.tracing.api") | {"sinkwidgets.tracing.api"}  # the engine and what it needs
+    for m in ours:
+        above = {n for n in _reach(m) - below if not n.startswith((pkg, "sinkwidgets.tracing", "sinkwidgets.models"))}
+        assert not above, f"{m} reaches {sorted(above)}"
+    importers = {m for m, deps in GRAPH.items() if m not in ours and any(d in ours for d in deps)}
+    assert importers <= {"sinkwidgets.tags.release"}, sorted(importers)
+    for m in GRAPH:
+        if m.startswith(("sinkwidgets.tracing", "sinkwidgets.models")):
+            assert not (_reach(m) & ours), f"{m} reaches the interventions package"
 
 
 def test_arrays_downstream_do_not_import_the_tracing_layer():

@@ -23,6 +23,7 @@ import torch
 
 from ..sinktrace import SinkTrace
 from . import reductions as R
+from .edits import Edit, EditSet
 from .reductions import TOP_K_ACTIVATIONS, BatchContext, UnitSet
 
 #: ``method="auto"`` traces local prompts of at least this many tokens with the chunked path when the model
@@ -249,6 +250,8 @@ def run_units(
     texts: Sequence[str],
     units: Sequence[R.Reduction],
     *,
+    edits: Sequence[Edit] = (),
+    token_ids: Sequence[Sequence[int]] | None = None,
     add_bos: bool | None = None,
     max_tokens: int | None = None,
     batch_size: int = 8,
@@ -265,16 +268,31 @@ def run_units(
     (probabilities of eager attention), ``"chunked"`` (an SDPA forward with probabilities recomputed from q and k)
     or, with ``remote``, the chunked block shipped to NDIF. ``"auto"``: chunked for remote traces and for local
     prompts of :data:`AUTO_CHUNKED_TOKENS` tokens or more where the model supports it, eager otherwise.
+
+    ``edits`` (:mod:`sinkwidgets.tracing.edits`) change the forward pass; every executor applies them in forward
+    order with the units, which then see the edited model (``meta["edits"]`` lists them). ``token_ids``: one list
+    of token ids per text, used as given instead of tokenizing (``texts`` are then labels; ``add_bos`` and
+    ``max_tokens`` do not apply).
     """
     info = _info(model)
     texts, _ = _texts(texts)
     _check_run_args(batch_size, max_tokens, method)
+    edits = EditSet(list(edits), info.n_layers, info.n_heads, info.d_model)
+    if token_ids is not None:
+        if len(token_ids) != len(texts):
+            raise ValueError(f"token_ids: give one list of ids per text ({len(texts)}), got {len(token_ids)}")
+        _encoded = [(t, [int(i) for i in ids], False, len(ids)) for t, ids in zip(texts, token_ids)]
+        if any(len(e[1]) < 1 for e in _encoded):
+            raise ValueError("token_ids: every text needs at least one token id")
     if info.remote and not remote:
         remote = True  # a model from load_model(..., remote=True) has no local weights
     if remote and method == "eager":
         raise ValueError("remote traces use method='chunked' (NDIF serves models without eager attention); "
                          "leave method='auto'")
     units = UnitSet(list(units), info.n_layers, info.n_heads, info.d_model)
+    clash = {u.name for u in units.units} & {e.name for e in edits.edits}
+    if clash:
+        raise ValueError(f"edits and units share the names {sorted(clash)}: pass name=... to the edit")
     # _encoded: trace() may already have tokenized the same texts with the same add_bos / max_tokens
     encoded = _encoded if _encoded is not None else _encode(model, info, texts, add_bos, max_tokens)
     requested = method
@@ -292,11 +310,11 @@ def run_units(
         it = tqdm(batches, desc=desc or f"tracing {info.name}", unit="batch")
     out: list[PromptResult] = []
     for batch in it:
-        out.extend(_run_batch(model, info, batch, units, remote, method))
+        out.extend(_run_batch(model, info, batch, units, remote, method, edits))
     return out
 
 
-def _run_batch(model, info, batch, units: UnitSet, remote, method: str) -> list[PromptResult]:
+def _run_batch(model, info, batch, units: UnitSet, remote, method: str, edits: EditSet) -> list[PromptResult]:
     B = len(batch)
     T = max(len(ids) for _, ids, _, _ in batch)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
@@ -311,27 +329,30 @@ def _run_batch(model, info, batch, units: UnitSet, remote, method: str) -> list[
     inputs = dict(input_ids=input_ids.to(dev), attention_mask=mask.to(dev), position_ids=position_ids.to(dev))
     ctx = BatchContext(qmask=mask.to(dev), first=first.to(dev), n_real=mask.sum(-1).to(dev), causal=info.adapter.causal,
                        n_layers=info.n_layers, n_heads=info.n_heads, n_kv_heads=info.n_kv_heads, d_model=info.d_model,
-                       o_layout=info.adapter.o_proj_layout)
+                       o_layout=info.adapter.o_proj_layout, input_ids=input_ids.to(dev))
     fwd = _forward_kwargs(info.adapter.causal, model)
+    if units.needs_logits():
+        fwd.pop("logits_to_keep", None)  # a unit scores every position
     t0 = time.perf_counter()
     if remote:
         from .remote import run_remote
 
-        packed, run_meta = run_remote(model, info, remote, inputs, fwd, units, ctx)
+        packed, run_meta = run_remote(model, info, remote, inputs, fwd, units, ctx, edits=edits)
     elif method == "chunked":
         from .chunked import run_chunked
 
-        packed, run_meta = run_chunked(model, info, inputs, fwd, units, ctx)
+        packed, run_meta = run_chunked(model, info, inputs, fwd, units, ctx, edits=edits)
     else:
         from .eager import run_eager
 
-        packed, run_meta = run_eager(model, info, inputs, fwd, units, ctx)
+        packed, run_meta = run_eager(model, info, inputs, fwd, units, ctx, edits)
     elapsed = time.perf_counter() - t0
     arrays = {name: {k: _numpy(v) for k, v in keys.items()} for name, keys in packed.items()}
     results = []
     for b, (text, ids, used_bos, n_orig) in enumerate(batch):
         f = int(first[b])
         by_unit = {u.name: u.land(arrays[u.name], b, f) for u in units.units}
+        by_unit.update({e.name: e.land(arrays[e.name], b, f) for e in edits.edits if arrays.get(e.name)})
         landed = {k: v for d in by_unit.values() for k, v in d.items()}
         meta = {
             "model": info.name, "hub_id": info.hub_id, "architecture": info.architecture, "family": info.family,
@@ -341,6 +362,8 @@ def _run_batch(model, info, batch, units: UnitSet, remote, method: str) -> list[
             "n_tokens_original": n_orig, "batch_size": len(batch), "trace_seconds": round(elapsed, 3),
             "remote": bool(remote), **run_meta, "sinkwidgets_version": _version(),
         }
+        if edits.edits:
+            meta["edits"] = edits.describe()
         tokens = [model.tokenizer.decode([i]) for i in ids]
         results.append(PromptResult(text, tokens, np.asarray(ids, dtype=np.int64), landed, meta, by_unit))
     return results
@@ -369,6 +392,7 @@ def trace(
     remote: Any = False,
     method: str = "auto",
     progress: bool | None = None,
+    edits: Sequence[Edit] = (),
 ) -> SinkTrace | list[SinkTrace]:
     """Trace prompts through a model and return their sink summaries.
 
@@ -410,6 +434,9 @@ def trace(
         or more where the model supports it, eager otherwise. The method used is in ``trace.meta['method']``.
     progress : bool, optional
         Show a progress bar over batches (default: when tracing more than one batch).
+    edits : list of :class:`sinkwidgets.tracing.edits.Edit`
+        Trace the model *under* these edits (e.g. ``HideKeys(range(L), keys=[0])``: token 0 hidden from every
+        query in every layer), applied to every prompt; ``trace.meta['edits']`` lists them.
     """
     info = _info(model)
     texts, single = _texts(text_or_texts)
@@ -437,7 +464,7 @@ def trace(
     if hv_layers:
         units.append(R.HeadValues({l: None for l in hv_layers}))
     results = run_units(model, texts, units, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
-                        method=method, remote=remote, progress=progress, _encoded=encoded)
+                        method=method, remote=remote, progress=progress, _encoded=encoded, edits=edits)
     if auto_maps:
         keep_note = "auto: all" if maps_sel else ("auto: none (remote)" if remote or info.remote else
                                                  f"auto: none (prompt > {AUTO_KEEP_MAPS_TOKENS} tokens)")

@@ -27,6 +27,7 @@ import torch
 
 from ..errors import ChunkedUnsupportedError, ReductionUnsupportedError
 from .collect import Collector
+from .edits import EditSet, set_attention_mask
 from .qk import CHUNK_BYTES, MAX_CHUNK, MIN_CHUNK, attention_chunks, chunk_rows, reduce_qk  # noqa: F401
 from .reductions import BatchContext, UnitSet
 
@@ -93,19 +94,21 @@ def read_values(vproj, v_split: int):
 
 
 def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, units: UnitSet, ctx: BatchContext,
-                  budget: int = CHUNK_BYTES, backend=None):
-    """Run the units over one batch in a single SDPA forward → ``{unit name: {key: tensor}}`` on the CPU.
+                  budget: int = CHUNK_BYTES, backend=None, edits: EditSet | None = None):
+    """Run the units over one batch in a single SDPA forward, under ``edits`` → ``{name: {key: tensor}}`` (CPU).
 
-    Per layer, in forward order: the value projection (``"values"``), the post-RoPE q/k turned into probability
-    chunks (``"probs"``), the output projection's input (``"o_input"``) and the block output (``"resid"``); a
-    source is read only when an active unit asks for it. Everything referenced inside the ``with`` is a tensor, a
-    plain Python value, an envoy, or an object of this subpackage's torch-only modules, so the block can be
-    shipped to NDIF (``backend``); the packed result is the one saved value the server sends back.
+    Per layer, in forward order: the attention mask of the ``"attn_mask"`` edits (set on the attention call
+    before it runs), the value projection (``"values"``), the post-RoPE q/k turned into probability chunks
+    (``"probs"``, under the same mask), the output projection's input (``"o_input"``), the ``"resid"`` edits and
+    the block output (``"resid"``); after the last layer the logits (``"logits"``). A source is read only when an
+    active unit or edit asks for it. Everything referenced inside the ``with`` is a tensor, a plain Python value,
+    an envoy, or an object of this subpackage's torch-only modules, so the block can be shipped to NDIF
+    (``backend``); the packed result is the one saved value the server sends back.
     """
     import nnsight
 
     with torch.no_grad(), model.trace(inputs, backend=backend, **fwd_kwargs):
-        col = Collector(units, ctx)
+        col = Collector(units, ctx, edits)
         for li in range(len(plan.layers)):  # install nnsight's source hooks before any attention forward starts
             if "probs" in col.needs(li):  # (else a value read inside the forward comes before the hook exists)
                 _ = plan.attns[li].source
@@ -114,27 +117,37 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
             if not need:
                 continue
             oproj = plan.oprojs[li]
+            scale, n_rep, window, softcap = plan.params[li]
+            hidden = None
+            if "attn_mask" in need:
+                hidden = col.hidden(li, ctx.qmask.device)
+                set_attention_mask(plan.attns[li], col.attention_mask(li, window, ctx.qmask.device))
             if "values" in need:
                 col.feed(li, "values", read_values(plan.vprojs[li], plan.v_split), oproj.weight)
             if "probs" in need:
                 q, k = plan.attns[li].source.apply_rotary_pos_emb_0.output
-                scale, n_rep, window, softcap = plan.params[li]
                 B, H, T, _ = q.shape
                 col.feed_probs(li, attention_chunks(q, k, ctx.qmask, scale, n_rep, window, softcap,
-                                                    chunk_rows(B, H, T, budget)))
+                                                    chunk_rows(B, H, T, budget), hidden))
                 del q, k
             if "o_input" in need:
                 col.feed(li, "o_input", oproj.input, oproj.weight)
             if "resid" in need:
-                h = plan.layers[li].output
-                col.feed(li, "resid", h[0] if isinstance(h, tuple) else h)
-                del h
+                out = plan.layers[li].output
+                h = out[0] if isinstance(out, tuple) else out
+                if col.edits.at(li, "resid"):
+                    h = col.edit_resid(li, h)
+                    plan.layers[li].output = (h, *out[1:]) if isinstance(out, tuple) else h
+                col.feed(li, "resid", h)
+                del h, out
+        if col.needs_logits():
+            col.feed_logits(model.output.logits)
         sw_results = nnsight.save(col.packed())
     return sw_results
 
 
 def run_chunked(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx: BatchContext,
-                budget: int = CHUNK_BYTES) -> tuple[dict, dict]:
+                budget: int = CHUNK_BYTES, edits: EditSet | None = None) -> tuple[dict, dict]:
     """The local chunked executor: one batch → ``(packed results, meta)``. The remote executor
     (:func:`sinkwidgets.tracing.remote.run_remote`) ships :func:`chunked_block` instead."""
     plan = layer_plan(model, info)
@@ -145,7 +158,7 @@ def run_chunked(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx
     if switch:
         hf.set_attn_implementation("sdpa")
     try:
-        out = chunked_block(model, inputs, fwd_kwargs, plan, units, ctx, budget)
+        out = chunked_block(model, inputs, fwd_kwargs, plan, units, ctx, budget, edits=edits)
     finally:
         if switch:
             hf.set_attn_implementation(prev)

@@ -1,4 +1,5 @@
-"""The glue every executor shares: hand a layer's sources to the units that read them, collect their outputs.
+"""The glue every executor shares: hand a layer's sources to the units that read them, collect their outputs,
+and apply the edits (:mod:`.edits`) at the sites they name.
 
 Plain torch, shipped to NDIF by value with the remote block. An executor knows *where* a source lives in the
 model and *when* it can be read (the forward order); this module knows nothing about models, and the units know
@@ -9,19 +10,58 @@ from __future__ import annotations
 
 import torch
 
+from .edits import EditSet, attention_mask
 from .reductions import BatchContext, UnitSet
 
 
 class Collector:
-    """Per-unit, per-key lists of per-layer tensors, packed into one tensor per key at the end of the trace."""
+    """Per-unit, per-key lists of per-layer tensors, packed into one tensor per key at the end of the trace;
+    the edits' per-trace state and reports."""
 
-    def __init__(self, units: UnitSet, ctx: BatchContext):
+    def __init__(self, units: UnitSet, ctx: BatchContext, edits: EditSet | None = None):
         self.units, self.ctx = units, ctx
+        self.edits = edits if edits is not None else EditSet([], ctx.n_layers, ctx.n_heads, ctx.d_model)
         self.outs: dict[str, dict[str, list]] = {u.name: {} for u in units.units}
+        self.outs.update({e.name: {} for e in self.edits.edits})
+        self.state: dict[str, dict] = {e.name: {} for e in self.edits.edits}
+        self._hidden: dict[int, torch.Tensor] = {}
 
     def needs(self, layer: int) -> set[str]:
-        """The sources some unit reads at ``layer`` (an executor reads nothing else)."""
-        return self.units.needs(layer)
+        """The sources some unit or edit reads at ``layer`` and the sites an edit changes there (``"attn_mask"``,
+        ``"resid"``): an executor reads and writes nothing else."""
+        return self.units.needs(layer) | self.edits.needs(layer)
+
+    def needs_logits(self) -> bool:
+        return self.units.needs_logits()
+
+    # ------------------------------------------------------------------ edits
+    def hidden(self, layer: int, device) -> torch.Tensor | None:
+        """The (row, query, key) entries the ``"attn_mask"`` edits hide at ``layer``, bool ``[B, T, T]``, or None."""
+        es = self.edits.at(layer, "attn_mask")
+        if not es:
+            return None
+        if layer not in self._hidden:
+            h = es[0].hide(layer, self.ctx, device)
+            for e in es[1:]:
+                h = h | e.hide(layer, self.ctx, device)
+            self._hidden[layer] = h
+        return self._hidden[layer]
+
+    def attention_mask(self, layer: int, window, device) -> torch.Tensor | None:
+        """The additive ``[B, 1, T, T]`` mask the attention of ``layer`` runs under, or None (no mask edit)."""
+        hid = self.hidden(layer, device)
+        return None if hid is None else attention_mask(hid, self.ctx, window, device)
+
+    def edit_resid(self, layer: int, h: torch.Tensor) -> torch.Tensor:
+        """Apply the ``"resid"`` edits of ``layer`` to the block output ``h [B, T, d]``, in the given order."""
+        for e in self.edits.at(layer, "resid"):
+            out = e.apply(h, self.ctx, layer, self.state[e.name])
+            if isinstance(out, tuple):
+                h, report = out
+                self._add(e, report)
+            else:
+                h = out
+        return h
 
     def _add(self, unit, out: dict) -> None:
         for key, t in out.items():
@@ -29,8 +69,15 @@ class Collector:
 
     def feed(self, layer: int, source: str, x: torch.Tensor, w_o: torch.Tensor | None = None) -> None:
         """Hand ``x`` (``"values"``, ``"o_input"`` or ``"resid"``) to the units reading it at ``layer``."""
+        for e in self.edits.reading(layer, source):
+            e.read(source, x, w_o, self.ctx, layer, self.state[e.name])
         for u in self.units.at(layer, source):
             self._add(u, u.read(source, x, w_o, self.ctx, layer))
+
+    def feed_logits(self, logits: torch.Tensor) -> None:
+        """Hand the output logits ``[B, T, V]`` to the units that read them (after the last layer)."""
+        for u in self.units.final:
+            self._add(u, u.read("logits", logits, None, self.ctx, -1))
 
     def feed_probs(self, layer: int, chunks) -> None:
         """Run the units reading ``"probs"`` at ``layer`` over ``(start, P, scratch)`` query chunks, all at once."""
@@ -52,4 +99,5 @@ class Collector:
     def packed(self) -> dict[str, dict[str, torch.Tensor]]:
         """``{unit name: {key: tensor}}``, each key's per-layer tensors joined by the unit's ``pack`` (on the CPU)."""
         by_name = {u.name: u for u in self.units.units}
+        by_name.update({e.name: e for e in self.edits.edits})
         return {name: {k: by_name[name].pack(k, v).cpu() for k, v in keys.items()} for name, keys in self.outs.items()}

@@ -4,7 +4,9 @@ Per layer, in forward order: the value projection (``"values"``), the output pro
 inside the attention module (``"o_input"``: Llama, GPT-2), the attention probabilities ``[B, H, T, T]``
 (``"probs"``, handed to the units in query chunks and released before the next layer runs), the output
 projection's input when it comes after the attention module (BERT), and the block output (``"resid"``). A source
-is read only when an active unit asks for it (nnsight needs values in forward order).
+is read only when an active unit asks for it (nnsight needs values in forward order). Edits (:mod:`.edits`) act
+in the same order: a layer's attention mask before its attention runs (the eager probabilities are then the
+edited ones), the residual edits before the units that read the block output.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 
 from .chunked import check_values, read_values
 from .collect import Collector
+from .edits import EditSet, set_attention_mask
 from .reductions import CAUSAL_QUERY_CHUNK, QUERY_CHUNK, BatchContext, UnitSet, reduce_attention_chunks
 
 
@@ -37,8 +40,9 @@ def reduce_attention(A: torch.Tensor, qmask: torch.Tensor, first: torch.Tensor, 
     return reduce_attention_chunks(map_chunks(A, causal), B, H, T, qmask, first, n_real, causal)
 
 
-def run_eager(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx: BatchContext) -> tuple[dict, dict]:
-    """One batch through the model under eager attention → ``(packed results, meta)``."""
+def run_eager(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx: BatchContext,
+              edits: EditSet | None = None) -> tuple[dict, dict]:
+    """One batch through the model under eager attention (and ``edits``) → ``(packed results, meta)``."""
     import nnsight
 
     from ..models.adapters import get_path
@@ -47,14 +51,17 @@ def run_eager(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx: 
     check_values(info, units)
     layers = get_path(model, ad.layers)
     inner = ad.o_proj.startswith(ad.attn + ".")
+    windows = _windows(model, info, edits)
     with torch.no_grad(), model.trace(inputs, **fwd_kwargs):
-        col = Collector(units, ctx)
+        col = Collector(units, ctx, edits)
         for li in range(len(layers)):
             need = col.needs(li)
             if not need:
                 continue
             layer = layers[li]
             oproj = get_path(layer, ad.o_proj)
+            if "attn_mask" in need:
+                set_attention_mask(get_path(layer, ad.attn), col.attention_mask(li, windows[li], ctx.qmask.device))
             if "values" in need:
                 col.feed(li, "values", read_values(get_path(layer, ad.v_proj), ad.v_split), oproj.weight)
             if "o_input" in need and inner:
@@ -66,8 +73,24 @@ def run_eager(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx: 
             if "o_input" in need and not inner:
                 col.feed(li, "o_input", oproj.input, oproj.weight)
             if "resid" in need:
-                h = layer.output
-                col.feed(li, "resid", h[0] if isinstance(h, tuple) else h)
-                del h
+                out = layer.output
+                h = out[0] if isinstance(out, tuple) else out
+                if col.edits.at(li, "resid"):
+                    h = col.edit_resid(li, h)
+                    layer.output = (h, *out[1:]) if isinstance(out, tuple) else h
+                col.feed(li, "resid", h)
+                del h, out
+        if col.needs_logits():
+            col.feed_logits(model.output.logits)
         sw_results = nnsight.save(col.packed())
     return sw_results, {"method": "eager"}
+
+
+def _windows(model, info, edits: EditSet | None) -> list:
+    """Each layer's sliding window (None: full causal), needed only to rebuild a mask for ``"attn_mask"`` edits;
+    read from the chunked plan, so mask edits need a rotary decoder."""
+    if edits is None or not any(e.site == "attn_mask" for e in edits.edits):
+        return [None] * info.n_layers
+    from .chunked import layer_plan
+
+    return [p[2] for p in layer_plan(model, info).params]

@@ -23,14 +23,16 @@ def chunk_rows(B: int, H: int, T: int, budget: int = CHUNK_BYTES) -> int:
     return int(max(MIN_CHUNK, min(MAX_CHUNK, c)))
 
 
-def attention_chunks(q, k, qmask, scale: float, n_rep: int, window=None, softcap=None, rows: int = 128):
+def attention_chunks(q, k, qmask, scale: float, n_rep: int, window=None, softcap=None, rows: int = 128,
+                     hidden=None):
     """Yield ``(start, P, scratch)``: probabilities ``P [B, H, c, w]`` (float32) for query rows ``start:start+c``
     over keys ``0..w-1`` with ``w = start + c`` (causal: later keys get exactly zero and are not computed).
 
     ``q [B, H, T, D]`` and ``k [B, KV, T, D]`` are post-RoPE (as the attention module uses them), ``qmask [B, T]``
     marks real tokens (left padding 0). Masking matches Hugging Face eager attention: causal, keys outside a
     sliding ``window`` (``j <= i - window``) and padding keys are excluded; pad query rows are finite and
-    ignored by the reductions.
+    ignored by the reductions. ``hidden [B, T, T]`` (bool, optional): more (row, query, key) entries to exclude,
+    those of the ``"attn_mask"`` edits (:mod:`.edits`), so the probabilities are the ones the edited model used.
 
     ``P`` and ``scratch`` (same size, for the consumer's temporaries) are views into one workspace that is
     reused for every chunk: consume a chunk before asking for the next. The workspace is a single allocation
@@ -64,7 +66,10 @@ def attention_chunks(q, k, qmask, scale: float, n_rep: int, window=None, softcap
             allowed = j[:, :w] <= i
             if window:
                 allowed = allowed & (j[:, :w] > i - window)
-            probs.masked_fill_(~(allowed[None, None] & keyok[..., :w]), neg)
+            ok = allowed[None, None] & keyok[..., :w]
+            if hidden is not None:
+                ok = ok & ~hidden[:, None, s:e, :w].to(q.device)
+            probs.masked_fill_(~ok, neg)
             probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()  # softmax, in place
             probs.div_(probs.sum(dim=-1, keepdim=True))
             yield s, probs, ws[block : block + B * H * c * w].view(B, H, c, w)

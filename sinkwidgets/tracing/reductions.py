@@ -11,7 +11,11 @@ machine (a GPU box, or an NDIF server). Each :class:`Reduction` declares four th
                  executors recompute each chunk from q and k, so no ``[T, T]`` map ever exists;
   ``"values"``   the value projection's output ``[B, T, KV*Dh]`` (or the v part of a fused q/k/v projection);
   ``"o_input"``  the output projection's input, the concatenated per-head outputs ``[B, T, H*Dh]``;
-  ``"resid"``    the block's output, the residual stream after the layer ``[B, T, d]``;
+  ``"resid"``    the block's output, the residual stream after the layer ``[B, T, d]`` (after any edit of it,
+                 :mod:`.edits`);
+  ``"logits"``   the model's output logits ``[B, T, V]``, read once after the last layer (units reading it act on
+                 no layer: :meth:`Reduction.layers` returns ``[]``); the executor then keeps every position's
+                 logits instead of the last one only;
 
   ``"values"`` and ``"o_input"`` come with the output projection's weight ``W_O`` (layout in ``ctx.o_layout``);
 - **what it accumulates**: named tensors with a leading batch axis, listed in each unit's docstring;
@@ -40,7 +44,7 @@ import numpy as np
 import torch
 
 #: The sources a unit can read at a layer (see the module docstring).
-SOURCES = ("values", "probs", "o_input", "resid")
+SOURCES = ("values", "probs", "o_input", "resid", "logits")
 
 #: Query rows reduced at once by the eager executor: bounds temporaries to ``[B, H, CHUNK, T]`` instead of
 #: ``[B, H, T, T]`` (at T = 4096 on SmolLM2 a full temporary would be 600 MB per layer).
@@ -63,7 +67,8 @@ class BatchContext:
     """One batch's layout and the model facts the units need (plain tensors and numbers, shipped by value).
 
     ``qmask [B, T]`` real tokens (left padding 0), ``first [B]`` first real position, ``n_real [B]`` number of
-    real tokens; ``o_layout`` is ``"linear"`` (``W_O [d, H*Dh]``) or ``"conv1d"`` (GPT-2's ``[H*Dh, d]``).
+    real tokens; ``o_layout`` is ``"linear"`` (``W_O [d, H*Dh]``) or ``"conv1d"`` (GPT-2's ``[H*Dh, d]``);
+    ``input_ids [B, T]`` the batch's token ids (for units that score the next token, :class:`TokenLoss`).
     """
 
     qmask: torch.Tensor
@@ -75,6 +80,7 @@ class BatchContext:
     n_kv_heads: int
     d_model: int
     o_layout: str = "linear"
+    input_ids: torch.Tensor | None = None
 
     @property
     def B(self) -> int:
@@ -567,6 +573,131 @@ class ResidualRows(_LayerList):
         return f"ResidualRows({self._layers})"
 
 
+class TokenLoss(Reduction):
+    r"""Per-token next-token loss: ``nll [B, T-1]`` with ``nll[b, t] = −log softmax(z_{b,t})[x_{b,t+1}]`` (nats,
+    float32) from the output logits and ``ctx.input_ids``. Lands as ``nll [n-1]`` (the prompt's real tokens: entry
+    t scores real token t+1). Reads ``"logits"``, so the trace keeps the logits of every position.
+    """
+
+    name = "loss"
+    reads = ("logits",)
+
+    def layers(self, n_layers):
+        return []
+
+    def read(self, source, x, w_o, ctx, layer):
+        ids = ctx.input_ids
+        rows = []
+        for b in range(ids.shape[0]):
+            z = x[b, :-1].float()
+            rows.append(torch.nn.functional.cross_entropy(z, ids[b, 1:].to(z.device), reduction="none"))
+        return {"nll": torch.stack(rows)}
+
+    def pack(self, key, per_layer):
+        return per_layer[0]
+
+    def result_bytes(self, B, T, ctx):
+        return B * T * 4
+
+    def land(self, out, b, f):
+        return {"nll": out["nll"][b, f:]}
+
+    def to_sinktrace(self, landed):
+        return {}
+
+
+class AttentionChange(_LayerList):
+    r"""How a batch's edited rows move attention, against row 0 (the clean copy of the same prompt).
+
+    For each chosen layer and head, with :math:`P` row 0's and :math:`P'` row b's probabilities, over queries
+    :math:`t \ge` ``first_query`` (rows share one unpadded prompt of T tokens; :math:`S` = ``sink_cols``):
+
+    - ``dsink [B-1, H]`` :math:`= \operatorname{mean}_t |\sum_{s \in S} (P'_{ts} - P_{ts})|`;
+    - ``tv [B-1, H]`` :math:`= \operatorname{mean}_t \tfrac12 \sum_j |P'_{tj} - P_{tj}|` (total variation);
+    - ``mass [B, H]`` :math:`= \operatorname{mean}_t \sum_{s \in S} P_{ts}` for every row.
+
+    Packed as ``[S, B(-1), H]`` over the chosen layers; lands whole (``attn_change_*``, every row), since the
+    statistics compare rows. :func:`sinkwidgets.interventions.project_out` and friends report them.
+    """
+
+    name = "attn_change"
+    reads = ("probs",)
+
+    def __init__(self, layers, sink_cols=(0,), first_query: int = 1):
+        super().__init__(layers)
+        self.sink_cols = torch.as_tensor(list(sink_cols), dtype=torch.long)
+        self.first_query = int(first_query)
+
+    def begin(self, ctx, layer, device):
+        B, H = ctx.B, ctx.n_heads
+        z = torch.zeros
+        return {"sink": z(B, H, device=device), "dsink": z(B - 1, H, device=device), "tv": z(B - 1, H, device=device),
+                "cols": self.sink_cols.to(device)}
+
+    def chunk(self, state, start, P, scratch, ctx):
+        fq = self.first_query
+        if start + P.shape[2] <= fq:
+            return
+        P = P[:, :, max(0, fq - start):]
+        cols = state["cols"][state["cols"] < P.shape[-1]]
+        sink = P.index_select(-1, cols).sum(-1)  # [B, H, c]
+        state["sink"] += sink.sum(-1)
+        state["dsink"] += (sink[1:] - sink[:1]).abs().sum(-1)
+        state["tv"] += 0.5 * (P[1:] - P[:1]).abs().sum(-1).sum(-1)
+
+    def end(self, state, ctx):
+        n = float(max(1, ctx.T - self.first_query))
+        return {"mass": state["sink"] / n, "dsink": state["dsink"] / n, "tv": state["tv"] / n}
+
+    def result_bytes(self, B, T, ctx):
+        return len(self._layers) * 3 * B * ctx.n_heads * 4
+
+    def land(self, out, b, f):
+        return {"attn_change_" + k: v for k, v in out.items()}
+
+    def to_sinktrace(self, landed):
+        return {}
+
+    def __repr__(self):
+        return f"AttentionChange({self._layers}, sink_cols={self.sink_cols.tolist()})"
+
+
+class TopAbsActivations(Reduction):
+    """Per layer and row, the ``top_k`` largest ``|h|`` of the residual stream after the layer: signed values
+    ``vals [B, k]``, flat indices ``idx [B, k]`` (``t·d + c``) and the exact median ``|h|`` ``med [B]`` over the
+    whole (unpadded) row. :func:`sinkwidgets.interventions.find_massive` reads it; lands as ``scan_vals [L, k]``,
+    ``scan_idx [L, k]`` and ``scan_med [L]``.
+    """
+
+    name = "top_abs"
+    reads = ("resid",)
+
+    def __init__(self, top_k: int):
+        self.top_k = int(top_k)
+
+    def read(self, source, x, w_o, ctx, layer):
+        vals, idxs, meds = [], [], []
+        for b in range(x.shape[0]):
+            a = x[b].float()
+            top = a.abs().flatten().topk(min(self.top_k, a.numel()))
+            vals.append(a.flatten().index_select(0, top.indices))
+            idxs.append(top.indices)
+            meds.append(a.abs().flatten().median())
+        return {"vals": torch.stack(vals), "idx": torch.stack(idxs), "med": torch.stack(meds)}
+
+    def result_bytes(self, B, T, ctx):
+        return ctx.n_layers * B * (self.top_k * 12 + 4)
+
+    def land(self, out, b, f):
+        return {"scan_vals": out["vals"][:, b], "scan_idx": out["idx"][:, b], "scan_med": out["med"][:, b]}
+
+    def to_sinktrace(self, landed):
+        return {}
+
+    def __repr__(self):
+        return f"TopAbsActivations(top_k={self.top_k})"
+
+
 @dataclass
 class UnitSet:
     """The units one trace runs, checked against the model: names unique, layers and heads in range."""
@@ -576,6 +707,7 @@ class UnitSet:
     n_heads: int
     d_model: int
     active: dict[int, list[Reduction]] = field(default_factory=dict)
+    final: list[Reduction] = field(default_factory=list)
 
     def __post_init__(self):
         names = [u.name for u in self.units]
@@ -586,6 +718,8 @@ class UnitSet:
             bad = [s for s in u.reads if s not in SOURCES]
             if bad or not u.reads:
                 raise ValueError(f"{u!r} reads {u.reads}; a unit reads one or more of {SOURCES}")
+            if "logits" in u.reads:
+                self.final.append(u)
             for l in u.layers(self.n_layers):
                 if not 0 <= l < self.n_layers:
                     raise ValueError(f"{u!r}: layer {l} is out of range, the model has layers 0..{self.n_layers - 1}")
@@ -603,6 +737,10 @@ class UnitSet:
 
     def needs(self, layer: int) -> set[str]:
         return {s for u in self.active.get(layer, ()) for s in u.reads}
+
+    def needs_logits(self) -> bool:
+        """Whether a unit reads the output logits (the executor then keeps every position's logits)."""
+        return bool(self.final)
 
     def result_bytes(self, B: int, T: int, ctx: BatchContext) -> int:
         return sum(u.result_bytes(B, T, ctx) for u in self.units)

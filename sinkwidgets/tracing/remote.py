@@ -57,8 +57,8 @@ DEFAULT_MAX_RESULT_BYTES = 2**30
 STATUS_URL = "https://nnsight.net/status/"
 KEY_URL = "https://login.ndif.us"
 #: Modules whose functions the traced block calls: shipped to the server by value (NDIF has no sinkwidgets).
-BY_VALUE_MODULES = ("sinkwidgets.tracing.reductions", "sinkwidgets.tracing.collect", "sinkwidgets.tracing.qk",
-                    "sinkwidgets.tracing.chunked")
+BY_VALUE_MODULES = ("sinkwidgets.tracing.reductions", "sinkwidgets.tracing.edits", "sinkwidgets.tracing.collect",
+                    "sinkwidgets.tracing.qk", "sinkwidgets.tracing.chunked")
 
 
 # ----------------------------------------------------------------------------- options
@@ -215,8 +215,8 @@ class RemoteSession:
     """One remote trace: resolves options, builds the backend, and turns failures into clear errors."""
 
     def __init__(self, model, info, remote, by_value: tuple[str, ...] = ()):
-        """``by_value``: more modules (beyond :data:`BY_VALUE_MODULES`) whose code the block calls, e.g. an
-        intervention module; they must be plain torch, as NDIF cannot import sinkwidgets."""
+        """``by_value``: more modules (beyond :data:`BY_VALUE_MODULES`) whose code the block calls; they must be
+        plain torch, as NDIF cannot import sinkwidgets."""
         self.model, self.info = model, info
         self.by_value = tuple(BY_VALUE_MODULES) + tuple(m for m in by_value if m not in BY_VALUE_MODULES)
         self.opts = options_for(remote, info)
@@ -224,9 +224,10 @@ class RemoteSession:
         self._backend = None
         self._t0 = None
 
-    def check_result_size(self, units, ctx) -> int:
-        """Estimate the download (:meth:`UnitSet.result_bytes`) and refuse it before sending if over the limit."""
-        n = units.result_bytes(ctx.B, ctx.T, ctx)
+    def check_result_size(self, units, ctx, edits=None) -> int:
+        """Estimate the download (:meth:`UnitSet.result_bytes`, plus the edits' reports) and refuse it before
+        sending if over the limit."""
+        n = units.result_bytes(ctx.B, ctx.T, ctx) + (edits.result_bytes(ctx.B, ctx.T, ctx) if edits else 0)
         if n > self.opts.max_result_bytes:
             raise RemoteResultTooLargeError(
                 f"this trace would download about {n / 2**20:,.0f} MiB, more than max_result_bytes="
@@ -271,7 +272,8 @@ class RemoteSession:
         }
 
 
-def run_remote(model, info, remote, inputs: dict, fwd_kwargs: dict, units, ctx, budget: int | None = None):
+def run_remote(model, info, remote, inputs: dict, fwd_kwargs: dict, units, ctx, budget: int | None = None,
+               edits=None):
     """The remote executor: the chunked block (:func:`~.chunked.chunked_block`) shipped to NDIF → ``(packed, meta)``.
 
     The download is estimated from the units (:meth:`~.reductions.UnitSet.result_bytes`) and refused before
@@ -283,10 +285,10 @@ def run_remote(model, info, remote, inputs: dict, fwd_kwargs: dict, units, ctx, 
     plan = layer_plan(model, info)
     check_values(info, units)
     session = RemoteSession(model, info, remote)
-    session.check_result_size(units, ctx)
+    session.check_result_size(units, ctx, edits)
     backend = session.backend()
     with session.guard():
-        out = chunked_block(model, inputs, fwd_kwargs, plan, units, ctx, budget or CHUNK_BYTES, backend)
+        out = chunked_block(model, inputs, fwd_kwargs, plan, units, ctx, budget or CHUNK_BYTES, backend, edits)
     return out, session.meta()
 
 
