@@ -1,0 +1,67 @@
+"""sinkwidgets.tags.mechanism on SmolLM2-135M: the pilot's robust facts, on texts written here.
+
+- L2H2's tag is shown (its sink direction is its own: held-out EV far above the non-sink value control);
+- L5H6's tag is not shown (the non-sink value control explains about as much as the tag);
+- L1H1's release is not shown (later heads' attention on the sink does not move), and per unit of residual norm
+  removed its tag costs less than the top PCs.
+
+The negatives are asserted as negatives: no test requires a head to show all three steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_tags_models import NATURAL
+
+from sinkwidgets import tags
+
+pytestmark = [pytest.mark.models, pytest.mark.usefixtures("one_blas_thread")]
+
+# word-table paragraphs with a seed no other test uses
+TEXTS = tags.paragraphs(30, seed=21)
+
+
+@pytest.fixture(scope="module")
+def tag_data(smollm2):
+    return tags.collect(smollm2, TEXTS, heads=[(2, 2), (5, 6)], maps=True, progress=False)
+
+
+@pytest.fixture(scope="module")
+def l1h1(smollm2):
+    return tags.mechanism(smollm2, NATURAL[:12], (1, 1), release_texts=12, release_random=3)
+
+
+def test_l2h2_tag_shown(smollm2, tag_data):
+    rep = tags.mechanism(smollm2, TEXTS, (2, 2), steps=("catch", "tag"), data=tag_data)
+    assert rep.shown["tag"] is True, str(rep)
+    assert rep.tag.ev - rep.tag.value_control >= 0.3, str(rep)  # pilot: 0.77 vs 0.04
+    assert rep.tag.ev >= 100 * rep.tag.random_floor
+    assert rep.shown["release"] is None and rep.release is None
+    assert "L2H2" in str(rep) and "value control" in str(rep)
+
+
+def test_l5h6_tag_not_shown(smollm2, tag_data):
+    rep = tags.mechanism(smollm2, TEXTS, (5, 6), steps=("tag",), data=tag_data)
+    assert rep.shown["tag"] is False, str(rep)
+    assert abs(rep.tag.ev - rep.tag.value_control) <= 0.1, str(rep)  # the value control ≈ the EV (pilot: cos 0.94)
+    assert rep.tag.ev >= 0.5  # a large EV alone: the tag is the head's ordinary value direction
+
+
+def test_l1h1_catches_but_release_not_shown(l1h1):
+    rep = l1h1
+    assert rep.shown["catch"] is True, str(rep)  # pilot: 0.78 of later-sentence tokens at τ = 0.3
+    assert rep.shown["release"] is False, str(rep)
+    r = rep.release
+    # later heads' attention on the sink does not move (pilot: |Δ| <= 0.01), nor beyond the norm-matched draws
+    assert abs(r.sink_shift) < 0.05, str(r)
+    assert len(r.dnll_matched) == 3 and len(r.rank_matched) == 3
+    assert all(abs(f - r.norm_fraction) <= 0.05 for f in r.norm_fraction_matched), str(r)
+    assert r.verdict.startswith("verdict: release NOT shown") and str(r).splitlines()[-1] == r.verdict
+
+
+def test_release_l1h1_per_norm_below_pcs(l1h1):
+    r = l1h1.release  # a tags.release result
+    assert r.norm_fraction > 2 * np.mean(r.norm_fraction_random), str(r)  # pilot: 0.20 vs 0.06
+    assert r.norm_fraction_pcs > r.norm_fraction, str(r)
+    assert r.dnll_per_norm < r.dnll_per_norm_pcs, str(r)  # per unit of norm removed, the PCs hurt more
+    assert r.dnll > 0
