@@ -233,3 +233,88 @@ def test_short_prompts_keep_maps_by_default_so_the_first_explorer_shows_one(smol
     ex = sw.SinkExplorer(tr)
     assert "not kept" not in str(ex._map.get("message", ""))
     assert sw.trace(smollm2, "The cat.", keep_maps=None).maps is None
+
+
+# ----------------------------------------------------------------------------- edits
+MASK_TEXT = ("The old lighthouse keeper climbed the stairs every evening to light the lamp, watching the ships pass by "
+             "in the dark.")
+
+
+@pytest.mark.models
+def test_a_trace_under_mask_sink_moves_the_sink_to_token_1(smollm2):
+    """mask_sink's edit (key 0 hidden from every query t >= 1, in every layer): token 1 becomes the sink. SmolLM2,
+    layers 12-29: token 1's α goes from ~0.02 to ~0.66, and the first-token mass to exactly 0."""
+    from sinkwidgets.interventions import mask_sink_edit
+
+    edit = mask_sink_edit(smollm2, "all", token=0)
+    clean = sw.trace(smollm2, MASK_TEXT, keep_maps=None)
+    masked = sw.trace(smollm2, MASK_TEXT, keep_maps=None, edits=[edit])
+    a0, a1 = clean.sink_scores[12:30, :, 1].mean(), masked.sink_scores[12:30, :, 1].mean()
+    assert a0 < 0.05 and 0.45 < a1 < 0.85, (a0, a1)
+    assert clean.first_token_mass[12:30].mean() > 0.4 and masked.first_token_mass.max() < 1e-6
+    # α of token 0 under the mask: only query 0 attends to it (itself, weight 1), so α_0 = 1 / T exactly
+    np.testing.assert_allclose(masked.sink_scores[:, :, 0], 1 / masked.n_tokens, atol=1e-6)
+    assert masked.meta["edits"] == [repr(edit)] and "edits" not in clean.meta
+    # the same edit on the eager and the chunked executor gives the same trace
+    chunked = sw.trace(smollm2, MASK_TEXT, keep_maps=None, edits=[edit], method="chunked")
+    assert masked.meta["method"] == "eager" and chunked.meta["method"] == "chunked"
+    for f in ("sink_scores", "first_token_mass", "entropy", "resid_norms"):
+        np.testing.assert_allclose(getattr(chunked, f), getattr(masked, f), atol=2e-4, rtol=1e-4, err_msg=f)
+
+
+@pytest.mark.models
+def test_edits_in_a_padded_batch_equal_one_prompt_alone(smollm2):
+    """Edits count positions from each prompt's first real token: a left-padded batch gives each prompt's own result,
+    and a residual edit's per-token weights are right-aligned to the real tokens."""
+    from sinkwidgets.tracing.edits import HideKeys, ProjectOut
+
+    U = torch.zeros(576, 1)
+    U[507, 0] = 1.0
+    texts = [MASK_TEXT, "The cat sat on the mat."]
+    for edit in (HideKeys(range(30), [0]), ProjectOut(11, U, torch.ones(1, 6))):
+        alone = [run_units(smollm2, [t], [R.AttentionSummary(), R.TokenLoss()], edits=[edit], method="chunked")[0]
+                 for t in texts]
+        batch = run_units(smollm2, texts, [R.AttentionSummary(), R.TokenLoss()], edits=[edit], method="chunked")
+        for a, b in zip(alone, batch):
+            for k in ("sink_scores", "nll"):
+                np.testing.assert_allclose(b.arrays[k], a.arrays[k], atol=2e-4, rtol=1e-3, err_msg=k)
+        assert batch[0].meta["edits"] == [repr(edit)]
+
+
+@pytest.mark.models
+def test_token_loss_equals_plain_forward(smollm2):
+    ids = sw.tracing.tokenize(smollm2, MASK_TEXT, None)[0]
+    got = run_units(smollm2, [MASK_TEXT], [R.TokenLoss()], method="chunked")[0].arrays["nll"]
+    with torch.no_grad():
+        z = smollm2._module(torch.tensor([ids])).logits[0].float()
+    want = torch.nn.functional.cross_entropy(z[:-1], torch.tensor(ids[1:]), reduction="none").numpy()
+    assert got.shape == (len(ids) - 1,)
+    np.testing.assert_allclose(got, want, atol=2e-4)
+
+
+@pytest.mark.unit
+def test_edit_set_checks_names_sites_and_layers():
+    from sinkwidgets.tracing.edits import EditSet, HideKeys, ProjectHeadWrite
+
+    with pytest.raises(ValueError, match="unique"):
+        EditSet([HideKeys([1], [0]), HideKeys([2], [0])], 4, 2, 8)
+    with pytest.raises(ValueError, match="out of range"):
+        EditSet([HideKeys([4], [0])], 4, 2, 8)
+    with pytest.raises(ValueError, match="head=2"):
+        EditSet([ProjectHeadWrite(1, 2, torch.zeros(8, 1), torch.ones(1, 3))], 4, 2, 8)
+    es = EditSet([HideKeys([1], [0], name="a"), ProjectHeadWrite(1, 0, torch.zeros(8, 1), torch.ones(1, 3))], 4, 2, 8)
+    assert es.needs(1) == {"attn_mask", "resid", "o_input"} and es.needs(0) == set()
+
+
+@pytest.mark.unit
+def test_hide_keys_counts_from_the_first_real_token_and_keeps_a_lone_key():
+    from sinkwidgets.tracing.edits import HideKeys
+
+    qmask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
+    ctx = R.BatchContext(qmask=qmask, first=torch.tensor([0, 1]), n_real=qmask.sum(-1), causal=True, n_layers=2,
+                         n_heads=1, n_kv_heads=1, d_model=4)
+    hid = HideKeys([0], [0, 1]).hide(0, ctx, "cpu")
+    # prompt 0: query 1 would see nothing, so it keeps keys 0, 1; queries 2, 3 lose them
+    assert hid[0].int().tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
+    assert hid[1].int().tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]]
+    assert not HideKeys([0], [0], rows=[1]).hide(0, ctx, "cpu")[0].any()

@@ -79,6 +79,49 @@ def test_project_out_equals_plain_hook(smollm2):
     assert (res.attention["tv"] >= res.attention["sink_delta"] / 2 - 1e-6).all()  # |Δ on a set| <= 2 TV
 
 
+
+def test_project_out_one_heads_write_equals_plain_hooks(smollm2):
+    """project_out(..., head=h): at layer l, only head h's own write c_t = o_{t,h} W_O^h loses its component along U,
+    h_t <- h_t - w_t (c_t U) U^T; checked against forward hooks on o_proj (its input) and on the block (the edit)."""
+    from sinkwidgets.interventions import project_out
+
+    info = smollm2.sinkwidgets
+    layer, head = 3, 5
+    basis = np.random.default_rng(2).normal(size=(info.d_model, 2))
+    text = PARAGRAPHS[1]
+    res = project_out(smollm2, text, layer, basis, head=head, attention_layers=[4, 9])
+    hf = smollm2._module
+    ids = ids_of(smollm2, text)
+    U = torch.tensor(np.linalg.qr(basis)[0], dtype=torch.float32)
+    blk = hf.model.layers[layer]
+    Dh = info.head_dim
+    got = {}
+    pre = blk.self_attn.o_proj.register_forward_pre_hook(lambda m, a: got.__setitem__("o", a[0].detach()))
+
+    def hook(mod, args, out):
+        h = out[0] if isinstance(out, tuple) else out
+        W = blk.self_attn.o_proj.weight  # [d, H*Dh]
+        c = got["o"][..., head * Dh:(head + 1) * Dh] @ W[:, head * Dh:(head + 1) * Dh].T  # [1, T, d]
+        h2 = h.clone()
+        h2[:, 1:] = h[:, 1:] - (c[:, 1:] @ U) @ U.T
+        return (h2, *out[1:]) if isinstance(out, tuple) else h2
+
+    try:
+        ref = plain_nll(hf, ids, (blk, hook))
+    finally:
+        pre.remove()
+    np.testing.assert_allclose(res.nll["projected"][0], ref, atol=2e-4)
+    np.testing.assert_allclose(res.nll["clean"][0], plain_nll(hf, ids), atol=2e-4)
+    assert res.meta["head"] == head and res.attention["sink_mass"].shape == (1, 2, 2, info.n_heads)
+    # a real edit: it moves the loss, and differently from removing the whole stream's component along U
+    whole = project_out(smollm2, text, layer, basis, attention_layers=None)
+    assert np.abs(res.nll["projected"][0] - res.nll["clean"][0]).max() > 1e-3
+    assert not np.allclose(res.nll["projected"][0], whole.nll["projected"][0], atol=1e-3)
+    from sinkwidgets.interventions import InterventionError
+
+    with pytest.raises(InterventionError, match="head=9"):
+        project_out(smollm2, text, layer, basis, head=9)
+
 def test_project_out_massive_direction_vs_random(smollm2):
     """Projecting the massive channel (507) out everywhere after layer 11 destroys the loss; a random direction at
     non-sink positions barely moves it (the released token-0 activation is what the model relies on)."""

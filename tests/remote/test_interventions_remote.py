@@ -65,3 +65,29 @@ def test_remote_argument_errors_before_sending(remote_smollm2, reset_server):
 
     with pytest.raises(InterventionError, match="sink_positions"):
         project_out(remote_smollm2, TEXTS[0], 5, np.ones(576), sink_positions=(500,))
+
+
+def test_trace_under_an_edit_remote_equals_local(remote_smollm2, smollm2, reset_server):
+    """mask_sink's edit (key 0 hidden in every layer) and a residual edit run on NDIF as on the local eager and
+    chunked executors: the edit classes are shipped by value with the engine (tracing/edits.py)."""
+    import torch
+
+    import sinkwidgets as sw
+    from sinkwidgets.interventions import mask_sink_edit
+    from sinkwidgets.tracing.edits import ProjectOut
+
+    edit = mask_sink_edit(smollm2, "all", token=0)
+    r = sw.trace(remote_smollm2, TEXTS[0], edits=[edit])
+    ch = sw.trace(smollm2, TEXTS[0], edits=[edit], method="chunked", keep_maps=None)
+    ea = sw.trace(smollm2, TEXTS[0], edits=[edit], method="eager", keep_maps=None)
+    assert r.meta["remote"] and r.meta["edits"] == ch.meta["edits"] == [repr(edit)]
+    assert r.sink_scores[12:30, :, 1].mean() > 0.45 and r.first_token_mass.max() < 1e-6
+    for f in ("sink_scores", "first_token_mass", "entropy", "resid_norms"):
+        np.testing.assert_allclose(getattr(r, f), getattr(ch, f), atol=1e-4, rtol=1e-4, err_msg=f)
+        np.testing.assert_allclose(getattr(r, f), getattr(ea, f), atol=2e-4, rtol=1e-4, err_msg=f)
+    U = torch.zeros(576, 1)
+    U[507, 0] = 1.0
+    proj = ProjectOut(11, U, torch.ones(1, 4))
+    r2 = sw.trace(remote_smollm2, TEXTS[1], edits=[proj])
+    l2 = sw.trace(smollm2, TEXTS[1], edits=[proj], method="chunked", keep_maps=None)
+    np.testing.assert_allclose(r2.sink_scores, l2.sink_scores, atol=1e-4, rtol=1e-4)
