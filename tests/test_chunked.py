@@ -57,7 +57,7 @@ def reference_probs(q, k, qmask, scale, n_rep, window=None, softcap=None):
 @pytest.mark.parametrize("window,softcap", [(None, None), (5, None), (None, 30.0), (7, 50.0)])
 def test_kernel_matches_full_computation(window, softcap):
     from sinkwidgets.tracing import reduce_attention
-    from sinkwidgets.tracing.chunked import reduce_qk
+    from sinkwidgets.tracing.chunked import AttentionParams, reduce_qk
 
     torch.manual_seed(0)
     B, H, KV, T, D = 2, 6, 2, 37, 16
@@ -69,8 +69,9 @@ def test_kernel_matches_full_computation(window, softcap):
     scale = D**-0.5
     P = reference_probs(q, k, qmask, scale, H // KV, window, softcap)
     want = reduce_attention(P, qmask, first, n_real, True)
-    got = reduce_qk(q, k, qmask, first, n_real, scale, H // KV, window, softcap, True, keep_heads=[1, 4],
-                    map_dtype=torch.float32, budget=B * H * T * 4 * 5)  # 16-row chunks: several per call
+    got = reduce_qk(q, k, AttentionParams(scale, H // KV, window, softcap), qmask=qmask, first=first, n_real=n_real,
+                    causal=True, keep_heads=[1, 4], map_dtype=torch.float32,
+                    budget=B * H * T * 4 * 5)  # 16-row chunks: several per call
     for w, g in zip(want, got[:3], strict=True):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
     real = qmask.bool()

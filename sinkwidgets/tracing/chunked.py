@@ -28,7 +28,15 @@ import torch
 from ..errors import ChunkedUnsupportedError, ReductionUnsupportedError
 from .collect import Collector
 from .edits import EditSet, set_attention_mask
-from .qk import CHUNK_BYTES, MAX_CHUNK, MIN_CHUNK, attention_chunks, chunk_rows, reduce_qk  # noqa: F401
+from .qk import (  # noqa: F401 - re-exported
+    CHUNK_BYTES,
+    MAX_CHUNK,
+    MIN_CHUNK,
+    AttentionParams,
+    attention_chunks,
+    chunk_rows,
+    reduce_qk,
+)
 from .reductions import BatchContext, UnitSet
 
 
@@ -117,18 +125,17 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
             if not need:
                 continue
             oproj = plan.oprojs[li]
-            scale, n_rep, window, softcap = plan.params[li]
+            params = AttentionParams.of(plan.params[li])
             hidden = None
             if "attn_mask" in need:
                 hidden = col.hidden(li, ctx.qmask.device)
-                set_attention_mask(plan.attns[li], col.attention_mask(li, window, ctx.qmask.device))
+                set_attention_mask(plan.attns[li], col.attention_mask(li, params.window, ctx.qmask.device))
             if "values" in need:
                 col.feed(li, "values", read_values(plan.vprojs[li], plan.v_split), oproj.weight)
             if "probs" in need:
                 q, k = plan.attns[li].source.apply_rotary_pos_emb_0.output
                 B, H, T, _ = q.shape
-                col.feed_probs(li, attention_chunks(q, k, ctx.qmask, scale, n_rep, window, softcap,
-                                                    chunk_rows(B, H, T, budget), hidden))
+                col.feed_probs(li, attention_chunks(q, k, ctx.qmask, params, chunk_rows(B, H, T, budget), hidden))
                 del q, k
             if "o_input" in need:
                 col.feed(li, "o_input", oproj.input, oproj.weight)

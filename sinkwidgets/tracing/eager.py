@@ -92,5 +92,6 @@ def _windows(model, info, edits: EditSet | None) -> list:
     if edits is None or not any(e.site == "attn_mask" for e in edits.edits):
         return [None] * info.n_layers
     from .chunked import layer_plan
+    from .qk import AttentionParams
 
-    return [p[2] for p in layer_plan(model, info).params]
+    return [AttentionParams.of(p).window for p in layer_plan(model, info).params]

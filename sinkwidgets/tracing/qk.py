@@ -6,6 +6,8 @@ probabilities here; the units that read ``"probs"`` consume one chunk at a time.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from .reductions import reduce_attention_chunks
@@ -16,6 +18,25 @@ CHUNK_BYTES = 16 * 2**20
 MIN_CHUNK, MAX_CHUNK = 16, 512
 
 
+@dataclass(frozen=True)
+class AttentionParams:
+    """How one layer turns q and k into probabilities: ``softmax(q kᵀ · scale [tanh soft-cap] + mask)``.
+
+    ``n_rep``: query heads per key head (grouped-query attention: query head h reads key head ``h // n_rep``);
+    ``window``: sliding window (keys ``j <= i - window`` are hidden) or None; ``softcap``: Gemma 2's logit
+    soft-cap or None. :meth:`of` reads the chunked plan's per-layer ``(scale, n_rep, window, softcap)``.
+    """
+
+    scale: float
+    n_rep: int = 1
+    window: int | None = None
+    softcap: float | None = None
+
+    @classmethod
+    def of(cls, params) -> AttentionParams:
+        return params if isinstance(params, cls) else cls(*params)
+
+
 # ----------------------------------------------------------------------------- kernels (torch only)
 def chunk_rows(B: int, H: int, T: int, budget: int = CHUNK_BYTES) -> int:
     """Query rows per chunk so that one ``[B, H, c, T]`` float32 block fits in ``budget`` bytes."""
@@ -23,14 +44,13 @@ def chunk_rows(B: int, H: int, T: int, budget: int = CHUNK_BYTES) -> int:
     return int(max(MIN_CHUNK, min(MAX_CHUNK, c)))
 
 
-def attention_chunks(q, k, qmask, scale: float, n_rep: int, window=None, softcap=None, rows: int = 128,
-                     hidden=None):
+def attention_chunks(q, k, qmask, params: AttentionParams, rows: int = 128, hidden=None):
     """Yield ``(start, P, scratch)``: probabilities ``P [B, H, c, w]`` (float32) for query rows ``start:start+c``
     over keys ``0..w-1`` with ``w = start + c`` (causal: later keys get exactly zero and are not computed).
 
     ``q [B, H, T, D]`` and ``k [B, KV, T, D]`` are post-RoPE (as the attention module uses them), ``qmask [B, T]``
-    marks real tokens (left padding 0). Masking matches Hugging Face eager attention: causal, keys outside a
-    sliding ``window`` (``j <= i - window``) and padding keys are excluded; pad query rows are finite and
+    marks real tokens (left padding 0), ``params`` the layer's :class:`AttentionParams`. Masking matches Hugging
+    Face eager attention: causal, keys outside a sliding ``window`` (``j <= i - window``) and padding keys are excluded; pad query rows are finite and
     ignored by the reductions. ``hidden [B, T, T]`` (bool, optional): more (row, query, key) entries to exclude,
     those of the ``"attn_mask"`` edits (:mod:`.edits`), so the probabilities are the ones the edited model used.
 
@@ -39,6 +59,7 @@ def attention_chunks(q, k, qmask, scale: float, n_rep: int, window=None, softcap
     (above glibc's 32 MiB dynamic mmap ceiling when it is large), so it goes back to the OS when freed instead
     of fragmenting the heap: without this, peak RSS grew by ~35 % at T = 2048.
     """
+    scale, n_rep, window, softcap = params.scale, params.n_rep, params.window, params.softcap
     with torch.autocast(device_type=q.device.type, enabled=False):  # NDIF runs requests under bf16 autocast
         B, H, T, D = q.shape
         KV = k.shape[1]
@@ -75,9 +96,12 @@ def attention_chunks(q, k, qmask, scale: float, n_rep: int, window=None, softcap
             yield s, probs, ws[block : block + B * H * c * w].view(B, H, c, w)
 
 
-def reduce_qk(q, k, qmask, first, n_real, scale: float, n_rep: int, window=None, softcap=None, causal: bool = True,
-              keep_heads=None, map_dtype=torch.float16, budget: int = CHUNK_BYTES):
+def reduce_qk(q, k, params: AttentionParams, *, qmask, first, n_real, causal: bool = True, keep_heads=None,
+              map_dtype=torch.float16, budget: int = CHUNK_BYTES):
     """α ``[B, H, T]``, first-token mass ``[B, H]``, entropy ``[B, H]`` (and ``keep_heads``' maps) from q and k.
+
+    ``qmask [B, T]``, ``first [B]``, ``n_real [B]`` describe the (left-padded) batch as in
+    :class:`~.reductions.BatchContext`; ``params`` is the layer's :class:`AttentionParams`.
 
     The same outputs and conventions as :func:`sinkwidgets.tracing.reduce_attention` on the eager map; a
     stand-alone form of what the chunked executor does per layer with :class:`~.reductions.AttentionSummary`,
@@ -87,7 +111,7 @@ def reduce_qk(q, k, qmask, first, n_real, scale: float, n_rep: int, window=None,
     kept = []
 
     def chunks():
-        for item in attention_chunks(q, k, qmask, scale, n_rep, window, softcap, chunk_rows(B, H, T, budget)):
+        for item in attention_chunks(q, k, qmask, params, chunk_rows(B, H, T, budget)):
             if keep_heads is not None:
                 kept.append(torch.nn.functional.pad(item[1][:, keep_heads].to(map_dtype), (0, T - item[1].shape[-1])))
             yield item
