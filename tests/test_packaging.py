@@ -105,11 +105,17 @@ def _share_site_packages(py: Path) -> tuple[Path, list[str]]:
 def test_wheel_in_a_fresh_venv(dists, tmp_path):
     wheel, _ = dists
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    # --without-pip: a Debian system Python without python3-venv has no ensurepip, and the venv needs no pip of its own
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
-    # the wheel goes in while the venv sees only itself, so pip cannot mistake another sinkwidgets for it
-    proc = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check",
-                           "-q", str(wheel)], capture_output=True, text=True, timeout=300)
+    # the wheel goes in while the venv sees only itself, so pip cannot mistake another sinkwidgets for it; the running
+    # interpreter's pip installs into the venv (pip >= 22.3: --python), else the venv gets its own pip first
+    install = ["install", "--no-deps", "--no-index", "--disable-pip-version-check", "-q", str(wheel)]
+    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(py), *install], capture_output=True, text=True,
+                          timeout=300)
+    if proc.returncode != 0 and "--python" in proc.stderr:
+        subprocess.run([str(py), "-m", "ensurepip", "-q"], check=True, timeout=300)
+        proc = subprocess.run([str(py), "-m", "pip", *install], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     purelib, dirs = _share_site_packages(py)
     assert dirs, "the running interpreter reports no site-packages to share"
