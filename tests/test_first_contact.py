@@ -85,3 +85,21 @@ def test_sinks_table_escapes_and_shows_whitespace():
     frame = sinks.to_frame()
     assert isinstance(frame, pd.DataFrame) and len(frame) == len(sinks)
     assert list(frame.columns) == ["layer", "head", "k", "token", "alpha", "n_queries"]
+
+
+def test_ticking_shows_the_elapsed_time_of_a_long_step(capsys, monkeypatch):
+    import time
+
+    from sinkwidgets.models._progress import ticking
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    with ticking("converting smollm2-135m (once)", interval=0.05) as bar:
+        assert bar is not None and not bar.disable
+        time.sleep(0.3)
+    err = capsys.readouterr().err
+    assert err.count("converting smollm2-135m (once): 00:00") >= 3, err  # redrawn while the step ran
+    with ticking("quick", delay=5.0, interval=0.02):
+        time.sleep(0.1)
+    with ticking("quiet", enabled=False) as bar:
+        assert bar is None
+    assert "quick" not in capsys.readouterr().err  # shorter than its delay: nothing shown
