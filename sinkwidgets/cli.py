@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from ._text import show_token
-from .errors import SinkwidgetsValueError
+from .errors import SinkwidgetsError, SinkwidgetsValueError
 
 #: Prompts up to this many tokens keep every attention map for ``scan --html``.
 HTML_MAPS_MAX_TOKENS = 256
@@ -511,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the command line reports, never dumps a traceback
         if debug:
             raise
-        known = isinstance(exc, (ValueError, TypeError, KeyError, OSError, RuntimeError))
+        known = isinstance(exc, (SinkwidgetsError, ValueError, TypeError, KeyError, OSError, RuntimeError))
         text = str(exc) if known and str(exc) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in text:
             text = f"{text}: {exc.filename}"

@@ -144,3 +144,17 @@ def test_layer_ticks_count_the_blocks_of_a_real_trace(smollm2):
     assert st._done == n  # hooks gone
     with cli._layer_ticks(object(), st):  # a model without blocks: no count, no error
         pass
+
+
+@pytest.mark.unit
+def test_a_family_error_is_one_line_without_its_class_name(monkeypatch, capsys):
+    from sinkwidgets.errors import SinkwidgetsError
+
+    def load(name):
+        raise SinkwidgetsError("the model cache is read-only; set SINKWIDGETS_CACHE to a writable folder")
+
+    monkeypatch.setattr(cli, "_load_model", load)
+    code = cli.main(["scan", "some text", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("sinkwidgets: error: the model cache is read-only;"), err
+    assert "SinkwidgetsError" not in err and "Traceback" not in err
