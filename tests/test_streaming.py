@@ -151,3 +151,32 @@ def test_exact_method_is_refused_outside_its_families_in_ppl_and_sweep(gemma3, s
                                          max_tokens=256)):
         with pytest.raises(StreamingError, match="supports rotary families.*gemma3.*method='mask'"):
             call()
+
+
+def test_streaming_gives_the_same_results_with_options_or_keywords(smollm2, doc_ids):
+    """streaming_ppl and streaming_sweep read add_bos / max_tokens from options= as from their keywords; remote
+    options are refused (the banded attention is local) and an option given twice is an error."""
+    from sinkwidgets.streaming import StreamingError, streaming_ppl, streaming_sweep
+    from sinkwidgets.tracing.options import RunOptions
+
+    text = smollm2.tokenizer.decode(doc_ids[:300])
+    kw = dict(window=64, n_sink=1, method="exact", recompute=4)
+    a = streaming_ppl(smollm2, text, **kw, max_tokens=200, add_bos=True)
+    b = streaming_ppl(smollm2, text, **kw, options=RunOptions(max_tokens=200, add_bos=True, batch_size=3,
+                                                             progress=False))
+    assert a.meta["n_tokens"] == b.meta["n_tokens"] == 200
+    assert set(a.nll) == set(b.nll) == {"dense", "window", "sink1 exact"}
+    for name in a.nll:
+        np.testing.assert_array_equal(a.nll[name], b.nll[name], err_msg=name)
+    np.testing.assert_array_equal(a.recompute["positions"], b.recompute["positions"])
+    np.testing.assert_allclose(a.recompute["nll"], b.recompute["nll"], atol=1e-5)  # batches of 8 vs 3
+    sa = streaming_sweep(smollm2, text, windows=(64,), n_sinks=(0, 1), max_tokens=150)
+    sb = streaming_sweep(smollm2, text, windows=(64,), n_sinks=(0, 1), options=RunOptions(max_tokens=150,
+                                                                                         progress=False))
+    assert sa.rows() == sb.rows() and sa.meta["n_tokens"] == 150
+    with pytest.raises(StreamingError, match=r"streaming_ppl runs locally only, got options=RunOptions\(remote=True\)"):
+        streaming_ppl(smollm2, text, **kw, options=RunOptions(remote=True))
+    with pytest.raises(ValueError, match="max_tokens is given twice"):
+        streaming_sweep(smollm2, text, windows=(64,), max_tokens=100, options=RunOptions(max_tokens=150))
+    with pytest.raises(ValueError, match="max_tokens must be an integer >= 2 or None, got 1"):
+        streaming_ppl(smollm2, text, **kw, max_tokens=1)
