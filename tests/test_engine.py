@@ -318,3 +318,13 @@ def test_hide_keys_counts_from_the_first_real_token_and_keeps_a_lone_key():
     assert hid[0].int().tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 0, 0]]
     assert hid[1].int().tolist() == [[0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]]
     assert not HideKeys([0], [0], rows=[1]).hide(0, ctx, "cpu")[0].any()
+
+
+@pytest.mark.models
+def test_mask_edits_on_an_encoder_are_a_clear_error(minilm):
+    from sinkwidgets.tracing.edits import HideKeys
+
+    with pytest.raises(ValueError, match="rotary"):
+        sw.trace(minilm, "The cat sat on the mat.", edits=[HideKeys([0], [0])])
+    with pytest.raises(TypeError, match="Edit objects"):
+        sw.trace(minilm, "The cat sat on the mat.", edits=[("mask", 0)])

@@ -70,7 +70,7 @@ class _Engine:
         from ..tracing.api import run_units
 
         return run_units(self.model, [text] * len(rows), units, edits=edits, token_ids=rows, batch_size=len(rows),
-                         method="chunked", remote=self.remote or False, progress=False)
+                         method="chunked", remote=self.remote or False, progress=False, pin_mmap_threshold=False)
 
 
 def _units(stats: list[int], sink_cols) -> list:

@@ -259,6 +259,7 @@ def run_units(
     remote: Any = False,
     progress: bool | None = None,
     desc: str | None = None,
+    pin_mmap_threshold: bool | None = None,
     _encoded: list | None = None,
 ) -> list[PromptResult]:
     """Run in-trace reductions (:mod:`sinkwidgets.tracing.reductions`) over prompts → one :class:`PromptResult` each.
@@ -272,7 +273,9 @@ def run_units(
     ``edits`` (:mod:`sinkwidgets.tracing.edits`) change the forward pass; every executor applies them in forward
     order with the units, which then see the edited model (``meta["edits"]`` lists them). ``token_ids``: one list
     of token ids per text, used as given instead of tokenizing (``texts`` are then labels; ``add_bos`` and
-    ``max_tokens`` do not apply).
+    ``max_tokens`` do not apply). ``pin_mmap_threshold``: pin glibc's mmap threshold (:data:`MMAP_THRESHOLD_BYTES`,
+    process-wide and lasting) before a local chunked trace; None (default) does so for every local chunked trace,
+    False never (the interventions run many short chunked passes and leave the allocator alone).
     """
     info = _info(model)
     texts, _ = _texts(texts)
@@ -299,7 +302,7 @@ def run_units(
     method = "chunked" if (remote or method == "chunked") else "eager"
     if requested == "auto" and method == "eager" and max(len(e[1]) for e in encoded) >= AUTO_CHUNKED_TOKENS:
         method = _auto_long_method(model, info)
-    if method == "chunked" and not remote:
+    if method == "chunked" and not remote and pin_mmap_threshold is not False:
         _pin_mmap_threshold()
     batches = [encoded[i : i + batch_size] for i in range(0, len(encoded), batch_size)]
     show = progress if progress is not None else len(batches) > 1

@@ -289,12 +289,14 @@ class EditSet:
     active: dict[int, list[Edit]] = field(default_factory=dict)
 
     def __post_init__(self):
+        for e in self.edits:
+            if not isinstance(e, Edit):
+                raise TypeError(f"edits must be sinkwidgets.tracing.edits.Edit objects (e.g. HideKeys, ProjectOut), "
+                                f"got {type(e).__name__}")
         names = [e.name for e in self.edits]
         if len(set(names)) != len(names):
             raise ValueError(f"edit names must be unique (pass name=... to tell two edits apart), got {names}")
         for e in self.edits:
-            if not isinstance(e, Edit):
-                raise TypeError(f"edits must be sinkwidgets.tracing.edits.Edit objects, got {type(e).__name__}")
             if e.site not in SITES:
                 raise ValueError(f"{e!r} acts on {e.site!r}; an edit acts on one of {SITES}")
             e.bind(self.n_layers, self.n_heads, self.d_model)
