@@ -145,3 +145,30 @@ def test_method_is_checked():
 
     with pytest.raises(ValueError, match="method must be 'auto', 'eager' or 'chunked'"):
         sw.trace(Fake(), "x", method="fast")
+
+
+@pytest.mark.models
+def test_layer_plan_reads_window_and_softcap_from_the_adapter(gemma3):
+    """layer_plan has no family branches: Gemma 3's windows are what its attention modules hold, and changing the
+    adapter's sources (models/adapters.py) is what changes the plan."""
+    import inspect
+    from dataclasses import replace
+
+    from sinkwidgets.models.adapters import get_path
+    from sinkwidgets.tracing.chunked import layer_plan
+
+    info = gemma3.sinkwidgets
+    hf = gemma3._module
+    mods = [get_path(b, info.adapter.attn) for b in get_path(hf, info.adapter.layers)]
+    plan = layer_plan(gemma3, info)
+    assert [p[2] for p in plan.params] == [m.sliding_window for m in mods]
+    assert {p[2] for p in plan.params} == {512, None} and {p[3] for p in plan.params} == {None}
+    no_window = replace(info, adapter=replace(info.adapter, sliding_window=()))
+    assert {p[2] for p in layer_plan(gemma3, no_window).params} == {None}
+    from_config = replace(info, adapter=replace(info.adapter, sliding_window=("config.sliding_window",),
+                                                softcap=("config.query_pre_attn_scalar",)))
+    params = layer_plan(gemma3, from_config).params
+    assert {p[2] for p in params} == {512}  # every layer, as Mistral's config window is
+    assert {p[3] for p in params} == {float(hf.config.query_pre_attn_scalar)}
+    body = inspect.getsource(layer_plan)
+    assert not any(name in body for name in ('"mistral"', '"gemma2"', "info.family")), "facts belong in the adapter"
