@@ -2,6 +2,8 @@
 
 Layers, bottom to top (each imports only the ones below it):
 
+- :mod:`.options`: :class:`RunOptions` (the shared run options, checked), ``tokenize`` and ``encode`` (imports
+  nothing from the package but ``errors``);
 - :mod:`.reductions`: the named in-trace units (α, residual summary, kept maps, per-head outputs, value vectors
   after W_O, pooled residuals) and their kernels, plain torch;
 - :mod:`.collect`: hands a layer's sources to the units that read them;
@@ -33,8 +35,9 @@ _LAZY = {
     "reduce_attention_chunks": "reductions",
     "TOP_K_ACTIVATIONS": "reductions",
     "validate_model": "models.check",
+    "RunOptions": "options",
 }
-_SUBMODULES = {"api", "reductions", "collect", "eager", "chunked", "remote"}
+_SUBMODULES = {"api", "options", "reductions", "collect", "eager", "chunked", "remote"}
 
 __all__ = sorted(k for k in _LAZY if not k.startswith("_"))
 
