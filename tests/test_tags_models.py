@@ -202,7 +202,7 @@ def test_cities_probe_layer9_mean(smollm2):
 # ----------------------------------------------------------------------------- release (pilot band)
 def test_release_l1h1_beats_random_subspaces(smollm2):
     r = tags.release(smollm2, NATURAL[:12], head=(1, 1), rank=2, n_random=3, pcs=False, attention_layers=None,
-                     progress=False)
+                     matched=False, own_write=False, progress=False)  # the controls that decide: test_mechanism.py
     assert r.dnll >= 0.05, str(r)
     assert r.dnll >= 5 * np.mean(r.dnll_random), str(r)
     assert len(r.dnll_random) == 3 and r.n_projected > 0
