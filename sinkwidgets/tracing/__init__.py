@@ -5,7 +5,9 @@ Layers, bottom to top (each imports only the ones below it):
 - :mod:`.options`: :class:`RunOptions` (the shared run options, checked), ``tokenize`` and ``encode`` (imports
   nothing from the package but ``errors``);
 - :mod:`.reductions`: the named in-trace units (α, residual summary, kept maps, per-head outputs, value vectors
-  after W_O, pooled residuals) and their kernels, plain torch;
+  after W_O, pooled residuals, per-token loss, attention changes) and their kernels, plain torch;
+- :mod:`.edits`: the named in-trace edits (hide keys in a layer's attention mask, project a subspace out of the
+  residual stream or out of one head's write, replace massive activations), plain torch;
 - :mod:`.collect`: hands a layer's sources to the units that read them;
 - the executors: :mod:`.eager` (eager probabilities), :mod:`.chunked` (SDPA + probabilities recomputed from q/k),
   :mod:`.remote` (the chunked block shipped to NDIF);
@@ -37,7 +39,7 @@ _LAZY = {
     "validate_model": "models.check",
     "RunOptions": "options",
 }
-_SUBMODULES = {"api", "options", "reductions", "collect", "eager", "chunked", "remote"}
+_SUBMODULES = {"api", "options", "reductions", "edits", "collect", "eager", "chunked", "remote"}
 
 __all__ = sorted(k for k in _LAZY if not k.startswith("_"))
 
