@@ -47,7 +47,7 @@ its table and charts). A trace *under* an intervention::
 
 from __future__ import annotations
 
-from .edits import _layers_arg, _tokenize, mask_sink_edit  # noqa: F401 - _tokenize: the tests tokenize as we do
+from .edits import _tokenize, mask_sink_edit  # noqa: F401 - _tokenize: the tests tokenize as we do
 from .experiments import (
     DEFAULT_BATCH,
     FIRST_QUERY,
