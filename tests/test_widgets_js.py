@@ -128,3 +128,16 @@ def test_assemble_refuses_a_shared_module_with_imports_or_a_default_export():
 def test_esm_names_the_widgets():
     with pytest.raises(ValueError, match=r"widget must be one of \['sinkexplorer', 'tagexplorer'\], got 'nope'"):
         _assets.esm("nope")
+
+
+@pytest.mark.parametrize("name", ["sinkwidgets.css", "tagexplorer.css"])
+def test_every_css_rule_is_scoped_to_the_widget_root(name):
+    """Each selector starts with `.sw-root:not(#sw-scope)` (an id's weight), so the widget's rules outweigh both the
+    reset of every element inside the root and host page rules such as JupyterLab's `.jp-OutputArea-output dt`."""
+    src = re.sub(r"/\*.*?\*/", "", (STATIC / name).read_text(encoding="utf-8"), flags=re.S)
+    selectors = [s.strip() for block in re.findall(r"([^{}]+)\{[^{}]*\}", src) for s in block.split(",")]
+    assert len(selectors) > 10
+    unscoped = [s for s in selectors if not s.startswith(".sw-root:not(#sw-scope)")]
+    assert not unscoped, f"{name}: rules host pages can outweigh: {unscoped}"
+    if name == "sinkwidgets.css":
+        assert ".sw-root:not(#sw-scope) *" in selectors  # the reset of every element inside the root
