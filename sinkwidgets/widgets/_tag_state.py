@@ -50,7 +50,7 @@ _INT_DTYPES = {"uint8": "u1", "uint16": "<u2", "int16": "<i2", "int32": "<i4", "
 # ----------------------------------------------------------------------------- integer buffers
 def packed_int(array: np.ndarray, dtype: str) -> dict[str, Any]:
     """An integer array as ``{"dtype", "shape", "data": bytes}`` (little-endian), mirrored by ``decodeInts`` in
-    ``static/tagexplorer.js``. Values outside the dtype's range are an error, never wrapped."""
+    ``static/sinkwidgets.js`` (shared by both widgets). Values outside the dtype's range are an error, never wrapped."""
     if dtype not in _INT_DTYPES:
         raise ValueError(f"dtype must be one of {sorted(_INT_DTYPES)}, got {dtype!r}")
     a = np.asarray(array)
