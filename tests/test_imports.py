@@ -201,3 +201,9 @@ def test_lessons_sit_on_top():
     for m in lessons:
         bad = {n for n in _reach(m) if n in ("sinkwidgets.charts", "sinkwidgets.cli")}
         assert not bad, f"{m} reaches {sorted(bad)}"
+
+
+def test_the_argument_layer_sits_at_the_bottom():
+    """sinkwidgets._args (the argument parsers every layer uses) imports nothing from the package but errors."""
+    assert GRAPH["sinkwidgets._args"] == {"sinkwidgets.errors"}, sorted(GRAPH["sinkwidgets._args"])
+    assert _reach("sinkwidgets._args") == {"sinkwidgets.errors"}
