@@ -5,8 +5,10 @@ the same thing everywhere and a bad value gets the same kind of message everywhe
 argument's ``name`` (as the user typed it, e.g. ``"layers"``), the ``value``, and what it must fit (the model's
 number of layers, the texts' lengths, ...), and returns the value in one canonical form or raises:
 
-- :class:`~sinkwidgets.errors.SinkwidgetsTypeError` (also a ``TypeError``) for a wrong type: a string where a list
-  of positions is expected, a float or a bool where an int is;
+- :class:`ArgumentTypeError` for a wrong type: a string where a list of positions is expected, a float or a bool
+  where an int is. It is a :class:`~sinkwidgets.errors.SinkwidgetsTypeError` (so a ``TypeError``) *and* a
+  :class:`~sinkwidgets.errors.SinkwidgetsValueError` (so a ``ValueError``), because the package raised
+  ``ValueError`` for these before the argument layer existed and ``except ValueError`` code must keep working;
 - :class:`~sinkwidgets.errors.SinkwidgetsValueError` (also a ``ValueError``) for a right type with an unusable
   value: out of range, empty, reversed, non-finite, rank-deficient.
 
@@ -52,10 +54,17 @@ import numpy as np
 from .errors import SinkwidgetsTypeError, SinkwidgetsValueError
 
 __all__ = [
-    "Positions", "basis", "binary_labels", "choice", "fraction", "head", "heads", "integer", "is_int", "labels",
+    "ArgumentTypeError", "Positions", "basis", "binary_labels", "choice", "fraction", "head", "heads", "integer", "is_int", "labels",
     "layer", "layers", "number", "orthonormal_basis", "positions", "positions_per_text", "seed", "show",
     "token_id", "token_ids",
 ]
+
+
+class ArgumentTypeError(SinkwidgetsTypeError, SinkwidgetsValueError):
+    """An argument of the wrong type (a float or bool where an int is expected, a string where a list is).
+
+    Both a ``TypeError`` and a ``ValueError``: before the argument layer, the package raised ``ValueError`` for
+    most of these, and code that catches ``ValueError`` keeps working."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -71,8 +80,8 @@ def show(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _type_error(name: str, value: Any, want: str, example: str) -> SinkwidgetsTypeError:
-    return SinkwidgetsTypeError(f"{name}={show(value)} ({type(value).__name__}): {name} must be {want}; "
+def _type_error(name: str, value: Any, want: str, example: str) -> ArgumentTypeError:
+    return ArgumentTypeError(f"{name}={show(value)} ({type(value).__name__}): {name} must be {want}; "
                                 f"e.g. {name}={example}")
 
 
@@ -332,7 +341,7 @@ def heads(name: str, value: Any, n_layers: int | None = None, n_heads: int | Non
     for item in value:
         try:
             h = head(name, item, n_layers, n_heads)
-        except SinkwidgetsTypeError:
+        except ArgumentTypeError:
             raise _type_error(name, value, f"a list of (layer, head) pairs or 'L2H2' strings (holds {show(item)})",
                               eg) from None
         if h not in out:

@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from . import _args
 from .errors import SinkwidgetsValueError
 from .models.adapters import FAMILIES
 from .tracing.options import RunOptions, tokenize
@@ -59,6 +61,11 @@ _STATE: dict[str, Any] = {}
 
 class StreamingError(SinkwidgetsValueError):
     """A streaming argument does not fit the model or the text (the message says which and how to fix)."""
+
+
+class StreamingWarning(UserWarning):
+    """A streaming run that works but measures something other than the model's own attention (e.g. a cache larger
+    than the model's sliding window)."""
 
 
 # ----------------------------------------------------------------------------- long text without a download
@@ -268,13 +275,53 @@ def _check(window, n_sink, method, N, info=None):
     if method == "exact" and n_sink and info is not None and not _exact_supported(info):
         raise StreamingError(f"method='exact' supports rotary families {EXACT_FAMILIES}; {info.name!r} is "
                              f"{info.family!r}: use method='mask'")
-    if not isinstance(window, (int, np.integer)) or window < 2:
+    if not _args.is_int(window) or window < 2:
         raise StreamingError(f"window={window!r}: give the cache size in tokens (an int >= 2), e.g. 256")
-    if not isinstance(n_sink, (int, np.integer)) or not 0 <= n_sink < window:
+    if not _args.is_int(n_sink) or not 0 <= n_sink < window:
         raise StreamingError(f"n_sink={n_sink!r}: give 0 <= n_sink < window={window} (StreamingLLM uses 1-4)")
     if N <= window + 1:
         raise StreamingError(f"the text has {N} tokens, not more than window={window}: nothing leaves the cache. "
                              "Pass a longer text (e.g. sinkwidgets.streaming.stdlib_docs_text()) or a smaller window")
+
+
+def _sliding_windows(hf, info) -> list[int]:
+    """The sliding-window size of each layer that has one, read through the model's adapter
+    (:meth:`~sinkwidgets.models.adapters.Adapter.attention_facts`); ``[]`` for a model without an adapter or
+    without sliding layers."""
+    ad = info.adapter if info is not None and getattr(info, "adapter", None) is not None else None
+    if ad is None:
+        return []
+    from .models.adapters import get_path, has_path
+
+    if not has_path(hf, ad.layers):
+        return []
+    out = []
+    for layer in get_path(hf, ad.layers):
+        if not has_path(layer, ad.attn):
+            continue
+        attn = get_path(layer, ad.attn)
+        w, _ = ad.attention_facts(getattr(attn, "_module", attn))
+        if w:
+            out.append(int(w))
+    return out
+
+
+def _warn_window(hf, info, windows) -> None:
+    """Warn when a cache size exceeds the model's own sliding window: the banded attention replaces the model's
+    attention on every layer, so its sliding layers would see more keys than they were trained with (while the
+    dense baseline keeps their window)."""
+    own = _sliding_windows(hf, info)
+    if not own:
+        return
+    w_min = min(own)
+    big = sorted({int(W) for W in windows if int(W) > w_min})
+    if big:
+        name = getattr(info, "name", "this model")
+        warnings.warn(
+            f"window={big[0] if len(big) == 1 else big} is larger than {name!r}'s own sliding window of {w_min} tokens "
+            f"({len(own)} layers slide): the streaming cache replaces that window, so those layers attend to more "
+            f"keys than the model ever does, and the result is not StreamingLLM on this model. Use window <= {w_min}",
+            StreamingWarning, stacklevel=3)
 
 
 def _options(options, entry, add_bos, max_tokens) -> RunOptions:
@@ -316,14 +363,23 @@ class StreamingResult:
     def sink_name(self) -> str:
         return f"sink{self.n_sink} {self.method}"
 
+    def _condition(self, name) -> str:
+        return _args.choice("name", name, list(self.nll), what="the conditions of this result")
+
     def ppl(self, name: str | None = None, start: int = 0) -> float:
-        """Perplexity exp(mean NLL) of a condition over positions ``start..``."""
-        return _ppl(self.nll[name or self.sink_name][start:])
+        """Perplexity exp(mean NLL) of a condition (one of ``nll``'s keys; default the sink condition) over
+        positions ``start..`` (``0 <= start < N - 1``)."""
+        key = self._condition(name if name is not None else self.sink_name)
+        n = len(self.nll[key])
+        start = _args.integer("start", start, minimum=0, maximum=max(n - 1, 0), example=0)
+        return _ppl(self.nll[key][start:])
 
     def jump(self, name: str = "window", span: int = 32) -> float:
         """Mean NLL excess over dense in the first ``span`` positions after the first tokens leave the cache."""
+        key = self._condition(name)
+        span = _args.integer("span", span, minimum=1, example=32)
         W = self.window
-        return float(np.mean(self.nll[name][W:W + span] - self.nll["dense"][W:W + span]))
+        return float(np.mean(self.nll[key][W:W + span] - self.nll["dense"][W:W + span]))
 
     def rows(self) -> list[dict]:
         dense = self.ppl("dense")
@@ -349,10 +405,14 @@ class StreamingResult:
         return "\n".join(lines)
 
     def chart(self, smooth: int = 32):
-        """Altair chart of the per-position NLL (rolling mean over ``smooth`` positions) of every condition, with a
-        rule at ``t = W`` where the first tokens leave the cache."""
+        """Altair chart of the per-position NLL (rolling mean over ``smooth`` positions, an int >= 1; cut to the
+        text's length when longer) of every condition, with a rule at ``t = W`` where the first tokens leave the
+        cache. Every plotted position lies inside the text (``0..N-2``)."""
         import altair as alt
 
+        smooth = _args.integer("smooth", smooth, minimum=1, example=32)
+        n = min((len(a) for a in self.nll.values()), default=0)
+        smooth = max(1, min(smooth, n))  # a window longer than the text would run past its end
         rows = []
         for name, a in self.nll.items():
             kern = np.ones(smooth) / smooth
@@ -396,10 +456,14 @@ def streaming_ppl(model, text: str, window: int = 256, n_sink: int = 4, method: 
     ``W``-token forward per recompute position.
     """
     opts = _options(options, streaming_ppl, add_bos, max_tokens)
+    recompute = _args.integer("recompute", recompute, minimum=0, example=8)
+    seed = _args.seed("seed", seed)
+    baselines = (baselines,) if isinstance(baselines, str) else tuple(baselines)
     hf, info = _hf(model)
     ids = _tokens(model, text, opts.add_bos, opts.max_tokens)
     N = len(ids)
     _check(window, n_sink, method, N, info)
+    _warn_window(hf, info, [window])
     rot = _rotary_emb(info)
     bad = set(baselines) - {"dense", "window"}
     if bad:
@@ -430,6 +494,20 @@ def streaming_ppl(model, text: str, window: int = 256, n_sink: int = 4, method: 
         secs["recompute"] = time.perf_counter() - t0
     return StreamingResult(nll, window, n_sink, method if n_sink else "mask", rec,
                            {"model": info.name if info else type(hf).__name__, "n_tokens": N, "seconds": secs})
+
+
+def _grid(name: str, value) -> tuple:
+    """One axis of a sweep: a single value (an int, or a method name) or a non-empty list of them."""
+    eg = {"windows": "(128, 256)", "n_sinks": "(0, 1, 4)"}.get(name, "('mask',)")
+    if isinstance(value, str) or _args.is_int(value):
+        return (value,)
+    try:
+        out = tuple(value)
+    except TypeError:
+        raise StreamingError(f"{name}={value!r}: give a value or a list of values, e.g. {name}={eg}") from None
+    if not out:
+        raise StreamingError(f"{name}={value!r} is empty: give at least one value, e.g. {name}={eg}")
+    return out
 
 
 @dataclass
@@ -482,6 +560,8 @@ def streaming_sweep(model, text: str, windows=(128, 256, 512), n_sinks=(0, 1, 4)
     from tqdm.auto import tqdm
 
     opts = _options(options, streaming_sweep, add_bos, max_tokens)
+    windows, n_sinks, methods = (_grid(name, v) for name, v in (("windows", windows), ("n_sinks", n_sinks),
+                                                                ("methods", methods)))
     hf, info = _hf(model)
     ids = _tokens(model, text, opts.add_bos, opts.max_tokens)
     rot = _rotary_emb(info)
@@ -489,6 +569,7 @@ def streaming_sweep(model, text: str, windows=(128, 256, 512), n_sinks=(0, 1, 4)
         for k in n_sinks:
             for m in methods:
                 _check(W, k, m, len(ids), info)
+    _warn_window(hf, info, windows)
     dense = _dense(hf, ids)
     grid = sorted({(W, k, m if k else "mask") for W in windows for k in n_sinks for m in methods})
     out = {}

@@ -37,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import _args
 from .._npz import HEADER, header_array, npz_path, read_headered, write_headered
-from ..errors import SinkwidgetsValueError
+from ..errors import SinkwidgetsError, SinkwidgetsValueError
 from ..sinktrace import _check as _shape
 from ..sinktrace import _jsonable
 
@@ -53,6 +54,11 @@ _ARRAYS = (
 
 class TagDataFormatError(SinkwidgetsValueError):
     """A file is not a readable TagData (corrupt, truncated, foreign, or from a newer version)."""
+
+
+class TagDataNotFoundError(SinkwidgetsError, FileNotFoundError):
+    """No TagData file at the path given (nor at the path with ``.npz`` appended, which :meth:`TagData.save`
+    writes)."""
 
 
 def _heads_array(heads: Any) -> np.ndarray:
@@ -87,12 +93,15 @@ class TagData:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.tokens, (str, bytes)) or any(isinstance(t, (str, bytes)) for t in self.tokens):
+            raise _args.ArgumentTypeError(f"tokens={_args.show(self.tokens)}: tokens must be one list of token "
+                                          "strings per prompt (a list of lists), e.g. tokens=[['<s>', 'Hi']]")
         self.tokens = [[str(t) for t in toks] for toks in self.tokens]
         self.offsets = np.asarray(self.offsets, dtype=np.int64).reshape(-1)
         N = len(self.tokens)
         lengths = np.array([len(t) for t in self.tokens], dtype=np.int64)
         if len(self.offsets) != N + 1 or self.offsets[0] != 0 or np.any(np.diff(self.offsets) != lengths):
-            raise ValueError(f"offsets must be [0, cumsum(len(tokens_i))] of length N + 1 = {N + 1}; "
+            raise SinkwidgetsValueError(f"offsets must be [0, cumsum(len(tokens_i))] of length N + 1 = {N + 1}; "
                              f"got {self.offsets[:8].tolist()}... for lengths {lengths[:8].tolist()}...")
         n_tok = int(self.offsets[-1])
         self.heads = _heads_array(self.heads)
@@ -104,41 +113,51 @@ class TagData:
             if a is not None:
                 a = np.asarray(a, dtype=np.float32)
                 if a.ndim != 3 or a.shape[:2] != (P, n_tok):
-                    raise ValueError(f"{name} must be [P={P}, n_tok={n_tok}, d], got {list(a.shape)}")
+                    raise SinkwidgetsValueError(f"{name} must be [P={P}, n_tok={n_tok}, d], got {list(a.shape)}")
                 setattr(self, name, a)
         if self.sink_scores is not None:
             self.sink_scores = np.asarray(self.sink_scores, dtype=np.float32)
             if self.sink_scores.ndim != 3 or self.sink_scores.shape[2] != n_tok:
-                raise ValueError(f"sink_scores must be [L, H, n_tok={n_tok}], got {list(self.sink_scores.shape)}")
+                raise SinkwidgetsValueError(f"sink_scores must be [L, H, n_tok={n_tok}], got {list(self.sink_scores.shape)}")
         if self.first_token_mass is not None:
             self.first_token_mass = np.asarray(self.first_token_mass, dtype=np.float32)
             if self.first_token_mass.ndim != 3 or self.first_token_mass.shape[0] != N:
-                raise ValueError(f"first_token_mass must be [N={N}, L, H], got {list(self.first_token_mass.shape)}")
+                raise SinkwidgetsValueError(f"first_token_mass must be [N={N}, L, H], got {list(self.first_token_mass.shape)}")
         if self.maps is not None:
             self.map_index = _heads_array(self.map_index)
-            self.map_offsets = np.asarray(
-                self.map_offsets if self.map_offsets is not None else np.concatenate([[0], np.cumsum(lengths ** 2)]),
-                dtype=np.int64)
+            expected = np.concatenate([[0], np.cumsum(lengths ** 2)]).astype(np.int64)
+            if self.map_offsets is not None:
+                given = np.asarray(self.map_offsets).reshape(-1)
+                if given.shape != expected.shape or not np.array_equal(given, expected):
+                    bad = "length" if given.shape != expected.shape else \
+                        f"entry {int(np.nonzero(given != expected)[0][0])}"
+                    raise SinkwidgetsValueError(
+                        f"map_offsets={_args.show(given)} does not match the prompts' lengths ({bad} differs): it must "
+                        f"be [0, cumsum(T_i ** 2)] = {_args.show(expected)}; leave map_offsets=None to have it computed")
+            self.map_offsets = expected
+        elif self.map_offsets is not None:
+            raise SinkwidgetsValueError(f"map_offsets={_args.show(self.map_offsets)} given without maps: pass the maps "
+                                        "too, or leave map_offsets out")
             self.maps = np.asarray(self.maps)
             if self.maps.shape != (len(self.map_index), int(self.map_offsets[-1])):
-                raise ValueError(f"maps must be [M={len(self.map_index)}, sum T_i^2={int(self.map_offsets[-1])}], "
+                raise SinkwidgetsValueError(f"maps must be [M={len(self.map_index)}, sum T_i^2={int(self.map_offsets[-1])}], "
                                  f"got {list(self.maps.shape)}")
         for name in ("pooled_mean", "pooled_last"):
             a = getattr(self, name)
             if a is not None:
                 a = np.asarray(a, dtype=np.float32)
                 if self.pooled_layers is None:
-                    raise ValueError(f"{name} given without pooled_layers (the layer of each slot)")
+                    raise SinkwidgetsValueError(f"{name} given without pooled_layers (the layer of each slot)")
                 self.pooled_layers = np.asarray(self.pooled_layers, dtype=np.int32).reshape(-1)
                 if a.ndim != 3 or a.shape[:2] != (N, len(self.pooled_layers)):
-                    raise ValueError(f"{name} must be [N={N}, Ls={len(self.pooled_layers)}, d], got {list(a.shape)}")
+                    raise SinkwidgetsValueError(f"{name} must be [N={N}, Ls={len(self.pooled_layers)}, d], got {list(a.shape)}")
                 setattr(self, name, a)
-        if self.labels is not None:
-            self.labels = _shape(self.labels, (N,), "labels", np.int64)
+        if self.labels is not None:  # integer classes; non-integral floats are refused, never truncated
+            self.labels = _args.labels("labels", self.labels, n=N)
         if self.groups is not None:
             self.groups = [str(g) for g in self.groups]
             if len(self.groups) != N:
-                raise ValueError(f"groups must have one entry per prompt ({N}), got {len(self.groups)}")
+                raise SinkwidgetsValueError(f"groups must have one entry per prompt ({N}), got {len(self.groups)}")
         self.meta = dict(self.meta)
 
     # ------------------------------------------------------------------ construction
@@ -338,8 +357,24 @@ class TagData:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TagData:
-        """Read a file written by :meth:`save`. Raises :class:`TagDataFormatError` on a corrupt, foreign or newer
-        file and ``FileNotFoundError`` when the path does not exist."""
+        """Read a file written by :meth:`save`: ``path`` as given, or with ``.npz`` appended when that is the file
+        that exists (``data.save("x")`` writes ``x.npz``; ``TagData.load("x")`` reads it).
+
+        Raises :class:`TagDataFormatError` on a corrupt, foreign or newer file, or one whose arrays disagree
+        (e.g. ``map_offsets`` that do not match the prompts' lengths), and :class:`TagDataNotFoundError` (a
+        ``FileNotFoundError``) when neither path exists.
+        """
+        if isinstance(path, (bytes, bytearray)) or not isinstance(path, (str, os.PathLike)):
+            raise _args.ArgumentTypeError(f"path={_args.show(path)}: give the file's path (a str or Path), e.g. "
+                                          "TagData.load('tags.npz')")
+        if not Path(path).exists():
+            alt = npz_path(path)
+            if alt.is_file():
+                path = alt
+            else:
+                also = "" if alt == Path(path) else f" nor at {str(alt)!r}"
+                raise TagDataNotFoundError(f"no TagData file at {str(path)!r}{also}; pass the path that "
+                                           "data.save(...) returned (it appends .npz), e.g. TagData.load('tags.npz')")
         header, data = read_headered(path, kind="TagData", format_name=FORMAT_NAME, max_version=FORMAT_VERSION,
                                      error=TagDataFormatError, required=("offsets",))
         unknown = sorted(set(data) - set(_ARRAYS))
@@ -349,7 +384,8 @@ class TagData:
             return cls(tokens=header.get("tokens", []), groups=header.get("groups"), meta=header.get("meta", {}),
                        **data)
         except (TypeError, ValueError) as exc:
-            raise TagDataFormatError(f"{str(path)!r} holds inconsistent arrays: {exc}") from exc
+            raise TagDataFormatError(f"{str(path)!r} holds inconsistent arrays: {exc}; the file was changed or "
+                                     "not written by TagData.save(): collect the data again") from exc
 
 
 def _pair(head: Any) -> tuple[int, int]:
