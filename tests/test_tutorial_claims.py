@@ -27,8 +27,8 @@ pytestmark = pytest.mark.unit
 
 TUT = Path(__file__).resolve().parents[1] / "tutorials"
 NOTEBOOKS = sorted(TUT.glob("[0-9][0-9]_*.ipynb"))
-# notebooks whose prose numbers are not yet written with markers (issue 17); remove a name once it is converted
-PENDING = {"11_minimal_problem_from_scratch.ipynb"}
+# notebooks whose prose numbers are not yet written with markers; a new notebook may start here, not stay here
+PENDING: set[str] = set()
 MARKER = re.compile(r"<!--ref:(\w+)-->")
 NUMBER = re.compile(r"[−+-]?\d[\d,]*(?:\.\d+)?")
 LOOP = ("for k, (lo, hi) in BANDS.items():\n"
@@ -84,7 +84,7 @@ CONVERTED = [nb for nb in NOTEBOOKS if nb.name not in PENDING]
 def test_pending_is_current():
     names = {nb.name for nb in NOTEBOOKS}
     assert PENDING <= names, PENDING - names
-    assert len(CONVERTED) >= 3
+    assert len(CONVERTED) >= len(NOTEBOOKS) - 1, f"notebooks without markers: {sorted(PENDING)}"
 
 
 @pytest.mark.parametrize("nb", CONVERTED, ids=lambda p: p.name)
