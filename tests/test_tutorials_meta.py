@@ -91,6 +91,22 @@ def test_readme_binder_badge_and_toc():
 
 
 @pytest.mark.unit
+def test_teachers_exercise_table_matches_the_notebooks():
+    """tutorials/README.md's "What each exercise checks" has one row per exercise of each notebook, numbered as in the
+    notebook and naming a skill (a pasted time/memory column, as in commit 4698609, fails here)."""
+    teachers = (TUT / "README.md").read_text(encoding="utf-8")
+    section = teachers.split("## What each exercise checks", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in section.splitlines()
+            if re.match(r"^\| \d\d \|", ln)]
+    for nb in NOTEBOOKS:
+        mine = [r for r in rows if r[0] == nb.name[:2]]
+        n_ex = len(re.findall(r"^\*\*\d\. ", _text(nb), flags=re.M))
+        assert [r[1].split()[0] for r in mine] == [str(i) for i in range(1, n_ex + 1)], (nb.name, mine)
+        for r in mine:
+            assert len(r) == 3 and not re.search(r"\d\s*(s|GB)\b", r[1] + " " + r[2]), r
+
+
+@pytest.mark.unit
 def test_shipped_traces():
     import sinkwidgets as sw
 
