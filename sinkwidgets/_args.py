@@ -70,6 +70,8 @@ class ArgumentTypeError(SinkwidgetsTypeError, SinkwidgetsValueError):
 # ----------------------------------------------------------------------------- helpers
 def show(value: Any, limit: int = 80) -> str:
     """``repr(value)``, cut to ``limit`` characters (long lists and arrays stay readable in a message)."""
+    if isinstance(value, np.generic):  # numpy 2 writes np.int64(1); the user typed 1
+        value = value.item()
     if isinstance(value, np.ndarray):
         text = f"array(shape={list(value.shape)}, dtype={value.dtype})" if value.size > 16 else repr(value.tolist())
     else:
@@ -481,17 +483,23 @@ def labels(name: str, value: Any, n: int | None = None) -> np.ndarray:
     out = np.empty(len(arr), dtype=np.int64)
     for i, v in enumerate(arr.tolist()):
         if isinstance(v, (bool, np.bool_)) or is_int(v):
-            out[i] = int(v)
+            out[i] = _int64(name, value, i, int(v))
         elif isinstance(v, (float, np.floating)):
             if not np.isfinite(v) or float(v) != int(v):
                 raise _value_error(name, value, f"label {i} is {v!r}, not an integer (labels are classes, not "
                                                 "scores)", "give integer classes, e.g. round or threshold the "
                                                                "scores yourself: (np.asarray(scores) > 0.5).astype(int)")
-            out[i] = int(v)
+            out[i] = _int64(name, value, i, int(v))
         else:
             raise _type_error(name, value, f"integer class labels (label {i} is {show(v)}, a {type(v).__name__})",
                               "[0, 1, 1, 0]")
     return out
+
+
+def _int64(name: str, value: Any, i: int, v: int) -> int:
+    if not -(2**63) <= v < 2**63:
+        raise _value_error(name, value, f"label {i} ({v}) does not fit a 64-bit integer", "give small class numbers")
+    return v
 
 
 def binary_labels(name: str, value: Any, n: int | None = None) -> tuple[np.ndarray, tuple[Any, Any]]:

@@ -61,6 +61,13 @@ class TagDataNotFoundError(SinkwidgetsError, FileNotFoundError):
     writes)."""
 
 
+def _check_tokens(tokens: Any) -> None:
+    """``tokens`` is one list of token strings per prompt (a string is not a list of tokens)."""
+    if isinstance(tokens, (str, bytes)) or any(isinstance(t, (str, bytes)) for t in tokens):
+        raise _args.ArgumentTypeError(f"tokens={_args.show(tokens)}: tokens must be one list of token strings per "
+                                      "prompt (a list of lists), e.g. tokens=[['<s>', 'Hi']]")
+
+
 def _heads_array(heads: Any) -> np.ndarray:
     arr = np.asarray(heads if heads is not None else [], dtype=np.int32).reshape(-1, 2)
     return arr
@@ -93,9 +100,7 @@ class TagData:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if isinstance(self.tokens, (str, bytes)) or any(isinstance(t, (str, bytes)) for t in self.tokens):
-            raise _args.ArgumentTypeError(f"tokens={_args.show(self.tokens)}: tokens must be one list of token "
-                                          "strings per prompt (a list of lists), e.g. tokens=[['<s>', 'Hi']]")
+        _check_tokens(self.tokens)
         self.tokens = [[str(t) for t in toks] for toks in self.tokens]
         self.offsets = np.asarray(self.offsets, dtype=np.int64).reshape(-1)
         N = len(self.tokens)
@@ -168,6 +173,7 @@ class TagData:
                      meta=None) -> TagData:
         """Pack per-prompt arrays: ``head_outputs[i]`` / ``head_values[i]`` are ``[P, T_i, d]``, ``sink_scores[i]``
         ``[L, H, T_i]``, ``maps[i]`` ``[M, T_i, T_i]``, ``token_ids[i]`` ``[T_i]``; pooled arrays are ``[N, Ls, d]``."""
+        _check_tokens(tokens)
         tokens = [list(t) for t in tokens]
         lengths = np.array([len(t) for t in tokens], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
