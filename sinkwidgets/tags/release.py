@@ -38,6 +38,11 @@ norm-matched random draw, and (2) later heads' sink attention moves beyond rando
 ``|sink_shift - mean(matched)| >= max(0.05, 3 sd(matched))`` and ``|sink_shift| > |mean(matched)|``. Without
 norm-matched draws (``matched=False``) there is no verdict (``shown = None``).
 
+**Models with a norm after attention** (Gemma 2/3 normalize each attention output before adding it to the
+residual): the tag subspace is fitted on the head's values *before* that norm, so it is not the direction that
+lands in the residual (Gemma-3 L14H2: 0.05 of the norm instead of 0.41); pass ``subspace=`` the mapped basis
+(``docs/tags.md``).
+
 Pilot on SmolLM2-135M (20 paragraphs, baseline 3.72 nats/token): L1H1 ΔNLL +0.17 vs random +0.009 ± 0.007; L15H7
 +0.37 vs +0.018; the top-2 PCs hurt 2–9× more than the tag (2.6–14× per unit of norm), later heads' mean attention
 on the sink hardly moves (|Δ| ≤ 0.01), and the head's own write alone costs almost nothing (≤ 0.015 nats).
