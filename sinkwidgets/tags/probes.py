@@ -432,8 +432,10 @@ def probe_report(model_or_data: Any, dataset: str = "cities", *, layers: Any = N
     :class:`ProbeGrid` with every feature set for every layer and pooling. From a model, the texts are run once
     (residual pooled after every layer asked for, and the values of the union of the chosen heads); with
     ``heads="auto"`` each layer gets its own heads (the ``n_heads`` highest-EV first-token sink heads in layers
-    ``<=`` it). Show the grid, not one cell of it: on SmolLM2 cities the tag coordinates match the full residual
-    at layer 9 with mean pooling, not at the last token, and fall below the data's own PCs from layer 12 on.
+    ``<=`` it). Show the grid, not one cell of it: on SmolLM2 cities (layers 3, 9, 15; 2 seeds) the tag
+    coordinates match the full residual at layer 9 with mean pooling (0.78 vs 0.78; random 0.61, PCs 0.65), not at
+    the last token (tag 0.62, random 0.61), nothing at layer 3, and at layer 15 the margin over the data's own PCs
+    shrinks to +0.04 (mean) and −0.04 (last).
     """
     from .datasets import load_dataset
 
