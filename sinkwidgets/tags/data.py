@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _args
+from .._args import ArgumentTypeError, show
+from .._args import labels as check_labels
 from .._npz import HEADER, header_array, npz_path, read_headered, write_headered
 from ..errors import SinkwidgetsError, SinkwidgetsValueError
 from ..sinktrace import _check as _shape
@@ -64,7 +65,7 @@ class TagDataNotFoundError(SinkwidgetsError, FileNotFoundError):
 def _check_tokens(tokens: Any) -> None:
     """``tokens`` is one list of token strings per prompt (a string is not a list of tokens)."""
     if isinstance(tokens, (str, bytes)) or any(isinstance(t, (str, bytes)) for t in tokens):
-        raise _args.ArgumentTypeError(f"tokens={_args.show(tokens)}: tokens must be one list of token strings per "
+        raise ArgumentTypeError(f"tokens={show(tokens)}: tokens must be one list of token strings per "
                                       "prompt (a list of lists), e.g. tokens=[['<s>', 'Hi']]")
 
 
@@ -137,11 +138,11 @@ class TagData:
                     bad = "length" if given.shape != expected.shape else \
                         f"entry {int(np.nonzero(given != expected)[0][0])}"
                     raise SinkwidgetsValueError(
-                        f"map_offsets={_args.show(given)} does not match the prompts' lengths ({bad} differs): it must "
-                        f"be [0, cumsum(T_i ** 2)] = {_args.show(expected)}; leave map_offsets=None to have it computed")
+                        f"map_offsets={show(given)} does not match the prompts' lengths ({bad} differs): it must "
+                        f"be [0, cumsum(T_i ** 2)] = {show(expected)}; leave map_offsets=None to have it computed")
             self.map_offsets = expected
         elif self.map_offsets is not None:
-            raise SinkwidgetsValueError(f"map_offsets={_args.show(self.map_offsets)} given without maps: pass the maps "
+            raise SinkwidgetsValueError(f"map_offsets={show(self.map_offsets)} given without maps: pass the maps "
                                         "too, or leave map_offsets out")
             self.maps = np.asarray(self.maps)
             if self.maps.shape != (len(self.map_index), int(self.map_offsets[-1])):
@@ -158,7 +159,7 @@ class TagData:
                     raise SinkwidgetsValueError(f"{name} must be [N={N}, Ls={len(self.pooled_layers)}, d], got {list(a.shape)}")
                 setattr(self, name, a)
         if self.labels is not None:  # integer classes; non-integral floats are refused, never truncated
-            self.labels = _args.labels("labels", self.labels, n=N)
+            self.labels = check_labels("labels", self.labels, n=N)
         if self.groups is not None:
             self.groups = [str(g) for g in self.groups]
             if len(self.groups) != N:
@@ -371,7 +372,7 @@ class TagData:
         ``FileNotFoundError``) when neither path exists.
         """
         if isinstance(path, (bytes, bytearray)) or not isinstance(path, (str, os.PathLike)):
-            raise _args.ArgumentTypeError(f"path={_args.show(path)}: give the file's path (a str or Path), e.g. "
+            raise ArgumentTypeError(f"path={show(path)}: give the file's path (a str or Path), e.g. "
                                           "TagData.load('tags.npz')")
         if not Path(path).exists():
             alt = npz_path(path)

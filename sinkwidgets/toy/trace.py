@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .. import _args
+from .._args import ArgumentTypeError
+from .._args import integer as check_integer
+from .._args import seed as check_seed
 from ..sinktrace import SinkTrace
 from .metrics import row_entropy
 from .model import TinyTransformer
@@ -140,13 +142,13 @@ def tag_data(model: TinyTransformer, n: int = 64, seed: int = 0, keep_maps: bool
     from ..tags.data import TagData
 
     if not isinstance(model, TinyTransformer):
-        raise _args.ArgumentTypeError(f"model: tag_data needs a sinkwidgets.toy.TinyTransformer, got "
+        raise ArgumentTypeError(f"model: tag_data needs a sinkwidgets.toy.TinyTransformer, got "
                                       f"{type(model).__name__}; e.g. tag_data(sinkwidgets.toy.train().model)")
     # n: sequences (>= 2: the tag EV is held out over sequences); seed: the make_batch seed. numpy ints accepted.
-    n = _args.integer("n", n, minimum=2, example=64)
-    seed = _args.seed("seed", seed)
+    n = check_integer("n", n, minimum=2, example=64)
+    seed = check_seed("seed", seed)
     if not isinstance(keep_maps, (bool, np.bool_)):
-        raise _args.ArgumentTypeError(f"keep_maps={keep_maps!r}: keep_maps must be True or False; e.g. "
+        raise ArgumentTypeError(f"keep_maps={keep_maps!r}: keep_maps must be True or False; e.g. "
                                       "keep_maps=False")
     keep_maps = bool(keep_maps)
     cfg = model.config
