@@ -156,7 +156,10 @@ def number(name: str, value: Any, *, low: float | None = None, high: float | Non
     eg = str(example if example is not None else (low if low is not None and not low_open else 1.0))
     if not _is_real(value):
         raise _type_error(name, value, "a real number" + (" or None" if allow_none else ""), eg)
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int beyond the float range
+        v = float("inf") if value > 0 else float("-inf")
     lo = "(" if low_open else "["
     hi = ")" if high_open else "]"
     interval = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
@@ -514,9 +517,13 @@ def binary_labels(name: str, value: Any, n: int | None = None) -> tuple[np.ndarr
     for i, v in enumerate(arr.tolist()):
         if isinstance(v, (float, np.floating)) and (not np.isfinite(v) or float(v) != int(v)):
             raise _value_error(name, value, f"label {i} is {v!r}, not a class", "give two classes, e.g. [0, 1, 1, 0]")
-        if isinstance(v, float):
+        if isinstance(v, (float, np.floating)):
             v = int(v)
+        elif isinstance(v, np.generic):
+            v = v.item()
         try:
+            if isinstance(v, (tuple, list, dict, set, np.ndarray)):
+                raise TypeError
             hash(v)
         except TypeError:
             raise _type_error(name, value, f"two classes (label {i} is a {type(v).__name__})", "[0, 1, 1, 0]") \
@@ -528,9 +535,9 @@ def binary_labels(name: str, value: Any, n: int | None = None) -> tuple[np.ndarr
                                         f"({', '.join(show(c, 20) for c in classes[:5])})",
                            "give both classes (e.g. [0, 1, 1, 0]), with at least one item of each")
     try:
-        if classes[1] < classes[0]:
+        if bool(classes[1] < classes[0]):
             classes.reverse()
-    except TypeError:
+    except Exception:  # noqa: BLE001 - classes that do not compare keep the order first seen
         pass
     codes = np.array([classes.index(v) for v in items], dtype=np.int64)
     return codes, (classes[0], classes[1])
@@ -545,9 +552,11 @@ def basis(name: str, value: Any, d: int | None = None, *, rtol: float = 1e-6) ->
     (the message says to transpose it). Returns the columns as given (see :func:`orthonormal_basis`).
     """
     eg = "np.linalg.qr(np.random.randn(d, 2))[0]"
+    if np.iscomplexobj(value):
+        raise _type_error(name, value, "a real [d, r] matrix (complex numbers are not a basis here)", eg)
     try:
         arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise _type_error(name, value, "a [d, r] float matrix (r basis vectors as columns)", eg) from None
     if arr.ndim == 1:
         arr = arr[:, None]

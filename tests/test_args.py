@@ -72,6 +72,7 @@ class TestNumbers:
         _raises(SinkwidgetsValueError, "C=0", A.number, "C", 0, low=0, low_open=True)
         for bad in (True, "0.5", None, [0.5], 1j):
             _raises(SinkwidgetsTypeError, "p=", A.fraction, "p", bad)
+        _raises(SinkwidgetsValueError, "p=", A.fraction, "p", 10**400)  # beyond the float range
 
     def test_choice(self):
         assert A.choice("name", "dense", ["dense", "window"]) == "dense"
@@ -266,6 +267,7 @@ class TestBases:
         (np.full((8, 1), np.nan), SinkwidgetsValueError), (np.eye(8)[:2], SinkwidgetsValueError),
         (np.zeros((8, 0)), SinkwidgetsValueError), (np.zeros((2, 2, 2)), SinkwidgetsValueError),
         ("basis", SinkwidgetsTypeError), ([[1, "a"]], SinkwidgetsTypeError), (np.ones((3, 4)), SinkwidgetsValueError),
+        (np.eye(8, 2) * (1 + 1j), SinkwidgetsTypeError), ([[10**400]], SinkwidgetsTypeError),
     ])
     def test_bad_forms(self, bad, kind):
         _raises(kind, "basis", A.basis, "basis", bad, 8)
@@ -276,13 +278,14 @@ class TestBases:
 
 # ----------------------------------------------------------------------------- property tests
 _any = st.recursive(
-    st.none() | st.booleans() | st.integers(-50, 50) | st.floats(allow_nan=True, allow_infinity=True)
+    st.none() | st.booleans() | st.integers(-50, 50) | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
+    | st.complex_numbers(max_magnitude=2) | st.sampled_from([np.int64(3), np.float32(0.5), np.bool_(True), b"1-2"])
     | st.text(max_size=8) | st.sampled_from(["all", "12-29", "29-12", "L2H2", "-3--1", "1,2", "3-", "L-1H-1"]),
     lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner),
     max_leaves=12,
 ) | st.builds(range, st.integers(-5, 40), st.integers(-5, 40)) | st.builds(
     np.array, st.lists(st.integers(-40, 40), max_size=6))
-_PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_PROPS = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @pytest.mark.unit
