@@ -257,6 +257,9 @@ def _recompute(hf, ids, window, positions, batch=8, progress=None):
 def _tokens(model, text, add_bos, max_tokens):
     """Token ids of ``text`` (``add_bos`` as in :func:`~sinkwidgets.tracing.options.tokenize`), cut to
     ``max_tokens``; a model without sinkwidgets info uses its tokenizer's own special tokens."""
+    if not isinstance(text, str):
+        raise StreamingError(f"text={_args.show(text)} ({type(text).__name__}): give one long text as a str, e.g. "
+                             "text=sinkwidgets.streaming.stdlib_docs_text()")
     if getattr(model, "sinkwidgets", None) is not None:
         ids, _ = tokenize(model, text, add_bos)
     else:
@@ -526,7 +529,12 @@ class StreamingSweep:
         return out
 
     def ppl(self, window: int, n_sink: int, method: str = "mask") -> float:
-        r = self.results[(window, n_sink, method if n_sink else "mask")]
+        """Perplexity of one grid point ``(window, n_sink, method)`` of the sweep (``n_sink=0``: window only)."""
+        key = (window, n_sink, method if n_sink else "mask")
+        if key not in self.results:
+            have = ", ".join(f"({W}, {k}, {m!r})" for W, k, m in self.results)
+            raise StreamingError(f"(window, n_sink, method)={key!r} is not in this sweep; choose one of {have}")
+        r = self.results[key]
         return r.ppl(r.sink_name if n_sink else "window")
 
     def __repr__(self) -> str:

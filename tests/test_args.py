@@ -404,6 +404,14 @@ class TestStreamingArguments:
         _raises(SinkwidgetsTypeError, "seed=", streaming_ppl, object(), "text", seed="x")
         _raises(SinkwidgetsValueError, "windows=()", streaming_sweep, object(), "text", windows=())
 
+    def test_text_and_sweep_lookups(self):
+        from sinkwidgets.streaming import StreamingSweep, _tokens
+
+        _raises(SinkwidgetsValueError, "text=", _tokens, object(), ["a", "b"], None, None)
+        sweep = StreamingSweep({(8, 1, "mask"): self._result()}, dense_ppl=2.0)
+        assert np.isfinite(sweep.ppl(8, 1))
+        assert "(8, 1, 'mask')" in _raises(SinkwidgetsValueError, "(16, 1, 'mask')", sweep.ppl, 16, 1)
+
     def test_a_window_above_the_models_sliding_window_warns(self):
         import torch
 
