@@ -151,6 +151,7 @@ def test_catch_colours_follow_the_hand_made_maps(data):
 
 def test_numbers_are_tag_ev_values(data):
     te = sw.TagExplorer(data, head=(1, 0), rank=2)
+    assert te.wait(60)  # the controls are computed in a thread after the first view
     r = tags.tag_ev(data, (1, 0), 2)
     for k in ("ev", "ev_in_sample", "pc_bound", "random_floor", "random_std", "value_control", "cosine"):
         assert te._numbers[k] == pytest.approx(getattr(r, k), abs=1e-12), k
@@ -158,10 +159,60 @@ def test_numbers_are_tag_ev_values(data):
         float((te._view_model.catch((1, 0), 0.3)["pos"] >= 0)[data.positions >= 1].mean()))
 
 
+def test_numbers_are_deferred_and_stale_results_dropped(data):
+    """defer=True: the first state holds the picture and a 'computing' panel; the numbers arrive from a thread, and a
+    result for a head/rank the user has already left is never shown."""
+    te = sw.TagExplorer(data, head=(1, 0), rank=1)
+    first = dict(te._numbers)
+    assert te._points["status"] == "ok"
+    assert first.get("pending") or first["ok"]  # pending, unless the thread already finished
+    te.rank = 2  # while (or after) rank 1 is computed
+    assert te.wait(60)
+    assert te._numbers["ok"] and te._numbers["rank"] == 2
+    assert te._numbers["ev"] == pytest.approx(tags.tag_ev(data, (1, 0), 2).ev, abs=1e-12)
+    now = sw.TagExplorer(data, head=(1, 0), defer=False)
+    assert now._numbers["ok"] and not now._workers
+
+
+def test_nonfinite_rows_are_left_out_and_counted(tmp_path):
+    """One NaN in head_outputs (an fp16 overflow is enough) used to make every coordinate NaN (an empty scatter with
+    normal-looking numbers) and to_html raise a JSON error. Policy: those tokens are left out and counted."""
+    d = corpus(N=24)
+    slot = d.head_slot((1, 0))
+    bad = [int(d.offsets[2]) + 6, int(d.offsets[7]) + 3]
+    d.head_outputs[slot, bad[0], 3] = np.nan
+    d.head_values[slot, bad[1], 0] = np.inf
+    te = sw.TagExplorer(d, head=(1, 0), defer=False)
+    xy = te.coords()
+    keep = np.setdiff1d(np.arange(d.n_tokens), bad)
+    assert np.isnan(xy[bad]).all() and np.isfinite(xy[keep]).all()
+    P = te._points
+    assert P["n_nonfinite"] == 2 and te.n_nonfinite == 2
+    assert "2 tokens of L1H0 left out" in P["nonfinite_note"] and "prompt 2 pos 6" in P["nonfinite_note"]
+    assert all(v is not None and np.isfinite(v) for v in P["arrow"])
+    N = te._numbers
+    assert N["ok"] and N["n_nonfinite"] == 2 and "prompt 7 pos 3" in N["nonfinite_note"]
+    for k in ("ev", "ev_in_sample", "pc_bound", "random_floor", "value_control", "cosine", "caught_share"):
+        assert N[k] is not None and np.isfinite(N[k]), k
+    # the numbers are those of the same corpus without the two tokens' rows (zeroed rows, never sinks, not evaluated)
+    r = te.tag_ev()
+    _, ev_prompts = tags.analysis.split_prompts(d.n_prompts, 0.5, 0)
+    in_eval = int(np.isin(d.prompt_of[bad], ev_prompts).sum())
+    assert r.n_tokens == tags.tag_ev(corpus(N=24), (1, 0)).n_tokens - in_eval
+    assert np.isfinite(r.subspace).all()
+    te.projection = "pca"
+    assert np.isfinite(te.coords()[keep]).all() and np.isnan(te.coords()[bad]).all()
+    html = te.to_html(tmp_path / "nan.html").read_text()
+    assert "left out of the fits" in html
+    clean = sw.TagExplorer(corpus(N=24), head=(1, 0), defer=False)
+    assert clean._numbers["n_nonfinite"] == 0 and clean._points["nonfinite_note"] == ""
+
+
 def test_error_in_tag_ev_is_shown_not_raised():
     d = corpus(N=6)
     d.sink_scores[:] = 0.01  # no sinks at all
     te = sw.TagExplorer(d, head=(1, 0), projection="pca")
+    assert te.wait(60)
     assert te._numbers["ok"] is False and "sinks" in te._numbers["error"]
     assert te._points["status"] == "ok"  # the PCs need no sinks
     te.projection = "tag"
@@ -170,6 +221,7 @@ def test_error_in_tag_ev_is_shown_not_raised():
 
 def test_projection_change_refreshes_only_the_points(data, monkeypatch):
     te = sw.TagExplorer(data, head=(1, 0))
+    assert te.wait(60)  # the deferred numbers of the first view are in
     calls = []
     for name in ("catch", "numbers", "layer_series"):
         monkeypatch.setattr(te._view_model, name, lambda *a, name=name, **kw: calls.append(name))

@@ -8,7 +8,9 @@ integer codes for colours and tokens, each token string sent once.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -81,6 +83,74 @@ def shown(token: str) -> str:
     if token == "":
         return "∅"
     return token.replace("\n", "↵").replace("\r", "␍").replace("\t", "→")
+
+
+def blas_one_thread():
+    """A context in which numpy's BLAS uses one thread (``threadpoolctl`` when installed, else nothing).
+
+    TagExplorer's SVDs and covariances are small enough that one core does them in well under a second; with
+    several BLAS threads on a machine whose other core is busy, the threads wait on each other and the same work
+    took 37 s in one measured run (issue 22). The limit is process-wide while the context is open."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it the BLAS keeps its own setting
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+class FiniteRows:
+    """A :class:`TagData` as the analyses see it when some rows of one head are not finite.
+
+    TagExplorer's non-finite policy (docs/tags.md, "Non-finite data"): a token whose output ``o_t`` or value
+    ``g_t`` of the head holds a NaN or an infinity (an fp16 overflow on a GPU is enough) is **left out** of every
+    fit and projection and counted. Here its output and value rows read as zeros (a zero row changes neither an
+    uncentred SVD nor a Gram matrix), its α reads 0 (it is never a sink) and its position reads -1 (it is never a
+    token ``t >= 1`` of the evaluation), so :func:`sinkwidgets.tags.tag_ev` and
+    :func:`sinkwidgets.tags.tag_vectors` run unchanged on the finite rows. Every other attribute is the TagData's.
+
+    ``bad`` is the boolean mask ``[n_tok]`` of the rows left out.
+    """
+
+    def __init__(self, data: TagData, head: tuple[int, int], bad: np.ndarray) -> None:
+        self._data, self._head, self.bad = data, head, bad
+        self._o = np.array(data.outputs(head))
+        self._o[bad] = 0
+        self._v = np.array(data.values(head))
+        self._v[bad] = 0
+        self._a = np.array(data.alpha(head))
+        self._a[bad] = 0
+        self._pos = np.array(data.positions)
+        self._pos[bad] = -1
+
+    def _mine(self, head: Any) -> bool:
+        return (int(head[0]), int(head[1])) == self._head
+
+    def outputs(self, head: Any) -> np.ndarray:
+        return self._o if self._mine(head) else self._data.outputs(head)
+
+    def values(self, head: Any) -> np.ndarray:
+        return self._v if self._mine(head) else self._data.values(head)
+
+    def alpha(self, head: Any) -> np.ndarray:
+        return self._a if self._mine(head) else self._data.alpha(head)
+
+    @property
+    def positions(self) -> np.ndarray:
+        return self._pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._data, name)
+
+
+def nonfinite_note(bad: np.ndarray, data: TagData, head: tuple[int, int]) -> str:
+    """``"3 tokens of L2H2 left out (non-finite output or value): prompt 4 pos 7, ..."`` (first 5 named)."""
+    idx = np.nonzero(bad)[0]
+    if not len(idx):
+        return ""
+    named = ", ".join(f"prompt {int(data.prompt_of[j])} pos {int(data.positions[j])}" for j in idx[:5])
+    more = f" and {len(idx) - 5} more" if len(idx) > 5 else ""
+    return (f"{len(idx)} token{'s' if len(idx) != 1 else ''} of L{head[0]}H{head[1]} left out of the fits and the "
+            f"picture (non-finite output or value): {named}{more}")
 
 
 def as_tagdata(data: Any, who: str = "TagExplorer") -> TagData:
@@ -161,6 +231,11 @@ class TagView:
         self.positions = data.positions
         self.prompt_of = data.prompt_of
         self._ev: dict[tuple, A.TagEV] = {}
+        self._lock = threading.RLock()  # the numbers may be computed in a thread (TagExplorer defers them)
+        self._bad: dict[tuple, np.ndarray] = {}
+        self._clean: dict[tuple, Any] = {}
+        self._sub: dict[tuple, np.ndarray] = {}
+        self._cov: dict[tuple, tuple[np.ndarray, int]] = {}
         self._coords: OrderedDict[tuple, tuple[np.ndarray, dict]] = OrderedDict()
         self._catch: dict[tuple, dict] = {}
         self._resid: dict[int, np.ndarray] = {}
@@ -188,11 +263,50 @@ class TagView:
         return self.data.has_map(head)
 
     # ---------------------------------------------------------------- tag EV (numbers beside the picture)
+    def nonfinite(self, head: tuple[int, int]) -> np.ndarray:
+        """Rows ``[n_tok]`` (bool) whose output or value of ``head`` is not finite: left out (see :class:`FiniteRows`)."""
+        with self._lock:
+            if head not in self._bad:
+                O, V = self.data.outputs(head), self.data.values(head)
+                self._bad[head] = ~(np.isfinite(O).all(1) & np.isfinite(V).all(1))
+            return self._bad[head]
+
+    def analysis_data(self, head: tuple[int, int]) -> Any:
+        """The TagData itself, or a :class:`FiniteRows` view of it when some rows of ``head`` are not finite."""
+        bad = self.nonfinite(head)
+        if not bad.any():
+            return self.data
+        with self._lock:
+            if head not in self._clean:
+                self._clean[head] = FiniteRows(self.data, head, bad)
+            return self._clean[head]
+
     def ev(self, head: tuple[int, int], rank: int) -> A.TagEV:
         key = (head, rank)
-        if key not in self._ev:
-            self._ev[key] = A.tag_ev(self.data, head, rank, eps=self.eps, n_random=self.n_random, seed=self.seed)
-        return self._ev[key]
+        with self._lock:
+            if key not in self._ev:
+                with blas_one_thread():
+                    self._ev[key] = A.tag_ev(self.analysis_data(head), head, rank, eps=self.eps,
+                                             n_random=self.n_random, seed=self.seed)
+            return self._ev[key]
+
+    def ev_ready(self, head: tuple[int, int], rank: int) -> bool:
+        return (head, rank) in self._ev
+
+    def subspace(self, head: tuple[int, int], rank: int) -> np.ndarray:
+        """The tag subspace ``U [d, rank]`` that :func:`~sinkwidgets.tags.tag_ev` returns (fitted on the same fit
+        prompts' sinks), without its controls: what the first view needs."""
+        key = (head, rank)
+        if key in self._ev:
+            return self._ev[key].subspace
+        if key not in self._sub:
+            fit, _ = A.split_prompts(self.data.n_prompts, 0.5, self.seed)
+            G, _ = A.tag_vectors(self.analysis_data(head), head, fit, eps=self.eps)
+            if len(G) < rank:
+                return self.ev(head, rank).subspace  # raises tag_ev's own message (too few sinks)
+            with blas_one_thread():
+                self._sub[key] = A.tag_subspace(G, rank)
+        return self._sub[key]
 
     def numbers(self, head: tuple[int, int], rank: int, tau: float) -> dict[str, Any]:
         try:
@@ -203,6 +317,9 @@ class TagView:
                                                                    if k != "head"}}
         cat = self.catch(head, tau)
         out["caught_share"] = None if cat is None else _finite(cat["caught_share"])
+        bad = self.nonfinite(head)
+        out["n_nonfinite"] = int(bad.sum())
+        out["nonfinite_note"] = nonfinite_note(bad, self.data, head)
         out["tau"] = float(tau)
         out["eps"] = self.eps
         return out
@@ -220,39 +337,61 @@ class TagView:
         return self._resid[layer]
 
     def mean_tag_vector(self, head: tuple[int, int]) -> np.ndarray:
-        G, _ = A.tag_vectors(self.data, head, eps=self.eps)
+        G, _ = A.tag_vectors(self.analysis_data(head), head, eps=self.eps)
         return G.mean(0) if len(G) else np.zeros(self.data.d_model, np.float64)
 
     def axes(self, head: tuple[int, int], rank: int, projection: str, source: str) -> tuple[np.ndarray, list[str]]:
         """The two directions ``[d, 2]`` the scatter shows, and their axis names."""
-        X = self.source_rows(head, source)
-        later = self.positions >= 1
         what = "head output" if source == "output" else f"residual after layer {head[0]}"
         if projection == "pca":
-            P = _top_pcs(X[later], 2)
+            P = _top_eig(self.covariance(head, source), 2)
             return P, [f"PC1 of the {what}s", f"PC2 of the {what}s"]
-        U = self.ev(head, rank).subspace
+        U = self.subspace(head, rank)
         if rank >= 2:
             return U[:, :2], [f"tag direction 1 (of {rank})", f"tag direction 2 (of {rank})"]
-        # rank 1: x is the tag direction, y the largest-variance direction orthogonal to it
+        # rank 1: x is the tag direction, y the largest-variance direction orthogonal to it: the top eigenvector
+        # of (I - u u^T) C (I - u u^T), C the centred covariance of the outputs (t >= 1), shared by every rank
         u = U[:, 0]
-        Xl = np.asarray(X[later], np.float64)
-        Xl = Xl - np.outer(Xl @ u, u)
-        w = _top_pcs(Xl, 1)[:, 0]
+        C = self.covariance(head, source)
+        Cu = C @ u
+        Cp = C - np.outer(Cu, u) - np.outer(u, Cu) + (u @ Cu) * np.outer(u, u)
+        w = _top_eig(Cp, 1)[:, 0]
         w = w - (w @ u) * u
         w /= max(np.linalg.norm(w), 1e-12)
         return np.stack([u, w], 1), ["tag direction (rank 1)", f"top PC of the {what}s ⟂ tag"]
 
+    def covariance(self, head: tuple[int, int], source: str) -> np.ndarray:
+        """Centred covariance ``[d, d]`` (float64, unnormalised) of the finite rows ``t >= 1`` of ``source``, computed
+        once per head and source (one float32 GEMM) and shared by the PCs and every rank's orthogonal axis."""
+        key = (head, source)
+        with self._lock:
+            if key not in self._cov:
+                X = self.source_rows(head, source)
+                rows = (self.positions >= 1) & ~self.nonfinite(head)
+                if source == "residual":
+                    rows &= np.isfinite(X).all(1)
+                Xl = np.asarray(X[rows], np.float32)
+                Xl -= Xl.mean(0, dtype=np.float64).astype(np.float32)
+                with blas_one_thread():
+                    self._cov[key] = (Xl.T @ Xl).astype(np.float64)
+            return self._cov[key]
+
     def coords(self, head: tuple[int, int], rank: int, projection: str, source: str) -> tuple[np.ndarray, dict]:
+        """``xy [n_tok, 2]`` float32 (NaN for the rows left out as non-finite) and ``{"axes", "arrow",
+        "n_nonfinite", "nonfinite_note"}``."""
         key = (head, rank, projection, source)
         if key in self._coords:
             self._coords.move_to_end(key)
             return self._coords[key]
         B, names = self.axes(head, rank, projection, source)
         X = self.source_rows(head, source)
-        xy = np.asarray(X @ B, dtype=np.float32)
+        with blas_one_thread():
+            xy = np.asarray(X @ B.astype(X.dtype if X.dtype == np.float32 else np.float64), dtype=np.float32)
+        bad = self.nonfinite(head) | ~np.isfinite(xy).all(1)
+        xy[bad] = np.nan
         g = self.mean_tag_vector(head) @ B
-        info = {"axes": names, "arrow": [float(g[0]), float(g[1])]}
+        info = {"axes": names, "arrow": [_finite(float(g[0])), _finite(float(g[1]))], "n_nonfinite": int(bad.sum()),
+                "nonfinite_note": nonfinite_note(bad, self.data, head)}
         self._coords[key] = (xy, info)
         while len(self._coords) > 16:
             self._coords.popitem(last=False)
@@ -303,7 +442,7 @@ class TagView:
         codes = np.zeros(n, np.uint8)
         for j in np.nonzero(caught)[0]:
             codes[j] = index.get(names_of[j], len(names) - 1)
-        later = self.positions >= 1
+        later = (self.positions >= 1) & ~self.nonfinite(head)
         res = {"codes": codes, "names": names, "pos": pos, "weight": weight,
                "caught_share": float(caught[later].mean()) if later.any() else float("nan")}
         self._catch[key] = res
@@ -321,7 +460,7 @@ class TagView:
         if not len(sel):
             return {**base, "status": "empty", "message": "select points (box or lasso) to follow them across layers"}
         try:
-            u = self.ev(head, rank).subspace[:, :1]
+            u = self.subspace(head, rank)[:, :1]
         except ValueError as exc:
             return {**base, "status": "error", "message": str(exc)}
         L = int(self.data.sink_scores.shape[0])
@@ -378,12 +517,10 @@ def _band(S: np.ndarray) -> np.ndarray:
     return np.stack([S.mean(1), *np.percentile(S, [10, 50, 90], axis=1)], 1).astype(np.float32)
 
 
-def _top_pcs(X: np.ndarray, k: int) -> np.ndarray:
-    Xc = np.asarray(X, np.float64)
-    Xc = Xc - Xc.mean(0)
-    # the covariance is d × d (576² for SmolLM2): cheaper than an SVD of the n × d data at tens of thousands of rows
-    C = Xc.T @ Xc
-    w, V = np.linalg.eigh(C)
+def _top_eig(C: np.ndarray, k: int) -> np.ndarray:
+    """Top-``k`` eigenvectors ``[d, k]`` of a symmetric ``C`` (a covariance ``d × d``: 576² for SmolLM2, cheaper than
+    an SVD of the ``n × d`` data), each signed to point along the sum of its entries (reproducible signs)."""
+    _, V = np.linalg.eigh(C)
     P = V[:, ::-1][:, :k]
     return P * np.where(np.sign(P.sum(0)) == 0, 1.0, np.sign(P.sum(0)))
 

@@ -8,6 +8,7 @@ Changing the head, rank, projection or τ recomputes in the kernel and sends onl
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,14 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
         One label per prompt or per token for ``color_by='label'`` (default ``data.labels``).
     texts : sequence of str, optional
         The texts given to ``collect`` (only with a model; by default they are decoded from the token ids).
+    defer : bool
+        Compute tag EV's controls (PC bound, random floor, non-sink value control: the SVDs, most of the work at
+        tens of thousands of tokens) in a thread after the picture is built, so the first view is on screen sooner;
+        the numbers panel says "computing…" until they arrive. :meth:`wait` blocks until they are in. Default True.
+
+    Non-finite data: tokens whose output or value of the head is NaN or infinite are left out of the fits, the
+    numbers and the picture, and the widget says how many and names the first ones (``_numbers["n_nonfinite"]``,
+    ``nonfinite_note``; see docs/tags.md, "Non-finite data").
 
     Traits (all settable from Python): ``head`` ([layer, head]), ``tau`` (catch threshold, default 0.3),
     ``rank`` (tag rank), ``projection`` ('tag' or 'pca'), ``source`` ('output' or 'residual'), ``color_by``
@@ -92,7 +101,7 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
     focus = traitlets.Int(-1).tag(sync=True)
 
     def __init__(self, data: Any, head: Any = None, model: Any = None, labels: Any = None, *,
-                 texts: Any = None, **kwargs: Any) -> None:
+                 texts: Any = None, defer: bool = True, **kwargs: Any) -> None:
         if data is None:
             raise TypeError("TagExplorer(data=None): pass a TagData, e.g. TagExplorer(sinkwidgets.tags.collect(model, "
                             "texts, heads=[(2, 2)]), head=(2, 2)) or the path of a saved one")
@@ -102,6 +111,11 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
         self._texts = texts
         self._init_png()
         self._layer_cache: dict[tuple, np.ndarray] = {}
+        self._defer = bool(defer)
+        self._live = False  # no refresh while traitlets sets the initial values
+        self._numbers_gen = 0
+        self._numbers_lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
         if model is not None:
             self._attach_model(model)
         vm = self._view_model
@@ -119,6 +133,7 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
             "labels": packed_int(vm.labels[0], "uint8") if vm.labels else None,
         }
         super().__init__(_vocab=vocab, _static=static, head=list(head), **kwargs)
+        self._live = True
         self._refresh("all")
         self.on_msg(self._on_custom_msg)
 
@@ -140,8 +155,21 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
                 for j in self.selected]
 
     def tag_ev(self):
-        """The :class:`~sinkwidgets.tags.TagEV` shown beside the picture (current head and rank)."""
+        """The :class:`~sinkwidgets.tags.TagEV` shown beside the picture (current head and rank), computed on the
+        finite rows (see :attr:`n_nonfinite`)."""
         return self._view_model.ev(tuple(self.head), self.rank)
+
+    @property
+    def n_nonfinite(self) -> int:
+        """How many tokens of the current head were left out because their output or value is not finite."""
+        return int(self._view_model.nonfinite(tuple(self.head)).sum())
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the deferred numbers (tag EV's controls) are in ``_numbers``; True when nothing is pending."""
+        for t in list(self._workers):
+            t.join(timeout)
+        self._workers = [t for t in self._workers if t.is_alive()]
+        return not self._workers
 
     def save_png(self, path: str | os.PathLike, timeout: float = 15.0) -> PngExport:
         """Ask the displayed widget for a PNG of its current view (scatter, numbers, layers panel) and write it to
@@ -232,7 +260,7 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
         self._refresh("layers")
 
     def _refresh(self, what: str) -> None:
-        if not hasattr(self, "_view_model"):
+        if not getattr(self, "_live", False):
             return
         vm = self._view_model
         head, rank, tau = tuple(self.head), int(self.rank), float(self.tau)
@@ -241,13 +269,39 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
                 self._points = self._points_state(head, rank, self.projection, self.source)
             if what in ("all", "catch"):
                 self._catch = self._catch_state(head, tau)
-                self._numbers = vm.numbers(head, rank, tau)
+                self._set_numbers(head, rank, tau)
             if what in ("all", "layers"):
                 try:
                     self._layers = vm.layer_series(head, rank, np.asarray(self.selected, np.int64))
                 except Exception as exc:  # the model may fail: shown in the panel
                     self._layers = {"status": "error", "message": f"{type(exc).__name__}: {exc}",
                                     "n_selected": len(self.selected)}
+
+    def _set_numbers(self, head, rank, tau) -> None:
+        """``_numbers`` now when tag EV is cached (or ``defer=False``); else "computing…" now and the numbers from a
+        thread, dropped if the head, rank or τ changed meanwhile."""
+        vm = self._view_model
+        with self._numbers_lock:
+            self._numbers_gen += 1
+            gen = self._numbers_gen
+        if not self._defer or vm.ev_ready(head, rank):
+            self._numbers = vm.numbers(head, rank, tau)
+            return
+        self._numbers = {"ok": False, "pending": True, "head": list(head), "rank": rank,
+                         "message": "computing tag EV and its controls…"}
+
+        def work() -> None:
+            try:
+                res = vm.numbers(head, rank, tau)
+            except Exception as exc:  # shown in the panel, never lost in a thread
+                res = {"ok": False, "head": list(head), "rank": rank, "error": f"{type(exc).__name__}: {exc}"}
+            with self._numbers_lock:
+                if gen == self._numbers_gen:
+                    self._numbers = res
+
+        t = threading.Thread(target=work, name="TagExplorer-numbers", daemon=True)
+        self._workers = [w for w in self._workers if w.is_alive()] + [t]
+        t.start()
 
     def _points_state(self, head, rank, projection, source) -> dict[str, Any]:
         base = {"head": list(head), "rank": rank, "projection": projection, "source": source}

@@ -150,6 +150,9 @@ function buildTagExplorer(model, host) {
     if (a.length !== 2 * D.n) throw new Error(`${a.length / 2} coordinates for ${D.n} points`);
     xy = a;
     pinfo = P;
+    // non-finite outputs or values: those tokens are left out (NaN coordinates, not drawn), and the footer says so
+    status.textContent = P.nonfinite_note || "";
+    status.dataset.nonfinite = String(P.n_nonfinite || 0);
     fitView();
     schedule();
   }
@@ -558,8 +561,8 @@ function buildTagExplorer(model, host) {
     const hd = R.head || model.get("head");
     numbers.appendChild(text("div", "te-num-title", `L${hd[0]}H${hd[1]}, rank ${R.rank || model.get("rank")} — sw.tags.tag_ev`));
     if (!R.ok) {
-      numbers.appendChild(text("div", "te-num-error", R.error ? `tag EV unavailable: ${R.error}` : "computing…",
-        { "data-testid": "te-num-error" }));
+      numbers.appendChild(text("div", "te-num-error", R.error ? `tag EV unavailable: ${R.error}` : (R.message || "computing…"),
+        { "data-testid": R.pending ? "te-num-pending" : "te-num-error" }));
       return;
     }
     const dl = h("dl", "te-num-list");
@@ -576,6 +579,8 @@ function buildTagExplorer(model, host) {
     numbers.appendChild(text("div", "te-num-foot",
       `fit: ${R.n_fit} prompts, ${R.n_sinks} sinks (α > ε = ${fmt(R.eps, 2)}); held out: ${R.n_eval} prompts, ` +
       `${R.n_tokens} tokens; ${R.n_random} random draws`));
+    if (R.n_nonfinite) numbers.appendChild(text("div", "te-num-foot te-num-nonfinite", R.nonfinite_note,
+      { "data-testid": "te-num-nonfinite" }));
   }
 
   // ---- across layers
