@@ -386,6 +386,47 @@ def test_link_heads_both_ways_and_focus_shows_the_prompt():
         sw.link(te, te)
 
 
+def test_link_refuses_explorers_of_two_models():
+    """A SmolLM2 SinkExplorer linked to a Gemma TagExplorer used to link silently; a click then swapped the explorer
+    to the other model's prompt."""
+    from sinkwidgets.errors import SinkwidgetsError
+
+    d = corpus()
+    d.meta.update(model="gemma-3-270m", hub_id="google/gemma-3-270m")
+    te = sw.TagExplorer(d, head=(1, 0))
+    ex = sw.SinkExplorer(sw.widgets.synthetic_trace(16))  # SmolLM2-shaped, 30 x 9
+    ex.trace.meta.update(model="smollm2-135m", hub_id="HuggingFaceTB/SmolLM2-135M-Instruct")
+    with pytest.raises(SinkwidgetsError, match=r"'smollm2-135m' \(30 layers x 9 heads\).*'gemma-3-270m' "
+                                               r"\(3 layers x 2 heads\).*hub id differs") as err:
+        sw.link(ex, te)
+    assert isinstance(err.value, ValueError) and "prompt_trace" in str(err.value)
+    # same name but another shape (e.g. a trace of an unnamed model with other dimensions) is refused too
+    ex2 = sw.SinkExplorer(sw.widgets.synthetic_trace(16))
+    ex2.trace.meta["model"] = "gemma-3-270m"
+    ex2.trace.meta.pop("hub_id", None)
+    with pytest.raises(SinkwidgetsError, match="number of layers differs"):
+        sw.link(ex2, te)
+    # the same model links (prompt_trace carries the TagData's model facts)
+    lk = sw.link(sw.SinkExplorer(sw.widgets.prompt_trace(d, 0)), te)
+    assert lk.note == ""
+
+
+def test_tag_explorer_names_a_model_mismatch():
+    """TagExplorer(data, model=other) used to fail later, asking for texts=; it now names both models."""
+    from types import SimpleNamespace
+
+    from sinkwidgets.errors import SinkwidgetsError
+
+    d = corpus()
+    d.meta.update(model="smollm2-135m", hub_id="HuggingFaceTB/SmolLM2-135M-Instruct")
+    gemma = SimpleNamespace(sinkwidgets=SimpleNamespace(name="gemma-3-270m", hub_id="google/gemma-3-270m",
+                                                        n_layers=18, n_heads=4, d_model=640))
+    with pytest.raises(SinkwidgetsError, match=r"model is 'gemma-3-270m' \(18 layers x 4 heads, d = 640\) but the "
+                                               r"TagData was collected with 'smollm2-135m'.*hub id differs") as err:
+        sw.TagExplorer(d, head=(1, 0), model=gemma)
+    assert "texts=" not in str(err.value) and "load_model('smollm2-135m')" in str(err.value)
+
+
 # ----------------------------------------------------------------------------- offline file
 def test_offline_html_is_self_contained_and_escapes_tokens(tmp_path):
     xss = ["<img src=x onerror=alert(1)>", "</script><b>x</b>"]

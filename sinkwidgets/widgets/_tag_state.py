@@ -197,13 +197,57 @@ def prompt_trace(data: TagData, i: int) -> SinkTrace:
         maps = np.stack([data.attention_map(tuple(lh), i) for lh in map_index.tolist()]).astype(np.float16)
     meta = {"model": data.meta.get("model", "unknown"), "add_bos": data.meta.get("add_bos"), "prompt": int(i),
             "source": "TagData"}
-    for k in ("model_name", "causal"):
+    for k in ("model_name", "causal", "hub_id", "n_layers", "n_heads", "d_model"):
         if k in data.meta:
             meta[k] = data.meta[k]
     return SinkTrace(sink_scores=data.sink_scores[:, :, sl], tokens=list(data.tokens[i]),
                      first_token_mass=None if data.first_token_mass is None else data.first_token_mass[i],
                      token_ids=None if data.token_ids is None else data.token_ids[sl], maps=maps, map_index=map_index,
                      meta=meta)
+
+
+def model_facts(meta: dict | None, info: Any = None, shape: tuple[int, int] | None = None) -> dict[str, Any]:
+    """What identifies a model, from a trace's or TagData's ``meta``, a ``model.sinkwidgets`` record (``info``) and
+    an α shape ``(L, H)``: name, hub id, layers, heads, width (keys missing when unknown)."""
+    out: dict[str, Any] = {}
+    meta = dict(meta or {})
+    if info is not None:
+        meta = {"model": getattr(info, "name", None), "hub_id": getattr(info, "hub_id", None),
+                "n_layers": getattr(info, "n_layers", None), "n_heads": getattr(info, "n_heads", None),
+                "d_model": getattr(info, "d_model", None)}
+    name = meta.get("model")
+    if name and name != "unknown":
+        out["model"] = str(name)
+    for k in ("hub_id", "n_layers", "n_heads", "d_model"):
+        if meta.get(k) is not None:
+            out[k] = meta[k] if k == "hub_id" else int(meta[k])
+    if shape is not None:
+        out.setdefault("n_layers", int(shape[0]))
+        out.setdefault("n_heads", int(shape[1]))
+    return out
+
+
+def describe_model(f: dict[str, Any]) -> str:
+    """``'smollm2-135m' (30 layers x 9 heads, d = 576)``, from :func:`model_facts`."""
+    name = repr(f.get("model") or f.get("hub_id") or "an unnamed model")
+    dims = [f"{f['n_layers']} layers x {f['n_heads']} heads" if "n_layers" in f and "n_heads" in f else "",
+            f"d = {f['d_model']}" if "d_model" in f else ""]
+    dims = ", ".join(x for x in dims if x)
+    return f"{name} ({dims})" if dims else name
+
+
+def model_mismatch(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """Which fact differs between two :func:`model_facts` (hub ids, else names; layers, heads, width), or None
+    when nothing known differs."""
+    if a.get("hub_id") and b.get("hub_id"):
+        if a["hub_id"] != b["hub_id"]:
+            return "hub id"
+    elif a.get("model") and b.get("model") and a["model"] != b["model"]:
+        return "model name"
+    for k, what in (("n_layers", "number of layers"), ("n_heads", "number of heads"), ("d_model", "width")):
+        if k in a and k in b and a[k] != b[k]:
+            return what
+    return None
 
 
 # ----------------------------------------------------------------------------- the view model

@@ -16,6 +16,7 @@ import anywidget
 import numpy as np
 import traitlets
 
+from ..errors import SinkwidgetsTypeError
 from ..tags import analysis as A
 from . import _serialization as ser
 from ._tag_state import (
@@ -27,7 +28,10 @@ from ._tag_state import (
     TagView,
     as_tagdata,
     css,
+    describe_model,
     esm,
+    model_facts,
+    model_mismatch,
     packed_int,
     prompt_trace,
     token_table,
@@ -106,6 +110,17 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
             raise TypeError("TagExplorer(data=None): pass a TagData, e.g. TagExplorer(sinkwidgets.tags.collect(model, "
                             "texts, heads=[(2, 2)]), head=(2, 2)) or the path of a saved one")
         self._data = as_tagdata(data)
+        if model is not None and getattr(model, "sinkwidgets", None) is not None:
+            mine = model_facts(self._data.meta, shape=None if self._data.sink_scores is None else
+                               self._data.sink_scores.shape[:2])
+            theirs = model_facts(None, info=model.sinkwidgets)
+            why = model_mismatch(mine, theirs)
+            if why is not None:
+                raise WidgetValueError(
+                    f"TagExplorer(data, model=...): the model is {describe_model(theirs)} but the TagData was collected "
+                    f"with {describe_model(mine)} (the {why} differs); the residual source and the across-layers panel "
+                    f"would run the wrong model. Pass the model the data was collected with, e.g. "
+                    f"model=sinkwidgets.load_model({mine.get('model', '...')!r}), or no model")
         self._view_model = TagView(self._data, labels)
         self._model = model
         self._texts = texts
@@ -366,11 +381,21 @@ class TagLink:
 
     def __init__(self, explorer: SinkExplorer, tag_explorer: TagExplorer) -> None:
         if not isinstance(explorer, SinkExplorer):
-            raise TypeError(f"link(explorer, tag_explorer): explorer must be a SinkExplorer, got "
+            raise SinkwidgetsTypeError(f"link(explorer, tag_explorer): explorer must be a SinkExplorer, got "
                             f"{type(explorer).__name__}")
         if not isinstance(tag_explorer, TagExplorer):
-            raise TypeError(f"link(explorer, tag_explorer): tag_explorer must be a TagExplorer, got "
+            raise SinkwidgetsTypeError(f"link(explorer, tag_explorer): tag_explorer must be a TagExplorer, got "
                             f"{type(tag_explorer).__name__}")
+        tr, d = explorer.trace, tag_explorer.data
+        ex_facts = model_facts(tr.meta, shape=(tr.n_layers, tr.n_heads))
+        te_facts = model_facts(d.meta, shape=None if d.sink_scores is None else d.sink_scores.shape[:2])
+        why = model_mismatch(ex_facts, te_facts)
+        if why is not None:
+            raise WidgetValueError(
+                f"link(explorer, tag_explorer): the SinkExplorer shows a trace of {describe_model(ex_facts)} but the "
+                f"TagExplorer's TagData was collected with {describe_model(te_facts)} (the {why} differs): heads "
+                "would not correspond, and a click would open the other model's prompt. Link explorers of the same "
+                "model, e.g. sinkwidgets.SinkExplorer(sinkwidgets.widgets.prompt_trace(tag_explorer.data, 0))")
         self.explorer, self.tag_explorer = explorer, tag_explorer
         self.note = ""
         self._busy = False
