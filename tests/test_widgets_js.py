@@ -141,3 +141,30 @@ def test_every_css_rule_is_scoped_to_the_widget_root(name):
     assert not unscoped, f"{name}: rules host pages can outweigh: {unscoped}"
     if name == "sinkwidgets.css":
         assert ".sw-root:not(#sw-scope) *" in selectors  # the reset of every element inside the root
+
+
+#: Tokens whose visible form the JS and Python must agree on: spaces, newlines, tabs, runs, controls, Unicode
+#: spaces (U+0085 is whitespace to Python but not to JS's \s; U+FEFF the other way round), astral characters and
+#: markup, which stays text.
+SHOW_CASES = ["", " ", " the", "\n", "\n\n", "a\nb\tc", "\r\n", " " * 90, "\t\t\t\t\t", "x" * 9, "\x00\x1b\x7f",
+              "\u00a0", "\u2003", "\u3000x", "\x85", "\ufeff", "<b>&amp;</b>", "😀 😀", "  \n  ", "ab  cd"]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs node (Debian: apt install nodejs)")
+def test_js_show_token_matches_python(tmp_path):
+    """``showToken`` (static/sinkwidgets.js) and ``sinkwidgets._text.show_token`` write every token the same way
+    (both widgets and the CLI show ␣, ⏎, ⇥)."""
+    import json
+
+    from sinkwidgets._text import show_token
+
+    common = (STATIC / "sinkwidgets.js").read_text(encoding="utf-8")
+    out = tmp_path / "show.mjs"
+    out.write_text(common + f"\nconsole.log(JSON.stringify({json.dumps(SHOW_CASES)}.map((s) => showToken(s))));\n",
+                   encoding="utf-8")
+    run = subprocess.run(["node", str(out)], capture_output=True, text=True, timeout=60, encoding="utf-8")
+    assert run.returncode == 0, run.stderr
+    got = json.loads(run.stdout)
+    want = [show_token(s) for s in SHOW_CASES]
+    assert got == want
+    assert want[2] == "\u2423the" and want[3] == "\u23ce" and want[5] == "a\u23ceb\u21e5c" and want[7] == "\u2423\u00d790"

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .._text import show_token
 from ..sinktrace import SinkTrace
 from ..tags import analysis as A
 from ..tags.data import TagData
@@ -79,10 +80,9 @@ def token_table(data: TagData) -> tuple[list[str], dict[str, Any]]:
 
 
 def shown(token: str) -> str:
-    """A token as shown in a legend: whitespace made visible (the JS ``showToken``)."""
-    if token == "":
-        return "∅"
-    return token.replace("\n", "↵").replace("\r", "␍").replace("\t", "→")
+    """A token as shown in a legend: whitespace made visible (:func:`sinkwidgets._text.show_token`, mirrored by the
+    JS ``showToken``)."""
+    return show_token(token)
 
 
 def blas_one_thread():

@@ -9,6 +9,8 @@ from conftest import REPO, open_notebook, poll_cell, run_cell, state, wait_state
 from labserver import start_lab
 from pixels import match_fraction, sample_heatmap
 
+from sinkwidgets._text import show_token
+
 pytestmark = pytest.mark.browser  # Debian chromium against a JupyterLab (also added by conftest.py)
 
 XSS = [
@@ -71,7 +73,8 @@ def assert_no_injection(page, root=".sw-root"):
     )
     assert found["xss"] == 0, "a token string was executed as HTML"
     assert found["elements"] == 0, "an element was created from a token string"
-    assert found["texts"] == XSS, found["texts"]  # shown verbatim, as text
+    # shown as text, whitespace made visible as everywhere (sinkwidgets._text.show_token = the JS showToken)
+    assert found["texts"] == [show_token(x) for x in XSS], found["texts"]
 
 
 def test_untrusted_tokens_render_as_text(lab, guarded_page, smollm2_trace, tmp_path):
@@ -89,7 +92,7 @@ def test_untrusted_tokens_render_as_text(lab, guarded_page, smollm2_trace, tmp_p
     # tooltips and zoomed axis labels show the tokens too
     page.locator("[data-testid=sw-strip-tokens] .sw-tok").nth(1).hover()
     tip = page.get_by_test_id("sw-tooltip")
-    assert "<img src=x onerror=" in tip.inner_text()
+    assert show_token("<img src=x onerror=") in tip.inner_text()
     for _ in range(5):
         page.get_by_test_id("sw-zoom-in").click()
     page.get_by_test_id("sw-heatmap-canvas").press("0")

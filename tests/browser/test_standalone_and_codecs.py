@@ -100,5 +100,11 @@ def test_js_decoders_mirror_python(codec_page, case, offset, wrapper):
 
 
 def test_js_show_token_is_text(codec_page):
-    out = codec_page.evaluate("() => [window.__sw.showToken('a\\nb\\tc'), window.__sw.showToken('')]")
-    assert out == ["a↵b→c", "∅"]
+    """In the browser, showToken writes whitespace as Python's show_token does (␣ ⏎ ⇥, runs as ␣×90), and markup
+    stays text."""
+    from sinkwidgets._text import show_token
+
+    cases = ["a\nb\tc", "", " the", " " * 90, "\r\n", "\u00a0", "\x85", "\ufeff", "<img src=x onerror=alert(1)>"]
+    out = codec_page.evaluate("(cs) => cs.map((c) => window.__sw.showToken(c))", cases)
+    assert out == [show_token(c) for c in cases]
+    assert out[:4] == ["a\u23ceb\u21e5c", "\u2205", "\u2423the", "\u2423\u00d790"]

@@ -41,7 +41,9 @@ def xss_data_path(tag_data_path, tmp_path_factory):
 
 
 def _show(s: str) -> str:
-    return "∅" if s == "" else s.replace("\n", "↵").replace("\r", "␍").replace("\t", "→")
+    from sinkwidgets._text import show_token
+
+    return show_token(s)  # the JS showToken writes tokens the same way
 
 
 def screen_xy(page, xy: np.ndarray, root: str = "") -> np.ndarray:
@@ -231,7 +233,7 @@ def test_injection_tokens_create_no_element(lab, guarded_page, xss_data_path):
         tip = state(page, "te-tooltip")
         if tip and tip.get("token") == str(j):
             shown += 1
-            assert page.get_by_test_id("te-hit").text_content() == XSS[j - 1]
+            assert page.get_by_test_id("te-hit").text_content() == _show(XSS[j - 1])
     assert shown >= 1, "no injected token could be hovered"
     found = page.evaluate("""() => ({xss: window.__xss || 0,
         elements: document.querySelectorAll('.te-root img, .te-root script, .te-root svg, .te-root b').length,

@@ -163,10 +163,39 @@ export function text(tag, cls, s, attrs) {
   return e;
 }
 
-/** Visible form of a token: whitespace made visible, never interpreted as markup. */
-export function showToken(s) {
-  if (s === "") return "∅";
-  return String(s).replace(/\n/g, "↵").replace(/\r/g, "␍").replace(/\t/g, "→");
+/** The visible symbol of each whitespace or control character that has its own (mirrors WHITESPACE_SYMBOLS in
+ * sinkwidgets/_text.py). */
+const WHITESPACE_SYMBOLS = new Map([[" ", "\u2423"], ["\n", "\u23ce"], ["\t", "\u21e5"], ["\r", "\u240d"],
+  ["\x7f", "\u2421"], ["\u00a0", "\u237d"]]);
+
+function whitespaceSymbol(ch) {
+  const sym = WHITESPACE_SYMBOLS.get(ch);
+  if (sym !== undefined) return sym;
+  const c = ch.codePointAt(0);
+  if (c < 0x20) return String.fromCharCode(0x2400 + c); // other C0 controls: the control pictures
+  // Python's str.isspace(): JS \s without U+FEFF, plus U+0085
+  if ((/^\s$/u.test(ch) && ch !== "\ufeff") || ch === "\x85") return "\u2423";
+  return null;
+}
+
+/** A token as shown to people, exactly as sinkwidgets._text.show_token (Python): space ␣, newline ⏎, tab ⇥, CR ␍,
+ * other C0 controls ␀…␟, DEL ␡, no-break space ⍽, other Unicode spaces ␣; a run of more than maxRun identical
+ * whitespace characters as symbol×count ("␣×90"); the empty string as ∅. Display only: the result is set with
+ * textContent or fillText, never parsed as HTML. */
+export function showToken(s, maxRun = 4) {
+  const chars = Array.from(String(s)); // code points, as Python iterates a str
+  if (!chars.length) return "\u2205";
+  let out = "";
+  for (let i = 0; i < chars.length;) {
+    const ch = chars[i], sym = whitespaceSymbol(ch);
+    if (sym === null) { out += ch; i++; continue; }
+    let j = i + 1;
+    while (j < chars.length && chars[j] === ch) j++;
+    const run = j - i;
+    out += maxRun && run > maxRun ? `${sym}\u00d7${run}` : sym.repeat(run);
+    i = j;
+  }
+  return out;
 }
 
 /** showToken(s) cut to at most n characters (with an ellipsis). */
