@@ -65,3 +65,36 @@ def test_release_l1h1_per_norm_below_pcs(l1h1):
     assert r.norm_fraction_pcs > r.norm_fraction, str(r)
     assert r.dnll_per_norm < r.dnll_per_norm_pcs, str(r)  # per unit of norm removed, the PCs hurt more
     assert r.dnll > 0
+
+
+def test_project_out_many_equals_separate_calls(smollm2):
+    """A dict of bases runs every subspace beside one clean row; each condition equals its own project_out call
+    (float32 batching: |Δ| <= 1e-5), with one pass per text or split into passes of 2 rows."""
+    from sinkwidgets.interventions import project_out
+
+    rng = np.random.default_rng(3)
+    d = smollm2.sinkwidgets.d_model
+    bases = {"a": rng.normal(size=(d, 2)), "b": rng.normal(size=(d, 3)), "own": rng.normal(size=(d, 2))}
+    texts = TEXTS[:3]
+    sinks = [[0, 3], [0], [0, 5]]
+    kw = dict(positions="non_sink", sink_positions=sinks, attention_layers=[2, 5, 9], progress=False)
+    many = project_out(smollm2, texts, 1, bases, head={"own": 1}, **kw)
+    split = project_out(smollm2, texts, 1, bases, head={"own": 1}, batch_size=2, **kw)
+    assert many.conditions == ["clean", "a", "b", "own"] and split.conditions == many.conditions
+    assert many.meta["rank"] == {"a": 2, "b": 3, "own": 2} and many.meta["head"] == {"a": None, "b": None, "own": 1}
+    assert many.attention["sink_delta"].shape[:3] == (3, 3, 3) and many.attention["sink_mass"].shape[2] == 4
+    for k, name in enumerate(["a", "b", "own"]):
+        one = project_out(smollm2, texts, 1, bases[name], head=1 if name == "own" else None, **kw)
+        for res in (many, split):
+            for i in range(len(texts)):
+                np.testing.assert_allclose(res.nll["clean"][i], one.nll["clean"][i], atol=1e-5)
+                np.testing.assert_allclose(res.nll[name][i], one.nll["projected"][i], atol=1e-5)
+            np.testing.assert_allclose(res.attention["sink_delta"][:, :, k], one.attention["sink_delta"][:, :, 0],
+                                       atol=1e-5)
+            np.testing.assert_allclose(res.attention["tv"][:, :, k], one.attention["tv"][:, :, 0], atol=1e-5)
+            np.testing.assert_allclose(res.attention["sink_mass"][:, :, [0, k + 1]], one.attention["sink_mass"],
+                                       atol=1e-5)
+        assert one.meta["n_projected"] == many.meta["n_projected"]
+    # the edit does something: each subspace moves the loss
+    assert all(abs(np.concatenate(many.nll[n]).mean() - np.concatenate(many.nll["clean"]).mean()) > 1e-4
+               for n in ("a", "b"))

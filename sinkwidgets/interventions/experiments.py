@@ -94,7 +94,7 @@ def _stats_layers(attention_layers, layer: int, L: int) -> list[int]:
 # ============================================================================= project_out
 def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_positions=(0,),
                 attention_layers="after", add_bos: bool | None = None, max_tokens: int | None = None,
-                remote=None, progress: bool = True, head: int | None = None) -> InterventionResult:
+                remote=None, progress: bool = True, head=None, batch_size: int | None = None) -> InterventionResult:
     r"""Project a subspace out of the residual stream after ``layer`` at chosen positions; measure what changes.
 
     With :math:`U \in \mathbb R^{d\times r}` an orthonormal basis of ``basis`` (QR), every chosen position gets
@@ -126,6 +126,15 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
         token t (computed in the trace from the output projection's input), instead of the whole stream's
         component (:class:`sinkwidgets.tracing.edits.ProjectHeadWrite`). ``meta["head"]`` records it.
 
+    **Several subspaces at once.** ``basis`` may be a dict ``{name: basis}`` (each ``[d, r_k]``; ranks may differ):
+    every text then runs as one batch of the clean row and one edited row per subspace (row ``k + 1`` edits with
+    subspace ``k``, :class:`~sinkwidgets.tracing.edits.ProjectOut` restricted to that row by its weights), so the
+    clean row is computed once per text instead of once per subspace. ``head`` may then be a dict ``{name: head or
+    None}`` (a name missing from it: the whole stream). The numbers equal separate calls up to float32 batching
+    (``|Δ| ~ 1e-6``). ``batch_size``: rows per forward pass (clean + edited; default: all of them, split so that the
+    ``[rows, T, vocab]`` float32 logits stay under :data:`LOGITS_BUDGET` bytes); with fewer rows than subspaces the
+    clean row is recomputed in each pass and its first copy is reported.
+
     Returns
     -------
     InterventionResult
@@ -133,7 +142,9 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
         ``attention``: ``layers``, ``sink_delta [N, S, 1, H]`` (mean :math:`|\Delta|` of the attention on the sink
         positions), ``tv [N, S, 1, H]`` (mean total variation of the attention rows), ``sink_mass [N, S, 2, H]``;
         ``meta["rank"]``, ``meta["n_projected"]`` (positions edited per text), ``meta["sink_positions"]`` (one list,
-        or one per text when given per text).
+        or one per text when given per text). With a dict ``basis``: ``conditions = ["clean", *names]``, ``sink_delta``
+        and ``tv [N, S, K, H]``, ``sink_mass [N, S, 1 + K, H]``, ``meta["rank"]`` a dict ``{name: r}`` and
+        ``meta["head"]`` a dict ``{name: head or None}``.
 
     Cost: one forward pass per text (two batch rows), plus ``[2, H, T, T]`` probabilities per measured layer.
     """
@@ -144,9 +155,17 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
     if not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) < L:
         raise InterventionError(f"layer={layer!r}: give a block index in 0..{L - 1}")
     layer = int(layer)
-    if head is not None and (not isinstance(head, (int, np.integer)) or not 0 <= int(head) < info.n_heads):
-        raise InterventionError(f"head={head!r}: give a head index in 0..{info.n_heads - 1}, or None for the whole "
-                                "residual stream")
+    for hh in (head.values() if isinstance(head, dict) else [head]):
+        if hh is not None and (not isinstance(hh, (int, np.integer)) or not 0 <= int(hh) < info.n_heads):
+            raise InterventionError(f"head={hh!r}: give a head index in 0..{info.n_heads - 1}, or None for the whole "
+                                    "residual stream")
+    if isinstance(basis, dict):
+        return _project_out_many(model, info, texts, layer, basis, positions=positions, sink_positions=sink_positions,
+                                 attention_layers=attention_layers, add_bos=add_bos, max_tokens=max_tokens,
+                                 remote=remote, progress=progress, head=head, batch_size=batch_size)
+    if isinstance(head, dict):
+        raise InterventionError("head: a dict {name: head} goes with a dict basis {name: basis}; with one basis give "
+                                "an int or None")
     U, rank = orthonormal_basis(basis, d)
     texts = _texts(texts)
     per_text_pos = isinstance(positions, (list, tuple)) and len(positions) == len(texts) and len(texts) > 1 and all(
@@ -184,6 +203,84 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
         meta["head"] = int(head)
     return InterventionResult("project_out", ["clean", "projected"], {"clean": nll0, "projected": nll1},
                               _collect_attention(chunks, stats), meta)
+
+#: Default cap on the float32 logits ``[rows, T, vocab]`` one forward pass of a multi-subspace project_out keeps.
+LOGITS_BUDGET = 512 * 2**20
+
+
+def _project_out_many(model, info, texts, layer, bases: dict, *, positions, sink_positions, attention_layers,
+                      add_bos, max_tokens, remote, progress, head, batch_size) -> InterventionResult:
+    """:func:`project_out` with ``basis = {name: basis}``: per text, the clean row and one edited row per subspace
+    in as few forward passes as ``batch_size`` (or the logits budget) allows; row ``k + 1`` of a pass carries the
+    pass's ``k``-th subspace (a :class:`ProjectOut` / :class:`ProjectHeadWrite` whose weights are zero elsewhere)."""
+    import torch
+
+    L, d = info.n_layers, info.d_model
+    if not bases:
+        raise InterventionError("basis: the dict of subspaces is empty; give {name: basis [d, r]} with at least one")
+    names = [str(k) for k in bases]
+    if "clean" in names or len(set(names)) != len(names):
+        raise InterventionError(f"basis: subspace names must be distinct and not 'clean', got {names}")
+    heads = dict(head) if isinstance(head, dict) else {k: head for k in bases}
+    unknown = [k for k in heads if k not in bases]
+    if unknown:
+        raise InterventionError(f"head: names {unknown} are not in basis (names {names})")
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 2):
+        raise InterventionError(f"batch_size={batch_size!r}: give None (automatic) or at least 2 rows (the clean row "
+                                "and one edited row)")
+    Us = {str(k): orthonormal_basis(b, d) for k, b in bases.items()}
+    hd = {str(k): (None if heads.get(k) is None else int(heads[k])) for k in bases}
+    texts = _texts(texts)
+    per_text_pos = isinstance(positions, (list, tuple)) and len(positions) == len(texts) and len(texts) > 1 and all(
+        not isinstance(p, (int, np.integer)) for p in positions)
+    stats = _stats_layers(attention_layers, layer, L)
+    per_text_sink = isinstance(sink_positions, (list, tuple)) and len(sink_positions) > 0 and all(
+        not isinstance(s, (int, np.integer)) for s in sink_positions)
+    if per_text_sink and len(sink_positions) != len(texts):
+        raise InterventionError(f"sink_positions: give one list of positions, or one per text ({len(texts)}), got "
+                                f"{len(sink_positions)} lists")
+    sink_sets = [sorted(set(int(s) for s in sp)) for sp in (sink_positions if per_text_sink else [sink_positions])]
+    vocab = max(len(getattr(model, "tokenizer", None) or ()), 1)
+    eng = _Engine(model, info, remote)
+    nll: dict[str, list] = {c: [] for c in ["clean", *names]}
+    chunks, n_proj, n_tok, used = [], [], 0, add_bos
+    for i, text in enumerate(_progress(texts, "project_out", len(texts), progress)):
+        ids, used = _tokenize(model, text, add_bos, max_tokens)
+        T = len(ids)
+        sink_cols = sink_sets[i if per_text_sink else 0]
+        if sink_cols and max(sink_cols) >= T:
+            raise InterventionError(f"sink_positions {sink_cols} out of range for text {i} ({T} tokens)")
+        w = torch.from_numpy(_positions_weight(positions[i] if per_text_pos else positions, T, sink_cols, i))
+        rows_per = batch_size or max(2, min(1 + len(names), LOGITS_BUDGET // max(T * vocab * 4, 1)))
+        per, parts = int(rows_per) - 1, []
+        for g in range(0, len(names), per):
+            group = names[g:g + per]
+            edits = []
+            for r, nm in enumerate(group):
+                wt = torch.zeros(1 + len(group), T)
+                wt[r + 1] = w
+                U = Us[nm][0]
+                edits.append(ProjectOut(layer, U, wt, name=f"project_out_{r + 1}") if hd[nm] is None else
+                             ProjectHeadWrite(layer, hd[nm], U, wt, name=f"project_head_write_{r + 1}"))
+            rows = eng.run(text, [ids] * (1 + len(group)), _units(stats, sink_cols), edits)
+            if g == 0:
+                nll["clean"].append(rows[0].by_unit["loss"]["nll"])
+            for r, nm in enumerate(group):
+                nll[nm].append(rows[r + 1].by_unit["loss"]["nll"])
+            if stats:
+                parts.append(_attention_of(rows))
+        n_proj.append(int(w.sum()))
+        n_tok += T
+        if stats:
+            chunks.append({"dsink": np.concatenate([p["dsink"] for p in parts], axis=1),
+                           "tv": np.concatenate([p["tv"] for p in parts], axis=1),
+                           "mass": np.concatenate([parts[0]["mass"][:, :1]] + [p["mass"][:, 1:] for p in parts],
+                                                  axis=1)})
+    meta = {"model": info.name, "layer": layer, "rank": {k: r for k, (_, r) in Us.items()}, "n_projected": n_proj,
+            "n_texts": len(texts), "n_tokens": n_tok, "add_bos": used, "remote": bool(eng.remote),
+            "sink_positions": [list(c) for c in sink_sets] if per_text_sink else list(sink_sets[0]), "head": hd}
+    return InterventionResult("project_out", ["clean", *names], nll, _collect_attention(chunks, stats), meta)
+
 
 # ============================================================================= massive activations
 def find_massive(model, texts, *, abs_thr: float = 100.0, ratio: float = 1000.0, top_k: int = 32,

@@ -237,21 +237,23 @@ class ReleaseResult:
         return {k: getattr(self, k) for k in keys} | {"head": list(self.head), "verdict": self.verdict}
 
 
-def _summarise(r) -> dict:
-    """A project_out (or own-write) result over all texts → ΔNLL, baseline NLL, sink |Δ|, sink shift, clean sink
-    mass, TV and per-text ΔNLL; the attention statistics are means of the per-text means."""
+def _summarise(r, edited: str | None = None) -> dict:
+    """One edited condition of a project_out result over all texts (default: the first edited one) → ΔNLL,
+    baseline NLL, sink |Δ|, sink shift, clean sink mass, TV and per-text ΔNLL; the attention statistics are means
+    of the per-text means."""
     clean = np.concatenate(r.nll["clean"])
-    edited = r.conditions[1]
+    edited = r.conditions[1] if edited is None else edited
+    k = r.conditions.index(edited)  # column k of sink_mass [S, 1 + K, H], k - 1 of sink_delta / tv [S, K, H]
     proj = np.concatenate(r.nll[edited])
     per_text = np.array([p.mean() - c.mean() for c, p in zip(r.nll["clean"], r.nll[edited])])
     att = r.attention
     nan = float("nan")
     if att:
         mass = att["sink_mass"]  # [N] of [S, C, H]
-        sd = float(np.mean([a.mean() for a in att["sink_delta"]]))
-        shift = float(np.mean([m[:, 1].mean() - m[:, 0].mean() for m in mass]))
+        sd = float(np.mean([a[:, k - 1].mean() for a in att["sink_delta"]]))
+        shift = float(np.mean([m[:, k].mean() - m[:, 0].mean() for m in mass]))
         mass0 = float(np.mean([m[:, 0].mean() for m in mass]))
-        tv = float(np.mean([a.mean() for a in att["tv"]]))
+        tv = float(np.mean([a[:, k - 1].mean() for a in att["tv"]]))
     else:
         sd = shift = mass0 = tv = nan
     return {"dnll": float(proj.mean() - clean.mean()), "base": float(clean.mean()), "sink_delta": sd,
@@ -262,7 +264,8 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
             n_random: int = 3, *, data: TagData | None = None, subspace: np.ndarray | None = None, pcs: bool = True,
             matched: bool = True, own_write: bool = True, eps: float = EPS, min_later: int = MIN_LATER,
             attention_layers: Any = "after", add_bos: bool | None = None, max_tokens: int | None = None,
-            seed: int = 0, batch_size: int = 8, progress: bool | None = None) -> ReleaseResult:
+            seed: int = 0, batch_size: int = 8, rows_per_pass: int | None = None,
+            progress: bool | None = None) -> ReleaseResult:
     """Project ``head``'s rank-``rank`` tag subspace out of the residual after its layer; compare with controls.
 
     Parameters
@@ -285,8 +288,15 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
     attention_layers : later layers whose attention change is measured (``"after"``: all later layers; ``None``:
         none, faster, and no verdict).
 
-    Cost: one residual pass, then ``1 + n_random`` (+1 for the PCs, + ``n_random`` norm-matched, +1 own write)
-    forward passes per text, each of two rows (clean and edited).
+    rows_per_pass : rows (clean + edited) per forward pass of the projections; default: all subspaces of a text
+        in one pass, split only when the float32 logits ``[rows, T, vocab]`` would exceed
+        :data:`sinkwidgets.interventions.experiments.LOGITS_BUDGET` (see :func:`~sinkwidgets.interventions.project_out`
+        with a dict of bases).
+
+    Cost: one collection and one residual pass, then per text one forward pass (or a few, see ``rows_per_pass``)
+    of ``1 + K`` rows: the clean row and one edited row for each of the ``K = 1 + n_random`` (+1 for the PCs,
+    + ``n_random`` norm-matched, +1 own write) subspaces. (Before the subspaces shared a pass, each ran its own
+    two-row pass per text; the numbers agree to float32 batching, ``|Δ| ~ 1e-6``.)
     """
     from ..interventions import project_out
     from .collect import collect, residual_rows
@@ -353,30 +363,18 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
             bases[f"matched{k}"] = norm_matched_subspace(X, target, rng)
     fractions = {name: norm_fraction(X, np.linalg.qr(B)[0]) for name, B in bases.items()}
 
-    from tqdm.auto import tqdm
-
     do_own = own_write and _has_head_edit(project_out)
     show = progress if progress is not None else True
-    # one project_out call per subspace (one forward per text); a callable hands each text its own positions
+    # every subspace of a text in one batch: the clean row plus one edited row per subspace (project_out with a
+    # dict of bases); a callable hands each text its own positions
     pos_arg = "all" if label == "all" else (lambda i, T: per_pos[i])
-    summary = {}
-    n_proj = 0
-    total = (len(bases) + do_own) * len(texts)
-    with tqdm(total=total, desc=f"release L{layer}H{h}", unit="text", disable=not show) as bar:
-        for name, B in bases.items():
-            out = project_out(model, texts, layer, B, positions=pos_arg, sink_positions=sinks,
-                              attention_layers=attention_layers, add_bos=add_bos, max_tokens=max_tokens,
-                              progress=False)
-            bar.update(len(texts))
-            if name == "tag":
-                n_proj = int(sum(out.meta["n_projected"]))
-            summary[name] = _summarise(out)
-        if do_own:  # only the head's own write along U, at the same positions
-            out = project_out(model, texts, layer, U, positions=pos_arg, sink_positions=sinks, head=h,
-                              attention_layers=attention_layers, add_bos=add_bos, max_tokens=max_tokens,
-                              progress=False)
-            bar.update(len(texts))
-            summary["own"] = _summarise(out)
+    run_bases = dict(bases) | ({"own": U} if do_own else {})
+    heads = {"own": h} if do_own else {}
+    out = project_out(model, texts, layer, run_bases, positions=pos_arg, sink_positions=sinks, head=heads,
+                      attention_layers=attention_layers, add_bos=add_bos, max_tokens=max_tokens, progress=show,
+                      batch_size=rows_per_pass)
+    n_proj = int(sum(out.meta["n_projected"]))
+    summary = {name: _summarise(out, name) for name in run_bases}
     tag = summary["tag"]
     rnd = [summary[f"random{k}"] for k in range(n_random)]
     mt = [summary[f"matched{k}"] for k in range(n_random)] if matched else []
