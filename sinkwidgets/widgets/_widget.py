@@ -36,6 +36,10 @@ _METRIC_HELP = {
     "entropy": "mean attention entropy (nats)",
 }
 
+#: Experiments kept per explorer (the panel's history).
+HISTORY = 6
+
+
 class WidgetValueError(traitlets.TraitError, SinkwidgetsValueError):
     """An out-of-range widget setting (a ``ValueError``, and a ``TraitError`` for traitlets)."""
 
@@ -150,6 +154,7 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             )
         self._trace = _as_trace(trace, who)
         self._store = MapStore(self._trace, model)
+        self._experiments: list = []
         self._init_png()
         tr = self._trace
         if layer is None or head is None:
@@ -165,6 +170,37 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
     def trace(self) -> SinkTrace:
         """The :class:`~sinkwidgets.SinkTrace` shown."""
         return self._trace
+
+    @property
+    def model(self) -> Any:
+        """The model given at construction (None without one)."""
+        return self._store.model
+
+    @property
+    def experiments(self) -> list:
+        """The experiments run on this explorer, oldest first (at most :data:`HISTORY` are kept)."""
+        return list(self._experiments)
+
+    def experiment(self, kind: str, **params: Any):
+        """Run an experiment on the explorer's prompt with its model and record it (the panel shows it).
+
+        ``kind``: ``"mask"`` (``token=`` default the sink, ``layers="all"`` / ``"12-29"`` / a list),
+        ``"massive"`` (``mode="zero"`` / ``"mean"``), ``"add_sink"`` (``prefix="\\n"``) or ``"project_tag"``
+        (``head=(layer, head)``, default the selected head; ``rank=1``; ``basis=[d, r]`` optional). See
+        :mod:`sinkwidgets.widgets.experiment` for the edits, their controls and ΔNLL.
+
+        Returns an :class:`~sinkwidgets.widgets.experiment.Experiment` (``.result``, ``.trace``, ``.control``,
+        ``.dnll [T-1]``, ``.mean_dnll``, ``.control_dnll``). Raises
+        :class:`~sinkwidgets.widgets.experiment.ExperimentError` (a ``SinkwidgetsError``) without a model, on an
+        encoder, or for an edit the model's family does not support; the explorer is then left as it was.
+        """
+        from .experiment import run_experiment
+
+        if kind == "project_tag" and "head" not in params:
+            params["head"] = (int(self.layer), int(self.head))
+        exp = run_experiment(self._store.model, self._trace, kind, **params)
+        self._record_experiment(exp)
+        return exp
 
     def select(self, layer: int, head: int) -> None:
         """Select head ``(layer, head)`` (both validated; one update for the browser)."""
@@ -200,6 +236,7 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         with self.hold_sync(), self.hold_trait_notifications():  # observers see the new layer AND head together
             self._trace = tr
             self._store = MapStore(tr, self._store.model)
+            self._experiments = []  # experiments belong to the prompt they ran on
             self._map = {}  # no map of the old trace may be drawn over the new one
             self.token = max(0, min(int(token), T - 1))
             self.layer, self.head = ly, h
@@ -232,6 +269,9 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         from .standalone import save_html
 
         return save_html(self._trace, path, title=title, view=self._view, state=self._ui_state())
+
+    def _record_experiment(self, exp: Any) -> None:
+        self._experiments = (self._experiments + [exp])[-HISTORY:]
 
     # ------------------------------------------------------------------ validation
     def _check_layer(self, layer: int) -> None:

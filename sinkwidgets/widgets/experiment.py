@@ -1,0 +1,355 @@
+r"""Live interventions for the SinkExplorer: one edit on the explorer's prompt, its numbers and the trace under it.
+
+:func:`run_experiment` (called by :meth:`sinkwidgets.SinkExplorer.experiment`) runs one of four experiments on the
+prompt of a trace (``trace.meta["text"]``) with the functional API of :mod:`sinkwidgets.interventions`, so the
+numbers are exactly those of ``sw.mask_sink`` / ``sw.ablate_massive`` / ``sw.add_sink`` / ``sw.project_out`` on
+that prompt, and traces the model *under* the same edit (``sw.trace(model, text, edits=[...])``) so the explorer can
+show before / after / after − before. Every experiment is paired with a **control** (the same edit where it should
+not matter):
+
+========== ============================================== ============================================================
+kind       edit                                           control
+========== ============================================== ============================================================
+"mask"     key ``token`` (default: the sink, the token    the same layers with a random non-sink token hidden
+           with the largest mean α) hidden from queries   (``seed``)
+           ``t >= 1`` in ``layers`` (``"all"``,
+           ``"12-29"``, a list)
+"massive"  the massive activations (Sun et al. 2024) set  ``ablate_massive``'s own control row: the same channels
+           to 0 (``mode="zero"``) or their mean           zeroed at the last token
+"add_sink" ``prefix`` (default ``"\n"``) prepended        a random non-sink token of the prompt prepended instead
+"project   head ``(layer, head)``'s rank-``rank`` tag     a random (Haar) subspace of the same rank at the same
+_tag"      subspace projected out of the residual after   positions (``seed``)
+           ``layer`` at the tokens the head catches
+========== ============================================== ============================================================
+
+``project_tag``'s subspace comes from this one prompt, as in ``sw.tags``: the head's sinks are the keys with
+``α > eps`` (:func:`sinkwidgets.tags.sink_positions`), their tag vectors ``g_s = v_s W_O^h``
+(:func:`sinkwidgets.tags.tag_vectors` on a one-prompt :func:`sinkwidgets.tags.collect`), the subspace the top
+``rank`` right singular vectors (:func:`sinkwidgets.tags.tag_subspace`), and the caught tokens
+``C = ∪_s {t > s : A[t, s] > tau}`` (:func:`sinkwidgets.tags.caught_set`). Pass ``basis=[d, r]`` to use another
+subspace (e.g. one fitted on a corpus with ``sw.tags.tag_subspace``).
+
+ΔNLL per token: ``dnll[t] = NLL_edit(x_{t+1} | x_{≤t}) − NLL_clean(x_{t+1} | x_{≤t})``, ``[T − 1]`` (positive = the
+prediction got harder). Its mean is the result's ``delta``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import SinkwidgetsError, SinkwidgetsValueError
+from ..sinktrace import SinkTrace
+
+#: The experiments a SinkExplorer offers (see the module docstring).
+KINDS = ("mask", "massive", "add_sink", "project_tag")
+
+
+class ExperimentError(SinkwidgetsValueError):
+    """An experiment cannot run on this model, trace or with these parameters (the message says why and the fix)."""
+
+
+@dataclass
+class Experiment:
+    """One experiment on the explorer's prompt.
+
+    Attributes
+    ----------
+    kind, params : the experiment and its resolved parameters (e.g. ``{"token": 0, "layers": "all"}``).
+    result : :class:`~sinkwidgets.interventions.InterventionResult` of the edit (one text: the explorer's prompt);
+        ``result.nll[clean][0]`` and ``result.nll[condition][0]`` are ``[T − 1]``.
+    trace : :class:`~sinkwidgets.SinkTrace` of the prompt under the edit (``meta["edits"]`` lists it); for
+        ``add_sink`` the prefixed prompt, whose first ``offset`` tokens are the prefix.
+    control : :class:`~sinkwidgets.interventions.InterventionResult` of the control edit.
+    condition, control_condition : the edited conditions' names in ``result`` / ``control``.
+    offset : tokens prepended in ``trace`` (``add_sink``; 0 otherwise), so ``trace`` token ``offset + t`` is
+        the explorer's token ``t``.
+    """
+
+    kind: str
+    params: dict[str, Any]
+    result: Any
+    trace: SinkTrace
+    control: Any
+    condition: str
+    control_condition: str
+    control_note: str
+    offset: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def dnll(self) -> np.ndarray:
+        """ΔNLL per predicted token ``[T − 1]`` (nats; entry ``t`` is the prediction of token ``t + 1``)."""
+        clean = self.result.conditions[0]
+        return np.asarray(self.result.nll[self.condition][0] - self.result.nll[clean][0], dtype=np.float64)
+
+    @property
+    def mean_dnll(self) -> float:
+        """Mean ΔNLL of the edit (nats per token; equals ``result.delta[condition]``)."""
+        return float(self.result.delta[self.condition])
+
+    @property
+    def control_dnll(self) -> float:
+        """Mean ΔNLL of the control edit (nats per token)."""
+        return float(self.control.delta[self.control_condition])
+
+    @property
+    def label(self) -> str:
+        """A short description, e.g. ``"mask token 0, layers all"``."""
+        p = self.params
+        if self.kind == "mask":
+            return f"mask token {p['token']}, layers {p['layers']}"
+        if self.kind == "massive":
+            return f"massive activations → {p['mode']}"
+        if self.kind == "add_sink":
+            return f"add sink {p['prefix']!r}"
+        return f"project L{p['head'][0]}H{p['head'][1]} tag (rank {p['rank']}) at {len(p['positions'])} caught tokens"
+
+    def summary(self) -> dict[str, Any]:
+        """Mean ΔNLL of the edit and of its control, and the label (plain floats and strings)."""
+        return {"kind": self.kind, "label": self.label, "mean_dnll": self.mean_dnll, "control_dnll": self.control_dnll,
+                "control": self.control_note}
+
+    def __repr__(self) -> str:
+        return (f"Experiment({self.label}: mean ΔNLL {self.mean_dnll:+.4f} nats/token, control "
+                f"{self.control_dnll:+.4f} ({self.control_note}))")
+
+
+# ----------------------------------------------------------------------------- helpers
+def _info(model: Any, trace: SinkTrace) -> Any:
+    info = getattr(model, "sinkwidgets", None)
+    if info is None:
+        raise ExperimentError(
+            f"experiments need a model from sinkwidgets.load_model(...), got {type(model).__name__}: "
+            "SinkExplorer(trace, model=sinkwidgets.load_model('smollm2-135m'))")
+    if not info.causal:
+        raise ExperimentError(
+            f"model {info.name!r} is an encoder (not causal): experiments measure next-token NLL and need a causal "
+            "language model such as 'smollm2-135m'")
+    if not trace.meta.get("text"):
+        raise ExperimentError("this trace has no meta['text'] (the prompt), so the experiment cannot run it: "
+                              "trace the prompt with sinkwidgets.trace(model, text)")
+    if (info.n_layers, info.n_heads) != (trace.n_layers, trace.n_heads):
+        raise ExperimentError(
+            f"model {info.name!r} has {info.n_layers} layers x {info.n_heads} heads but the trace "
+            f"({trace.model_name!r}) has {trace.n_layers} x {trace.n_heads}: give the model the trace was made with")
+    return info
+
+
+def _wrap(what: str, model_name: str, fn, *args, **kwargs):
+    """Run ``fn``; any failure that is not already one of the package's errors becomes an :class:`ExperimentError`."""
+    try:
+        return fn(*args, **kwargs)
+    except SinkwidgetsError:
+        raise
+    except Exception as exc:  # an edit the family does not support, an engine failure: one clear message
+        raise ExperimentError(f"{what} failed on {model_name!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def default_sink(trace: SinkTrace) -> int:
+    """The sink token: the position with the largest α averaged over all layers and heads."""
+    a = np.nan_to_num(np.asarray(trace.sink_scores, dtype=np.float64), nan=0.0).mean(axis=(0, 1))
+    return int(np.argmax(a))
+
+
+def _control_token(trace: SinkTrace, exclude: list[int], eps: float, rng: np.random.Generator) -> int:
+    """A random position ``>= 1`` outside ``exclude`` whose α stays ``<= eps`` in every layer and head."""
+    T = trace.n_tokens
+    amax = np.nan_to_num(np.asarray(trace.sink_scores), nan=0.0).max(axis=(0, 1))
+    cand = [t for t in range(1, T) if t not in exclude and amax[t] <= eps]
+    if not cand:
+        cand = [t for t in range(1, T) if t not in exclude]
+    if not cand:
+        raise ExperimentError(f"the prompt has {T} tokens: no other token for the control; use a longer prompt")
+    return int(rng.choice(cand))
+
+
+def _trace_under(model: Any, trace: SinkTrace, edits: list, text: str | None = None) -> SinkTrace:
+    """``sw.trace`` of the prompt under ``edits``, with the same maps kept and the same method as ``trace``."""
+    from ..tracing import trace as sw_trace
+
+    keep = None
+    if trace.map_index is not None and len(trace.map_index):
+        keep = [(int(ly), int(h)) for ly, h in np.asarray(trace.map_index)]
+    method = trace.meta.get("method", "auto")
+    return sw_trace(model, text if text is not None else trace.meta["text"], add_bos=trace.meta.get("add_bos"),
+                    keep_maps=keep, method=method if method in ("eager", "chunked") else "auto", edits=edits,
+                    progress=False)
+
+
+def _check_same_tokens(model_name: str, trace: SinkTrace, after: SinkTrace, offset: int = 0) -> None:
+    if list(after.tokens[offset:]) != list(trace.tokens):
+        raise ExperimentError(
+            f"re-tracing the prompt through {model_name!r} gave {after.n_tokens - offset} tokens, the explorer's trace "
+            f"has {trace.n_tokens}: is this the model the trace was made with?")
+
+
+def _single_row_massive(layer: int, channels: list[int], values: list[float], abs_thr: float, ratio: float):
+    """``ablate_massive``'s edit for a one-row trace: every row flags its own massive entries (as row 0 does for the
+    edited rows of ``ablate_massive``: up to the edited layer both rows are the same) and sets them to ``values``."""
+    import torch
+
+    from ..tracing.edits import MassiveAblation
+
+    class RowMassiveAblation(MassiveAblation):
+        def apply(self, h, ctx, layer, state):
+            ch = self.channels.to(h.device)
+            v = self.values[0].to(h.device, h.dtype)
+            out = h.clone()
+            for b in range(h.shape[0]):
+                a = h[b].abs().float()
+                sub = a.index_select(-1, ch)
+                flags = (sub > self.abs_thr) & (sub >= self.ratio * a.flatten().median())
+                cur = out[b].index_select(-1, ch)
+                out[b, :, ch] = torch.where(flags, v[None, :].expand_as(cur), cur)
+            return out
+
+        def result_bytes(self, B, T, ctx):
+            return 0
+
+        def __repr__(self):
+            return f"MassiveAblation(layer={self.layer}, channels={self.channels.tolist()}, values={self.values[0].tolist()})"
+
+    return RowMassiveAblation(int(layer), torch.tensor(channels, dtype=torch.long),
+                              torch.tensor([values], dtype=torch.float32), float(abs_thr), float(ratio))
+
+
+# ----------------------------------------------------------------------------- the experiments
+def _mask(model, info, trace, text, add_bos, token=None, layers="all", seed=0, eps=0.3):
+    from .. import interventions as iv
+
+    tok = default_sink(trace) if token is None else token
+    if not isinstance(tok, (int, np.integer)) or not 0 <= int(tok) < trace.n_tokens:
+        raise ExperimentError(f"token={token!r}: give a position in 0..{trace.n_tokens - 1} (default: the sink)")
+    tok = int(tok)
+    res = _wrap("mask_sink", info.name, iv.mask_sink, model, text, layers, token=tok, add_bos=add_bos)
+    cond = res.conditions[1]
+    ctl_tok = _control_token(trace, [0, tok], eps, np.random.default_rng(seed))
+    ctl = _wrap("mask_sink (control)", info.name, iv.mask_sink, model, text, layers, token=ctl_tok, add_bos=add_bos)
+    edit = iv.mask_sink_edit(model, layers, token=tok)
+    after = _wrap("tracing under the mask", info.name, _trace_under, model, trace, [edit])
+    _check_same_tokens(info.name, trace, after)
+    return Experiment("mask", {"token": tok, "layers": layers if isinstance(layers, str) else list(layers)}, res,
+                      after, ctl, cond, ctl.conditions[1], f"token {ctl_tok} masked in the same layers")
+
+
+def _massive(model, info, trace, text, add_bos, mode="zero"):
+    from .. import interventions as iv
+
+    if mode not in ("zero", "mean"):
+        raise ExperimentError(f"mode={mode!r}: use 'zero' or 'mean'")
+    res = _wrap("ablate_massive", info.name, iv.ablate_massive, model, text, mode, control=True,
+                attention_layers=None, add_bos=add_bos)
+    spec = res.meta["spec"]
+    values = [0.0] * len(spec.channels) if mode == "zero" else list(spec.means)
+    edit = _single_row_massive(spec.layer, spec.channels, values, spec.abs_thr, spec.ratio)
+    after = _wrap("tracing under the ablation", info.name, _trace_under, model, trace, [edit])
+    _check_same_tokens(info.name, trace, after)
+    return Experiment("massive", {"mode": mode, "layer": int(spec.layer), "channels": list(spec.channels)}, res, after,
+                      res, mode, "control", "the same channels zeroed at the last token")
+
+
+def _add_sink(model, info, trace, text, add_bos, prefix="\n", seed=0, eps=0.3):
+    from .. import interventions as iv
+
+    if not isinstance(prefix, str) or not prefix:
+        raise ExperimentError(f"prefix={prefix!r}: give a non-empty string such as '\\n' or '<|endoftext|>'")
+    res = _wrap("add_sink", info.name, iv.add_sink, model, text, prefix, add_bos=add_bos)
+    n_pre = len(res.meta["prefix_ids"][0])
+    ids = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    ctl_pos = _control_token(trace, [0], eps, np.random.default_rng(seed))
+    ctl_id = int(ids[min(ctl_pos, len(ids) - 1)])
+    ctl = _wrap("add_sink (control)", info.name, iv.add_sink, model, text, [[ctl_id]], add_bos=add_bos)
+    after = _wrap("tracing with the prefix", info.name, _trace_under, model, trace, [], prefix + text)
+    if list(after.tokens[n_pre:]) != list(trace.tokens):
+        raise ExperimentError(
+            f"prefix {prefix!r} merges with the prompt's first token when tokenized together, so the traced prompt "
+            "does not line up with the explorer's tokens; use a prefix that stays a separate token, such as '\\n'")
+    return Experiment("add_sink", {"prefix": prefix}, res, after, ctl, res.conditions[1], ctl.conditions[1],
+                      f"token {ctl_id} ({ctl_pos}th of the prompt) prepended instead", offset=n_pre)
+
+
+def _project_tag(model, info, trace, text, add_bos, head=None, rank=1, basis=None, tau=None, eps=None, seed=0):
+    import torch
+
+    from .. import interventions as iv
+    from .. import tags as tg
+    from ..interventions.edits import orthonormal_basis
+    from ..tracing.edits import ProjectOut
+
+    tau = tg.TAU if tau is None else float(tau)
+    eps = tg.EPS if eps is None else float(eps)
+    if head is None or len(head) != 2:
+        raise ExperimentError(f"head={head!r}: give (layer, head), e.g. head=(9, 4)")
+    ly, h = int(head[0]), int(head[1])
+    if not (0 <= ly < info.n_layers and 0 <= h < info.n_heads):
+        raise ExperimentError(f"head={head!r}: this model has {info.n_layers} layers x {info.n_heads} heads")
+    if ly == info.n_layers - 1:
+        raise ExperimentError(f"head={head!r} is in the last layer: nothing comes after it to release; pick an earlier "
+                              "layer")
+    if not isinstance(rank, (int, np.integer)) or rank < 1:
+        raise ExperimentError(f"rank={rank!r}: give an int >= 1")
+    if trace.has_map(ly, h):
+        A = trace.get_map(ly, h)
+    else:
+        A = np.asarray(_wrap("tracing the head's map", info.name, _trace_map, model, trace, ly, h), dtype=np.float32)
+    sinks = tg.sink_positions(tg.alpha_from_map(A), eps)
+    caught = sorted({int(t) for s in sinks for t in tg.caught_set(A, int(s), tau)} - {int(s) for s in sinks})
+    if not len(sinks) or not caught:
+        raise ExperimentError(
+            f"head L{ly}H{h} has {len(sinks)} sinks (α > {eps:g}) and catches {len(caught)} tokens (A[t, s] > "
+            f"{tau:g}) in this prompt: nothing to release; pick a sink head (e.g. the brightest cell of the grid) or "
+            "lower tau=")
+    if basis is None:
+        data = _wrap("collecting the head's tag vectors", info.name, tg.collect, model, [text], heads=[(ly, h)],
+                     maps=False, outputs=False, values=True, summary=True, add_bos=add_bos, progress=False)
+        G, _ = tg.tag_vectors(data, (ly, h), eps=eps)
+        if len(G) < rank:
+            raise ExperimentError(f"head L{ly}H{h} has {len(G)} sinks in this prompt, fewer than rank={rank}: lower "
+                                  "rank or pass basis=[d, r] (e.g. sw.tags.tag_subspace fitted on a corpus)")
+        basis = tg.tag_subspace(G, int(rank))
+    U, r = orthonormal_basis(basis, info.d_model)
+    sink_list = [int(s) for s in sinks]
+    res = _wrap("project_out", info.name, iv.project_out, model, text, ly, U.numpy(), positions=caught,
+                sink_positions=sink_list, attention_layers=None, add_bos=add_bos, progress=False)
+    R = tg.random_subspace(info.d_model, r, np.random.default_rng(seed))
+    ctl = _wrap("project_out (control)", info.name, iv.project_out, model, text, ly, R, positions=caught,
+                sink_positions=sink_list, attention_layers=None, add_bos=add_bos, progress=False)
+    w = torch.zeros(1, trace.n_tokens)
+    w[0, caught] = 1.0
+    after = _wrap("tracing under the projection", info.name, _trace_under, model, trace, [ProjectOut(ly, U, w)])
+    _check_same_tokens(info.name, trace, after)
+    return Experiment("project_tag", {"head": [ly, h], "rank": r, "positions": caught, "sinks": sink_list,
+                                      "tau": tau, "eps": eps}, res, after, ctl, "projected", "projected",
+                      f"a random {r}-dim subspace at the same {len(caught)} tokens")
+
+
+def _trace_map(model, trace, ly, h):
+    from ..tracing import trace as sw_trace
+
+    fresh = sw_trace(model, trace.meta["text"], add_bos=trace.meta.get("add_bos"), keep_maps=[(ly, h)], progress=False)
+    return fresh.get_map(ly, h)
+
+
+_RUNNERS = {"mask": _mask, "massive": _massive, "add_sink": _add_sink, "project_tag": _project_tag}
+_PARAMS = {"mask": ("token", "layers", "seed", "eps"), "massive": ("mode",), "add_sink": ("prefix", "seed", "eps"),
+           "project_tag": ("head", "rank", "basis", "tau", "eps", "seed")}
+
+
+def run_experiment(model: Any, trace: SinkTrace, kind: str, **params: Any) -> Experiment:
+    """Run experiment ``kind`` (one of :data:`KINDS`) on ``trace``'s prompt with ``model``; see the module docstring.
+
+    Raises :class:`ExperimentError` (a :class:`~sinkwidgets.errors.SinkwidgetsError`) for an encoder, a trace
+    without its text, another model, an unknown kind or parameter, or an edit the model's family does not support.
+    """
+    if kind not in _RUNNERS:
+        raise ExperimentError(f"kind={kind!r}: use one of {KINDS}")
+    unknown = sorted(set(params) - set(_PARAMS[kind]))
+    if unknown:
+        raise ExperimentError(f"experiment {kind!r} takes {_PARAMS[kind]}, not {unknown}")
+    if model is None:
+        raise ExperimentError("no model: give one to the explorer, SinkExplorer(trace, model=sw.load_model(...))")
+    info = _info(model, trace)
+    return _RUNNERS[kind](model, info, trace, trace.meta["text"], trace.meta.get("add_bos"), **params)
