@@ -20,8 +20,13 @@ from .edits import (
     _progress,
     _texts,
     _tokenize,
+    check_int,
+    check_layer,
+    check_spec,
     layer_sets,
+    massive_args,
     orthonormal_basis,
+    per_text_positions,
     prefixes,
     sink_tokens,
 )
@@ -88,7 +93,7 @@ def _stats_layers(attention_layers, layer: int, L: int) -> list[int]:
     """``attention_layers``: ``"after"`` (layers ``layer+1..L-1``), a selection, or None/() for none."""
     if isinstance(attention_layers, str) and attention_layers == "after":
         return list(range(layer + 1, L))
-    return _layers_arg(attention_layers or None, L, "attention_layers")
+    return _layers_arg(attention_layers, L, "attention_layers")
 
 
 # ============================================================================= project_out
@@ -152,9 +157,7 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
 
     info = _model_info(model)
     L, d = info.n_layers, info.d_model
-    if not isinstance(layer, (int, np.integer)) or not 0 <= int(layer) < L:
-        raise InterventionError(f"layer={layer!r}: give a block index in 0..{L - 1}")
-    layer = int(layer)
+    layer = check_layer("layer", layer, L)
     for hh in (head.values() if isinstance(head, dict) else [head]):
         if hh is not None and (not isinstance(hh, (int, np.integer)) or not 0 <= int(hh) < info.n_heads):
             raise InterventionError(f"head={hh!r}: give a head index in 0..{info.n_heads - 1}, or None for the whole "
@@ -168,8 +171,7 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
                                 "an int or None")
     U, rank = orthonormal_basis(basis, d)
     texts = _texts(texts)
-    per_text_pos = isinstance(positions, (list, tuple)) and len(positions) == len(texts) and len(texts) > 1 and all(
-        not isinstance(p, (int, np.integer)) for p in positions)
+    per_text_pos = per_text_positions(positions, texts)
     stats = _stats_layers(attention_layers, layer, L)
     per_text_sink = isinstance(sink_positions, (list, tuple)) and len(sink_positions) > 0 and all(
         not isinstance(s, (int, np.integer)) for s in sink_positions)
@@ -231,8 +233,7 @@ def _project_out_many(model, info, texts, layer, bases: dict, *, positions, sink
     Us = {str(k): orthonormal_basis(b, d) for k, b in bases.items()}
     hd = {str(k): (None if heads.get(k) is None else int(heads[k])) for k in bases}
     texts = _texts(texts)
-    per_text_pos = isinstance(positions, (list, tuple)) and len(positions) == len(texts) and len(texts) > 1 and all(
-        not isinstance(p, (int, np.integer)) for p in positions)
+    per_text_pos = per_text_positions(positions, texts)
     stats = _stats_layers(attention_layers, layer, L)
     per_text_sink = isinstance(sink_positions, (list, tuple)) and len(sink_positions) > 0 and all(
         not isinstance(s, (int, np.integer)) for s in sink_positions)
@@ -294,6 +295,7 @@ def find_massive(model, texts, *, abs_thr: float = 100.0, ratio: float = 1000.0,
     ``means`` their signed mean value over those entries. One forward pass per text.
     """
     info = _model_info(model)
+    abs_thr, ratio, top_k = massive_args(abs_thr, ratio, top_k)
     texts = _texts(texts)
     eng = _Engine(model, info, remote)
     firsts, per_layer_entries = [], []
@@ -351,9 +353,11 @@ def ablate_massive(model, texts, mode="both", *, reference=None, spec: MassiveSp
     modes = {"both": ["zero", "mean"], "zero": ["zero"], "mean": ["mean"]}.get(mode)
     if modes is None:
         raise InterventionError(f"mode={mode!r}: use 'zero', 'mean' or 'both'")
+    abs_thr, ratio, _ = massive_args(abs_thr, ratio)
     if spec is None:
         spec = find_massive(model, reference if reference is not None else texts, abs_thr=abs_thr, ratio=ratio,
                             add_bos=add_bos, max_tokens=max_tokens, remote=remote)
+    spec = check_spec(spec, info)
     stats = _stats_layers(attention_layers, spec.layer, info.n_layers)
     ch = torch.tensor(spec.channels, dtype=torch.long)
     values = torch.stack([torch.zeros(len(spec.channels)) if m == "zero" else torch.tensor(spec.means)
@@ -401,8 +405,7 @@ def mask_sink(model, texts, layers="12-29", *, token=0, sweep: bool = False, att
     texts = _texts(texts)
     tokens = sink_tokens(token)
     sets = layer_sets(layers, L, sweep)
-    if batch_size < 2:
-        raise InterventionError(f"batch_size={batch_size}: need at least 2 (the clean row and one edited row)")
+    batch_size = check_int("batch_size", batch_size, 2)  # the clean row and at least one edited row
     stats = _layers_arg(attention_layers, L, "attention_layers")
     names = list(sets)
     conds = ["clean", *names]
