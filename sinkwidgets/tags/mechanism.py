@@ -320,3 +320,110 @@ def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank:
         reasons["release"] = rep.release.verdict.split(": ", 2)[-1]
         seconds["release"] = time.perf_counter() - t0
     return rep
+
+
+@dataclass
+class MechanismTable:
+    """Several heads' :class:`MechanismReport` as one table: one row per head, each measure beside its controls.
+
+    ``reports``: the reports in order; ``shown``: ``{label: {"catch", "tag", "release"}}`` with ``label`` the head
+    (``"L1H1"``), prefixed by the model's name when the table holds several models (``"gemma-3-270m L14H2"``);
+    ``seconds``: wall time of the shared collection and of each head. ``table + other`` joins two tables (e.g. two
+    models). ``str(table)``: the table, then one verdict line per head.
+    """
+
+    reports: list[MechanismReport]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def _label(self, r: MechanismReport) -> str:
+        return r.name if len({x.model for x in self.reports}) <= 1 else f"{r.model} {r.name}"
+
+    @property
+    def shown(self) -> dict[str, dict[str, bool | None]]:
+        return {self._label(r): dict(r.shown) for r in self.reports}
+
+    def __getitem__(self, head) -> MechanismReport:
+        """The report of ``(layer, head)``, ``"L1H1"`` or a label of :attr:`shown`."""
+        for r in self.reports:
+            if head in (r.head, r.name, self._label(r)) or (not isinstance(head, str) and tuple(head) == r.head):
+                return r
+        raise KeyError(f"{head!r}: no such head in this table; heads: {[self._label(r) for r in self.reports]}")
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+    def __add__(self, other: MechanismTable) -> MechanismTable:
+        return MechanismTable(self.reports + other.reports, {**self.seconds, **other.seconds})
+
+    def __str__(self) -> str:
+        def f(x, fmt):
+            return format(x, fmt) if x is not None and np.isfinite(x) else "–"
+
+        labels = [self._label(r) for r in self.reports]
+        w = max(6, *(len(x) for x in labels)) + 2
+        models = sorted({r.model for r in self.reports})
+        lines = [f"mechanism, {len(self.reports)} heads ({', '.join(models)}); each value beside its controls",
+                 f"  {'head':<{w}}{'catch rate':>11}{'uniform':>9} |{'tag EV':>8}{'value c.':>9}{'random':>8}"
+                 f"{'PC bd':>7} |{'ΔNLL':>8}{'matched':>9}{'ΔNLL/nrm':>9}{'PCs/nrm':>9}{'Δ sink':>8}{'matched':>9}"
+                 f"{'own':>8} | c t r"]
+        yn = {True: "y", False: "n", None: "-"}
+        for lab, r in zip(labels, self.reports):
+            t, rl = r.tag, r.release
+            tag = (f"{f(t.ev, '8.3f')}{f(t.value_control, '9.3f')}{f(t.random_floor, '8.4f')}{f(t.pc_bound, '7.3f')}"
+                   if t is not None else f"{'–':>8}{'–':>9}{'–':>8}{'–':>7}")
+            if rl is not None:
+                dm = float(np.mean(rl.dnll_matched)) if rl.dnll_matched else float("nan")
+                sm = float(np.mean(rl.sink_shift_matched)) if rl.sink_shift_matched else float("nan")
+                rel = (f"{f(rl.dnll, '+8.3f')}{f(dm, '+9.3f')}{f(rl.dnll_per_norm, '9.3f')}"
+                       f"{f(rl.dnll_per_norm_pcs, '9.3f')}{f(rl.sink_shift, '+8.3f')}{f(sm, '+9.3f')}"
+                       f"{f(rl.dnll_own_write, '+8.3f')}")
+            else:
+                rel = f"{'–':>8}{'–':>9}{'–':>9}{'–':>9}{'–':>8}{'–':>9}{'–':>8}"
+            catch_ = f"{f(r.catch_rate, '11.3f')}{f(r.catch_rate_uniform, '9.3f')}"
+            lines.append(f"  {lab:<{w}}{catch_} |{tag} |{rel} | {' '.join(yn[r.shown.get(s)] for s in STEPS)}")
+        lines.append("  (catch: sink catch rate at τ vs uniform attention; tag: held-out EV vs non-sink value control, "
+                     "random floor, PC bound; release: ΔNLL vs norm-matched random, ΔNLL per unit of norm vs top PCs, "
+                     "Δ later heads' sink attention vs norm-matched random, own write only; c t r: shown y / n / -)")
+        word = {True: "shown", False: "not shown", None: "not run"}
+        lines.append("  verdicts:")
+        for lab, r in zip(labels, self.reports):
+            lines.append(f"    {lab:<{w}}" + "; ".join(f"{s} {word[r.shown.get(s)]}" for s in STEPS))
+        if self.seconds:
+            lines.append("  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(str(self))
+
+    def as_dict(self) -> dict:
+        return {"reports": [r.as_dict() for r in self.reports], "shown": self.shown, "seconds": dict(self.seconds)}
+
+
+def mechanism_table(model, texts: Sequence[str], heads: Sequence[Any], *, data: TagData | None = None,
+                    batch_size: int = 8, progress: bool | None = False, **kwargs) -> MechanismTable:
+    """:func:`mechanism` for several heads of one model on one corpus, with **one** collection of ``texts`` (every
+    head's values, outputs and map) shared by all heads; returns a :class:`MechanismTable`.
+
+    ``heads``: ``(layer, head)`` pairs; ``data``: a :class:`TagData` of ``texts`` holding all of them (skips the
+    collection); ``kwargs``: :func:`mechanism`'s keywords (``tau``, ``rank``, ``steps``, ``release_texts``,
+    ``release_random``, ...), the same for every head. Cost: one collection, then per head :func:`mechanism`'s
+    steps (the release collects its own texts' sinks and residual once per head).
+    """
+    from .collect import collect
+
+    heads = [_pair(h) for h in heads]
+    if not heads:
+        raise ValueError("mechanism_table() needs at least one head, e.g. heads=[(1, 1), (2, 2)]")
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    seconds: dict[str, float] = {}
+    steps = kwargs.get("steps", STEPS)
+    if data is None and ("catch" in steps or "tag" in steps):
+        t0 = time.perf_counter()
+        data = collect(model, texts, heads=heads, maps=heads, layers=None, batch_size=batch_size, progress=progress)
+        seconds["collect"] = time.perf_counter() - t0
+    reports = []
+    for h in heads:
+        t0 = time.perf_counter()
+        reports.append(mechanism(model, texts, h, data=data, batch_size=batch_size, progress=progress, **kwargs))
+        seconds[f"L{h[0]}H{h[1]}"] = time.perf_counter() - t0
+    return MechanismTable(reports, seconds)
