@@ -29,7 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from .data import TagData, _pair
+from .._args import ArgumentTypeError, show
+from .._args import fraction as check_fraction
+from .._args import head as check_head
+from .._args import heads as check_heads
+from .._args import integer as check_integer
+from .._args import layer as check_layer
+from .._args import number as check_number
+from .._args import seed as check_seed
+from ..errors import SinkwidgetsError, SinkwidgetsValueError
+from .data import TagData
 
 #: The paper's sink threshold on α (Zhang et al., §K.2).
 EPS = 0.2
@@ -45,6 +54,63 @@ BOUNDARY_SHARE = 0.9
 MIN_LATER = 5
 #: Characters that make a token a sentence boundary (after stripping spaces); newline-only tokens count too.
 BOUNDARY_CHARS = frozenset(".!?\n")
+
+
+class NotCollectedError(SinkwidgetsError, KeyError):
+    """Something this TagData does not hold (a head, its attention maps, a pooled layer); a ``KeyError`` as
+    before, and a :class:`~sinkwidgets.errors.SinkwidgetsError`."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def _dims(data: TagData) -> tuple[int | None, int | None]:
+    """The model's numbers of layers and heads as far as ``data`` knows them (from ``sink_scores [L, H, n_tok]``)."""
+    s = data.sink_scores
+    return (int(s.shape[0]), int(s.shape[1])) if s is not None and s.ndim == 3 else (None, None)
+
+
+def _head_arg(data: TagData, value: Any, name: str = "head") -> tuple[int, int]:
+    """``value`` as a collected ``(layer, head)`` of ``data`` (``sinkwidgets._args.head``: a pair or ``"L2H2"``;
+    negative indices count from the end when ``data`` knows the model's dimensions)."""
+    L, H = _dims(data)
+    h = check_head(name, _plain_head(value), L, H)
+    try:
+        data.head_slot(h)
+    except KeyError as exc:
+        raise NotCollectedError(exc.args[0] if exc.args else str(exc)) from None
+    return h
+
+
+def _plain_head(value: Any) -> Any:
+    """A :class:`HeadRecord` (from :func:`sink_heads`) as its ``(layer, head)`` pair; anything else unchanged."""
+    return (value.layer, value.head) if isinstance(value, HeadRecord) else value
+
+
+def _heads_arg(name: str, value: Any, data: TagData) -> list[tuple[int, int]]:
+    """``sinkwidgets._args.heads`` (pairs, ``"L2H2"``, ``[P, 2]`` arrays; :class:`HeadRecord` s too) against the
+    model's dimensions as far as ``data`` knows them; ``"all"`` is not accepted (list the heads)."""
+    if isinstance(value, (list, tuple)):
+        value = [_plain_head(v) for v in value]
+    return check_heads(name, _plain_head(value), *_dims(data), allow_all=False)
+
+
+def _finite_rows(name: str, M: np.ndarray, data: TagData | None = None) -> None:
+    """Refuse non-finite rows of ``M [n, d]`` with an error that counts and names them (docs/tags.md, "Non-finite
+    data": the analyses never use a NaN row silently; TagExplorer leaves such rows out and says so)."""
+    M = np.asarray(M)
+    if M.ndim != 2 or np.isfinite(M).all():
+        return
+    bad = np.nonzero(~np.isfinite(M).all(axis=1))[0]
+    if data is not None:
+        where = [f"prompt {int(data.prompt_of[r])} pos {int(data.positions[r])}" for r in bad[:5]]
+    else:
+        where = [f"row {int(r)}" for r in bad[:5]]
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    raise SinkwidgetsValueError(
+        f"{name}: {len(bad)} of {len(M)} rows hold NaN or infinity ({', '.join(where)}{more}); an fp16 overflow is "
+        "enough. Collect again in float32, or leave those tokens out (TagExplorer does: see docs/tags.md, "
+        "'Non-finite data')")
 
 
 # ----------------------------------------------------------------------------- boundaries and sinks
@@ -110,7 +176,7 @@ class HeadRanking(list):
 
 def _require_scores(data: TagData) -> np.ndarray:
     if data.sink_scores is None:
-        raise ValueError("this TagData has no sink_scores (α of every head); collect it with summary=True")
+        raise SinkwidgetsValueError("this TagData has no sink_scores (α of every head); collect it with summary=True")
     return data.sink_scores
 
 
@@ -143,7 +209,7 @@ def _rank_boundary(ba: np.ndarray, threshold: float, min_later: int, top: int | 
     """:func:`boundary_heads_from_data` on a computed :func:`boundary_alpha` ``ba [N, L, H]``."""
     valid = ~np.isnan(ba[:, 0, 0])
     if not valid.any():
-        raise ValueError(f"no prompt has a non-first boundary token ('.', '!', '?', newline) with >= {min_later} "
+        raise SinkwidgetsValueError(f"no prompt has a non-first boundary token ('.', '!', '?', newline) with >= {min_later} "
                          "later tokens; pass texts of several sentences")
     ba = ba[valid].astype(np.float64)
     mean, share = ba.mean(0), (ba >= threshold).mean(0)
@@ -180,10 +246,17 @@ def sink_heads(data: TagData, *, alpha0: float = ALPHA0, boundary_alpha_min: flo
 
     First-token heads: mean over prompts of α₀ (Gu et al. α of position 0) ``>= alpha0``, ranked by it.
     Boundary heads: non-first boundary α ``>= boundary_alpha_min`` in ``>= share`` of prompts, ranked by mean.
-    ``max_layer`` keeps heads in layers ``<= max_layer`` only.
+    ``max_layer`` keeps heads in layers ``<= max_layer`` only (an index in ``0..L-1``; negative counts from the
+    end, ``-1`` is the last layer; out of range is an error).
     """
     scores = _require_scores(data)
     L, H = scores.shape[:2]
+    alpha0 = check_number("alpha0", alpha0, example=ALPHA0)
+    boundary_alpha_min = check_number("boundary_alpha_min", boundary_alpha_min, example=BOUNDARY_ALPHA)
+    share = check_fraction("share", share, example=BOUNDARY_SHARE)
+    min_later = check_integer("min_later", min_later, minimum=0, example=MIN_LATER)
+    if max_layer is not None:
+        max_layer = check_layer("max_layer", max_layer, L)
     a0 = scores[:, :, data.offsets[:-1]].astype(np.float64).mean(-1)  # [L, H]
     keep = a0 >= alpha0
     if max_layer is not None:
@@ -280,9 +353,15 @@ def catch(data: TagData, head: Any, tau: float = TAU, *, eps: float = EPS, min_l
 
     Needs the head's attention maps (``collect(..., maps=[head])``). See :class:`CatchResult` for the fields.
     """
-    head = _pair(head)
-    if not 0 < tau < 1:
-        raise ValueError(f"tau must be between 0 and 1 (a share of attention), got {tau}; the pilot default is {TAU}")
+    head = check_head("head", _plain_head(head), *_dims(data))
+    tau = check_number("tau", tau, low=0, high=1, low_open=True, high_open=True, example=TAU)
+    eps = check_number("eps", eps, example=EPS)
+    min_later = check_integer("min_later", min_later, minimum=0, example=MIN_LATER)
+    if data.n_prompts:
+        try:
+            data.attention_map(head, 0)
+        except KeyError as exc:
+            raise NotCollectedError(exc.args[0] if exc.args else str(exc)) from None
     res = CatchResult(head=head, tau=float(tau), n_prompts=data.n_prompts)
     caught_total = later_total = 0
     for i in range(data.n_prompts):
@@ -306,7 +385,8 @@ def _orthonormal_top(X: np.ndarray, rank: int) -> np.ndarray:
     """Top-``rank`` right singular vectors of ``X [n, d]`` (uncentred), ``[d, rank]``."""
     X = np.asarray(X, dtype=np.float64)
     if X.shape[0] < rank:
-        raise ValueError(f"rank {rank} needs at least {rank} vectors, got {X.shape[0]}")
+        raise SinkwidgetsValueError(f"rank={rank}: rank {rank} needs at least {rank} vectors, got {X.shape[0]}; "
+                                    "lower rank or use more prompts")
     _, _, vt = np.linalg.svd(X, full_matrices=False)
     U = vt[:rank].T
     # fix the sign so that the subspace is reproducible: each column points along the mean of X
@@ -334,8 +414,20 @@ def tag_vectors(data: TagData, head: Any, prompts: Sequence[int] | None = None, 
 def tag_subspace(vectors: np.ndarray, rank: int = 1) -> np.ndarray:
     """Tag subspace ``U [d, rank]``: top-``rank`` right singular vectors of the uncentred tag vectors
     ``[n_sinks, d]`` (the span of the sinks' values, Zhang et al. §3; a reviewer's summary: "a component in a
-    distinctive direction ... given by the span of the value states corresponding to the sink tokens")."""
-    return _orthonormal_top(vectors, rank)
+    distinctive direction ... given by the span of the value states corresponding to the sink tokens").
+
+    Non-finite rows are refused with an error naming them (docs/tags.md, "Non-finite data")."""
+    rank = check_integer("rank", rank, minimum=1, example=1)
+    try:
+        V = np.asarray(vectors, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(f"vectors={show(vectors)}: give tag vectors as a [n_sinks, d] float array") from None
+    if V.ndim != 2 or V.shape[1] < 1:
+        raise SinkwidgetsValueError(f"vectors: tag vectors are [n_sinks, d], got shape {list(V.shape)}")
+    if rank > V.shape[1]:
+        raise SinkwidgetsValueError(f"rank={rank} exceeds the width d={V.shape[1]}; use rank <= {V.shape[1]}")
+    _finite_rows("vectors", V)
+    return _orthonormal_top(V, rank)
 
 
 def explained_variance(X: np.ndarray, U: np.ndarray) -> float:
@@ -390,7 +482,7 @@ def norm_matched_subspace(X: np.ndarray, target: float, rng: np.random.Generator
     energy = np.cumsum(np.einsum("ij,ij->j", X @ Q, X @ Q))
     total = float(np.einsum("ij,ij->", X, X))
     if total == 0:
-        raise ValueError("norm_matched_subspace: X is all zeros, there is no norm to match")
+        raise SinkwidgetsValueError("norm_matched_subspace: X is all zeros, there is no norm to match")
     m = int(np.searchsorted(np.sqrt(energy / total), target) + 1)
     return Q[:, : min(m, d)]
 
@@ -404,9 +496,9 @@ def subspace_cosine(U: np.ndarray, W: np.ndarray) -> float:
 def split_prompts(n: int, fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random split of ``range(n)`` into a fit part (``fraction``) and an evaluation part."""
     if n < 2:
-        raise ValueError(f"a held-out split needs at least 2 prompts, got {n}")
-    if not 0 < fraction < 1:
-        raise ValueError(f"split fraction must be between 0 and 1, got {fraction}")
+        raise SinkwidgetsValueError(f"a held-out split needs at least 2 prompts, got {n}; collect more prompts")
+    fraction = check_fraction("split", fraction, low_open=True, high_open=True)
+    seed = check_seed("seed", seed)
     perm = np.random.default_rng(seed).permutation(n)
     k = min(max(int(round(n * fraction)), 1), n - 1)
     return np.sort(perm[:k]), np.sort(perm[k:])
@@ -474,33 +566,39 @@ def tag_ev(data: TagData, head: Any, rank: int = 1, *, eps: float = EPS, min_lat
     The tag subspace ``U`` is fitted on the sinks' values ``g_s`` of one part of the prompts (``split``: a
     fraction, seeded by ``seed``, or explicit ``(fit, eval)`` prompt indices) and evaluated on the outputs
     ``o_t`` (``t >= 1``) of the other part: ``EV = ||(O - mean O) U||^2 / ||O - mean O||^2``. Every control is
-    computed on the same evaluation tokens; see :class:`TagEV`. Zhang et al. (arXiv 2502.00919, §3.2) report
+    computed on the same evaluation tokens; see :class:`TagEV`. Arguments are checked first
+    (``sinkwidgets._args``): ``head`` a collected pair or ``"L2H2"``; ``rank >= 1``, ``n_random >= 10`` and
+    ``seed >= 0`` integers; a fraction ``split`` in ``(0, 1)``; explicit parts non-empty and disjoint (negative
+    prompt indices count from the end). Non-finite outputs or values of the head are refused with an error naming
+    the rows (docs/tags.md, "Non-finite data"). Zhang et al. (arXiv 2502.00919, §3.2) report
     20–40% (up to 70%) for 1–2 tags in 7B-class models (second-hand); on SmolLM2-135M the best sink heads reach
     0.6–0.8, but for most first-token heads the non-sink value control explains as much.
     """
-    head = _pair(head)
-    if rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
-    if n_random < 10:
-        raise ValueError(f"n_random must be >= 10 for a stable random floor, got {n_random}")
-    if isinstance(split, tuple):
-        fit, ev_idx = (np.asarray(s, dtype=np.int64) for s in split)
-        if np.intersect1d(fit, ev_idx).size:
-            raise ValueError("split: the fit and evaluation prompts overlap; a held-out EV needs disjoint parts")
-    else:
-        fit, ev_idx = split_prompts(data.n_prompts, float(split), seed)
+    head = _head_arg(data, head)
+    rank = check_integer("rank", rank, minimum=1, example=1)
+    n_random = check_integer("n_random", n_random, minimum=10, example=10)  # >= 10 for a stable random floor
+    seed = check_seed("seed", seed)
+    eps = check_number("eps", eps, example=EPS)
+    min_later = check_integer("min_later", min_later, minimum=0, example=MIN_LATER)
+    fit, ev_idx = _split_arg(split, data.n_prompts, seed)
     O = data.outputs(head)
     V = data.values(head)
     pos = data.positions
     pidx = data.prompt_of
-    eval_rows = np.isin(pidx, ev_idx) & (pos >= 1)
-    X = O[eval_rows].astype(np.float64)
-    d = X.shape[1]
+    d = O.shape[1]
     if rank > d:
-        raise ValueError(f"rank {rank} exceeds the model width {d}")
+        raise SinkwidgetsValueError(f"rank={rank} exceeds the model width {d}; use rank <= {d}")
+    _finite_rows(f"head_outputs of L{head[0]}H{head[1]}", O, data)
+    _finite_rows(f"head_values of L{head[0]}H{head[1]}", V, data)
+    eval_rows = np.isin(pidx, ev_idx) & (pos >= 1)
+    if eval_rows.sum() < 2:
+        raise SinkwidgetsValueError(f"split: the evaluation prompts {show(ev_idx.tolist())} hold "
+                                    f"{int(eval_rows.sum())} tokens after position 0; a held-out EV needs at least 2 "
+                                    "(give longer or more evaluation prompts)")
+    X = O[eval_rows].astype(np.float64)
     G_fit, where = tag_vectors(data, head, fit, eps=eps, min_later=min_later)
     if len(G_fit) < rank:
-        raise ValueError(f"L{head[0]}H{head[1]} has {len(G_fit)} sinks (alpha > {eps}) in the fit prompts, fewer "
+        raise SinkwidgetsValueError(f"L{head[0]}H{head[1]} has {len(G_fit)} sinks (alpha > {eps}) in the fit prompts, fewer "
                          f"than rank={rank}; lower eps, use more prompts or choose a sink head (see sink_heads)")
     U = tag_subspace(G_fit, rank)
     G_eval, _ = tag_vectors(data, head, ev_idx, eps=eps, min_later=min_later)
@@ -517,6 +615,37 @@ def tag_ev(data: TagData, head: Any, rank: int = 1, *, eps: float = EPS, min_lat
                  value_control=explained_variance(X, W), cosine=subspace_cosine(U, W), n_fit=len(fit),
                  n_eval=len(ev_idx), n_sinks=len(G_fit), n_tokens=int(eval_rows.sum()), n_random=n_random,
                  subspace=U)
+
+
+def _split_arg(split: Any, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`tag_ev`'s ``split``: a fraction in ``(0, 1)`` (a seeded random split) or ``(fit, eval)`` prompt
+    indices in ``0..n-1`` (negative counts from the end), both parts non-empty and disjoint. Returns sorted
+    ``(fit, eval)`` index arrays."""
+    if isinstance(split, (tuple, list)) and len(split) == 2 and not all(
+            isinstance(p, (int, float, np.integer, np.floating)) for p in split):
+        parts = []
+        for k, part in enumerate(split):
+            nm = f"split[{k}]"
+            if isinstance(part, np.ndarray):
+                part = part.tolist()
+            if isinstance(part, (str, bytes)) or not isinstance(part, (list, tuple, range)):
+                raise ArgumentTypeError(f"{nm}={show(part)}: give prompt indices (a list or range of ints), "
+                                        "e.g. split=(range(0, 8), range(8, 16))")
+            idx = sorted({check_integer(nm, i, minimum=-n, maximum=n - 1) % n for i in part})
+            if not idx:
+                raise SinkwidgetsValueError(f"{nm}={show(part)}: the {'fit' if k == 0 else 'evaluation'} prompts are "
+                                            f"empty; give at least one of the {n} prompts to each part")
+            parts.append(np.asarray(idx, dtype=np.int64))
+        both = np.intersect1d(*parts)
+        if both.size:
+            raise SinkwidgetsValueError(f"split: the fit and evaluation prompts overlap (prompts "
+                                        f"{show(both.tolist())}, negative indices counted from the end of the "
+                                        f"{n} prompts); a held-out EV needs disjoint parts")
+        return parts[0], parts[1]
+    if isinstance(split, (tuple, list)):
+        raise ArgumentTypeError(f"split={show(split)}: give a fraction such as 0.5, or (fit, eval) prompt indices "
+                                "such as (range(0, 8), range(8, 16))")
+    return split_prompts(n, split, seed)
 
 
 class TagEVTable(list):
@@ -539,7 +668,7 @@ class TagEVTable(list):
 
 def tag_ev_table(data: TagData, heads: Sequence[Any] | None = None, rank: int = 1, **kwargs) -> TagEVTable:
     """:func:`tag_ev` for several heads (default: every collected head), sorted by held-out EV."""
-    heads = [tuple(h) for h in (data.heads.tolist() if heads is None else heads)]
+    heads = [tuple(h) for h in data.heads.tolist()] if heads is None else _heads_arg("heads", heads, data)
     rows = [tag_ev(data, h, rank, **kwargs) for h in heads]
     return TagEVTable(sorted(rows, key=lambda r: -r.ev))
 

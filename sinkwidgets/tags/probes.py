@@ -28,8 +28,30 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import explained_variance, random_subspace, sink_heads, tag_subspace, tag_vectors, union_subspace
-from .data import TagData, _pair
+from .._args import ArgumentTypeError, show
+from .._args import binary_labels as check_binary_labels
+from .._args import heads as check_heads
+from .._args import integer as check_integer
+from .._args import labels as check_labels
+from .._args import layer as check_layer
+from .._args import layers as check_layers
+from .._args import number as check_number
+from .._args import orthonormal_basis as check_orthonormal_basis
+from .._args import seed as check_seed
+from ..errors import SinkwidgetsValueError
+from .analysis import (
+    NotCollectedError,
+    _dims,
+    _finite_rows,
+    _heads_arg,
+    explained_variance,
+    random_subspace,
+    sink_heads,
+    tag_subspace,
+    tag_vectors,
+    union_subspace,
+)
+from .data import TagData
 
 FEATURE_SETS = ("full", "tag", "no_tag", "random", "pcs", "shuffled", "chance")
 #: Inverse L2 strength of the logistic regression (pilot: stable across datasets at 0.1).
@@ -42,7 +64,7 @@ def grouped_folds(groups: Sequence[Any], k: int = 5, seed: int = 0) -> np.ndarra
     groups = np.asarray([str(g) for g in groups])
     uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
     if len(uniq) < k:
-        raise ValueError(f"grouped {k}-fold CV needs at least {k} groups, got {len(uniq)}; pass fewer folds or "
+        raise SinkwidgetsValueError(f"folds={k}: grouped {k}-fold CV needs at least {k} groups, got {len(uniq)}; pass fewer folds or "
                          "more groups (groups=None makes every text its own group)")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(uniq))
@@ -144,25 +166,37 @@ class ProbeResult(dict):
 
 def probe_features(X: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None, Q: np.ndarray, *, folds: int = 5,
                    seeds: int = 5, n_random: int = 10, C: float = C_DEFAULT, seed: int = 0, **info: Any) -> ProbeResult:
-    """Run every feature set on features ``X [N, d]``, labels ``y [N]`` and a tag basis ``Q [d, k]`` (numpy)."""
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y).reshape(-1)
+    """Run every feature set on features ``X [N, d]``, labels ``y [N]`` and a tag basis ``Q [d, k]`` (numpy).
+
+    Checked first (``sinkwidgets._args``): ``folds >= 2``, ``seeds >= 1``, ``n_random >= 10`` and ``seed >= 0``
+    integers, ``C > 0``; ``X`` finite (non-finite rows are named); ``y`` integer classes (at least two) or any two
+    classes; ``Q`` a finite, full-rank ``[d, k]`` basis (orthonormalised by QR); ``groups`` one per text."""
+    folds, seeds, n_random, C, seed = _cv_args(folds, seeds, n_random, C, seed)
+    try:
+        X = np.asarray(X, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(f"X={show(X)}: give features as an [N, d] float array") from None
+    if X.ndim != 2 or min(X.shape) < 1:
+        raise SinkwidgetsValueError(f"X: features are [N, d] (N texts, d >= 1), got shape {list(X.shape)}")
     N, d = X.shape
-    if len(y) != N:
-        raise ValueError(f"labels has {len(y)} entries but there are {N} texts")
+    _finite_rows("X", X)
+    try:
+        y = check_labels("labels", y, n=N)
+    except ArgumentTypeError:  # strings or other classes: any two
+        y, _ = check_binary_labels("labels", y, n=N)
     if len(np.unique(y)) < 2:
-        raise ValueError(f"labels must hold at least two classes, got {np.unique(y).tolist()}")
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, got {seeds}")
-    if n_random < 10:
-        raise ValueError(f"n_random must be >= 10 (random subspaces vary: the mean of few draws is noisy), got {n_random}")
+        raise SinkwidgetsValueError(f"labels must hold at least two classes, got {np.unique(y).tolist()}; give "
+                                    "texts of both classes")
+    if isinstance(groups, (str, bytes)):
+        raise ArgumentTypeError(f"groups={groups!r}: give one group per text (a list), or None")
     groups = [str(i) for i in range(N)] if groups is None else [str(g) for g in groups]
     if len(groups) != N:
-        raise ValueError(f"groups has {len(groups)} entries but there are {N} texts")
-    Q = np.asarray(Q, dtype=np.float64)
-    if Q.ndim != 2 or Q.shape[0] != d or Q.shape[1] < 1:
-        raise ValueError(f"the tag basis must be [d={d}, k >= 1], got {list(Q.shape)}")
+        raise SinkwidgetsValueError(f"groups has {len(groups)} entries but there are {N} texts")
+    Q = check_orthonormal_basis("Q", Q, d)
     k = Q.shape[1]
+    if N - N // folds - 1 < 1:
+        raise SinkwidgetsValueError(f"folds={folds}: {N} texts are too few for {folds}-fold CV with a PCA control; "
+                                    "give more texts or fewer folds")
     fold_sets = [grouped_folds(groups, folds, seed + s) for s in range(seeds)]
     rng = np.random.default_rng(seed + 12345)
     feats = {"full": X, "tag": X @ Q, "no_tag": X - (X @ Q) @ Q.T}
@@ -214,6 +248,19 @@ class TagBasis:
     evs: dict = field(default_factory=dict)
 
 
+def _plain(h: Any) -> Any:
+    """A :class:`~.analysis.HeadRecord` as its ``(layer, head)`` pair; anything else unchanged."""
+    return (h.layer, h.head) if hasattr(h, "layer") and hasattr(h, "head") and hasattr(h, "alpha") else h
+
+
+def _cv_args(folds: Any, seeds: Any, n_random: Any, C: Any, seed: Any) -> tuple[int, int, int, float, int]:
+    """The cross-validation settings, checked: ``folds >= 2``, ``seeds >= 1``, ``n_random >= 10`` (random subspaces
+    vary: the mean of few draws is noisy), ``C > 0`` and ``seed >= 0``."""
+    return (check_integer("folds", folds, minimum=2, example=5), check_integer("seeds", seeds, minimum=1, example=5),
+            check_integer("n_random", n_random, minimum=10, example=10),
+            check_number("C", C, low=0, low_open=True, example=C_DEFAULT), check_seed("seed", seed))
+
+
 def tag_basis(data: TagData, heads: Any = "auto", *, rank: int = 2, n_heads: int = 8, max_layer: int | None = None,
               alpha0: float = 0.5) -> TagBasis:
     """Orthonormal basis of the union of tag subspaces (``tag_subspace`` of each head's sink values in ``data``).
@@ -222,27 +269,29 @@ def tag_basis(data: TagData, heads: Any = "auto", *, rank: int = 2, n_heads: int
     with the highest in-sample tag EV at ``rank`` among the collected heads. Otherwise a list of ``(layer, head)``.
     """
     collected = [tuple(h) for h in data.heads.tolist()]
+    rank = check_integer("rank", rank, minimum=1, example=2)
+    n_heads = check_integer("n_heads", n_heads, minimum=1, example=8)
     evs = {}
     if isinstance(heads, str):
         if heads != "auto":
-            raise ValueError(f"heads must be 'auto' or a list of (layer, head) pairs, got {heads!r}")
+            raise SinkwidgetsValueError(f"heads must be 'auto' or a list of (layer, head) pairs, got {heads!r}")
         cands = [(r.layer, r.head) for r in sink_heads(data, alpha0=alpha0, max_layer=max_layer).first_token]
         cands = [h for h in cands if h in collected]
         if not cands:
-            raise ValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {max_layer} among the "
+            raise SinkwidgetsValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {max_layer} among the "
                              f"collected heads {collected}; pass heads=[(layer, head), ...]")
         evs = {h: _in_sample_ev(data, h, rank) for h in cands}
         chosen = _top_by_ev(evs, cands, n_heads)
     else:
-        chosen = [_pair(h) for h in heads]
+        chosen = _heads_arg("heads", heads, data)
     subs = []
     for h in chosen:
         G, _ = tag_vectors(data, h)
         if len(G) < rank:
-            raise ValueError(f"L{h[0]}H{h[1]} has {len(G)} sinks, fewer than rank={rank}")
+            raise SinkwidgetsValueError(f"L{h[0]}H{h[1]} has {len(G)} sinks, fewer than rank={rank}")
         subs.append(tag_subspace(G, rank))
     if not subs:
-        raise ValueError("no heads to build a tag subspace from")
+        raise SinkwidgetsValueError("no heads to build a tag subspace from")
     return TagBasis(union_subspace(subs), [tuple(h) for h in chosen], rank, {f"L{a}H{b}": v for (a, b), v in
                                                                             evs.items()})
 
@@ -266,50 +315,79 @@ def probe(model_or_data: Any, texts: Sequence[str] | None = None, labels: Sequen
     heads : ``"auto"`` (the ``n_heads`` highest-EV first-token sink heads, mean α₀ ``>= alpha0``, in layers
         ``<= layer``) or a list of ``(layer, head)``.
     rank : rank of each head's tag subspace; the union has at most ``rank * n_heads`` dimensions.
-    basis : an explicit tag basis ``[d, k]`` (overrides ``heads``).
+    basis : an explicit tag basis ``[d, k]`` (overrides ``heads``): finite, not zero, full column rank (refused
+        otherwise); orthonormalised by QR.
     seeds, folds, n_random, C : grouped CV repeats, folds, random-subspace draws (>= 10), regularization.
     return_data : also return the collected :class:`TagData` (to rerun with other settings without a forward pass).
+
+    Every argument is checked before any model work: ``labels`` any two classes (``info["classes"]`` records them;
+    class 0 is the smaller), ``layer`` in ``0..L-1`` (negative counts from the end), the counts and ``C`` as in
+    :func:`probe_features`.
     """
     from .collect import collect as _collect
 
-    layer = int(layer)
-    if pool not in ("mean", "last"):
-        raise ValueError(f"pool must be 'mean' or 'last', got {pool!r}")
-    if isinstance(model_or_data, TagData):
+    # every argument is checked before any model work (sinkwidgets._args)
+    is_data = isinstance(model_or_data, TagData)
+    info = None if is_data else getattr(model_or_data, "sinkwidgets", None)
+    L, H = _dims(model_or_data) if is_data else ((info.n_layers, info.n_heads) if info is not None else (None, None))
+    # a TagData holds the pooled layers it holds (data.pooled names them); a model knows its number of layers
+    layer = check_layer("layer", layer, info.n_layers) if info is not None else check_integer(
+        "layer", layer, minimum=0, example=9)
+    if not isinstance(pool, str) or pool not in ("mean", "last"):
+        raise SinkwidgetsValueError(f"pool must be 'mean' or 'last', got {pool!r}; e.g. pool='mean'")
+    _cv_args(folds, seeds, n_random, C, seed)
+    rank = check_integer("rank", rank, minimum=1, example=2)
+    n_heads = check_integer("n_heads", n_heads, minimum=1, example=8)
+    batch_size = check_integer("batch_size", batch_size, minimum=1, example=8)
+    alpha0 = check_number("alpha0", alpha0, example=0.5)
+    if basis is None and not isinstance(heads, str):
+        heads = check_heads("heads", [_plain(h) for h in heads] if isinstance(heads, (list, tuple)) else heads, L, H,
+                             allow_all=False)
+    elif basis is None and heads != "auto":
+        raise SinkwidgetsValueError(f"heads must be 'auto' or a list of (layer, head) pairs, got {heads!r}")
+    if basis is not None and info is not None:
+        basis = check_orthonormal_basis("basis", basis, info.d_model)
+    classes = None
+    if is_data:
         data = model_or_data
         labels = data.labels if labels is None else labels
         groups = data.groups if groups is None else groups
+        if labels is not None:
+            labels, classes = check_binary_labels("labels", labels, n=data.n_prompts)
     else:
         if texts is None or labels is None:
-            raise ValueError("probe(model, texts, labels, ...): give the texts and their labels (or a TagData)")
+            raise SinkwidgetsValueError("probe(model, texts, labels, ...): give the texts and their labels (or a "
+                                        "TagData)")
+        if isinstance(texts, str):
+            raise ArgumentTypeError(f"texts={show(texts)}: give a list of texts, one per label")
         texts = list(texts)
-        if len(labels) != len(texts):
-            raise ValueError(f"labels has {len(labels)} entries but texts has {len(texts)}")
+        labels, classes = check_binary_labels("labels", labels, n=len(texts))
         auto_evs: dict = {}
         if basis is not None:
             head_list = []
         elif isinstance(heads, str):
-            if heads != "auto":
-                raise ValueError(f"heads must be 'auto' or a list of (layer, head) pairs, got {heads!r}")
             head_list, auto_evs = _auto_heads(model_or_data, texts, layer, batch_size, alpha0, rank, n_heads)
             heads = head_list
         else:
-            head_list = [_pair(h) for h in heads]
+            head_list = list(heads)
         # the tag basis needs only the sinks' values (and α to find the sinks); no outputs, no maps
         data = _collect(model_or_data, texts, heads=head_list, layers=[layer], batch_size=batch_size,
                         progress=progress, labels=labels, groups=groups, maps=False, outputs=False)
     if labels is None:
-        raise ValueError("no labels: pass labels=[...] (one per text) or a TagData collected with labels")
-    X = data.pooled(layer, pool)
-    if basis is not None:
-        tb = TagBasis(np.linalg.qr(np.asarray(basis, dtype=np.float64))[0], [], rank)
+        raise SinkwidgetsValueError("no labels: pass labels=[...] (one per text) or a TagData collected with labels")
+    try:
+        X = data.pooled(layer, pool)
+    except KeyError as exc:
+        raise NotCollectedError(exc.args[0] if exc.args else str(exc)) from None
+    if basis is not None:  # a zero or rank-deficient basis is refused, not turned into coordinate axes by QR
+        tb = TagBasis(check_orthonormal_basis("basis", basis, X.shape[1]), [], rank)
     else:
         tb = tag_basis(data, heads, rank=rank, n_heads=n_heads, max_layer=layer, alpha0=alpha0)
         if not isinstance(model_or_data, TagData) and auto_evs:
             tb.evs = auto_evs
     res = probe_features(X, np.asarray(labels), groups, tb.basis, folds=folds, seeds=seeds, n_random=n_random, C=C,
                          seed=seed, layer=layer, pool=pool, heads=tb.heads, rank=rank, head_evs=tb.evs,
-                         dataset=dataset, negative_control=negative_control)
+                         dataset=dataset, negative_control=negative_control, classes=list(classes))
     return (res, data) if return_data else res
 
 
@@ -343,7 +421,7 @@ def _auto_heads_layers(model, texts, layers: Sequence[int], batch_size: int, alp
     first = _collect(model, sub, heads=[], layers=None, progress=False, batch_size=batch_size)
     cands = [(r.layer, r.head) for r in sink_heads(first, alpha0=alpha0, max_layer=top).first_token]
     if not cands:
-        raise ValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {top}; pass heads=[...]")
+        raise SinkwidgetsValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {top}; pass heads=[...]")
     evs: dict[tuple[int, int], float] = {}
     for k in range(0, len(cands), SELECT_CHUNK):
         part = cands[k:k + SELECT_CHUNK]
@@ -445,20 +523,30 @@ def probe_report(model_or_data: Any, dataset: str = "cities", *, layers: Any = N
                      negative_control=ds.negative_control, **kwargs)
     for k in ("layer", "pool", "return_data"):
         if k in kwargs:
-            raise ValueError(f"probe_report(..., layers=..., pooling=...) makes a grid: pass layers=[...] and "
+            raise SinkwidgetsValueError(f"probe_report(..., layers=..., pooling=...) makes a grid: pass layers=[...] and "
                              f"pooling=(...) instead of {k}=")
     if layers is None:
         layers = [9]
-    layers = sorted({int(x) for x in ([layers] if isinstance(layers, (int, np.integer)) else layers)})
+    is_data = isinstance(model_or_data, TagData)
+    info = None if is_data else getattr(model_or_data, "sinkwidgets", None)
+    L, H = _dims(model_or_data) if is_data else ((info.n_layers, info.n_heads) if info is not None else (None, None))
+    layers = check_layers("layers", layers, info.n_layers if info is not None else None)
+    _cv_args(kwargs.get("folds", 5), kwargs.get("seeds", 5), kwargs.get("n_random", 10), kwargs.get("C", C_DEFAULT),
+             kwargs.get("seed", 0))
+    if kwargs.get("basis") is not None and info is not None:
+        kwargs["basis"] = check_orthonormal_basis("basis", kwargs["basis"], info.d_model)
     pooling = ("mean", "last") if pooling is None else ((pooling,) if isinstance(pooling, str) else tuple(pooling))
     bad = [p for p in pooling if p not in ("mean", "last")]
     if bad or not pooling:
-        raise ValueError(f"pooling entries must be 'mean' or 'last', got {list(pooling)}")
+        raise SinkwidgetsValueError(f"pooling entries must be 'mean' or 'last', got {list(pooling)}")
     heads = kwargs.pop("heads", "auto")
-    rank = kwargs.get("rank", 2)
-    n_heads = kwargs.get("n_heads", 8)
-    alpha0 = kwargs.get("alpha0", 0.5)
-    batch_size = kwargs.pop("batch_size", 8)
+    if not isinstance(heads, str):
+        heads = check_heads("heads", [_plain(h) for h in heads] if isinstance(heads, (list, tuple)) else heads, L, H,
+                             allow_all=False)
+    rank = check_integer("rank", kwargs.get("rank", 2), minimum=1, example=2)
+    n_heads = check_integer("n_heads", kwargs.get("n_heads", 8), minimum=1, example=8)
+    alpha0 = check_number("alpha0", kwargs.get("alpha0", 0.5), example=0.5)
+    batch_size = check_integer("batch_size", kwargs.pop("batch_size", 8), minimum=1, example=8)
     progress = kwargs.pop("progress", None)
     if isinstance(model_or_data, TagData):
         data = model_or_data
@@ -471,11 +559,11 @@ def probe_report(model_or_data: Any, dataset: str = "cities", *, layers: Any = N
             per_layer, evs = {li: [] for li in layers}, {}
         elif isinstance(heads, str):
             if heads != "auto":
-                raise ValueError(f"heads must be 'auto' or a list of (layer, head) pairs, got {heads!r}")
+                raise SinkwidgetsValueError(f"heads must be 'auto' or a list of (layer, head) pairs, got {heads!r}")
             per_layer, evs = _auto_heads_layers(model_or_data, list(ds.texts), layers, batch_size, alpha0, rank,
                                                 n_heads)
         else:
-            per_layer, evs = {li: [_pair(h) for h in heads] for li in layers}, {}
+            per_layer, evs = {li: list(heads) for li in layers}, {}
         union = sorted({h for hs in per_layer.values() for h in hs})
         data = _collect(model_or_data, list(ds.texts), heads=union, layers=layers, pool=pooling,
                         batch_size=batch_size, progress=progress, labels=ds.labels, groups=ds.groups, maps=False,
