@@ -53,3 +53,29 @@ def summary_state(trace: SinkTrace) -> dict[str, Any]:
         "entropy": ser.packed(trace.entropy, "float32"),
         "kept": ser.packed(kept, "uint8", scale=1.0),
     }
+
+
+def experiment_state(exp: Any, before: SinkTrace, index: int) -> dict[str, Any]:
+    """One experiment as the panel needs it (see :mod:`sinkwidgets.widgets.experiment`): label, mean ΔNLL of the
+    edit and of its control, and packed arrays: α ``[L, H, T]``, first-token mass and entropy ``[L, H]`` of the trace
+    under the edit (aligned to the explorer's tokens: an ``add_sink`` prefix is dropped), and ΔNLL ``[T - 1]``.
+    The browser computes *after − before* from these and the summary's arrays."""
+    after = exp.trace
+    off = int(exp.offset)
+    L, H, T = before.sink_scores.shape
+    alpha = np.nan_to_num(np.asarray(after.sink_scores)[:, :, off:off + T], nan=0.0)
+    if alpha.shape != (L, H, T):
+        raise ValueError(f"the trace under the edit has α of shape {alpha.shape}, expected {(L, H, T)}")
+    dtype, transform = ser.alpha_encoding((L, H, T))
+    dnll = np.asarray(exp.dnll, dtype=np.float32)
+    return {
+        "index": int(index), "kind": exp.kind, "label": exp.label, "mean_dnll": float(exp.mean_dnll),
+        "control_dnll": float(exp.control_dnll), "control": exp.control_note, "offset": off,
+        "prefix_tokens": [str(t) for t in after.tokens[:off]],
+        "alpha": ser.packed(alpha, dtype, scale=max(float(alpha.max()), 1e-12) if alpha.size else 1.0,
+                            transform=transform),
+        "first_token_mass": ser.packed(np.asarray(after.sink_scores)[:, :, off] if off else after.first_token_mass,
+                                       "float32"),
+        "entropy": ser.packed(after.entropy, "float32"),
+        "dnll": ser.packed(dnll, "float32"),
+    }

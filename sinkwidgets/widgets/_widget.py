@@ -26,7 +26,14 @@ from ..sinktrace import SinkTrace
 from . import _serialization as ser
 from ._assets import css, esm
 from ._maps import MapStore
-from ._state import DEFAULT_MIN_QUERIES, METRICS, STATIC, _as_trace, summary_state  # noqa: F401 - STATIC re-exported
+from ._state import (  # noqa: F401 - STATIC re-exported
+    DEFAULT_MIN_QUERIES,
+    METRICS,
+    STATIC,
+    _as_trace,
+    experiment_state,
+    summary_state,
+)
 
 _METRIC_HELP = {
     "alpha": "α of the selected token (mean attention it receives)",
@@ -141,6 +148,10 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
     strip_mode = traitlets.Unicode("max").tag(sync=True)
     view = traitlets.List(traitlets.Float(), default_value=[]).tag(sync=True)
     heatmap_size = traitlets.Int(512).tag(sync=True)  # px; = OVERVIEW_MAX, so the overview maps 1:1
+    _has_model = traitlets.Bool(False).tag(sync=True)  # the experiment panel is shown when a model is given
+    _experiments = traitlets.List(traitlets.Dict()).tag(sync=True)  # experiment_state of each recorded experiment
+    experiment_index = traitlets.Int(-1).tag(sync=True)  # the experiment shown (-1: none)
+    experiment_view = traitlets.Unicode("before").tag(sync=True)  # "before", "after" or "diff" (after − before)
 
     _uses_maps = True
 
@@ -154,14 +165,15 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             )
         self._trace = _as_trace(trace, who)
         self._store = MapStore(self._trace, model)
-        self._experiments: list = []
+        self._experiment_list: list = []
         self._init_png()
         tr = self._trace
         if layer is None or head is None:
             dl, dh = self._default_head()
             layer = dl if layer is None else layer
             head = dh if head is None else head
-        super().__init__(_tokens=list(tr.tokens), _summary=summary_state(tr), layer=layer, head=head, **kwargs)
+        super().__init__(_tokens=list(tr.tokens), _summary=summary_state(tr), layer=layer, head=head,
+                         _has_model=model is not None, **kwargs)
         self.on_msg(self._on_custom_msg)
         self._update_map()
 
@@ -179,7 +191,7 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
     @property
     def experiments(self) -> list:
         """The experiments run on this explorer, oldest first (at most :data:`HISTORY` are kept)."""
-        return list(self._experiments)
+        return list(self._experiment_list)
 
     def experiment(self, kind: str, **params: Any):
         """Run an experiment on the explorer's prompt with its model and record it (the panel shows it).
@@ -236,7 +248,9 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         with self.hold_sync(), self.hold_trait_notifications():  # observers see the new layer AND head together
             self._trace = tr
             self._store = MapStore(tr, self._store.model)
-            self._experiments = []  # experiments belong to the prompt they ran on
+            self._experiment_list = []  # experiments belong to the prompt they ran on
+            self._experiments = []
+            self.experiment_index, self.experiment_view = -1, "before"
             self._map = {}  # no map of the old trace may be drawn over the new one
             self.token = max(0, min(int(token), T - 1))
             self.layer, self.head = ly, h
@@ -271,7 +285,18 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         return save_html(self._trace, path, title=title, view=self._view, state=self._ui_state())
 
     def _record_experiment(self, exp: Any) -> None:
-        self._experiments = (self._experiments + [exp])[-HISTORY:]
+        """Keep ``exp`` (the last :data:`HISTORY`) and show it: its state is built first, so a failure here also
+        leaves the explorer as it was."""
+        keep = (self._experiment_list + [exp])[-HISTORY:]
+        new = experiment_state(exp, self._trace, 0)
+        states = (list(self._experiments) + [new])[-HISTORY:]
+        states = [{**st, "index": i} for i, st in enumerate(states)]
+        with self.hold_sync():
+            self._experiment_list = keep
+            self._experiments = states
+            self.experiment_index = len(states) - 1
+            if self.experiment_view == "before":
+                self.experiment_view = "after"
 
     # ------------------------------------------------------------------ validation
     def _check_layer(self, layer: int) -> None:
@@ -319,6 +344,13 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
     def _v_scale(self, proposal):
         if proposal["value"] not in ("linear", "log"):
             raise WidgetValueError(f"scale must be 'linear' or 'log', got {proposal['value']!r}")
+        return proposal["value"]
+
+    @traitlets.validate("experiment_view")
+    def _v_exp_view(self, proposal):
+        if proposal["value"] not in ("before", "after", "diff"):
+            raise WidgetValueError(f"experiment_view must be 'before', 'after' or 'diff' (after − before), got "
+                                   f"{proposal['value']!r}")
         return proposal["value"]
 
     @traitlets.validate("strip_mode")
@@ -376,6 +408,22 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             self._answer_tile(content)
         elif kind == "png":
             self._receive_png(content, buffers)
+        elif kind == "experiment":
+            self._answer_experiment(content)
+
+    def _answer_experiment(self, msg: dict[str, Any]) -> None:
+        """The panel's Apply: run :meth:`experiment` and answer ``{ok, index}`` or ``{ok: False, error}``."""
+        base = {"type": "experiment", "id": msg.get("id")}
+        params = {k: msg[k] for k in ("token", "layers", "mode", "prefix", "head", "rank") if msg.get(k) is not None}
+        if "head" in params:
+            params["head"] = tuple(int(x) for x in params["head"])
+        t0 = time.monotonic()
+        try:
+            self.experiment(str(msg.get("kind")), **params)
+        except Exception as exc:  # shown in the panel; the explorer stays as it was
+            self.send({**base, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        self.send({**base, "ok": True, "index": len(self._experiments) - 1, "seconds": time.monotonic() - t0})
 
     def _answer_tile(self, msg: dict[str, Any]) -> None:
         base = {"type": "tile", "id": msg.get("id")}

@@ -41,9 +41,10 @@ function makeStore(model) {
   const S = model.get("_summary");
   if (!S || !S.alpha) throw new Error("no data: this widget was created without a trace");
   const { L, H, T } = S;
-  const alpha = decodeArray(S.alpha);
-  const ftm = decodeArray(S.first_token_mass);
-  const ent = decodeArray(S.entropy);
+  const base = { alpha: decodeArray(S.alpha), ftm: decodeArray(S.first_token_mass), ent: decodeArray(S.entropy) };
+  let { alpha, ftm, ent } = base; // the arrays shown: before, after or after − before (see refreshView)
+  let expMode = "before", expAfter = null;
+  const expDecoded = new WeakMap(); // experiment state → its decoded arrays
   const kept = decodeArray(S.kept);
   const tokens = model.get("_tokens") || [];
   if (tokens.length !== T) throw new Error(`${tokens.length} tokens but T=${T}`);
@@ -74,8 +75,69 @@ function makeStore(model) {
   model.on("msg:custom", onCustom);
   disposers.push(() => model.off("msg:custom", onCustom));
 
+  /** Grid values of a metric on one set of arrays {alpha, ftm, ent}. */
+  function metricOf(A, name, eps, tk) {
+    const v = new Float32Array(L * H);
+    let lo = 0, hi = 1, label = "";
+    if (name === "first_token_mass") { v.set(A.ftm); label = "first-token mass"; }
+    else if (name === "entropy") {
+      v.set(A.ent); hi = 0;
+      for (const x of A.ent) if (x > hi) hi = x;
+      hi = hi || 1; label = "entropy (nats)";
+    } else if (name === "sinks_per_head") {
+      hi = 1;
+      for (let i = 0; i < L * H; i++) {
+        const b = i * T;
+        let c = 0;
+        for (let k = 0; k < T; k++) if (A.alpha[b + k] > eps && valid[k]) c++;
+        v[i] = c;
+        if (c > hi) hi = c;
+      }
+      label = `sinks per head (α > ${eps.toFixed(2)})`;
+    } else if (name === "sink_flag") {
+      for (let i = 0; i < L * H; i++) v[i] = A.alpha[i * T + tk] > eps ? 1 : 0;
+      label = `α[${tk}] > ${eps.toFixed(2)}`;
+    } else {
+      for (let i = 0; i < L * H; i++) v[i] = A.alpha[i * T + tk];
+      label = `α of token ${tk}`;
+    }
+    return { values: v, lo, hi, label };
+  }
+
+  /** The decoded arrays of experiment state `e` (after the edit, aligned to these tokens) and their differences. */
+  function decodeExperiment(e) {
+    if (!expDecoded.has(e)) {
+      const a = { alpha: decodeArray(e.alpha), ftm: decodeArray(e.first_token_mass), ent: decodeArray(e.entropy),
+                  dnll: decodeArray(e.dnll) };
+      if (a.alpha.length !== L * H * T) throw new Error(`experiment α has ${a.alpha.length} values, expected ${L * H * T}`);
+      const sub = (x, y) => { const d = new Float32Array(x.length); for (let i = 0; i < x.length; i++) d[i] = x[i] - y[i]; return d; };
+      a.diff = { alpha: sub(a.alpha, base.alpha), ftm: sub(a.ftm, base.ftm), ent: sub(a.ent, base.ent) };
+      expDecoded.set(e, a);
+    }
+    return expDecoded.get(e);
+  }
+
   const store = {
-    model, L, H, T, alpha, ftm, ent, kept, tokens, valid, causal: !!S.causal, modelName: S.model,
+    model, L, H, T, kept, tokens, valid, causal: !!S.causal, modelName: S.model,
+    get alpha() { return alpha; },
+    get ftm() { return ftm; },
+    get ent() { return ent; },
+    get mode() { return expMode; },
+    base,
+    /** The experiment shown (its state and decoded arrays), or null. */
+    experiment() {
+      const list = model.get("_experiments") || [], i = model.get("experiment_index");
+      return i >= 0 && i < list.length ? { state: list[i], data: decodeExperiment(list[i]) } : null;
+    },
+    /** Switch the arrays to the experiment view (experiment_index, experiment_view): before / after / diff. */
+    refreshView() {
+      const e = store.experiment(), v = model.get("experiment_view");
+      expAfter = e ? e.data : null;
+      expMode = e && (v === "after" || v === "diff") ? v : "before";
+      const A = expMode === "after" ? expAfter : expMode === "diff" ? expAfter.diff : base;
+      ({ alpha, ftm, ent } = A);
+      maxCache.clear();
+    },
     get: (k) => model.get(k),
     set(obj) {
       for (const [k, v] of Object.entries(obj)) model.set(k, v);
@@ -94,44 +156,39 @@ function makeStore(model) {
     row(l, hd) { return alpha.subarray((l * H + hd) * T, (l * H + hd + 1) * T); },
     maxOverHeads(l) {
       if (!maxCache.has(l)) {
-        const m = new Float32Array(T);
-        for (let hd = 0; hd < H; hd++) {
-          const r = store.row(l, hd);
-          for (let k = 0; k < T; k++) if (r[k] > m[k]) m[k] = r[k];
-        }
+        const maxOf = (arr) => {
+          const m = new Float32Array(T);
+          for (let hd = 0; hd < H; hd++) {
+            const r = arr.subarray((l * H + hd) * T, (l * H + hd + 1) * T);
+            for (let k = 0; k < T; k++) if (r[k] > m[k]) m[k] = r[k];
+          }
+          return m;
+        };
+        let m;
+        if (expMode === "diff") { // change of the max over heads: max(after) − max(before)
+          const a = maxOf(expAfter.alpha), b = maxOf(base.alpha);
+          m = new Float32Array(T);
+          for (let k = 0; k < T; k++) m[k] = a[k] - b[k];
+        } else m = maxOf(alpha);
         maxCache.set(l, m);
       }
       return maxCache.get(l);
     },
     isSink(v, k, eps) { return v > eps && valid[k] === 1; },
-    /** Grid values [L*H] of a metric, with its colour range and a label. */
+    /** Grid values [L*H] of a metric, with its colour range and a label (after − before in the diff view, on a
+     *  range symmetric around 0). */
     metric(name, eps, token) {
-      const v = new Float32Array(L * H);
-      let lo = 0, hi = 1, label = "";
       const tk = Math.max(0, Math.min(T - 1, token | 0));
-      if (name === "first_token_mass") { v.set(ftm); label = "first-token mass"; }
-      else if (name === "entropy") {
-        v.set(ent); hi = 0;
-        for (const x of ent) if (x > hi) hi = x;
-        hi = hi || 1; label = "entropy (nats)";
-      } else if (name === "sinks_per_head") {
-        hi = 1;
-        for (let i = 0; i < L * H; i++) {
-          const base = i * T;
-          let c = 0;
-          for (let k = 0; k < T; k++) if (alpha[base + k] > eps && valid[k]) c++;
-          v[i] = c;
-          if (c > hi) hi = c;
-        }
-        label = `sinks per head (α > ${eps.toFixed(2)})`;
-      } else if (name === "sink_flag") {
-        for (let i = 0; i < L * H; i++) v[i] = alpha[i * T + tk] > eps ? 1 : 0;
-        label = `α[${tk}] > ${eps.toFixed(2)}`;
-      } else {
-        for (let i = 0; i < L * H; i++) v[i] = alpha[i * T + tk];
-        label = `α of token ${tk}`;
+      if (expMode !== "diff") {
+        const m = metricOf({ alpha, ftm, ent }, name, eps, tk);
+        if (expMode === "after") m.label += " (after the edit)";
+        return m;
       }
-      return { values: v, lo, hi, label };
+      const a = metricOf(expAfter, name, eps, tk), b = metricOf(base, name, eps, tk);
+      let top = 0;
+      for (let i = 0; i < L * H; i++) { a.values[i] -= b.values[i]; top = Math.max(top, Math.abs(a.values[i])); }
+      top = top || 1;
+      return { values: a.values, lo: -top, hi: top, label: `Δ ${a.label} (after − before)` };
     },
     /** Ask the kernel for something; resolves with {msg, buffers} or rejects after `timeoutMs`. */
     request(content, timeoutMs = 30000) {
@@ -252,7 +309,7 @@ function makeGrid(store, tooltip, report) {
     Object.assign(canvas.dataset, {
       layer: sel[0], head: sel[1], metric: name, eps: eps.toFixed(2), token, draws,
       cellW: cw, cellH: ch, originX: ML, originY: MT, nLayers: L, nHeads: H,
-      selectedValue: String(m.values[sel[0] * H + sel[1]]),
+      selectedValue: String(m.values[sel[0] * H + sel[1]]), view: store.mode,
     });
     report();
   }
@@ -731,9 +788,9 @@ function makeStrip(store, tooltip, report) {
     let nSinks = 0;
     for (let k = 0; k < T; k++) {
       const v = values[k];
-      const a = Math.min(0.92, Math.sqrt(Math.max(0, v)));
-      spans[k].style.backgroundColor = `rgba(230, 85, 13, ${a.toFixed(3)})`;
-      const sink = store.isSink(v, k, eps);
+      const a = Math.min(0.92, Math.sqrt(Math.abs(v)));
+      spans[k].style.backgroundColor = v < 0 ? `rgba(49, 130, 189, ${a.toFixed(3)})` : `rgba(230, 85, 13, ${a.toFixed(3)})`;
+      const sink = store.mode !== "diff" && store.isSink(v, k, eps);
       if (sink) nSinks++;
       spans[k].classList.toggle("sw-sink", sink);
     }
@@ -741,11 +798,16 @@ function makeStrip(store, tooltip, report) {
     if (selected >= 0 && spans[selected]) spans[selected].classList.remove("sw-sel");
     selected = tk;
     if (spans[tk]) { spans[tk].classList.add("sw-sel"); spans[tk].setAttribute("aria-selected", "true"); }
-    caption.textContent = mode === "head"
-      ? `tokens coloured by α of layer ${l}, head ${hd} (${nSinks} sink${nSinks === 1 ? "" : "s"} with α > ${eps.toFixed(2)})`
-      : `tokens coloured by the max of α over the heads of layer ${l} (${nSinks} sink${nSinks === 1 ? "" : "s"} with α > ${eps.toFixed(2)})`;
+    const what = store.mode === "diff" ? "after − before of " : store.mode === "after" ? "(after the edit) " : "";
+    caption.textContent = store.mode === "diff"
+      ? `tokens coloured by ${what}${mode === "head" ? `α of layer ${l}, head ${hd}` : `the max of α over the heads of layer ${l}`} (orange: more, blue: less)`
+      : mode === "head"
+        ? `tokens coloured by ${what}α of layer ${l}, head ${hd} (${nSinks} sink${nSinks === 1 ? "" : "s"} with α > ${eps.toFixed(2)})`
+        : `tokens coloured by ${what}the max of α over the heads of layer ${l} (${nSinks} sink${nSinks === 1 ? "" : "s"} with α > ${eps.toFixed(2)})`;
     draws++;
-    Object.assign(box.dataset, { layer: l, head: hd, mode, token: tk, sinks: nSinks, draws });
+    let topK = 0;
+    for (let k = 1; k < T; k++) if (values[k] > values[topK]) topK = k;
+    Object.assign(box.dataset, { layer: l, head: hd, mode, token: tk, sinks: nSinks, draws, view: store.mode, top: topK });
     report();
   }
   function pick(k) {
@@ -773,6 +835,171 @@ function makeStrip(store, tooltip, report) {
   box.addEventListener("mouseleave", () => tooltip.hide());
   store.on("layer head eps token strip_mode", () => store.guard(draw));
   return { el: wrap, box, draw, spans, values: () => values };
+}
+
+
+// ------------------------------------------------------------------------------------------------ experiments
+const EXPERIMENTS = [
+  ["mask", "mask a token (layers below)"],
+  ["massive_zero", "massive activations → 0"],
+  ["massive_mean", "massive activations → mean"],
+  ["add_sink", "prepend a sink token (\\n)"],
+  ["project_tag", "project the selected head's tag out"],
+];
+const EXP_VIEWS = [["before", "before"], ["after", "after"], ["diff", "after − before"]];
+
+/** The experiment panel: kind, token, layer set, Apply (live kernel only), the view before / after / after − before,
+ *  the history, the mean ΔNLL beside its control and the per-token ΔNLL strip. */
+function makeExperimentPanel(store, tooltip, report, redraw) {
+  const { T } = store;
+  const live = !!store.get("_has_model");
+  const wrap = h("div", "sw-exp", { "data-testid": "sw-exp", "aria-label": "experiments" });
+  const bar = h("div", "sw-toolbar", { role: "toolbar", "aria-label": "experiment controls" });
+  const status = text("div", "sw-caption sw-exp-status", "", { "data-testid": "sw-exp-status", role: "status" });
+  const result = text("div", "sw-exp-result", "", { "data-testid": "sw-exp-result" });
+  const dcap = text("div", "sw-caption", "");
+  const dbox = h("div", "sw-strip-tokens sw-exp-dnll", { "data-testid": "sw-exp-dnll",
+    "aria-label": "ΔNLL of each predicted token: red, the prediction got harder; blue, easier" });
+  let sink = 0, top = -1;
+  for (let k = 0; k < T; k++) { // default token: the sink (largest mean α over layers and heads)
+    let s = 0;
+    for (let i = 0; i < store.L * store.H; i++) s += store.base.alpha[i * T + k];
+    if (s > top) { top = s; sink = k; }
+  }
+  const ctl = {};
+  if (live) {
+    ctl.kind = menu(EXPERIMENTS, "mask", "experiment", "sw-exp-kind");
+    ctl.token = h("input", "sw-select", { type: "number", min: 0, max: T - 1, step: 1, "data-testid": "sw-exp-token",
+                                          "aria-label": "token to mask" });
+    ctl.token.value = String(sink);
+    ctl.layers = h("input", "sw-select", { type: "text", size: 7, "data-testid": "sw-exp-layers",
+                                           "aria-label": "layers: all, 12-29 or 3,5,7" });
+    ctl.layers.value = "all";
+    ctl.apply = button("Apply", "run the experiment on this prompt in the kernel", "sw-exp-apply");
+    ctl.preset = button(`mask token ${sink}, all layers`, `mask token ${sink} in every layer`, "sw-exp-preset-all");
+    bar.append(labelled("experiment", ctl.kind), labelled("token", ctl.token), labelled("layers", ctl.layers),
+               ctl.apply, ctl.preset);
+  }
+  ctl.view = menu(EXP_VIEWS, store.get("experiment_view"), "show before, after or after − before", "sw-exp-view");
+  ctl.history = menu([[-1, "no experiment yet", true]], -1, "experiment history", "sw-exp-history");
+  bar.append(labelled("show", ctl.view), labelled("history", ctl.history));
+  wrap.append(text("div", "sw-caption", live ? "Experiment: edit the model on this prompt and compare"
+    : "Experiments recorded with the model (offline: flip between them)"), bar, status, result, dcap, dbox);
+  ctl.view.addEventListener("change", () => store.set({ experiment_view: ctl.view.value }));
+  ctl.history.addEventListener("change", () => store.set({ experiment_index: Number(ctl.history.value) }));
+
+  let running = false, timer = null, values = null;
+  function setStatus(msg, state) {
+    status.textContent = msg;
+    status.dataset.state = state;
+    status.classList.toggle("sw-exp-error", state === "error");
+  }
+  function run(params) {
+    if (running) return;
+    running = true;
+    ctl.apply.disabled = true; ctl.preset.disabled = true;
+    const t0 = performance.now();
+    const label = params.kind === "mask" ? `mask token ${params.token}, layers ${params.layers}` : params.kind;
+    const tick = () => setStatus(`running ${label} in the kernel… ${((performance.now() - t0) / 1000).toFixed(1)} s`,
+                                 "running");
+    tick();
+    timer = setInterval(tick, 200);
+    store.request({ type: "experiment", ...params }, 600000).then(({ msg }) => {
+      if (msg.ok) setStatus(`${label}: done in ${((performance.now() - t0) / 1000).toFixed(1)} s`, "done");
+      else setStatus(`the experiment failed: ${msg.error} (the view is unchanged)`, "error");
+    }).catch((err) => setStatus(`the experiment failed: ${err.message || err} (the view is unchanged)`, "error"))
+      .finally(() => {
+        clearInterval(timer); running = false;
+        ctl.apply.disabled = false; ctl.preset.disabled = false;
+        wrap.dataset.roundTripMs = (performance.now() - t0).toFixed(0);
+      });
+  }
+  function params() {
+    const k = ctl.kind.value;
+    if (k === "mask") return { kind: "mask", token: Number(ctl.token.value), layers: ctl.layers.value.trim() || "all" };
+    if (k === "massive_zero" || k === "massive_mean") return { kind: "massive", mode: k.slice(8) };
+    if (k === "add_sink") return { kind: "add_sink", prefix: "\n" };
+    return { kind: "project_tag", head: [store.get("layer"), store.get("head")] };
+  }
+  if (live) {
+    ctl.apply.addEventListener("click", () => run(params()));
+    ctl.preset.addEventListener("click", () => {
+      ctl.kind.value = "mask"; ctl.token.value = String(sink); ctl.layers.value = "all";
+      run(params());
+    });
+  }
+
+  let spans = [];
+  function draw() {
+    const list = store.get("_experiments") || [];
+    const e = store.experiment();
+    ctl.view.value = store.get("experiment_view");
+    ctl.history.replaceChildren();
+    if (!list.length) {
+      const o = text("option", "", "no experiment yet"); o.value = "-1"; o.disabled = true;
+      ctl.history.appendChild(o);
+    }
+    for (const st of list) {
+      const o = text("option", "", `${st.index + 1}. ${st.label}`); // the label holds a token string: text only
+      o.value = String(st.index);
+      ctl.history.appendChild(o);
+    }
+    ctl.history.value = String(store.get("experiment_index"));
+    ctl.view.disabled = !e; ctl.history.disabled = !list.length;
+    if (!e) {
+      result.textContent = live ? "no experiment yet: choose one and Apply" : "no experiment recorded";
+      dcap.textContent = ""; dbox.replaceChildren(); spans = []; values = null;
+      Object.assign(wrap.dataset, { index: -1, view: store.mode });
+      report();
+      return;
+    }
+    const st = e.state;
+    values = e.data.dnll;
+    const sign = (v) => (v >= 0 ? "+" : "") + fmt(v, 3);
+    result.textContent = `${st.label}: mean ΔNLL ${sign(st.mean_dnll)} nats/token · control ${sign(st.control_dnll)}` +
+      ` (${st.control})`;
+    dcap.textContent = "ΔNLL of each predicted token (red: the prediction got harder, blue: easier; token 0 is not " +
+      "predicted)";
+    if (spans.length !== T) {
+      spans = [];
+      const frag = document.createDocumentFragment();
+      for (let k = 0; k < T; k++) {
+        const s = document.createElement("span");
+        s.className = "sw-tok";
+        s.textContent = showToken(store.tokens[k]); // untrusted text: textContent only
+        s.dataset.k = k;
+        spans.push(s); frag.appendChild(s);
+      }
+      dbox.replaceChildren(frag);
+    }
+    let m = 0;
+    for (const v of values) m = Math.max(m, Math.abs(v));
+    m = m || 1;
+    for (let k = 0; k < T; k++) {
+      const v = k >= 1 ? values[k - 1] : 0;
+      const a = Math.min(0.92, Math.sqrt(Math.abs(v) / m));
+      spans[k].style.backgroundColor = k < 1 ? "transparent"
+        : v >= 0 ? `rgba(215, 48, 39, ${a.toFixed(3)})` : `rgba(49, 130, 189, ${a.toFixed(3)})`;
+    }
+    Object.assign(wrap.dataset, { index: st.index, view: store.mode, meanDnll: String(st.mean_dnll),
+                                  controlDnll: String(st.control_dnll), kind: st.kind });
+    report();
+  }
+  dbox.addEventListener("mouseover", (ev) => {
+    const s = ev.target.closest && ev.target.closest(".sw-tok");
+    if (!s || !values) return;
+    const k = Number(s.dataset.k);
+    tooltip.show([`token ${k} ${JSON.stringify(showToken(store.tokens[k]))}`,
+                  k >= 1 ? `ΔNLL of predicting it: ${fmt(values[k - 1])} nats` : "token 0 is not predicted"],
+                 ev.clientX, ev.clientY);
+  });
+  dbox.addEventListener("mouseleave", () => tooltip.hide());
+  store.on("_experiments experiment_index experiment_view", () => store.guard(() => {
+    store.refreshView();
+    redraw();
+    draw();
+  }));
+  return { el: wrap, draw, setStatus, dispose() { clearInterval(timer); } };
 }
 
 // ------------------------------------------------------------------------------------------------ PNG
@@ -901,6 +1128,11 @@ function buildSinkExplorer(model, el) {
   if (want("heatmap")) { parts.heatmap = makeHeatmap(store, tooltip, report); main.appendChild(parts.heatmap.el); }
   root.appendChild(main);
   if (want("strip")) { parts.strip = makeStrip(store, tooltip, report); root.appendChild(parts.strip.el); }
+  if (kind === "explorer" && (store.get("_has_model") || (store.get("_experiments") || []).length)) {
+    const redraw = () => { if (parts.grid) parts.grid.draw(); if (parts.strip) parts.strip.draw(); };
+    parts.experiments = makeExperimentPanel(store, tooltip, report, redraw);
+    root.appendChild(parts.experiments.el);
+  }
   const foot = text("div", "sw-footer",
     `${store.modelName} · ${L} layers × ${H} heads · ${store.T} tokens · ε marks sinks (α > ε)`);
   root.append(foot, errors);
@@ -915,6 +1147,7 @@ function buildSinkExplorer(model, el) {
     if (msg.type === "png_request") sendPng(model, msg.id, () => viewToPng(root, store, parts, title()), root);
   });
 
+  store.guard(() => store.refreshView());
   for (const p of Object.values(parts)) p.draw();
   root.dataset.renderMs = (performance.now() - t0).toFixed(1);
   requestAnimationFrame(() => requestAnimationFrame(() => { root.dataset.firstPaint = String(performance.now()); }));

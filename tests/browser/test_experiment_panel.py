@@ -1,0 +1,70 @@
+"""The SinkExplorer's experiment panel in a real JupyterLab + chromium (issue 19): click "mask token 0, all layers",
+the grid and the token strip show the sink moved to token 1, and the ΔNLL shown equals sw.mask_sink to 1e-4; a
+failing experiment shows its message and leaves the view as it was; token text stays text."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import open_notebook, poll_cell, run_cell, state, wait_state, write_notebook
+
+pytestmark = pytest.mark.browser
+
+TEXT = ("The old lighthouse keeper climbed the stairs every evening. Ships passed by in the dark, and he watched "
+        "them until the sun came up <img src=x onerror=window.__xss=1> over the grey water.")
+
+
+def test_mask_token_0_all_layers_in_jupyterlab(lab, guarded_page, smollm2):
+    import sinkwidgets as sw
+
+    page = guarded_page
+    tr = sw.trace(smollm2, TEXT)
+    fn = sw.mask_sink(smollm2, TEXT, "all", token=0)
+    expected = fn.delta[fn.conditions[1]]
+    after = sw.trace(smollm2, TEXT, edits=[sw.interventions.mask_sink_edit(smollm2, "all", token=0)])
+    a1 = np.asarray(after.sink_scores[:, :, 1])
+    ly, hd = np.unravel_index(int(np.argmax(a1[12:30])), a1[12:30].shape)
+    ly = int(ly) + 12
+    hd = int(hd)
+    name = write_notebook(lab, "experiment.ipynb", [
+        "import sinkwidgets as sw\n"
+        "m = sw.load_model('smollm2-135m')\n"
+        f"ex = sw.SinkExplorer(sw.trace(m, {TEXT!r}), model=m, layer={ly}, head={hd}, token=1, metric='alpha')\nex",
+        "print(f'STATE n={len(ex.experiments)} view={ex.experiment_view} index={ex.experiment_index}')",
+    ])
+    open_notebook(page, lab, name)
+    run_cell(page, 0)
+    page.wait_for_selector("[data-testid=sw-root][data-first-paint]", timeout=120_000)
+    d = wait_state(page, "sw-exp", "d.index === '-1'")
+    before = state(page, "sw-grid-canvas")
+    assert before["view"] == "before" and float(before["selectedValue"]) < 0.1
+
+    page.get_by_test_id("sw-exp-preset-all").click()
+    wait_state(page, "sw-exp-status", "d.state === 'running'", timeout=10_000)  # the progress line
+    d = wait_state(page, "sw-exp", "d.index === '0' && d.view === 'after'", timeout=120_000)
+    assert abs(float(d["meanDnll"]) - expected) < 1e-4
+    assert state(page, "sw-exp-status")["state"] == "done"
+    g = wait_state(page, "sw-grid-canvas", "d.view === 'after'")
+    # the grid: α of token 1 at the head where it is largest in layers 12-29 is now a sink (float16 on the wire)
+    assert float(g["selectedValue"]) == pytest.approx(float(a1[ly, hd]), abs=2e-3)
+    assert float(g["selectedValue"]) > 0.3
+    st = state(page, "sw-strip-tokens")
+    assert st["view"] == "after" and st["top"] == "1"
+    # after - before
+    page.get_by_test_id("sw-exp-view").select_option("diff")
+    g = wait_state(page, "sw-grid-canvas", "d.view === 'diff'")
+    assert float(g["selectedValue"]) == pytest.approx(float(a1[ly, hd] - tr.sink_scores[ly, hd, 1]), abs=3e-3)
+    # the per-token ΔNLL strip: one span per token, text only
+    spans = page.get_by_test_id("sw-exp-dnll").locator(".sw-tok")
+    assert spans.count() == tr.n_tokens
+    assert page.evaluate("() => !document.querySelector('.sw-exp img') && !window.__xss")
+    out = poll_cell(page, 1, lambda s: "n=1" in s, what="one experiment")
+    assert "view=diff" in out
+
+    # a failing experiment: its message in the panel, the view as it was
+    page.get_by_test_id("sw-exp-token").fill("9999")
+    page.get_by_test_id("sw-exp-apply").click()
+    d = wait_state(page, "sw-exp-status", "d.state === 'error'", timeout=60_000)
+    assert "token=9999" in page.get_by_test_id("sw-exp-status").inner_text()
+    assert state(page, "sw-exp")["index"] == "0" and state(page, "sw-grid-canvas")["view"] == "diff"
+    out = poll_cell(page, 1, lambda s: "n=1" in s, what="still one experiment")
