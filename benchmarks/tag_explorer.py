@@ -1,27 +1,34 @@
-"""TagExplorer speed and size: first paint, hover latency, pan at 100,000 points; payload and offline file sizes;
-and the same numbers for jupyter-scatter when it is importable (``--jscatter-path`` adds its install folder).
+"""TagExplorer speed and size on the user's real sequence (issue 22): first paint, numbers, hover and pan at ~20,000
+real SmolLM2 tokens, quiet and with one competing busy process; optionally the synthetic sizes and jupyter-scatter.
 
-For each size a fresh notebook (fresh kernel) and a fresh page in a throw-away JupyterLab (127.0.0.1, headless
-Debian chromium):
+Real run (the default), each step in a fresh notebook (fresh kernel) and a fresh page in a throw-away JupyterLab
+(127.0.0.1, headless Debian chromium):
 
-1. an untimed setup cell loads a synthetic TagData (``synthetic_tagdata``: ~50-token prompts, d = 64, one head with
-   a first-token sink and its maps, words from a small vocabulary) from an .npz file;
-2. the clock starts as the timed cell is sent (``performance.now()`` in the page) and stops at the widget's
-   ``data-first-paint`` stamp (two animation frames after the points are drawn). The timed cell builds the widget,
-   so it includes the kernel's work (tag_ev with its controls, catch colours, coordinates) and the transfer;
+1. the user's sequence: one cell loads SmolLM2 and runs ``sw.tags.collect(model, sw.tags.paragraphs(N),
+   heads=[(1, 1), (2, 2), (3, 3)], layers='all')`` (timed in the kernel; N = 512 paragraphs gives ~20,000 tokens,
+   the 19,852 of the issue's 1,300 shorter prompts), the next runs ``sw.TagExplorer(data, head=(2, 2))``, timed from
+   the moment the cell is sent (``performance.now()`` in the page) to the widget's ``data-first-paint`` stamp (two
+   animation frames after the points are drawn), and to the numbers panel showing tag EV's controls;
+2. the same TagData saved and loaded in fresh kernels, ``--repeat`` times quiet and ``--repeat`` times while one
+   busy process (``python -c 'while True: pass'``, started and stopped by its PID) competes for the CPU;
 3. hover: the pointer moves onto 40 points; the widget stamps the time from the mousemove event to the animation
-   frame after the tooltip was filled (``data-latency-ms``);
-4. pan: a 300-px drag in 15 steps; the widget's own draw time per frame (``data-draw-ms``) and that the view moved.
+   frame after the tooltip was filled (``data-latency-ms``); pan: a 300-px drag in 15 steps, the widget's own draw
+   time per frame (``data-draw-ms``).
 
-jupyter-scatter (``jscatter.Scatter(data=df, x, y, color_by, tooltip=True)``, its documented API) is timed from
-cell execution to the first frame after its canvas exists; its hover tooltip is timed from the mousemove to the
-frame after its tooltip element is visible. Its offline HTML export is ``ipywidgets.embed.embed_minimal_html``
-(what jupyter-scatter's docs point to), opened from file:// with every other request aborted.
+The environment is passed as it is (run it without ``OMP_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` to measure what a
+user gets: the widget limits its own BLAS threads).
+
+Synthetic run (``--synthetic``): a synthetic TagData (``synthetic_tagdata``: ~50-token prompts, d = 64, one head) at
+``--sizes`` points, and jupyter-scatter (``jscatter.Scatter(data=df, x, y, color_by, tooltip=True)``, its documented
+API) when importable (``--jscatter-path`` adds its install folder), timed from cell execution to the first frame after
+its canvas exists; its offline HTML export is ``ipywidgets.embed.embed_minimal_html``, opened from file:// with every
+other request aborted.
 
 Usage::
 
     python benchmarks/tag_explorer.py                          # JSON outside the git tree (see _out.py)
-    python benchmarks/tag_explorer.py --sizes 20000 --out benchmarks/results/tag_explorer.json
+    python benchmarks/tag_explorer.py --prompts 512 --repeat 3 --out benchmarks/results/tag_explorer.json
+    python benchmarks/tag_explorer.py --prompts 0 --synthetic --sizes 20000   # the synthetic run only
     python benchmarks/tag_explorer.py --jscatter-path /tmp/jscatter_pkg   # folder of a pip --target install
 """
 
@@ -133,55 +140,114 @@ def stats(xs):
             "n": len(xs)}
 
 
-def bench_ours(browser, lab, path: Path, n: int, repeat: int) -> dict:
-    paints, hovers, draw_ms, moved = [], [], [], None
+class BusyNeighbour:
+    """One competing busy process (``python -c 'while True: pass'``) started by this script and stopped by its PID:
+    the "test suite on the other core" of issue 22."""
+
+    def __init__(self, on: bool) -> None:
+        self.on, self.proc = on, None
+
+    def __enter__(self):
+        if self.on:
+            import subprocess
+
+            self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            time.sleep(0.5)  # let it reach its loop
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.proc.kill()  # our own child, by its PID
+            self.proc.wait(10)
+
+
+def bench_ours(browser, lab, path: Path, n: int, repeat: int, *, head=(1, 0), tau: float = 0.5, busy: bool = False,
+               setup: str | None = None, tag: str = "") -> dict:
+    """First paint (cell sent -> ``data-first-paint``), numbers in (-> tag EV's controls shown), hover and pan, in a
+    fresh kernel and page per run; ``busy``: with one competing busy process during the timed cell and the hovers.
+    ``setup`` replaces the untimed first cell (it must define ``data``)."""
+    paints, numbers_in, hovers, draw_ms, moved, payload = [], [], [], [], None, {}
+    setup = setup or f"data = sw.tags.TagData.load({str(path)!r})"
     for r in range(repeat):
-        name = f"te_{n}_{r}.ipynb"
+        name = f"te_{n}_{tag}{'busy' if busy else 'quiet'}_{r}.ipynb"
         write_nb(lab, name, [
-            "import sinkwidgets as sw, json\nfrom sinkwidgets.widgets._serialization import buffers_nbytes\n"
-            f"data = sw.tags.TagData.load({str(path)!r})\nprint('READY', data.n_tokens)",
-            "te = sw.TagExplorer(data, head=(1, 0), tau=0.5)\nte",
+            "import sinkwidgets as sw, json, time\nfrom sinkwidgets.widgets._serialization import buffers_nbytes\n"
+            f"{setup}\nprint('READY', data.n_tokens)",
+            f"te = sw.TagExplorer(data, head={tuple(head)!r}, tau={tau})\nte",
             "st = te.get_state()\nprint('PAYLOAD', buffers_nbytes(st), len(json.dumps(st, default=lambda b: None)))",
         ])
         page = browser.new_page(viewport={"width": 1400, "height": 1100})
         page.route("**/*", lambda rt: rt.continue_() if rt.request.url.startswith(LOCAL_PREFIXES) else rt.abort())
         open_nb(page, lab, name)
         run_cell_wait(page, 0)
-        t0 = run_cell(page, 1)
-        page.wait_for_selector("[data-testid=te-root][data-first-paint]", timeout=120_000)
-        t1 = page.evaluate("() => Number(document.querySelector('[data-testid=te-root]').dataset.firstPaint)")
-        paints.append((t1 - t0) / 1000)
-        if r == 0:
-            wait_idle(page)
-            run_cell_wait(page, 2)
-            out = page.evaluate("() => window.jupyterapp.shell.currentWidget.content.widgets[2].outputArea.node.innerText")
-            b, j = out.split("PAYLOAD")[1].split()[:2]
-            payload = {"binary_bytes": int(b), "json_bytes": int(j)}
-            cv = page.get_by_test_id("te-scatter")
-            cv.scroll_into_view_if_needed()
-            box = cv.bounding_box()
-            rng = np.random.default_rng(1)
-            for _ in range(40):
-                x, y = 56 + rng.uniform(60, 460), 12 + rng.uniform(40, 380)
-                page.evaluate("() => { delete document.querySelector('[data-testid=te-tooltip]').dataset.latencyMs; }")
-                page.mouse.move(box["x"] + x, box["y"] + y)
-                page.wait_for_timeout(80)
-                d = page.evaluate("() => Object.assign({}, document.querySelector('[data-testid=te-tooltip]').dataset)")
-                if d.get("latencyMs"):  # a point within the hover radius: the tooltip was filled
-                    hovers.append(float(d["latencyMs"]))
-            v0 = cv.get_attribute("data-view")
-            page.mouse.move(box["x"] + 300, box["y"] + 200)
-            page.mouse.down()
-            for s in range(15):
-                page.mouse.move(box["x"] + 300 - 20 * (s + 1), box["y"] + 200 + 5 * (s + 1))
-                page.wait_for_timeout(30)
-                draw_ms.append(float(cv.get_attribute("data-draw-ms")))
-            page.mouse.up()
-            page.wait_for_timeout(200)
-            moved = cv.get_attribute("data-view") != v0
+        with BusyNeighbour(busy):
+            t0 = run_cell(page, 1)
+            page.wait_for_selector("[data-testid=te-root][data-first-paint]", timeout=300_000)
+            t1 = page.evaluate("() => Number(document.querySelector('[data-testid=te-root]').dataset.firstPaint)")
+            paints.append((t1 - t0) / 1000)
+            page.wait_for_selector("[data-testid=te-num-ev]", timeout=300_000)
+            numbers_in.append((page.evaluate("() => performance.now()") - t0) / 1000)
+            if r == 0:
+                wait_idle(page)
+                run_cell_wait(page, 2)
+                out = page.evaluate(
+                    "() => window.jupyterapp.shell.currentWidget.content.widgets[2].outputArea.node.innerText")
+                b, j = out.split("PAYLOAD")[1].split()[:2]
+                payload = {"binary_bytes": int(b), "json_bytes": int(j)}
+                cv = page.get_by_test_id("te-scatter")
+                cv.scroll_into_view_if_needed()
+                box = cv.bounding_box()
+                rng = np.random.default_rng(1)
+                for _ in range(40):
+                    x, y = 56 + rng.uniform(60, 460), 12 + rng.uniform(40, 380)
+                    page.evaluate("() => { delete document.querySelector('[data-testid=te-tooltip]').dataset.latencyMs; }")
+                    page.mouse.move(box["x"] + x, box["y"] + y)
+                    page.wait_for_timeout(80)
+                    d = page.evaluate(
+                        "() => Object.assign({}, document.querySelector('[data-testid=te-tooltip]').dataset)")
+                    if d.get("latencyMs"):  # a point within the hover radius: the tooltip was filled
+                        hovers.append(float(d["latencyMs"]))
+                v0 = cv.get_attribute("data-view")
+                page.mouse.move(box["x"] + 300, box["y"] + 200)
+                page.mouse.down()
+                for s in range(15):
+                    page.mouse.move(box["x"] + 300 - 20 * (s + 1), box["y"] + 200 + 5 * (s + 1))
+                    page.wait_for_timeout(30)
+                    draw_ms.append(float(cv.get_attribute("data-draw-ms")))
+                page.mouse.up()
+                page.wait_for_timeout(200)
+                moved = cv.get_attribute("data-view") != v0
         page.close()
-    return {"first_paint_s": stats(paints), "runs": paints, "hover_ms": stats(hovers), "pan_draw_ms": stats(draw_ms),
-            "pan_moved": moved, **payload}
+    return {"first_paint_s": stats(paints), "runs": paints, "numbers_in_s": stats(numbers_in),
+            "hover_ms": stats(hovers), "pan_draw_ms": stats(draw_ms), "pan_moved": moved, "busy_neighbour": busy,
+            **payload}
+
+
+def bench_real(browser, lab, work: Path, n_prompts: int, repeat: int) -> dict:
+    """The user's sequence on real data: ``sw.tags.collect`` on SmolLM2 over ``n_prompts`` prompts (three heads,
+    ``layers='all'``) in one cell, ``sw.TagExplorer(data, head=(2, 2))`` in the next; then fresh kernels that load
+    the same TagData from its file, quiet and with one busy neighbour."""
+    collect = (f"model = sw.load_model('smollm2-135m')\ntexts = sw.tags.paragraphs({n_prompts})\n"
+               "t = time.perf_counter()\n"
+               "data = sw.tags.collect(model, texts, heads=[(1, 1), (2, 2), (3, 3)], layers='all', progress=False)\n"
+               f"print('COLLECT', time.perf_counter() - t)\ndata.save({str(work / 'real.npz')!r})")
+    path = work / "real.npz"
+    out: dict = {"n_prompts": n_prompts, "head": [2, 2]}
+    print(f"real: collect {n_prompts} prompts in the kernel, then TagExplorer…", flush=True)
+    out["after_collect"] = bench_ours(browser, lab, path, n_prompts, 1, head=(2, 2), tau=0.3, setup=collect,
+                                      tag="collect_")
+    from sinkwidgets.tags import TagData
+
+    data = TagData.load(path)
+    out["n_points"] = data.n_tokens
+    out["file_bytes"] = path.stat().st_size
+    del data
+    for busy in (False, True):
+        key = "busy" if busy else "quiet"
+        print(f"real: {key}…", flush=True)
+        out[key] = bench_ours(browser, lab, path, n_prompts, repeat, head=(2, 2), tau=0.3, busy=busy, tag="file_")
+        print(json.dumps({key: out[key]["first_paint_s"], "hover_ms": out[key]["hover_ms"]}), flush=True)
+    return out
 
 
 def bench_jscatter(browser, lab, path: Path, n: int, repeat: int) -> dict:
@@ -284,13 +350,15 @@ def offline(browser, path: Path, out_dir: Path, jscatter: bool) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--prompts", type=int, default=512,
+                    help="real run: SmolLM2 paragraphs collected in the kernel (512 -> ~20,000 tokens)")
+    ap.add_argument("--synthetic", action="store_true", help="also run the synthetic sizes (and jupyter-scatter)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[20_000, 100_000])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--jscatter-path", default=None, help="folder holding jscatter (pip install --target ...)")
     ap.add_argument("--out", default=default_out("tag_explorer.json"),
                     help="JSON path (default outside the git tree; benchmarks/results/tag_explorer.json to record)")
     args = ap.parse_args(argv)
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     if args.jscatter_path:
         sys.path.insert(0, args.jscatter_path)
     try:
@@ -301,17 +369,20 @@ def main(argv=None) -> int:
     work = Path(tempfile.mkdtemp(prefix="te-bench-"))
     from playwright.sync_api import sync_playwright
 
-    results = {"benchmark": "TagExplorer: cell execution -> first paint, hover, pan, payload, offline HTML",
+    results = {"benchmark": "TagExplorer: cell execution -> first paint, hover, pan, payload, offline HTML "
+                            "(real SmolLM2 collect, quiet and with a busy neighbour; optional synthetic sizes)",
                "date": dt.datetime.now().isoformat(timespec="seconds"),
                "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                           "load_avg": os.getloadavg(), "python": platform.python_version()},
+                           "load_avg_start": os.getloadavg(), "python": platform.python_version()},
                "sizes": {}}
     lab = start_lab(work / "lab", extra_pythonpath=[str(REPO)] + ([args.jscatter_path] if args.jscatter_path else []))
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             results["machine"]["chromium"] = browser.version
-            for n in args.sizes:
+            if args.prompts:
+                results["real"] = bench_real(browser, lab, work, args.prompts, args.repeat)
+            for n in (args.sizes if args.synthetic else []):
                 data = synthetic_tagdata(n)
                 path = data.save(work / f"tags_{n}.npz")
                 row = {"n_points": data.n_tokens}
@@ -328,6 +399,7 @@ def main(argv=None) -> int:
             browser.close()
     finally:
         lab.stop()
+    results["machine"]["load_avg_end"] = os.getloadavg()
     out = write_json(args.out, json.dumps(results, indent=2))
     print(f"wrote {out}")
     print(json.dumps(results, indent=2))

@@ -85,17 +85,35 @@ def shown(token: str) -> str:
     return show_token(token)
 
 
+_BLAS_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
 def blas_one_thread():
     """A context in which numpy's BLAS uses one thread (``threadpoolctl`` when installed, else nothing).
 
-    TagExplorer's SVDs and covariances are small enough that one core does them in well under a second; with
-    several BLAS threads on a machine whose other core is busy, the threads wait on each other and the same work
-    took 37 s in one measured run (issue 22). The limit is process-wide while the context is open."""
+    TagExplorer's SVDs, eigendecompositions and covariances are small enough that one core does them in well under a
+    second. With several BLAS threads they can be far slower: a 576 x 576 ``eigh`` took 6.3 s instead of 0.05 s right
+    after ``sw.tags.collect`` in the same process (torch's threads still hold the cores), and one run of issue 22
+    took 37 s with a busy neighbour. Nested uses set the limit once and the outermost restores the user's setting.
+    Use it on the main thread: OpenBLAS 0.3.31 ignores ``openblas_set_num_threads`` from other threads (measured),
+    which is why TagExplorer defers its numbers on the kernel's event loop, not in a thread."""
+    depth = getattr(_BLAS_LOCAL, "depth", 0)
+    limiter = None
+    if depth == 0:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # optional: without it the BLAS keeps its own setting
+            pass
+        else:
+            limiter = threadpool_limits(limits=1, user_api="blas")
+    _BLAS_LOCAL.depth = depth + 1
     try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # optional: without it the BLAS keeps its own setting
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
+        yield
+    finally:
+        _BLAS_LOCAL.depth = depth
+        if limiter is not None:
+            limiter.restore_original_limits()
 
 
 class FiniteRows:
@@ -275,7 +293,7 @@ class TagView:
         self.positions = data.positions
         self.prompt_of = data.prompt_of
         self._ev: dict[tuple, A.TagEV] = {}
-        self._lock = threading.RLock()  # the numbers may be computed in a thread (TagExplorer defers them)
+        self._lock = threading.RLock()  # cheap insurance: the view model may be used from a callback
         self._bad: dict[tuple, np.ndarray] = {}
         self._clean: dict[tuple, Any] = {}
         self._sub: dict[tuple, np.ndarray] = {}
@@ -427,9 +445,9 @@ class TagView:
         if key in self._coords:
             self._coords.move_to_end(key)
             return self._coords[key]
-        B, names = self.axes(head, rank, projection, source)
         X = self.source_rows(head, source)
-        with blas_one_thread():
+        with blas_one_thread():  # every factorization behind the axes too (eigh took 6 s with 2 threads after torch)
+            B, names = self.axes(head, rank, projection, source)
             xy = np.asarray(X @ B.astype(X.dtype if X.dtype == np.float32 else np.float64), dtype=np.float32)
         bad = self.nonfinite(head) | ~np.isfinite(xy).all(1)
         xy[bad] = np.nan

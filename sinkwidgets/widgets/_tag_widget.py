@@ -7,8 +7,8 @@ Changing the head, rank, projection or τ recomputes in the kernel and sends onl
 
 from __future__ import annotations
 
+import asyncio
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +67,11 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
     texts : sequence of str, optional
         The texts given to ``collect`` (only with a model; by default they are decoded from the token ids).
     defer : bool
-        Compute tag EV's controls (PC bound, random floor, non-sink value control: the SVDs, most of the work at
-        tens of thousands of tokens) in a thread after the picture is built, so the first view is on screen sooner;
-        the numbers panel says "computing…" until they arrive. :meth:`wait` blocks until they are in. Default True.
+        In a kernel (a running asyncio loop, as in Jupyter), compute tag EV's controls (PC bound, random floor,
+        non-sink value control: the SVDs, most of the work at tens of thousands of tokens) on the kernel's event loop
+        right after the cell that built the widget, so the first view is on screen sooner; the numbers panel says
+        "computing…" until they arrive. :meth:`wait` computes them at once. Outside a loop (scripts) they are
+        computed with the picture. Default True.
 
     Non-finite data: tokens whose output or value of the head is NaN or infinite are left out of the fits, the
     numbers and the picture, and the widget says how many and names the first ones (``_numbers["n_nonfinite"]``,
@@ -129,8 +131,7 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
         self._defer = bool(defer)
         self._live = False  # no refresh while traitlets sets the initial values
         self._numbers_gen = 0
-        self._numbers_lock = threading.Lock()
-        self._workers: list[threading.Thread] = []
+        self._pending: tuple[Any, Any] | None = None  # (loop handle, callback) of deferred numbers
         if model is not None:
             self._attach_model(model)
         vm = self._view_model
@@ -180,11 +181,13 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
         return int(self._view_model.nonfinite(tuple(self.head)).sum())
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the deferred numbers (tag EV's controls) are in ``_numbers``; True when nothing is pending."""
-        for t in list(self._workers):
-            t.join(timeout)
-        self._workers = [t for t in self._workers if t.is_alive()]
-        return not self._workers
+        """Compute the deferred numbers (tag EV's controls) now if they are still pending; True when ``_numbers``
+        holds the current head's and rank's numbers. ``timeout`` is accepted for symmetry and not needed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending[0].cancel()
+            pending[1]()
+        return self._pending is None
 
     def save_png(self, path: str | os.PathLike, timeout: float = 15.0) -> PngExport:
         """Ask the displayed widget for a PNG of its current view (scatter, numbers, layers panel) and write it to
@@ -293,30 +296,37 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
                                     "n_selected": len(self.selected)}
 
     def _set_numbers(self, head, rank, tau) -> None:
-        """``_numbers`` now when tag EV is cached (or ``defer=False``); else "computing…" now and the numbers from a
-        thread, dropped if the head, rank or τ changed meanwhile."""
+        """``_numbers`` now when tag EV is cached, ``defer=False`` or no event loop runs; else "computing…" now and
+        the numbers from a callback on the kernel's loop (after this cell), dropped if the head, rank or τ changed
+        meanwhile. Not a thread: OpenBLAS ignores a thread limit set outside the main thread, and the SVDs with
+        several BLAS threads on busy cores are what made the first paint take 37 s."""
         vm = self._view_model
-        with self._numbers_lock:
-            self._numbers_gen += 1
-            gen = self._numbers_gen
-        if not self._defer or vm.ev_ready(head, rank):
+        self._numbers_gen += 1
+        gen = self._numbers_gen
+        if self._pending is not None:
+            self._pending[0].cancel()
+            self._pending = None
+        try:
+            loop = asyncio.get_running_loop() if self._defer and not vm.ev_ready(head, rank) else None
+        except RuntimeError:
+            loop = None
+        if loop is None:
             self._numbers = vm.numbers(head, rank, tau)
             return
         self._numbers = {"ok": False, "pending": True, "head": list(head), "rank": rank,
                          "message": "computing tag EV and its controls…"}
 
         def work() -> None:
+            self._pending = None
+            if gen != self._numbers_gen:
+                return
             try:
                 res = vm.numbers(head, rank, tau)
-            except Exception as exc:  # shown in the panel, never lost in a thread
+            except Exception as exc:  # shown in the panel, never lost in a callback
                 res = {"ok": False, "head": list(head), "rank": rank, "error": f"{type(exc).__name__}: {exc}"}
-            with self._numbers_lock:
-                if gen == self._numbers_gen:
-                    self._numbers = res
+            self._numbers = res
 
-        t = threading.Thread(target=work, name="TagExplorer-numbers", daemon=True)
-        self._workers = [w for w in self._workers if w.is_alive()] + [t]
-        t.start()
+        self._pending = (loop.call_later(0.05, work), work)
 
     def _points_state(self, head, rank, projection, source) -> dict[str, Any]:
         base = {"head": list(head), "rank": rank, "projection": projection, "source": source}
