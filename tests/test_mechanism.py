@@ -98,3 +98,23 @@ def test_project_out_many_equals_separate_calls(smollm2):
     # the edit does something: each subspace moves the loss
     assert all(abs(np.concatenate(many.nll[n]).mean() - np.concatenate(many.nll["clean"]).mean()) > 1e-4
                for n in ("a", "b"))
+
+
+def test_mechanism_table_shares_one_collection(smollm2, tag_data):
+    """mechanism_table: one collection for every head, the same verdicts and numbers as one mechanism() per head,
+    one table row per head; two tables join."""
+    tab = tags.mechanism_table(smollm2, TEXTS, [(2, 2), (5, 6)], steps=("catch", "tag"))
+    assert list(tab.seconds) == ["collect", "L2H2", "L5H6"]  # one collection, then the heads
+    assert tab.shown == {"L2H2": {"catch": False, "tag": True, "release": None},
+                         "L5H6": {"catch": True, "tag": False, "release": None}}, str(tab)
+    for h in [(2, 2), (5, 6)]:
+        one = tags.mechanism(smollm2, TEXTS, h, steps=("catch", "tag"), data=tag_data)
+        assert tab[h].shown == one.shown
+        assert abs(tab[h].tag.ev - one.tag.ev) < 1e-6 and abs(tab[h].catch_rate - one.catch_rate) < 1e-9
+    text = str(tab)
+    rows = [ln for ln in text.splitlines() if ln.strip().startswith(("L2H2", "L5H6")) and "|" in ln]
+    assert len(rows) == 2 and rows[0].rstrip().endswith("n y -") and rows[1].rstrip().endswith("y n -"), text
+    both = tab + tab
+    assert len(both) == 4 and both["L5H6"].head == (5, 6)
+    with pytest.raises(KeyError, match="L9H9"):
+        tab["L9H9"]
