@@ -279,10 +279,15 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         ))
 
     def to_html(self, path: str | os.PathLike, title: str | None = None) -> Path:
-        """Write this view as one offline, self-contained HTML file (see :func:`sinkwidgets.widgets.save_html`)."""
+        """Write this view as one offline, self-contained HTML file (see :func:`sinkwidgets.widgets.save_html`), with
+        the experiments run on it (the page flips before / after / after − before without a kernel)."""
         from .standalone import save_html
 
-        return save_html(self._trace, path, title=title, view=self._view, state=self._ui_state())
+        state = self._ui_state()
+        if self._experiment_list:
+            state.update(experiment_index=int(self.experiment_index), experiment_view=self.experiment_view)
+        return save_html(self._trace, path, title=title, view=self._view, state=state,
+                         experiments=self._experiment_list or None)
 
     def _record_experiment(self, exp: Any) -> None:
         """Keep ``exp`` (the last :data:`HISTORY`) and show it: its state is built first, so a failure here also

@@ -24,10 +24,11 @@ from ..sinktrace import SinkTrace
 from . import _assets
 from . import _serialization as ser
 from ._maps import MapStore
-from ._state import METRICS, _as_trace, summary_state
+from ._state import METRICS, _as_trace, experiment_state, summary_state
 
 _UI_DEFAULTS = {"layer": 0, "head": 0, "eps": 0.3, "metric": "alpha", "token": 0, "scale": "linear",
-                "strip_mode": "max", "view": [], "heatmap_size": 512}
+                "strip_mode": "max", "view": [], "heatmap_size": 512, "experiment_index": -1,
+                "experiment_view": "before"}
 _VIEWS = ("explorer", "grid", "heatmap", "strip")
 
 
@@ -39,7 +40,7 @@ def _is_real(x: Any) -> bool:
     return (_is_int(x) or isinstance(x, (float, np.floating))) and math.isfinite(float(x))
 
 
-def check_state(trace: SinkTrace, state: dict[str, Any] | None) -> dict[str, Any]:
+def check_state(trace: SinkTrace, state: dict[str, Any] | None, n_experiments: int = 0) -> dict[str, Any]:
     """Validate ``save_html``'s ``state`` against the trace: every key known, every value of the right type and
     in range (the page's JavaScript trusts them). Returns a copy with plain Python values; raises ``ValueError``
     naming the setting, the value and what is allowed."""
@@ -84,6 +85,14 @@ def check_state(trace: SinkTrace, state: dict[str, Any] | None) -> dict[str, Any
             if not ok:
                 raise bad(f"[] (the whole map) or [q0, q1, k0, k1] with 0 <= q0 < q1 <= {T} and 0 <= k0 < k1 <= {T}")
             out[key] = [float(v) for v in value]
+        elif key == "experiment_index":
+            if not _is_int(value) or not -1 <= int(value) < n_experiments:
+                raise bad(f"-1 (none) or an int in 0..{n_experiments - 1} (the experiments given: {n_experiments})")
+            out[key] = int(value)
+        elif key == "experiment_view":
+            if value not in ("before", "after", "diff"):
+                raise bad("'before', 'after' or 'diff' (after − before)")
+            out[key] = value
         elif key == "heatmap_size":
             if not _is_int(value) or not 64 <= int(value) <= 4096:
                 raise bad("an int number of pixels in 64..4096")
@@ -148,13 +157,34 @@ def offline_maps(trace: SinkTrace, budget: int = ser.STANDALONE_MAP_BUDGET) -> d
     return {f"{ly},{h}": store.map_state(ly, h, max_side=side) for ly, h in kept}
 
 
+def experiment_states(trace: SinkTrace, experiments: Any) -> list[dict[str, Any]]:
+    """``save_html``'s ``experiments`` (:class:`~sinkwidgets.widgets.experiment.Experiment` objects, e.g.
+    ``ex.experiments``) → the panel's states (see :func:`~._state.experiment_state`)."""
+    if experiments is None:
+        return []
+    if not isinstance(experiments, (list, tuple)):
+        raise TypeError(f"save_html(experiments=...) must be a list of Experiment (ex.experiments), got "
+                        f"{type(experiments).__name__}")
+    out = []
+    for i, e in enumerate(experiments):
+        if not hasattr(e, "trace") or not hasattr(e, "dnll"):
+            raise TypeError(f"save_html(experiments=[...]): item {i} is a {type(e).__name__}, not an Experiment "
+                            "(from SinkExplorer.experiment)")
+        out.append(experiment_state(e, trace, i))
+    return out
+
+
 def html_document(trace: SinkTrace, title: str | None = None, view: str = "explorer",
-                  state: dict[str, Any] | None = None) -> str:
+                  state: dict[str, Any] | None = None, experiments: Any = None) -> str:
     """The offline page as a string (see :func:`save_html`)."""
     if view not in _VIEWS:
         raise ValueError(f"view must be one of {_VIEWS}, got {view!r}")
-    state = check_state(trace, state) if state is not None else None
+    exps = experiment_states(trace, experiments)
+    state = check_state(trace, state, len(exps)) if state is not None else None
     ui = {**_UI_DEFAULTS, **(state or {})}
+    if exps and (state is None or "experiment_index" not in state):
+        ui.update(experiment_index=len(exps) - 1, experiment_view=ui["experiment_view"] if state and
+                  "experiment_view" in state else "after")
     maps = offline_maps(trace)
     if state is None or "layer" not in state:
         ftm = np.nan_to_num(trace.first_token_mass, nan=-1.0)
@@ -170,7 +200,8 @@ def html_document(trace: SinkTrace, title: str | None = None, view: str = "explo
         "message": f"map not kept: trace with keep_maps=[{ui['layer']}] to include it; showing α per key",
     }
     model_state = {"_view": view, "_tokens": list(trace.tokens), "_summary": summary_state(trace),
-                   "_map": first_map, "_frontend": 0, **{k: _json_clean(v) for k, v in ui.items()}}
+                   "_map": first_map, "_frontend": 0, "_has_model": False, "_experiments": exps,
+                   **{k: _json_clean(v) for k, v in ui.items()}}
     bufs: list[bytes] = []
     payload = _extract_buffers({"state": model_state, "maps": maps}, bufs)
     title = title or f"sinkwidgets · {trace.model_name} · {trace.n_tokens} tokens"
@@ -222,7 +253,7 @@ def offline_page(title: str, js: str, css: str, payload: Any, bufs: list[bytes],
 
 
 def save_html(trace: SinkTrace | str | os.PathLike, path: str | os.PathLike, title: str | None = None, *,
-              view: str = "explorer", state: dict[str, Any] | None = None) -> Path:
+              view: str = "explorer", state: dict[str, Any] | None = None, experiments: Any = None) -> Path:
     """Write a :class:`SinkExplorer` (or one part of it) as ONE self-contained, offline HTML file.
 
     Parameters
@@ -236,7 +267,12 @@ def save_html(trace: SinkTrace | str | os.PathLike, path: str | os.PathLike, tit
         What to show.
     state : dict, optional
         Initial settings: ``layer``, ``head``, ``eps``, ``metric``, ``token``, ``scale``, ``strip_mode``,
-        ``view`` (zoom ``[q0, q1, k0, k1]``).
+        ``view`` (zoom ``[q0, q1, k0, k1]``), ``experiment_index`` (-1: none), ``experiment_view``
+        (``"before"``, ``"after"``, ``"diff"``).
+    experiments : list of Experiment, optional
+        Experiments run on this trace's prompt (``ex.experiments``): embedded, so the page flips between them and
+        between before / after / after − before without a kernel (α, first-token mass, entropy ``[L, H]`` and
+        ΔNLL ``[T - 1]`` of each; about ``2·L·H·T`` bytes per experiment).
 
     Returns
     -------
@@ -244,7 +280,8 @@ def save_html(trace: SinkTrace | str | os.PathLike, path: str | os.PathLike, tit
         The written file. It loads nothing from the network: share it, or put it in slides.
     """
     tr = _as_trace(trace, "save_html")
-    return write_page(path, "save_html", lambda: html_document(tr, title=title, view=view, state=state))
+    return write_page(path, "save_html", lambda: html_document(tr, title=title, view=view, state=state,
+                                                               experiments=experiments))
 
 
 def write_page(path: str | os.PathLike, who: str, page: Callable[[], str]) -> Path:

@@ -68,3 +68,45 @@ def test_mask_token_0_all_layers_in_jupyterlab(lab, guarded_page, smollm2):
     assert "token=9999" in page.get_by_test_id("sw-exp-status").inner_text()
     assert state(page, "sw-exp")["index"] == "0" and state(page, "sw-grid-canvas")["view"] == "diff"
     out = poll_cell(page, 1, lambda s: "n=1" in s, what="still one experiment")
+
+
+def test_offline_page_flips_before_after_difference(guarded_page, smollm2, tmp_path):
+    import sinkwidgets as sw
+
+    page = guarded_page
+    tr = sw.trace(smollm2, TEXT)
+    ex = sw.SinkExplorer(tr, model=smollm2, layer=20, head=0, token=1)
+    e_all = ex.experiment("mask", token=0, layers="all")
+    e_mid = ex.experiment("mask", token=0, layers="12-29")
+    ex.experiment_index, ex.experiment_view = 0, "after"
+    path = ex.to_html(tmp_path / "experiments.html")
+    html = path.read_text(encoding="utf-8")
+    assert "<img src=x" not in html and "http://" not in html and "https://" not in html
+    page.goto(path.as_uri())
+    page.wait_for_selector("[data-testid=sw-root][data-first-paint]", timeout=20_000)
+    assert page.get_by_test_id("sw-exp-apply").count() == 0  # no kernel: no Apply
+    d = wait_state(page, "sw-exp", "d.index === '0' && d.view === 'after'")
+    assert abs(float(d["meanDnll"]) - e_all.mean_dnll) < 1e-6
+    g = state(page, "sw-grid-canvas")
+    assert g["view"] == "after"
+    assert float(g["selectedValue"]) == pytest.approx(float(e_all.trace.sink_scores[20, 0, 1]), abs=2e-3)
+    assert state(page, "sw-strip-tokens")["top"] == "1"
+    # before
+    page.get_by_test_id("sw-exp-view").select_option("before")
+    g = wait_state(page, "sw-grid-canvas", "d.view === 'before'")
+    assert float(g["selectedValue"]) == pytest.approx(float(tr.sink_scores[20, 0, 1]), abs=2e-3)
+    assert state(page, "sw-strip-tokens")["top"] != "1" or float(tr.sink_scores[20, :, 1].max()) > 0.3
+    # after - before
+    page.get_by_test_id("sw-exp-view").select_option("diff")
+    g = wait_state(page, "sw-grid-canvas", "d.view === 'diff'")
+    want = float(e_all.trace.sink_scores[20, 0, 1] - tr.sink_scores[20, 0, 1])
+    assert float(g["selectedValue"]) == pytest.approx(want, abs=3e-3)
+    # the history: the 12-29 experiment, no new sink on token 1
+    page.get_by_test_id("sw-exp-history").select_option("1")
+    d = wait_state(page, "sw-exp", "d.index === '1'")
+    assert abs(float(d["meanDnll"]) - e_mid.mean_dnll) < 1e-6
+    page.get_by_test_id("sw-exp-view").select_option("after")
+    g = wait_state(page, "sw-grid-canvas", "d.view === 'after'")
+    assert float(g["selectedValue"]) < 0.3
+    assert page.get_by_test_id("sw-exp-dnll").locator(".sw-tok").count() == tr.n_tokens
+    assert page.evaluate("() => !document.querySelector('.sw-root img') && !window.__xss")
