@@ -45,6 +45,7 @@ _METRIC_HELP = {
 
 #: Experiments kept per explorer (the panel's history).
 HISTORY = 6
+_PANEL_IDS = count(1)
 
 
 class WidgetValueError(traitlets.TraitError, SinkwidgetsValueError):
@@ -292,6 +293,7 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
     def _record_experiment(self, exp: Any) -> None:
         """Keep ``exp`` (the last :data:`HISTORY`) and show it: its state is built first, so a failure here also
         leaves the explorer as it was."""
+        exp.meta.setdefault("panel_id", next(_PANEL_IDS))  # names its maps in the heatmap's tile requests
         keep = (self._experiment_list + [exp])[-HISTORY:]
         new = experiment_state(exp, self._trace, 0)
         states = (list(self._experiments) + [new])[-HISTORY:]
@@ -379,18 +381,56 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         return {k: getattr(self, k) for k in ("layer", "head", "eps", "metric", "token", "scale", "strip_mode",
                                                "view", "heatmap_size")}
 
-    @traitlets.observe("layer", "head")
+    @traitlets.observe("layer", "head", "experiment_index", "experiment_view")
     def _on_head(self, change) -> None:
         self._update_map()
+
+    def _map_source(self) -> tuple[str, MapStore | None]:
+        """Where the heatmap's map comes from: ``("before", the trace's store)``, or under the experiment shown
+        ``("after:i", its trace's kept maps)`` / ``("diff:i", |after − before| of the kept maps)``; ``None`` when the
+        experiment's maps cannot line up with the explorer's (``add_sink`` adds a token)."""
+        i, view = int(self.experiment_index), self.experiment_view
+        exps = getattr(self, "_experiment_list", [])
+        if view == "before" or not 0 <= i < len(exps):
+            return "before", self._store
+        exp = exps[i]
+        source = f"{view}:{exp.meta.get('panel_id', id(exp))}"
+        cache = self.__dict__.setdefault("_exp_stores", {})
+        if source not in cache:
+            if exp.offset or exp.trace.maps is None:
+                cache[source] = None
+            elif view == "after":
+                cache[source] = MapStore(exp.trace)
+            else:
+                import dataclasses
+
+                before, after = self._trace, exp.trace
+                same = (before.maps is not None and before.map_index is not None and np.array_equal(
+                    np.asarray(before.map_index), np.asarray(after.map_index)))
+                cache[source] = MapStore(dataclasses.replace(after, maps=np.abs(
+                    after.maps.astype(np.float32) - before.maps.astype(np.float32)).astype(np.float16))) if same else None
+            while len(cache) > 2 * HISTORY:
+                cache.pop(next(iter(cache)))
+        return source, cache[source]
 
     def _update_map(self) -> None:
         if not self._uses_maps or not hasattr(self, "_store"):
             return
         ly, h = int(self.layer), int(self.head)
+        source, store = self._map_source()
         cur = self._map
-        if cur.get("layer") == ly and cur.get("head") == h and cur.get("status") not in (None, "computing"):
+        if (cur.get("layer") == ly and cur.get("head") == h and cur.get("status") not in (None, "computing")
+                and cur.get("source", "before") == source):
             return
-        store = self._store
+        if store is None:
+            self._map = {"layer": ly, "head": h, "T": self._trace.n_tokens, "tile": ser.TILE_SIZE, "status": "missing",
+                         "overview": None, "source": source,
+                         "message": "no map under this edit (add_sink adds a token, or no maps were kept): "
+                                    "the grid and the strips show the change"}
+            return
+        if source != "before":
+            self._map = {**store.map_state(ly, h), "source": source}
+            return
         if store.status(ly, h) == "missing" and store.model is not None:
             T = self._trace.n_tokens
             self._map = {"layer": ly, "head": h, "T": T, "tile": ser.TILE_SIZE, "status": "computing", "overview": None,
@@ -436,7 +476,10 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             ly, h = int(msg["layer"]), int(msg["head"])
             level, ty, tx = int(msg["level"]), int(msg["ty"]), int(msg["tx"])
             base.update(layer=ly, head=h, level=level, ty=ty, tx=tx)
-            spec, data = self._store.tile(ly, h, level, ty, tx)
+            source, store = self._map_source()
+            if msg.get("source", "before") != source or store is None:
+                raise ValueError(f"the map shown changed (now {source.split(':')[0]}): tile not sent")
+            spec, data = store.tile(ly, h, level, ty, tx)
         except (KeyError, ValueError, TypeError) as exc:
             self.send({**base, "ok": False, "error": str(exc)})
             return

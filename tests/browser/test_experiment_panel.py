@@ -50,10 +50,16 @@ def test_mask_token_0_all_layers_in_jupyterlab(lab, guarded_page, smollm2):
     assert float(g["selectedValue"]) > 0.3
     st = state(page, "sw-strip-tokens")
     assert st["view"] == "after" and st["top"] == "1"
+    # the selected head's heatmap: the map under the edit (kept, like the explorer's), its scale from that map
+    hm = wait_state(page, "sw-heatmap-canvas", "d.source === 'after' && d.status === 'kept'")
+    assert float(hm["vmax"]) == pytest.approx(float(after.get_map(ly, hd)[1:].max()), abs=2e-3)
     # after - before
     page.get_by_test_id("sw-exp-view").select_option("diff")
     g = wait_state(page, "sw-grid-canvas", "d.view === 'diff'")
     assert float(g["selectedValue"]) == pytest.approx(float(a1[ly, hd] - tr.sink_scores[ly, hd, 1]), abs=3e-3)
+    hm = wait_state(page, "sw-heatmap-canvas", "d.source === 'diff' && d.status === 'kept'")
+    diff = np.abs(after.get_map(ly, hd) - tr.get_map(ly, hd))
+    assert float(hm["vmax"]) == pytest.approx(float(diff[1:].max()), abs=3e-3)
     # the per-token ΔNLL strip: one span per token, text only
     spans = page.get_by_test_id("sw-exp-dnll").locator(".sw-tok")
     assert spans.count() == tr.n_tokens

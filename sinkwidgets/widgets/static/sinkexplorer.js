@@ -395,6 +395,7 @@ function makeHeatmap(store, tooltip, report) {
   const inflight = new Set();
   let tileError = null; // the last tile failure, kept in the status line until a tile arrives
   const failedTiles = new Set(); // keys refused once: not asked again (no request loop on an offline page)
+  let curSource = "before"; // the map shown: "before", or "after:<id>" / "diff:<id>" of an experiment
   let view = { q0: 0, q1: T, k0: 0, k1: T };
   let draws = 0, requested = 0, received = 0, scaleSeen = null, rafPending = false;
   let viewTimer = null;
@@ -423,6 +424,10 @@ function makeHeatmap(store, tooltip, report) {
     const m = store.get("_map") || {};
     const [l, hd] = selection();
     if (m.layer !== l || m.head !== hd) return; // stale answer for a previous selection
+    if ((m.source || "before") !== curSource) { // another map (before / after / |after − before|): other tiles
+      curSource = m.source || "before";
+      tiles.clear(); failedTiles.clear(); tileError = null;
+    }
     const log = store.get("scale") === "log";
     if (m.overview) {
       const data = decodeArray(m.overview);
@@ -529,7 +534,9 @@ function makeHeatmap(store, tooltip, report) {
     if (tk + 1 > view.q0 && tk < view.q1) ctx.strokeRect(ML + 0.5, Y(tk) + 0.5, S - 1, Math.max(1, Y(tk + 1) - Y(tk)) - 1);
     ctx.restore();
     drawAxes(ctx, fg);
-    title.textContent = `layer ${l} · head ${hd} · queries × keys · ${T} tokens`;
+    const which = curSource.startsWith("after") ? " · after the edit"
+      : curSource.startsWith("diff") ? " · |after − before|" : "";
+    title.textContent = `layer ${l} · head ${hd} · queries × keys · ${T} tokens${which}`;
     const res = have && cur.canvas
       ? (level < cur.level ? `tiles 1:${1 << level} (${nTiles} shown)` : `overview 1:${cur.stride}`) : "α per key";
     const failed = tileError && have && cur.canvas && level < cur.level
@@ -537,7 +544,7 @@ function makeHeatmap(store, tooltip, report) {
     status.textContent = `${failed}${res} · ${store.get("scale")} scale · ${nSinks} sink column${nSinks === 1 ? "" : "s"} in view`;
     draws++;
     Object.assign(canvas.dataset, {
-      layer: l, head: hd, draws, status: have ? cur.status : mapStatus(l, hd),
+      layer: l, head: hd, draws, status: have ? cur.status : mapStatus(l, hd), source: curSource.split(":")[0],
       view: [view.q0, view.q1, view.k0, view.k1].map((v) => Math.round(v * 100) / 100).join(","),
       level: level == null ? "" : level, overviewLevel: have && cur.canvas ? cur.level : "",
       tilesShown: nTiles, tilesRequested: requested, tilesReceived: received, sinks: nSinks,
@@ -607,9 +614,11 @@ function makeHeatmap(store, tooltip, report) {
       inflight.add(key);
       requested++;
       const { layer, head: hd, vmax } = cur;
-      store.request({ type: "tile", layer, head: hd, level, ty, tx })
+      const source = curSource;
+      store.request({ type: "tile", layer, head: hd, level, ty, tx, source })
         .then(({ msg, buffers }) => {
           inflight.delete(key);
+          if (source !== curSource) return; // the map shown changed meanwhile
           if (!msg.ok) throw new Error(msg.error || "tile refused");
           const data = decodeArray({ ...msg, data: buffers[0] });
           const [rows, cols] = msg.shape;
