@@ -167,6 +167,8 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         self._trace = _as_trace(trace, who)
         self._store = MapStore(self._trace, model)
         self._experiment_list: list = []
+        self._model_lock = threading.Lock()  # one forward pass at a time: panel experiments and maps on demand
+        self._exp_job: dict[str, Any] | None = None  # the panel's running experiment: {"id", "cancel": Event}
         self._init_png()
         tr = self._trace
         if layer is None or head is None:
@@ -194,7 +196,7 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         """The experiments run on this explorer, oldest first (at most :data:`HISTORY` are kept)."""
         return list(self._experiment_list)
 
-    def experiment(self, kind: str, **params: Any):
+    def experiment(self, kind: str, _cancelled=None, **params: Any):
         """Run an experiment on the explorer's prompt with its model and record it (the panel shows it).
 
         ``kind``: ``"mask"`` (``token=`` default the sink, ``layers="all"`` / ``"12-29"`` / a list),
@@ -207,11 +209,15 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         :class:`~sinkwidgets.widgets.experiment.ExperimentError` (a ``SinkwidgetsError``) without a model, on an
         encoder, or for an edit the model's family does not support; the explorer is then left as it was.
         """
-        from .experiment import run_experiment
+        from .experiment import ExperimentError, run_experiment
 
         if kind == "project_tag" and "head" not in params:
             params["head"] = (int(self.layer), int(self.head))
-        exp = run_experiment(self._store.model, self._trace, kind, **params)
+        trace = self._trace
+        with self._model_lock:
+            exp = run_experiment(self._store.model, trace, kind, cancelled=_cancelled, **params)
+        if trace is not self._trace:  # set_trace ran meanwhile (a panel experiment runs in a thread)
+            raise ExperimentError("the explorer was given another trace while the experiment ran: not recorded")
         self._record_experiment(exp)
         return exp
 
@@ -436,7 +442,8 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             self._map = {"layer": ly, "head": h, "T": T, "tile": ser.TILE_SIZE, "status": "computing", "overview": None,
                          "message": f"computing the map of layer {ly}, head {h} with the model…"}
             try:
-                store.compute(ly, h)
+                with self._model_lock:
+                    store.compute(ly, h)
             except Exception as exc:  # shown in the widget, not lost in a log
                 self._map = {"layer": ly, "head": h, "T": T, "tile": ser.TILE_SIZE, "status": "error",
                              "overview": None, "message": f"could not compute the map: {type(exc).__name__}: {exc}"}
@@ -455,20 +462,42 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             self._receive_png(content, buffers)
         elif kind == "experiment":
             self._answer_experiment(content)
+        elif kind == "experiment_cancel":
+            job = self._exp_job
+            if job is not None:
+                job["cancel"].set()
 
     def _answer_experiment(self, msg: dict[str, Any]) -> None:
-        """The panel's Apply: run :meth:`experiment` and answer ``{ok, index}`` or ``{ok: False, error}``."""
+        """The panel's Apply: run :meth:`experiment` in a worker thread (so the kernel stays free to receive a
+        cancel) and answer ``{ok, index}``, ``{ok: False, error}`` or ``{ok: False, cancelled: True}``. A cancel is
+        honoured before the next step (one forward pass at most); nothing is recorded then."""
         base = {"type": "experiment", "id": msg.get("id")}
+        if self._exp_job is not None:
+            self.send({**base, "ok": False, "error": "another experiment is still running: wait or cancel it"})
+            return
         params = {k: msg[k] for k in ("token", "layers", "mode", "prefix", "head", "rank") if msg.get(k) is not None}
         if "head" in params:
             params["head"] = tuple(int(x) for x in params["head"])
-        t0 = time.monotonic()
-        try:
-            self.experiment(str(msg.get("kind")), **params)
-        except Exception as exc:  # shown in the panel; the explorer stays as it was
-            self.send({**base, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
-            return
-        self.send({**base, "ok": True, "index": len(self._experiments) - 1, "seconds": time.monotonic() - t0})
+        job = {"id": msg.get("id"), "cancel": threading.Event()}
+        self._exp_job = job
+
+        def work() -> None:
+            from .experiment import ExperimentCancelled
+
+            t0 = time.monotonic()
+            try:
+                self.experiment(str(msg.get("kind")), _cancelled=job["cancel"].is_set, **params)
+            except ExperimentCancelled as exc:
+                self.send({**base, "ok": False, "cancelled": True, "error": str(exc)})
+            except Exception as exc:  # shown in the panel; the explorer stays as it was
+                self.send({**base, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            else:
+                self.send({**base, "ok": True, "index": len(self._experiments) - 1, "seconds": time.monotonic() - t0})
+            finally:
+                self._exp_job = None
+
+        job["thread"] = threading.Thread(target=work, name="sinkwidgets-experiment", daemon=True)
+        job["thread"].start()
 
     def _answer_tile(self, msg: dict[str, Any]) -> None:
         base = {"type": "tile", "id": msg.get("id")}

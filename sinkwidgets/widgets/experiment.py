@@ -35,6 +35,7 @@ prediction got harder). Its mean is the result's ``delta``.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,19 @@ KINDS = ("mask", "massive", "add_sink", "project_tag")
 
 class ExperimentError(SinkwidgetsValueError):
     """An experiment cannot run on this model, trace or with these parameters (the message says why and the fix)."""
+
+
+class ExperimentCancelled(SinkwidgetsError, RuntimeError):
+    """The experiment was cancelled (the panel's Cancel) before it finished; nothing was recorded."""
+
+
+_LOCAL = threading.local()  # the cancel check of the experiment running in this thread
+
+
+def _check_cancelled() -> None:
+    fn = getattr(_LOCAL, "cancelled", None)
+    if fn is not None and fn():
+        raise ExperimentCancelled("the experiment was cancelled: nothing was recorded, the view is unchanged")
 
 
 @dataclass
@@ -139,7 +153,9 @@ def _info(model: Any, trace: SinkTrace) -> Any:
 
 
 def _wrap(what: str, model_name: str, fn, *args, **kwargs):
-    """Run ``fn``; any failure that is not already one of the package's errors becomes an :class:`ExperimentError`."""
+    """Run ``fn`` (after checking for a cancel); any failure that is not already one of the package's errors becomes
+    an :class:`ExperimentError`."""
+    _check_cancelled()
     try:
         return fn(*args, **kwargs)
     except SinkwidgetsError:
@@ -338,8 +354,11 @@ _PARAMS = {"mask": ("token", "layers", "seed", "eps"), "massive": ("mode",), "ad
            "project_tag": ("head", "rank", "basis", "tau", "eps", "seed")}
 
 
-def run_experiment(model: Any, trace: SinkTrace, kind: str, **params: Any) -> Experiment:
+def run_experiment(model: Any, trace: SinkTrace, kind: str, *, cancelled=None, **params: Any) -> Experiment:
     """Run experiment ``kind`` (one of :data:`KINDS`) on ``trace``'s prompt with ``model``; see the module docstring.
+
+    ``cancelled``: optional ``() -> bool``, checked before each step (the edit, the control, the trace under the
+    edit; one forward pass each): when it returns True, :class:`ExperimentCancelled` is raised.
 
     Raises :class:`ExperimentError` (a :class:`~sinkwidgets.errors.SinkwidgetsError`) for an encoder, a trace
     without its text, another model, an unknown kind or parameter, or an edit the model's family does not support.
@@ -352,4 +371,10 @@ def run_experiment(model: Any, trace: SinkTrace, kind: str, **params: Any) -> Ex
     if model is None:
         raise ExperimentError("no model: give one to the explorer, SinkExplorer(trace, model=sw.load_model(...))")
     info = _info(model, trace)
-    return _RUNNERS[kind](model, info, trace, trace.meta["text"], trace.meta.get("add_bos"), **params)
+    _LOCAL.cancelled = cancelled
+    try:
+        exp = _RUNNERS[kind](model, info, trace, trace.meta["text"], trace.meta.get("add_bos"), **params)
+        _check_cancelled()
+        return exp
+    finally:
+        _LOCAL.cancelled = None

@@ -75,6 +75,18 @@ def test_mask_token_0_all_layers_in_jupyterlab(lab, guarded_page, smollm2):
     assert state(page, "sw-exp")["index"] == "0" and state(page, "sw-grid-canvas")["view"] == "diff"
     out = poll_cell(page, 1, lambda s: "n=1" in s, what="still one experiment")
 
+    # cancel: the run stops after its current forward pass, nothing is recorded, the view stays
+    page.get_by_test_id("sw-exp-layers").fill("12-29")
+    page.get_by_test_id("sw-exp-token").fill("0")
+    page.get_by_test_id("sw-exp-apply").click()
+    wait_state(page, "sw-exp-status", "d.state === 'running'", timeout=10_000)
+    assert page.get_by_test_id("sw-exp-cancel").is_visible()
+    page.get_by_test_id("sw-exp-cancel").click()
+    wait_state(page, "sw-exp-status", "d.state === 'cancelled'", timeout=60_000)
+    assert not page.get_by_test_id("sw-exp-cancel").is_visible()
+    assert state(page, "sw-exp")["index"] == "0"
+    out = poll_cell(page, 1, lambda s: "n=1" in s, what="still one experiment after the cancel")
+
 
 def test_offline_page_flips_before_after_difference(guarded_page, smollm2, tmp_path):
     import sinkwidgets as sw

@@ -886,8 +886,11 @@ function makeExperimentPanel(store, tooltip, report, redraw) {
     ctl.layers.value = "all";
     ctl.apply = button("Apply", "run the experiment on this prompt in the kernel", "sw-exp-apply");
     ctl.preset = button(`mask token ${sink}, all layers`, `mask token ${sink} in every layer`, "sw-exp-preset-all");
+    ctl.cancel = button("Cancel", "cancel the running experiment (stops after the current forward pass)",
+                        "sw-exp-cancel");
+    ctl.cancel.hidden = true;
     bar.append(labelled("experiment", ctl.kind), labelled("token", ctl.token), labelled("layers", ctl.layers),
-               ctl.apply, ctl.preset);
+               ctl.apply, ctl.preset, ctl.cancel);
   }
   ctl.view = menu(EXP_VIEWS, store.get("experiment_view"), "show before, after or after − before", "sw-exp-view");
   ctl.history = menu([[-1, "no experiment yet", true]], -1, "experiment history", "sw-exp-history");
@@ -897,7 +900,7 @@ function makeExperimentPanel(store, tooltip, report, redraw) {
   ctl.view.addEventListener("change", () => store.set({ experiment_view: ctl.view.value }));
   ctl.history.addEventListener("change", () => store.set({ experiment_index: Number(ctl.history.value) }));
 
-  let running = false, timer = null, values = null;
+  let running = false, cancelling = false, timer = null, values = null;
   function setStatus(msg, state) {
     status.textContent = msg;
     status.dataset.state = state;
@@ -907,19 +910,22 @@ function makeExperimentPanel(store, tooltip, report, redraw) {
     if (running) return;
     running = true;
     ctl.apply.disabled = true; ctl.preset.disabled = true;
+    ctl.cancel.hidden = false; ctl.cancel.disabled = false;
     const t0 = performance.now();
     const label = params.kind === "mask" ? `mask token ${params.token}, layers ${params.layers}` : params.kind;
-    const tick = () => setStatus(`running ${label} in the kernel… ${((performance.now() - t0) / 1000).toFixed(1)} s`,
-                                 "running");
+    const tick = () => setStatus(cancelling
+      ? `cancelling ${label}: it stops after the current forward pass… ${((performance.now() - t0) / 1000).toFixed(1)} s`
+      : `running ${label} in the kernel… ${((performance.now() - t0) / 1000).toFixed(1)} s`, "running");
     tick();
     timer = setInterval(tick, 200);
     store.request({ type: "experiment", ...params }, 600000).then(({ msg }) => {
       if (msg.ok) setStatus(`${label}: done in ${((performance.now() - t0) / 1000).toFixed(1)} s`, "done");
+      else if (msg.cancelled) setStatus(`${label}: cancelled, nothing recorded (the view is unchanged)`, "cancelled");
       else setStatus(`the experiment failed: ${msg.error} (the view is unchanged)`, "error");
     }).catch((err) => setStatus(`the experiment failed: ${err.message || err} (the view is unchanged)`, "error"))
       .finally(() => {
-        clearInterval(timer); running = false;
-        ctl.apply.disabled = false; ctl.preset.disabled = false;
+        clearInterval(timer); running = false; cancelling = false;
+        ctl.apply.disabled = false; ctl.preset.disabled = false; ctl.cancel.hidden = true;
         wrap.dataset.roundTripMs = (performance.now() - t0).toFixed(0);
       });
   }
@@ -931,6 +937,12 @@ function makeExperimentPanel(store, tooltip, report, redraw) {
     return { kind: "project_tag", head: [store.get("layer"), store.get("head")] };
   }
   if (live) {
+    ctl.cancel.addEventListener("click", () => {
+      if (!running || cancelling) return;
+      cancelling = true;
+      ctl.cancel.disabled = true;
+      store.model.send({ type: "experiment_cancel" });
+    });
     ctl.apply.addEventListener("click", () => run(params()));
     ctl.preset.addEventListener("click", () => {
       ctl.kind.value = "mask"; ctl.token.value = String(sink); ctl.layers.value = "all";
