@@ -118,3 +118,12 @@ def test_mechanism_table_shares_one_collection(smollm2, tag_data):
     assert len(both) == 4 and both["L5H6"].head == (5, 6)
     with pytest.raises(KeyError, match="L9H9"):
         tab["L9H9"]
+
+
+def test_release_post_norm_refused_without_a_norm_after_attention(smollm2):
+    """subspace='post_norm' maps the tag through Gemma's norm after attention; SmolLM2 has none, so it is refused
+    with a message naming the model and the fix (Gemma-3's mapped release is checked by notebook 10)."""
+    with pytest.raises(ValueError, match="no norm after attention.*subspace=None"):
+        tags.release(smollm2, TEXTS[:2], (1, 1), subspace="post_norm", progress=False)
+    with pytest.raises(ValueError, match="subspace='nope'"):
+        tags.release(smollm2, TEXTS[:2], (1, 1), subspace="nope", progress=False)

@@ -245,7 +245,7 @@ def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank:
               n_random: int = 10, release_texts: int | Sequence[str] = 20, release_random: int = 3,
               steps: Sequence[str] = STEPS, data: TagData | None = None, eps: float = EPS,
               min_later: int = MIN_LATER, split: float = 0.5, seed: int = 0, batch_size: int = 8,
-              progress: bool | None = False) -> MechanismReport:
+              release_subspace: Any = None, progress: bool | None = False) -> MechanismReport:
     """Follow ``head`` through catch, tag and release on ``texts``; decide each step by the module's rules.
 
     Parameters
@@ -259,10 +259,13 @@ def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank:
         release (the pilot's settings).
     n_random : random subspaces for the tag EV's random floor (``>= 10``).
     release_texts : the texts of the release step: an int takes the first that many of ``texts`` (default 20), or
-        a list of texts. Release costs ``(3 + 2 · release_random)`` forward passes of two rows per text.
+        a list of texts. Release runs, per text, one batch of ``1 + 3 + 2 · release_random`` rows (clean, tag, PCs,
+        own write and the random subspaces; :func:`~sinkwidgets.tags.release`).
     release_random : same-rank and norm-matched random subspaces of the release step (each).
     steps : the steps to run (default all three; a step not run has ``shown[step] = None``).
     data : a :class:`TagData` of ``texts`` that holds the head's values, outputs and map (saves one collection).
+    release_subspace : :func:`~sinkwidgets.tags.release`'s ``subspace``: None (the tag subspace), ``"post_norm"``
+        (Gemma 2/3: the tag subspace as it lands in the residual after the norm after attention) or a basis.
 
     Returns
     -------
@@ -314,7 +317,8 @@ def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank:
         rel_texts = texts[: int(release_texts)] if isinstance(release_texts, (int, np.integer)) else \
             list(release_texts)
         rep.release = release(model, rel_texts, head, rank=r_rel, n_random=release_random, data=data, eps=eps,
-                              min_later=min_later, seed=seed, batch_size=batch_size, progress=progress)
+                              min_later=min_later, seed=seed, batch_size=batch_size, subspace=release_subspace,
+                              progress=progress)
         s = rep.release.shown
         shown["release"] = bool(s)
         reasons["release"] = rep.release.verdict.split(": ", 2)[-1]

@@ -40,8 +40,10 @@ norm-matched draws (``matched=False``) there is no verdict (``shown = None``).
 
 **Models with a norm after attention** (Gemma 2/3 normalize each attention output before adding it to the
 residual): the tag subspace is fitted on the head's values *before* that norm, so it is not the direction that
-lands in the residual (Gemma-3 L14H2: 0.05 of the norm instead of 0.41); pass ``subspace=`` the mapped basis
-(``docs/tags.md``).
+lands in the residual (Gemma-3 L14H2: 0.05 of the norm instead of 0.41). ``subspace="post_norm"`` maps it
+through the norm's per-channel scale, ``U' = qr((1 + w)[:, None] · U)`` with ``w`` the weight of the layer's
+``post_attention_layernorm`` (:func:`post_norm_basis`; the norm's per-token ``1 / rms`` only scales each token's
+write, so it does not change the direction); or pass ``subspace=`` any basis ``[d, r]`` (``docs/tags.md``).
 
 Pilot on SmolLM2-135M (20 paragraphs, baseline 3.72 nats/token): L1H1 ΔNLL +0.17 vs random +0.009 ± 0.007; L15H7
 +0.37 vs +0.018; the top-2 PCs hurt 2–9× more than the tag (2.6–14× per unit of norm), later heads' mean attention
@@ -261,7 +263,7 @@ def _summarise(r, edited: str | None = None) -> dict:
 
 
 def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, positions: Any = "non_sink",
-            n_random: int = 3, *, data: TagData | None = None, subspace: np.ndarray | None = None, pcs: bool = True,
+            n_random: int = 3, *, data: TagData | None = None, subspace: Any = None, pcs: bool = True,
             matched: bool = True, own_write: bool = True, eps: float = EPS, min_later: int = MIN_LATER,
             attention_layers: Any = "after", add_bos: bool | None = None, max_tokens: int | None = None,
             seed: int = 0, batch_size: int = 8, rows_per_pass: int | None = None,
@@ -278,7 +280,8 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
         (includes the sinks: breaks the model, see the module docstring), or per-text positions / masks.
     n_random : random subspaces of the same rank (one ΔNLL per draw), and as many norm-matched ones.
     data : a :class:`TagData` with the head's values and α to fit the subspace and find the sinks (default: collected
-        from ``texts``). ``subspace``: an explicit basis ``[d, rank]`` instead.
+        from ``texts``). ``subspace``: an explicit basis ``[d, rank]`` instead, or ``"post_norm"``: the tag subspace
+        mapped through the norm after attention (Gemma 2/3; :func:`post_norm_basis`).
     pcs : also project out the top-``rank`` PCs of the residual after the layer (at the edited positions).
     matched : also project out ``n_random`` random subspaces that remove the same share of the residual norm as
         the tag (the control of the verdict; see the module docstring for why).
@@ -309,14 +312,19 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
         raise ValueError(f"rank must be >= 1, got {rank}")
     if n_random < 1:
         raise ValueError(f"n_random must be >= 1 (the random control is the point of the comparison), got {n_random}")
+    if isinstance(subspace, str) and subspace != "post_norm":
+        raise ValueError(f"subspace={subspace!r}: give None (the tag subspace), 'post_norm' (the tag subspace as it "
+                         "lands in the residual after Gemma's norm after attention) or a basis [d, r]")
     own = collect(model, texts, heads=[(layer, h)], layers=None, maps=False, outputs=False, values=True,
                   add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
     fit = own if data is None else data
-    if subspace is None:
+    if subspace is None or isinstance(subspace, str):
         G, _ = tag_vectors(fit, (layer, h), eps=eps, min_later=min_later)
         if len(G) < rank:
             raise ValueError(f"L{layer}H{h} has {len(G)} sinks (alpha > {eps}) in the fit texts, fewer than rank={rank}")
         U = tag_subspace(G, rank)
+        if subspace == "post_norm":
+            U = post_norm_basis(model, layer, U)
     else:
         U = np.asarray(subspace, dtype=np.float64)
         U = U[:, None] if U.ndim == 1 else U
@@ -398,6 +406,28 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
         sink_shift=tag["shift"], sink_shift_random=[r["shift"] for r in rnd], sink_shift_pcs=pc["shift"],
         sink_shift_matched=[r["shift"] for r in mt], sink_delta_matched=[r["sink_delta"] for r in mt],
         tv_matched=[r["tv"] for r in mt], dnll_own_write=ow["dnll"], sink_shift_own_write=ow["shift"])
+
+
+def post_norm_basis(model, layer: int, U: np.ndarray) -> np.ndarray:
+    """``U [d, r]`` (fitted on a head's writes before the norm after attention) → the orthonormal basis
+    ``qr((1 + w)[:, None] · U)`` of the directions that land in the residual, ``w [d]`` the weight of block
+    ``layer``'s ``post_attention_layernorm`` (Gemma 2/3: ``RMSNorm(x) · (1 + w)``, applied to the attention output
+    before the residual add). Raises ``ValueError`` for a model without a norm after attention (Llama-style
+    ``post_attention_layernorm`` is the MLP's input norm, recognised by the absence of ``pre_feedforward_layernorm``).
+    """
+    from ..models.adapters import get_path, has_path
+
+    info = getattr(model, "sinkwidgets", None)
+    family = getattr(info, "family", "")
+    blocks = get_path(model, info.adapter.layers) if info is not None else None
+    blk = blocks[int(layer)] if blocks is not None else None
+    if blk is None or not str(family).startswith(("gemma2", "gemma3")) or not (
+            has_path(blk, "post_attention_layernorm") and has_path(blk, "pre_feedforward_layernorm")):
+        raise ValueError(f"subspace='post_norm': {getattr(info, 'name', type(model).__name__)!r} (family "
+                         f"{family!r}) has no norm after attention (Gemma 2/3 have one); leave subspace=None")
+    norm = get_path(blk, "post_attention_layernorm")
+    w = getattr(norm, "_module", norm).weight.detach().float().cpu().numpy().astype(np.float64)
+    return np.linalg.qr((1.0 + w)[:, None] * np.asarray(U, dtype=np.float64))[0]
 
 
 def _has_head_edit(project_out) -> bool:
