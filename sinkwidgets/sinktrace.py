@@ -248,18 +248,20 @@ class SinkTrace:
         return buf.getvalue()
 
 
-def _check(a: Any, shape: tuple[int, ...], name: str, dtype: Any) -> np.ndarray:
+def check_array(a: Any, shape: tuple[int, ...], name: str, dtype: Any) -> np.ndarray:
+    """``np.asarray(a, dtype)``, refused (``ValueError`` naming ``name``) unless its shape is exactly ``shape``."""
     a = np.asarray(a, dtype=dtype)
     if a.shape != shape:
         raise ValueError(f"{name} must have shape {list(shape)}, got {list(a.shape)}")
     return a
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``obj`` made JSON-safe: dict keys to str, tuples to lists, numpy scalars/arrays to Python, anything else str."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -267,3 +269,7 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
     return str(obj)
+
+
+_check = check_array  # the private names this module's own code uses
+_jsonable = jsonable

@@ -35,7 +35,8 @@ class ModelInfo:
     extra: dict = field(default_factory=dict)
 
 
-def _hub_error(name: str, exc: BaseException) -> Exception:
+def hub_error(name: str, exc: BaseException) -> Exception:
+    """The SinkwidgetsError to raise when loading ``name`` from the hub failed with ``exc`` (offline, gated, ...)."""
     text = f"{type(exc).__name__}: {exc}"
     from .hub import hub_offline
 
@@ -187,7 +188,7 @@ def load_model(
             except Exception as exc:  # noqa: BLE001 - translated into a clear error below
                 if local:
                     raise _local_error(target, spec, exc, "read the model") from exc
-                raise _hub_error(str(name_or_path), exc) from exc
+                raise hub_error(str(name_or_path), exc) from exc
             encoder = _is_encoder(config, spec)
             cls = AutoModel if encoder else AutoModelForCausalLM
             load_kwargs = dict(dtype=dtype, attn_implementation="eager", **hf_kwargs)
@@ -199,7 +200,7 @@ def load_model(
             except Exception as exc:  # noqa: BLE001
                 if local:
                     raise _local_error(target, spec, exc, "load the weights") from exc
-                raise _hub_error(str(name_or_path), exc) from exc
+                raise hub_error(str(name_or_path), exc) from exc
         finally:
             hf_logging.set_verbosity(prev)
             hf_logging.enable_progress_bar()
@@ -222,7 +223,7 @@ def load_model(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = TransformersModel(hf, tokenizer=tok, task="feature-extraction" if encoder else "text-generation")
-    model.sinkwidgets = _info(name_or_path, target if local else None, spec, hf, adapter)
+    model.sinkwidgets = build_info(name_or_path, target if local else None, spec, hf, adapter)
     if validate or (validate is None and adapter.family == "generic"):
         from .check import validate_model
 
@@ -242,7 +243,8 @@ def _is_encoder(config, spec: ModelSpec | None) -> bool:
     return config.model_type in ("bert", "roberta", "xlm-roberta", "electra", "distilbert", "deberta-v2")
 
 
-def _info(name, path, spec, hf, adapter) -> ModelInfo:
+def build_info(name, path, spec, hf, adapter) -> ModelInfo:
+    """The ``model.sinkwidgets`` ModelInfo of a loaded HF model ``hf`` (layers, heads, BOS, adapter, ...)."""
     from .adapters import get_path
 
     cfg = hf.config

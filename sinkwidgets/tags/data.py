@@ -41,8 +41,8 @@ from .._args import ArgumentTypeError, show
 from .._args import labels as check_labels
 from .._npz import HEADER, header_array, npz_path, read_headered, write_headered
 from ..errors import SinkwidgetsError, SinkwidgetsValueError
-from ..sinktrace import _check as _shape
-from ..sinktrace import _jsonable
+from ..sinktrace import check_array as _shape
+from ..sinktrace import jsonable as _jsonable
 
 FORMAT_NAME = "sinkwidgets.TagData"
 FORMAT_VERSION = 1

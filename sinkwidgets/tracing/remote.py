@@ -130,7 +130,7 @@ def load_remote_model(name_or_path, *, dtype=None, host: str | None = None, api_
     from transformers.utils import logging as hf_logging
 
     from ..models.adapters import adapter_for
-    from ..models.loading import _hub_error, _info
+    from ..models.loading import build_info, hub_error
     from ..models.registry import looks_like_hub_id, resolve_name
     from .chunked import layer_plan
 
@@ -174,14 +174,14 @@ def load_remote_model(name_or_path, *, dtype=None, host: str | None = None, api_
     except Exception as exc:  # noqa: BLE001
         if local:
             raise ModelNotFoundError(f"cannot read the model at {repo!r}: {type(exc).__name__}: {exc}") from exc
-        raise _hub_error(name, exc) from exc
+        raise hub_error(name, exc) from exc
     finally:
         hf_logging.set_verbosity(prev)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     tok.padding_side = "left"
     hf = model._module
-    info = _info(name, repo if local else None, spec, hf, adapter_for(hf))
+    info = build_info(name, repo if local else None, spec, hf, adapter_for(hf))
     if not local:
         info.hub_id = repo
     info.remote = True
