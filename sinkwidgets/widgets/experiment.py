@@ -233,6 +233,33 @@ def _single_row_massive(layer: int, channels: list[int], values: list[float], ab
 
 
 # ----------------------------------------------------------------------------- the experiments
+def _mask_pass(model, info, text, add_bos, layers, tok: int, ctl_tok: int):
+    """``mask_sink``'s computation for the edit and its control in ONE forward pass: rows ``[clean, key tok hidden,
+    key ctl_tok hidden]`` (``mask_sink`` runs ``[clean, hidden]``; each row's attention is its own, so the numbers
+    are the same, to float rounding: tested against ``sw.mask_sink`` to 1e-4). Returns two
+    :class:`~sinkwidgets.interventions.InterventionResult` shaped like ``mask_sink``'s."""
+    from ..interventions import InterventionResult
+    from ..interventions.edits import layer_sets
+    from ..tracing import run_units
+    from ..tracing.edits import HideKeys
+    from ..tracing.reductions import TokenLoss
+
+    sets = layer_sets(layers, info.n_layers, False)
+    (name, lays), = sets.items()
+    edits = [HideKeys(lays, [tok], rows=[1], name="hide_keys_1"), HideKeys(lays, [ctl_tok], rows=[2], name="hide_keys_2")]
+    rows = run_units(model, [text] * 3, [TokenLoss()], edits=edits, add_bos=add_bos, batch_size=3, method="chunked",
+                     remote=bool(info.remote), progress=False, pin_mmap_threshold=False)
+    nll = [r.by_unit["loss"]["nll"] for r in rows]
+    T = len(rows[0].token_ids)
+
+    def result(k, t):
+        return InterventionResult("mask_sink", ["clean", name], {"clean": [nll[0]], name: [nll[k]]}, {},
+                                  {"model": info.name, "layer_sets": sets, "token": [t], "n_texts": 1, "n_tokens": T,
+                                   "add_bos": rows[0].meta.get("add_bos", add_bos), "remote": bool(info.remote)})
+
+    return result(1, tok), result(2, ctl_tok)
+
+
 def _mask(model, info, trace, text, add_bos, token=None, layers="all", seed=0, eps=0.3):
     from .. import interventions as iv
 
@@ -240,15 +267,15 @@ def _mask(model, info, trace, text, add_bos, token=None, layers="all", seed=0, e
     if not isinstance(tok, (int, np.integer)) or not 0 <= int(tok) < trace.n_tokens:
         raise ExperimentError(f"token={token!r}: give a position in 0..{trace.n_tokens - 1} (default: the sink)")
     tok = int(tok)
-    res = _wrap("mask_sink", info.name, iv.mask_sink, model, text, layers, token=tok, add_bos=add_bos)
-    cond = res.conditions[1]
+    if not isinstance(layers, (str, list, tuple, range)):
+        raise ExperimentError(f"layers={layers!r}: give 'all', a range such as '12-29', or a list of layers")
     ctl_tok = _control_token(trace, [0, tok], eps, np.random.default_rng(seed))
-    ctl = _wrap("mask_sink (control)", info.name, iv.mask_sink, model, text, layers, token=ctl_tok, add_bos=add_bos)
+    res, ctl = _wrap("mask_sink", info.name, _mask_pass, model, info, text, add_bos, layers, tok, ctl_tok)
     edit = iv.mask_sink_edit(model, layers, token=tok)
     after = _wrap("tracing under the mask", info.name, _trace_under, model, trace, [edit])
     _check_same_tokens(info.name, trace, after)
     return Experiment("mask", {"token": tok, "layers": layers if isinstance(layers, str) else list(layers)}, res,
-                      after, ctl, cond, ctl.conditions[1], f"token {ctl_tok} masked in the same layers")
+                      after, ctl, res.conditions[1], ctl.conditions[1], f"token {ctl_tok} masked in the same layers")
 
 
 def _massive(model, info, trace, text, add_bos, mode="zero"):
