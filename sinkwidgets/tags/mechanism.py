@@ -19,6 +19,9 @@ functions of :mod:`sinkwidgets.tags` (:func:`~sinkwidgets.tags.collect`, :func:`
   norm-matched draws, and ``|Δ| > |mean|``). ΔNLL per unit of norm (beside same-rank random subspaces and the top
   PCs) and the head's own write removed alone are shown beside.
 
+Several heads of one model: :func:`mechanism_table` (one collection shared by all heads; a
+:class:`MechanismTable` prints one row per head).
+
 Measured on SmolLM2-135M and Gemma-3-270M: no single head shows all three steps (``docs/tags.md``).
 """
 
