@@ -279,3 +279,25 @@ def test_offline_html_from_file(guarded_page, xss_data_path, tmp_path):
     found = page.evaluate("() => ({xss: window.__xss || 0, el: document.querySelectorAll('#te-root img, #te-root "
                           "script, #te-root svg, #te-root b').length})")
     assert found == {"xss": 0, "el": 0}
+
+
+def test_nonfinite_rows_are_left_out_in_the_page(guarded_page, tag_data_path, tmp_path):
+    """One NaN output row used to make every coordinate NaN (an empty scatter, no message); now the offline page
+    draws the other points and says which token was left out, under the scatter and in the numbers panel."""
+    import sinkwidgets as sw
+
+    page = guarded_page
+    data = sw.tags.TagData.load(tag_data_path)
+    j = int(data.offsets[3]) + 4
+    data.head_outputs[data.head_slot((2, 2)), j, 7] = np.nan
+    te = sw.TagExplorer(data, head=(2, 2))
+    path = te.to_html(tmp_path / "nan.html")
+    page.goto(path.as_uri())
+    page.wait_for_selector("[data-testid=te-root][data-first-paint]", timeout=20_000)
+    d = wait_state(page, "te-scatter", "!!d.view")
+    assert all(np.isfinite(float(v)) for v in d["view"].split(","))  # the view is fitted to the finite points
+    status = page.get_by_test_id("te-status")
+    assert status.get_attribute("data-nonfinite") == "1"
+    assert "1 token of L2H2 left out" in status.text_content() and "prompt 3 pos 4" in status.text_content()
+    assert "prompt 3 pos 4" in page.get_by_test_id("te-num-nonfinite").text_content()
+    assert page.get_by_test_id("te-num-ev").get_attribute("data-value") != ""
