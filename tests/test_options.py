@@ -195,3 +195,36 @@ def test_collect_gives_the_same_data_with_options_or_keywords(smollm2):
     assert len(ra) == 3 and all(x.shape[0] <= 7 for x in ra)
     for x, y in zip(ra, rb):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.models
+def test_trace_and_run_units_give_the_same_with_options_or_keywords(smollm2):
+    import sinkwidgets as sw
+    from sinkwidgets.tracing import reductions as R
+    from sinkwidgets.tracing import run_units
+
+    assert sw.RunOptions is RunOptions
+    texts = ["The cat sat on the mat. It slept.", "A dog barked! Then silence.", "One more line of text here."]
+    opts = RunOptions(add_bos=True, max_tokens=7, batch_size=2, method="eager", progress=False)
+    a = sw.trace(smollm2, texts, add_bos=True, max_tokens=7, batch_size=2, method="eager", progress=False)
+    b = sw.trace(smollm2, texts, options=opts)
+    for x, y in zip(a, b):
+        timeless = {k: v for k, v in x.meta.items() if k != "trace_seconds"}
+        assert timeless == {k: v for k, v in y.meta.items() if k != "trace_seconds"}
+        assert x.tokens == y.tokens and x.meta["add_bos"] is True
+        assert len(x.tokens) <= 7 and x.meta["method"] == "eager"
+        for f in ("token_ids", "sink_scores", "first_token_mass", "maps"):
+            np.testing.assert_array_equal(getattr(x, f), getattr(y, f), err_msg=f)
+    ra = run_units(smollm2, texts, [R.AttentionSummary()], add_bos=True, max_tokens=7, batch_size=2,
+                   method="eager", progress=False)
+    rb = run_units(smollm2, texts, [R.AttentionSummary()], options=opts)
+    for x, y in zip(ra, rb):
+        assert x.tokens == y.tokens and x.meta.keys() == y.meta.keys() and x.meta["add_bos"] == y.meta["add_bos"]
+        for k in x.arrays:
+            np.testing.assert_array_equal(x.arrays[k], y.arrays[k], err_msg=k)
+    with pytest.raises(ValueError, match="max_tokens is given twice"):
+        sw.trace(smollm2, texts, max_tokens=5, options=opts)
+    with pytest.raises(ValueError, match="batch_size is given twice"):
+        run_units(smollm2, texts, [R.AttentionSummary()], batch_size=4, options=opts)
+    with pytest.raises(TypeError, match="options must be a RunOptions"):
+        sw.trace(smollm2, texts, options={"batch_size": 2})

@@ -24,6 +24,7 @@ import torch
 from ..sinktrace import SinkTrace
 from . import reductions as R
 from .edits import Edit, EditSet
+from .options import RunOptions, check_text, encode, tokenize  # noqa: F401  (tokenize: public as sw.tracing.tokenize)
 from .reductions import TOP_K_ACTIVATIONS, BatchContext, UnitSet
 
 #: ``method="auto"`` traces local prompts of at least this many tokens with the chunked path when the model
@@ -72,54 +73,6 @@ def _info(model):
             "e.g. model = sinkwidgets.load_model('smollm2-135m')"
         )
     return info
-
-
-def _check_text(text) -> None:
-    if not isinstance(text, str):
-        raise TypeError(f"a prompt must be a str, got {type(text).__name__} ({str(text)[:40]!r}); "
-                        "pass a string or a list of strings, e.g. trace(model, 'The cat sat on the mat.')")
-    if not text.strip():
-        raise ValueError("text is empty: pass a prompt with at least one word, e.g. trace(model, 'The cat sat.')")
-
-
-def tokenize(model, text: str, add_bos: bool | None) -> tuple[list[int], bool]:
-    """Token ids for one prompt with explicit BOS handling → (ids, whether token 0 is the model's BOS-like token).
-
-    ``add_bos=True``: token 0 is the model's BOS-like special token (``<bos>``, ``[CLS]``), prepended if the
-    tokenizer does not add it. ``False``: no leading special token. ``None``: the model's documented default
-    from the registry, else the tokenizer's own behaviour. A BOS the text itself starts with (``"<bos> Hello"``)
-    is never duplicated: it counts as the BOS when one is wanted and is dropped when ``add_bos=False``, so the
-    returned flag always says truthfully what token 0 is.
-    """
-    _check_text(text)
-    if add_bos is not None and not isinstance(add_bos, (bool, np.bool_)):
-        raise TypeError(f"add_bos must be True, False or None (the model's default), got {add_bos!r}")
-    tok = model.tokenizer
-    info = _info(model)
-    full = list(tok(text, add_special_tokens=True)["input_ids"])
-    plain = list(tok(text, add_special_tokens=False)["input_ids"])
-    specials = set(tok.all_special_ids)
-    # a special token the tokenizer itself prepends (Gemma's <bos>, BERT's [CLS])
-    added = bool(full) and full[0] in specials and len(full) > len(plain) and full[1 : len(plain) + 1] == plain
-    lead = full[0] if added else None
-    body = full[1:] if added else full
-    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.cls_token_id
-    bos_like = {i for i in (lead, bos) if i is not None}
-    typed = None
-    while body and body[0] in bos_like:  # the text starts with the BOS token written out
-        typed = body.pop(0)
-    if add_bos is None:
-        add_bos = info.add_bos if info.add_bos is not None else (added or typed is not None)
-    if add_bos:
-        first = lead if lead is not None else (typed if typed is not None else bos)
-        if first is None:
-            raise ValueError(f"add_bos=True but the tokenizer of {info.name!r} has no BOS/CLS token; use add_bos=False")
-        ids = [first] + body
-    else:
-        ids = body
-    if not ids:
-        raise ValueError(f"text {text[:40]!r} produced no tokens (besides a BOS token)")
-    return ids, bool(add_bos)
 
 
 # ----------------------------------------------------------------------------- argument checks
@@ -204,26 +157,6 @@ class PromptResult:
     by_unit: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
 
-def _encode(model, info, texts, add_bos, max_tokens):
-    ctx_len = info.context_length
-    encoded = []
-    for text in texts:
-        ids, used_bos = tokenize(model, text, add_bos)
-        n_orig = len(ids)
-        if max_tokens is not None:
-            if ctx_len and max_tokens > ctx_len:
-                raise ValueError(f"max_tokens={max_tokens} exceeds the context length of {info.name!r} "
-                                 f"({ctx_len} tokens)")
-            ids = ids[:max_tokens]
-        elif ctx_len and n_orig > ctx_len:
-            raise ValueError(
-                f"the prompt has {n_orig} tokens, more than the context length of {info.name!r} ({ctx_len}); "
-                f"pass max_tokens={ctx_len} (or fewer) to truncate it, which the trace records"
-            )
-        encoded.append((text, ids, used_bos, n_orig))
-    return encoded
-
-
 def _texts(text_or_texts) -> tuple[list[str], bool]:
     single = isinstance(text_or_texts, str)
     if text_or_texts is None or not (single or isinstance(text_or_texts, (list, tuple))):
@@ -233,16 +166,8 @@ def _texts(text_or_texts) -> tuple[list[str], bool]:
     if not texts:
         raise ValueError("no prompts given: pass a string or a non-empty list of strings")
     for t in texts:
-        _check_text(t)
+        check_text(t)
     return texts, single
-
-
-def _check_run_args(batch_size: Any, max_tokens: Any, method: Any) -> None:
-    """The arguments :func:`trace` and :func:`run_units` share, checked before any model work."""
-    _check_int("batch_size", batch_size, 1)
-    _check_int("max_tokens", max_tokens, 2, allow_none=True)
-    if method not in ("auto", "eager", "chunked"):
-        raise ValueError(f"method must be 'auto', 'eager' or 'chunked', got {method!r}")
 
 
 def run_units(
@@ -260,6 +185,7 @@ def run_units(
     progress: bool | None = None,
     desc: str | None = None,
     pin_mmap_threshold: bool | None = None,
+    options: RunOptions | None = None,
     _encoded: list | None = None,
 ) -> list[PromptResult]:
     """Run in-trace reductions (:mod:`sinkwidgets.tracing.reductions`) over prompts → one :class:`PromptResult` each.
@@ -276,10 +202,16 @@ def run_units(
     ``max_tokens`` do not apply). ``pin_mmap_threshold``: pin glibc's mmap threshold (:data:`MMAP_THRESHOLD_BYTES`,
     process-wide and lasting) before a local chunked trace; None (default) does so for every local chunked trace,
     False never (the interventions run many short chunked passes and leave the allocator alone).
+    ``options``: a :class:`~sinkwidgets.tracing.options.RunOptions` carrying ``add_bos``, ``max_tokens``,
+    ``batch_size``, ``method``, ``remote``, ``progress`` instead of (or beside) the keywords; an option set both
+    ways to different values raises ``ValueError`` (given twice).
     """
     info = _info(model)
     texts, _ = _texts(texts)
-    _check_run_args(batch_size, max_tokens, method)
+    opts = RunOptions.resolve(options, run_units, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
+                              method=method, remote=remote, progress=progress)
+    add_bos, max_tokens, batch_size = opts.add_bos, opts.max_tokens, opts.batch_size
+    method, remote, progress = opts.method, opts.remote, opts.progress
     edits = EditSet(list(edits), info.n_layers, info.n_heads, info.d_model)
     if token_ids is not None:
         if len(token_ids) != len(texts):
@@ -297,7 +229,7 @@ def run_units(
     if clash:
         raise ValueError(f"edits and units share the names {sorted(clash)}: pass name=... to the edit")
     # _encoded: trace() may already have tokenized the same texts with the same add_bos / max_tokens
-    encoded = _encoded if _encoded is not None else _encode(model, info, texts, add_bos, max_tokens)
+    encoded = _encoded if _encoded is not None else encode(model, texts, opts)
     requested = method
     method = "chunked" if (remote or method == "chunked") else "eager"
     if requested == "auto" and method == "eager" and max(len(e[1]) for e in encoded) >= AUTO_CHUNKED_TOKENS:
@@ -396,6 +328,7 @@ def trace(
     method: str = "auto",
     progress: bool | None = None,
     edits: Sequence[Edit] = (),
+    options: RunOptions | None = None,
 ) -> SinkTrace | list[SinkTrace]:
     """Trace prompts through a model and return their sink summaries.
 
@@ -440,20 +373,26 @@ def trace(
     edits : list of :class:`sinkwidgets.tracing.edits.Edit`
         Trace the model *under* these edits (e.g. ``HideKeys(range(L), keys=[0])``: token 0 hidden from every
         query in every layer), applied to every prompt; ``trace.meta['edits']`` lists them.
+    options : :class:`sinkwidgets.RunOptions`, optional
+        ``add_bos``, ``max_tokens``, ``batch_size``, ``method``, ``remote``, ``progress`` in one object (one can
+        serve many calls). A keyword left at its default gives way to the option; one set both ways to different
+        values raises ``ValueError`` (given twice).
     """
     info = _info(model)
     texts, single = _texts(text_or_texts)
     if map_dtype not in ("float16", "float32"):
         raise ValueError(f"map_dtype must be 'float16' or 'float32', got {map_dtype!r}")
     _check_int("top_k", top_k, 1)
-    _check_run_args(batch_size, max_tokens, method)
+    opts = RunOptions.resolve(options, trace, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
+                              method=method, remote=remote, progress=progress)
+    remote = opts.remote
     L, H = info.n_layers, info.n_heads
     auto_maps = isinstance(keep_maps, str) and keep_maps == "auto"
     encoded = None
     if auto_maps and (remote or info.remote):
         keep_maps = None  # every map would be downloaded: remote traces keep maps only when asked
     elif auto_maps:
-        encoded = _encode(model, info, texts, add_bos, max_tokens)  # tokenized once: run_units reuses it
+        encoded = encode(model, texts, opts)  # tokenized once: run_units reuses it
         longest = max(len(e[1]) for e in encoded)
         keep_maps = "all" if longest <= AUTO_KEEP_MAPS_TOKENS else None
     maps_sel = _parse_keep_maps(keep_maps, L, H)
@@ -466,8 +405,7 @@ def trace(
         units.append(R.HeadOutputs({l: None for l in ho_layers}))
     if hv_layers:
         units.append(R.HeadValues({l: None for l in hv_layers}))
-    results = run_units(model, texts, units, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
-                        method=method, remote=remote, progress=progress, _encoded=encoded, edits=edits)
+    results = run_units(model, texts, units, options=opts, _encoded=encoded, edits=edits)
     if auto_maps:
         keep_note = "auto: all" if maps_sel else ("auto: none (remote)" if remote or info.remote else
                                                  f"auto: none (prompt > {AUTO_KEEP_MAPS_TOKENS} tokens)")
