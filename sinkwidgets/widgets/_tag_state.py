@@ -260,7 +260,8 @@ def model_mismatch(a: dict[str, Any], b: dict[str, Any]) -> str | None:
     if a.get("hub_id") and b.get("hub_id"):
         if a["hub_id"] != b["hub_id"]:
             return "hub id"
-    elif a.get("model") and b.get("model") and a["model"] != b["model"]:
+    elif (a.get("model") and b.get("model") and a["model"] != b["model"]
+          and not any(c in a["model"] + b["model"] for c in "/\\")):  # a local path may name a registry model
         return "model name"
     for k, what in (("n_layers", "number of layers"), ("n_heads", "number of heads"), ("d_model", "width")):
         if k in a and k in b and a[k] != b[k]:
