@@ -342,7 +342,11 @@ def test_add_sink_prefix_ids_are_checked(tiny):
 def test_probe_from_a_model_checks_labels_before_collecting(tiny, monkeypatch):
     # before: string labels failed after the model had run; now they are any two classes, and a bad label set is
     # refused before any forward pass
-    import sinkwidgets.tags.collect as collect_mod
+    import sys
+
+    import sinkwidgets.tags.collect  # noqa: F401  (the module; sw.tags.collect is the function)
+
+    collect_mod = sys.modules["sinkwidgets.tags.collect"]
 
     texts = [f"Statement number {i} is here." for i in range(12)]
     words = ["true", "false"] * 6
