@@ -214,3 +214,22 @@ def test_add_sink_newline_band(smollm2):
     ids = ids_of(smollm2, PARAGRAPHS[0])
     assert len(res.nll[c][0]) == len(res.nll["none"][0]) == len(ids) - 1
     np.testing.assert_allclose(res.nll[c][0], plain_nll(smollm2._module, [198] + ids)[1:], atol=2e-4)
+
+
+def test_mask_sink_gives_the_same_with_options_or_keywords(smollm2):
+    from sinkwidgets import RunOptions
+    from sinkwidgets.interventions import mask_sink
+
+    texts = PARAGRAPHS[:2]
+    a = mask_sink(smollm2, texts, "12-29", attention_layers=[20], max_tokens=20, batch_size=2)
+    b = mask_sink(smollm2, texts, "12-29", attention_layers=[20], options=RunOptions(max_tokens=20, batch_size=2))
+    assert a.conditions == b.conditions and a.nll.keys() == b.nll.keys()
+    for c in a.nll:
+        assert all(len(x) <= 19 for x in a.nll[c])  # 20 tokens: at most 19 predictions
+        for x, y in zip(a.nll[c], b.nll[c], strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=c)
+    for k, v in a.attention.items():
+        if isinstance(v, np.ndarray):
+            np.testing.assert_array_equal(v, b.attention[k], err_msg=k)
+    with pytest.raises(ValueError, match="max_tokens is given twice"):
+        mask_sink(smollm2, texts, "12-29", max_tokens=12, options=RunOptions(max_tokens=20))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..tracing.edits import HideKeys, MassiveAblation, ProjectHeadWrite, ProjectOut
+from ..tracing.options import DEFAULT, RunOptions
 from ..tracing.reductions import AttentionChange, TokenLoss, TopAbsActivations
 from .edits import (
     _layers_arg,
@@ -97,9 +98,27 @@ def _stats_layers(attention_layers, layer: int, L: int) -> list[int]:
 
 
 # ============================================================================= project_out
+
+def _resolve(options, entry, **keywords) -> tuple:
+    """The run options of an intervention entry point, ``keywords`` and ``options=RunOptions(...)`` merged by
+    :meth:`RunOptions.resolve` (an option given both ways to different values raises ``ValueError``), returned as
+    a tuple in ``keywords``' order. ``batch_size=None`` (project_out: one pass per text batch chosen inside) stays
+    None unless ``options`` sets it."""
+    none_batch = "batch_size" in keywords and keywords["batch_size"] is None
+    if none_batch:
+        del keywords["batch_size"]
+    opts = RunOptions.resolve(options, entry, **keywords)
+    out = []
+    for name in keywords if not none_batch else [*keywords, "batch_size"]:
+        out.append(getattr(opts, name))
+    if none_batch and (options is None or options.batch_size is DEFAULT):
+        out[-1] = None
+    return tuple(out)
+
 def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_positions=(0,),
                 attention_layers="after", add_bos: bool | None = None, max_tokens: int | None = None,
-                remote=None, progress: bool = True, head=None, batch_size: int | None = None) -> InterventionResult:
+                remote=None, progress: bool = True, head=None, batch_size: int | None = None,
+                options: RunOptions | None = None) -> InterventionResult:
     r"""Project a subspace out of the residual stream after ``layer`` at chosen positions; measure what changes.
 
     With :math:`U \in \mathbb R^{d\times r}` an orthonormal basis of ``basis`` (QR), every chosen position gets
@@ -153,6 +172,9 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
 
     Cost: one forward pass per text (two batch rows), plus ``[2, H, T, T]`` probabilities per measured layer.
     """
+    add_bos, max_tokens, remote, progress, batch_size = _resolve(
+        options, project_out, add_bos=add_bos, max_tokens=max_tokens, remote=remote, progress=progress,
+        batch_size=batch_size)
     import torch
 
     info = _model_info(model)
@@ -285,7 +307,8 @@ def _project_out_many(model, info, texts, layer, bases: dict, *, positions, sink
 
 # ============================================================================= massive activations
 def find_massive(model, texts, *, abs_thr: float = 100.0, ratio: float = 1000.0, top_k: int = 32,
-                 add_bos: bool | None = None, max_tokens: int | None = None, remote=None) -> MassiveSpec:
+                 add_bos: bool | None = None, max_tokens: int | None = None, remote=None,
+                 options: RunOptions | None = None) -> MassiveSpec:
     r"""Locate the massive activations (Sun et al. 2024, "Massive Activations in LLMs", §2.2).
 
     An entry :math:`h_{t,c}` of the residual stream after a layer is massive when :math:`|h_{t,c}| > \text{abs\_thr}`
@@ -294,6 +317,8 @@ def find_massive(model, texts, *, abs_thr: float = 100.0, ratio: float = 1000.0,
     the reported ``layer`` is the most common first layer, ``channels`` the channels massive there in any text, and
     ``means`` their signed mean value over those entries. One forward pass per text.
     """
+    add_bos, max_tokens, remote = _resolve(options, find_massive, add_bos=add_bos, max_tokens=max_tokens,
+                                           remote=remote)
     info = _model_info(model)
     abs_thr, ratio, top_k = massive_args(abs_thr, ratio, top_k)
     texts = _texts(texts)
@@ -328,7 +353,8 @@ def find_massive(model, texts, *, abs_thr: float = 100.0, ratio: float = 1000.0,
 
 def ablate_massive(model, texts, mode="both", *, reference=None, spec: MassiveSpec | None = None, control: bool = True,
                    attention_layers="after", abs_thr: float = 100.0, ratio: float = 1000.0,
-                   add_bos: bool | None = None, max_tokens: int | None = None, remote=None) -> InterventionResult:
+                   add_bos: bool | None = None, max_tokens: int | None = None, remote=None,
+                   options: RunOptions | None = None) -> InterventionResult:
     r"""Set the massive activations to zero or to their mean and measure the loss (Sun et al. 2024, §3.1).
 
     The massive entries are found with :func:`find_massive` on ``reference`` (default: ``texts``), or given as a
@@ -346,6 +372,8 @@ def ablate_massive(model, texts, mode="both", *, reference=None, spec: MassiveSp
     token 0) and its change. ``meta["spec"]`` is the spec used, ``meta["n_massive"]`` the entries edited per text.
     Cost: one forward pass (2-4 rows) per text, plus :func:`find_massive` (one per reference text).
     """
+    add_bos, max_tokens, remote = _resolve(options, ablate_massive, add_bos=add_bos, max_tokens=max_tokens,
+                                           remote=remote)
     import torch
 
     info = _model_info(model)
@@ -385,7 +413,7 @@ def ablate_massive(model, texts, mode="both", *, reference=None, spec: MassiveSp
 # ============================================================================= mask the sink
 def mask_sink(model, texts, layers="12-29", *, token=0, sweep: bool = False, attention_layers=None,
               batch_size: int = DEFAULT_BATCH, add_bos: bool | None = None, max_tokens: int | None = None,
-              remote=None) -> InterventionResult:
+              remote=None, options: RunOptions | None = None) -> InterventionResult:
     r"""Forbid attention to the sink token in chosen layers and measure the loss.
 
     In every head of each chosen layer, queries :math:`t \ge 1` cannot attend to key ``token`` (default 0, where
@@ -400,6 +428,8 @@ def mask_sink(model, texts, layers="12-29", *, token=0, sweep: bool = False, att
     Note (measured on SmolLM2): masking token 0 in *every* layer equals deleting it, and token 1 becomes the new
     sink, so it costs little; masking only the layers where the sink is used (12-29) costs much more.
     """
+    batch_size, add_bos, max_tokens, remote = _resolve(options, mask_sink, batch_size=batch_size, add_bos=add_bos,
+                                                       max_tokens=max_tokens, remote=remote)
     info = _model_info(model)
     L = info.n_layers
     texts = _texts(texts)
@@ -443,7 +473,7 @@ def mask_sink(model, texts, layers="12-29", *, token=0, sweep: bool = False, att
 
 # ============================================================================= add a sink token
 def add_sink(model, texts, prefix="\n", *, add_bos: bool | None = False, max_tokens: int | None = None,
-             remote=None) -> InterventionResult:
+             remote=None, options: RunOptions | None = None) -> InterventionResult:
     r"""Prepend a dedicated sink token and measure the NLL of the original tokens.
 
     StreamingLLM (Xiao et al., ICLR 2024, §3.3) shows that a token whose only job is to be the sink helps; in a
@@ -458,6 +488,8 @@ def add_sink(model, texts, prefix="\n", *, add_bos: bool | None = False, max_tok
     from token 0 alone, so most of a prefix's gain can be that one prediction.
     Cost: one forward pass per text and condition.
     """
+    add_bos, max_tokens, remote = _resolve(options, add_sink, add_bos=add_bos, max_tokens=max_tokens,
+                                           remote=remote)
     info = _model_info(model)
     texts = _texts(texts)
     pre_ids, conds = prefixes(model, prefix)
