@@ -36,6 +36,7 @@ prediction got harder). Its mean is the result's ``delta``.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -156,12 +157,17 @@ def _wrap(what: str, model_name: str, fn, *args, **kwargs):
     """Run ``fn`` (after checking for a cancel); any failure that is not already one of the package's errors becomes
     an :class:`ExperimentError`."""
     _check_cancelled()
+    t0 = time.perf_counter()
     try:
         return fn(*args, **kwargs)
     except SinkwidgetsError:
         raise
     except Exception as exc:  # an edit the family does not support, an engine failure: one clear message
         raise ExperimentError(f"{what} failed on {model_name!r}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        timings = getattr(_LOCAL, "timings", None)
+        if timings is not None:
+            timings[what] = timings.get(what, 0.0) + time.perf_counter() - t0
 
 
 def default_sink(trace: SinkTrace) -> int:
@@ -189,6 +195,8 @@ def _trace_under(model: Any, trace: SinkTrace, edits: list, text: str | None = N
     keep = None
     if trace.map_index is not None and len(trace.map_index):
         keep = [(int(ly), int(h)) for ly, h in np.asarray(trace.map_index)]
+        if len(set(keep)) == trace.n_layers * trace.n_heads:
+            keep = "all"  # the same maps, in the engine's own order (as keep_maps="auto" keeps them)
     method = trace.meta.get("method", "auto")
     return sw_trace(model, text if text is not None else trace.meta["text"], add_bos=trace.meta.get("add_bos"),
                     keep_maps=keep, method=method if method in ("eager", "chunked") else "auto", edits=edits,
@@ -398,10 +406,11 @@ def run_experiment(model: Any, trace: SinkTrace, kind: str, *, cancelled=None, *
     if model is None:
         raise ExperimentError("no model: give one to the explorer, SinkExplorer(trace, model=sw.load_model(...))")
     info = _info(model, trace)
-    _LOCAL.cancelled = cancelled
+    _LOCAL.cancelled, _LOCAL.timings = cancelled, {}
     try:
         exp = _RUNNERS[kind](model, info, trace, trace.meta["text"], trace.meta.get("add_bos"), **params)
         _check_cancelled()
+        exp.meta["seconds"] = dict(_LOCAL.timings)  # wall time of each step (forward passes), for benchmarks
         return exp
     finally:
-        _LOCAL.cancelled = None
+        _LOCAL.cancelled, _LOCAL.timings = None, None

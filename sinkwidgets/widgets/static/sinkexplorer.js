@@ -919,6 +919,7 @@ function makeExperimentPanel(store, tooltip, report, redraw) {
     tick();
     timer = setInterval(tick, 200);
     store.request({ type: "experiment", ...params }, 600000).then(({ msg }) => {
+      if (msg.seconds != null) wrap.dataset.kernelMs = (1000 * msg.seconds).toFixed(0);
       if (msg.ok) setStatus(`${label}: done in ${((performance.now() - t0) / 1000).toFixed(1)} s`, "done");
       else if (msg.cancelled) setStatus(`${label}: cancelled, nothing recorded (the view is unchanged)`, "cancelled");
       else setStatus(`the experiment failed: ${msg.error} (the view is unchanged)`, "error");
