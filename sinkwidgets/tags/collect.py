@@ -159,7 +159,7 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
         for start in range(0, N, block):
             res = run_units(model, texts[start:start + block], units, add_bos=opts.add_bos, max_tokens=opts.max_tokens,
                             batch_size=opts.batch_size, method=opts.method, remote=opts.remote, progress=False,
-                            _encoded=encoded[start:start + block])
+                            encoded=encoded[start:start + block])
             for j, r in enumerate(res):
                 i = start + j
                 a, b = int(offsets[i]), int(offsets[i + 1])

@@ -24,7 +24,7 @@ import torch
 from ..sinktrace import SinkTrace
 from . import reductions as R
 from .edits import Edit, EditSet
-from .options import RunOptions, check_text, encode, tokenize  # noqa: F401  (tokenize: public as sw.tracing.tokenize)
+from .options import Encoded, RunOptions, check_text, encode, tokenize  # noqa: F401  (tokenize: public as sw.tracing.tokenize)
 from .reductions import TOP_K_ACTIVATIONS, BatchContext, UnitSet
 
 #: ``method="auto"`` traces local prompts of at least this many tokens with the chunked path when the model
@@ -186,7 +186,7 @@ def run_units(
     desc: str | None = None,
     pin_mmap_threshold: bool | None = None,
     options: RunOptions | None = None,
-    _encoded: list | None = None,
+    encoded: Sequence[Encoded] | None = None,
 ) -> list[PromptResult]:
     """Run in-trace reductions (:mod:`sinkwidgets.tracing.reductions`) over prompts → one :class:`PromptResult` each.
 
@@ -204,10 +204,15 @@ def run_units(
     False never (the interventions run many short chunked passes and leave the allocator alone).
     ``options``: a :class:`~sinkwidgets.tracing.options.RunOptions` carrying ``add_bos``, ``max_tokens``,
     ``batch_size``, ``method``, ``remote``, ``progress`` instead of (or beside) the keywords; an option set both
-    ways to different values raises ``ValueError`` (given twice).
+    ways to different values raises ``ValueError`` (given twice). ``encoded``: the texts already tokenized by
+    :func:`sinkwidgets.tracing.options.encode` with the same ``add_bos`` / ``max_tokens`` (one ``Encoded(text, ids,
+    used_bos, n_original)`` per text), used as given so a caller that needed the ids first does not tokenize twice.
     """
     info = _info(model)
     texts, _ = _texts(texts)
+    _encoded = None if encoded is None else [Encoded(*e) for e in encoded]
+    if _encoded is not None and len(_encoded) != len(texts):
+        raise ValueError(f"encoded: give one Encoded per text ({len(texts)}), got {len(_encoded)}")
     opts = RunOptions.resolve(options, run_units, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
                               method=method, remote=remote, progress=progress)
     add_bos, max_tokens, batch_size = opts.add_bos, opts.max_tokens, opts.batch_size
@@ -405,7 +410,7 @@ def trace(
         units.append(R.HeadOutputs({l: None for l in ho_layers}))
     if hv_layers:
         units.append(R.HeadValues({l: None for l in hv_layers}))
-    results = run_units(model, texts, units, options=opts, _encoded=encoded, edits=edits)
+    results = run_units(model, texts, units, options=opts, encoded=encoded, edits=edits)
     if auto_maps:
         keep_note = "auto: all" if maps_sel else ("auto: none (remote)" if remote or info.remote else
                                                  f"auto: none (prompt > {AUTO_KEEP_MAPS_TOKENS} tokens)")
