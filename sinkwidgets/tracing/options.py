@@ -37,9 +37,8 @@ default (for keywords) or the default in the table (for options the entry point 
 
 This module is the bottom of the tracing layers (it imports no other sinkwidgets module), so the executors,
 :mod:`.api`, :mod:`sinkwidgets.tags` and :mod:`sinkwidgets.streaming` can all import it. :func:`tokenize`,
-:func:`check_text` and :func:`encode` are the public homes of what ``tracing/api.py`` defines as ``tokenize``,
-``_check_text`` and ``_encode``; :mod:`.api` can import them from here (``from .options import RunOptions,
-check_text, encode, tokenize``) and drop its copies.
+:func:`check_text` and :func:`encode` are defined only here; :mod:`.api` (``trace``, ``run_units``),
+:mod:`sinkwidgets.tags.collect`, :mod:`sinkwidgets.streaming` and :mod:`sinkwidgets.interventions` import them.
 """
 
 from __future__ import annotations
