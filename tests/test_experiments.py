@@ -99,3 +99,21 @@ def test_add_sink_equals_the_functional_api_and_lines_up_the_tokens(explorer, sm
     r = sw.add_sink(smollm2, TEXT, "\n")
     np.testing.assert_allclose(e.dnll, _fn_dnll(r), atol=1e-4)
     assert e.offset == 1 and e.trace.tokens[1:] == explorer.trace.tokens
+
+
+def test_project_tag_equals_project_out_with_its_basis_and_a_random_control(explorer, smollm2):
+    ly, hd = 3, 0
+    e = explorer.experiment("project_tag", head=(ly, hd))
+    p = e.params
+    assert p["head"] == [ly, hd] and p["rank"] == 1 and p["positions"] and not set(p["positions"]) & set(p["sinks"])
+    assert e.result.meta["rank"] == 1 and e.trace.meta["edits"]  # the trace under the projection lists its edit
+    import sinkwidgets.tags as tg
+
+    data = tg.collect(smollm2, [TEXT], heads=[(ly, hd)], maps=False, outputs=False, values=True, progress=False)
+    basis = tg.tag_subspace(tg.tag_vectors(data, (ly, hd))[0], 1)
+    r = sw.project_out(smollm2, TEXT, ly, basis, positions=p["positions"], sink_positions=p["sinks"],
+                       attention_layers=None, progress=False)
+    np.testing.assert_allclose(e.dnll, _fn_dnll(r), atol=1e-4)
+    assert "random 1-dim subspace" in e.control_note and np.isfinite(e.control_dnll)
+    with pytest.raises(ExperimentError, match="last layer"):
+        explorer.experiment("project_tag", head=(explorer.trace.n_layers - 1, 0))
