@@ -415,7 +415,7 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
                     np.asarray(before.map_index), np.asarray(after.map_index)))
                 cache[source] = MapStore(dataclasses.replace(after, maps=np.abs(
                     after.maps.astype(np.float32) - before.maps.astype(np.float32)).astype(np.float16))) if same else None
-            while len(cache) > 2 * HISTORY:
+            while len(cache) > 2:  # a |after − before| of every kept map is L·H·T² float16: keep few
                 cache.pop(next(iter(cache)))
         return source, cache[source]
 
