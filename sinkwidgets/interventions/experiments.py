@@ -115,6 +115,17 @@ def _resolve(options, entry, **keywords) -> tuple:
         out[-1] = None
     return tuple(out)
 
+def _sink_sets(sink_positions, texts) -> tuple[bool, list[list[int]]]:
+    """``(per_text, sets)``: ``sink_positions`` as one sorted set of positions for every text, or one per text (a
+    list of lists, whose count must match ``texts``)."""
+    per_text = isinstance(sink_positions, (list, tuple)) and len(sink_positions) > 0 and all(
+        not isinstance(s, (int, np.integer)) for s in sink_positions)
+    if per_text and len(sink_positions) != len(texts):
+        raise InterventionError(f"sink_positions: give one list of positions, or one per text ({len(texts)}), got "
+                                f"{len(sink_positions)} lists")
+    return per_text, [sorted(set(int(s) for s in sp)) for sp in (sink_positions if per_text else [sink_positions])]
+
+
 def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_positions=(0,),
                 attention_layers="after", add_bos: bool | None = None, max_tokens: int | None = None,
                 remote=None, progress: bool = True, head=None, batch_size: int | None = None,
@@ -195,12 +206,7 @@ def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_p
     texts = _texts(texts)
     per_text_pos = per_text_positions(positions, texts)
     stats = _stats_layers(attention_layers, layer, L)
-    per_text_sink = isinstance(sink_positions, (list, tuple)) and len(sink_positions) > 0 and all(
-        not isinstance(s, (int, np.integer)) for s in sink_positions)
-    if per_text_sink and len(sink_positions) != len(texts):
-        raise InterventionError(f"sink_positions: give one list of positions, or one per text ({len(texts)}), got "
-                                f"{len(sink_positions)} lists")
-    sink_sets = [sorted(set(int(s) for s in sp)) for sp in (sink_positions if per_text_sink else [sink_positions])]
+    per_text_sink, sink_sets = _sink_sets(sink_positions, texts)
     eng = _Engine(model, info, remote)
     chunks, nll0, nll1, n_proj, n_tok = [], [], [], [], 0
     for i, text in enumerate(_progress(texts, "project_out", len(texts), progress)):
@@ -257,12 +263,7 @@ def _project_out_many(model, info, texts, layer, bases: dict, *, positions, sink
     texts = _texts(texts)
     per_text_pos = per_text_positions(positions, texts)
     stats = _stats_layers(attention_layers, layer, L)
-    per_text_sink = isinstance(sink_positions, (list, tuple)) and len(sink_positions) > 0 and all(
-        not isinstance(s, (int, np.integer)) for s in sink_positions)
-    if per_text_sink and len(sink_positions) != len(texts):
-        raise InterventionError(f"sink_positions: give one list of positions, or one per text ({len(texts)}), got "
-                                f"{len(sink_positions)} lists")
-    sink_sets = [sorted(set(int(s) for s in sp)) for sp in (sink_positions if per_text_sink else [sink_positions])]
+    per_text_sink, sink_sets = _sink_sets(sink_positions, texts)
     vocab = max(len(getattr(model, "tokenizer", None) or ()), 1)
     eng = _Engine(model, info, remote)
     nll: dict[str, list] = {c: [] for c in ["clean", *names]}
