@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import pickle
 
 import numpy as np
@@ -103,3 +104,62 @@ def test_ticking_shows_the_elapsed_time_of_a_long_step(capsys, monkeypatch):
     with ticking("quiet", enabled=False) as bar:
         assert bar is None
     assert "quick" not in capsys.readouterr().err  # shorter than its delay: nothing shown
+
+
+# ----------------------------------------------------------------------------- layers=/heads= messages (issue 22)
+@pytest.mark.parametrize(("call", "kind", "match"), [
+    # collect(layers=[-31]) used to name layer -1 (counted from the end first, then refused)
+    (lambda c, a: c._norm_layers([-31], 30), "value", r"layers=\[-31\]: layer -31 is out of range.*-30\.\.-1"),
+    # heads="all" used to be iterated as characters ("got 'a'")
+    (lambda c, a: c._norm_heads("all", 30, 9), "value", r"heads='all'.*270 heads.*heads=\[\(2, 2\)"),
+    (lambda c, a: c._norm_heads([(30, 0)], 30, 9), "value", r"heads=\(30, 0\): layer 30 is out of range.*0\.\.29"),
+    (lambda c, a: c._norm_heads([(1, 2, 3)], 30, 9), "type", r"heads=.*\(layer, head\) pairs"),
+    (lambda c, a: c._norm_heads([(0, 1)], 30, 9, "maps") and c._norm_heads("L0H9", 30, 9, "maps"), "value",
+     r"maps='L0H9': head 9 is out of range"),
+    (lambda c, a: a._parse_keep_maps([40], 30, 9), "value", r"keep_maps=40: layer 40 is out of range.*0\.\.29"),
+    (lambda c, a: a._parse_keep_maps([(1, 9)], 30, 9), "value", r"keep_maps=\(1, 9\): head 9 is out of range"),
+    (lambda c, a: a._parse_keep_maps(2.5, 30, 9), "type", r"keep_maps=2\.5 is not understood.*e\.g\. keep_maps="),
+    (lambda c, a: a._parse_keep_maps(["x"], 30, 9), "type", r"entries must be a layer.*got 'x'"),
+    (lambda c, a: a._parse_layers([-31], 30), "value", r"keep_head_outputs=\[-31\]: layer -31 is out of range"),
+    (lambda c, a: a._parse_layers(1.0, 30, "keep_head_values"), "type", r"keep_head_values=1\.0"),
+])
+def test_layer_and_head_arguments_name_the_argument_value_and_fix(call, kind, match):
+    from sinkwidgets import errors
+    c = importlib.import_module("sinkwidgets.tags.collect")  # sw.tags.collect is the function
+    from sinkwidgets.tracing import api as a
+
+    with pytest.raises(errors.SinkwidgetsError, match=match) as info:
+        call(c, a)
+    assert isinstance(info.value, ValueError)  # existing `except ValueError` code keeps working
+    assert isinstance(info.value, TypeError) == (kind == "type")
+
+
+def test_layer_and_head_arguments_count_from_the_end_and_keep_their_forms():
+    c = importlib.import_module("sinkwidgets.tags.collect")  # sw.tags.collect is the function
+    from sinkwidgets.tracing import api as a
+
+    assert c._norm_layers([-1, 0, 0], 30) == [0, 29] and c._norm_layers("all", 4) == [0, 1, 2, 3]
+    assert c._norm_layers("2-4", 30) == [2, 3, 4] and c._norm_layers(None, 30) == c._norm_layers([], 30) == []
+    assert c._norm_heads([(-1, 2), "L0H1", (0, 1)], 30, 9) == [(0, 1), (29, 2)]
+    assert c._norm_heads((3, 4), 30, 9) == [(3, 4)] and c._norm_heads((), 30, 9) == []
+    assert c._norm_heads(np.array([[1, 2], [0, -1]]), 30, 9) == [(0, 8), (1, 2)]
+    assert a._parse_keep_maps([(-1, 2), 3, np.int64(3)], 30, 9) == {3: list(range(9)), 29: [2]}
+    assert a._parse_keep_maps(None, 30, 9) == {} and len(a._parse_keep_maps("all", 3, 2)) == 3
+    assert a._parse_layers(-1, 30) == [29] and a._parse_layers(True, 3) == [0, 1, 2] and a._parse_layers(False, 3) == []
+
+
+@pytest.mark.models
+def test_collect_and_trace_refuse_bad_layers_before_running(smollm2, monkeypatch):
+    from sinkwidgets import errors
+    from sinkwidgets.tracing import api
+
+    def boom(*a, **k):
+        raise AssertionError("the model ran before the arguments were checked")
+
+    monkeypatch.setattr(api, "run_units", boom)
+    with pytest.raises(errors.SinkwidgetsValueError, match=r"layers=\[-31\]: layer -31 is out of range.*0\.\.29"):
+        sw.tags.collect(smollm2, ["A b."], layers=[-31])
+    with pytest.raises(errors.SinkwidgetsValueError, match=r"heads='all'.*270 heads"):
+        sw.tags.collect(smollm2, ["A b."], heads="all")
+    with pytest.raises(errors.SinkwidgetsValueError, match=r"keep_head_outputs=\[-31\]"):
+        sw.trace(smollm2, "A b.", keep_head_outputs=[-31])

@@ -19,42 +19,37 @@ from typing import Any
 
 import numpy as np
 
+from .._args import heads as parse_heads
+from .._args import layers as parse_layers
+from ..errors import SinkwidgetsValueError
 from ..tracing.options import RunOptions, encode
 from .analysis import BOUNDARY_ALPHA, MIN_LATER, HeadRanking, boundary_heads_from_data
-from .data import TagData, _pair
+from .data import TagData
 
 #: Batches run per engine call; results are copied into the packed arrays after each call.
 BLOCK_BATCHES = 4
 
 
 def _norm_heads(heads: Any, L: int, H: int, what: str = "heads") -> list[tuple[int, int]]:
-    if heads is None:
+    """``heads`` (or ``maps``) → sorted distinct ``(layer, head)`` pairs, parsed by :func:`sinkwidgets._args.heads`
+    (pairs, ``"L2H2"``, a list of them or a ``[P, 2]`` array; negative indices count from the end). ``None`` and an
+    empty list give ``[]``. ``"all"`` is refused: collect keeps ``[T, d]`` per head and prompt, for chosen heads."""
+    if heads is None or (isinstance(heads, (list, tuple, np.ndarray)) and len(heads) == 0):
         return []
-    if isinstance(heads, tuple) and len(heads) == 2 and all(isinstance(x, (int, np.integer)) for x in heads):
-        heads = [heads]
-    out = []
-    for item in heads:
-        l, h = _pair(item)
-        l = l + L if l < 0 else l
-        if not (0 <= l < L and 0 <= h < H):
-            raise ValueError(f"{what}: L{l}H{h} is out of range; the model has layers 0..{L - 1} and heads 0..{H - 1}")
-        out.append((l, h))
-    return sorted(set(out))
+    if isinstance(heads, str) and heads.strip().lower() == "all":
+        raise SinkwidgetsValueError(
+            f"{what}={heads!r}: collect keeps per-token outputs and values ([T, d] per prompt) of chosen heads only, "
+            f"so 'all' ({L * H} heads) is refused; list the heads, e.g. {what}=[(2, 2), (5, 6)], or find them with "
+            "sw.tags.boundary_heads(model, texts)")
+    return sorted(set(parse_heads(what, heads, L, H, allow_all=False)))
 
 
 def _norm_layers(layers: Any, L: int) -> list[int]:
+    """``layers`` → sorted distinct layers (``None``: none; ``"all"``; an int, ``"12-29"``, a list), parsed by
+    :func:`sinkwidgets._args.layers` (negative indices count from the end)."""
     if layers is None:
         return []
-    if isinstance(layers, str):
-        if layers != "all":
-            raise ValueError(f"layers must be None, 'all' or a list of layer indices, got {layers!r}")
-        return list(range(L))
-    layers = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
-    out = sorted({int(x) + L if int(x) < 0 else int(x) for x in layers})
-    bad = [x for x in out if not 0 <= x < L]
-    if bad:
-        raise ValueError(f"layers {bad} are out of range; the model has layers 0..{L - 1}")
-    return out
+    return parse_layers("layers", layers, L, allow_empty=True)
 
 
 def _sel(heads: list[tuple[int, int]]) -> dict[int, list[int]]:

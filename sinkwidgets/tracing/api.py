@@ -21,6 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._args import ArgumentTypeError, is_int, show
+from .._args import head as parse_head
+from .._args import layer as parse_layer
+from .._args import layers as parse_layers
+from ..errors import SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from . import reductions as R
 from .edits import Edit, EditSet
@@ -96,51 +101,47 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False) -> None
 
 def _parse_keep_maps(keep_maps, L: int, H: int) -> dict[int, list[int]]:
     """``keep_maps`` → ``{layer: [heads]}``. Accepts None/False, True/"all", a layer, a list of layers and of
-    ``(layer, head)`` pairs; a bare tuple of two ints is ambiguous and refused."""
+    ``(layer, head)`` pairs; a bare tuple of two ints is ambiguous and refused. Layers and heads are checked by
+    :mod:`sinkwidgets._args` (negative indices count from the end; out of range names the valid range)."""
+    eg = "keep_maps=[(5, 2), 12]"
     if keep_maps is None or keep_maps is False:
         return {}
     if keep_maps is True or (isinstance(keep_maps, str) and keep_maps == "all"):
         return {l: list(range(H)) for l in range(L)}
-    if isinstance(keep_maps, str):
-        raise ValueError(f"keep_maps={keep_maps!r} is not understood: use None, 'all', a layer, or a list of layers "
-                         "and (layer, head) pairs, e.g. keep_maps=[(5, 2), 12]")
-    if _is_int(keep_maps):
+    if isinstance(keep_maps, str) or not (is_int(keep_maps) or isinstance(keep_maps, (list, tuple, range, np.ndarray))):
+        raise ArgumentTypeError(f"keep_maps={show(keep_maps)} is not understood: use None, 'all', a layer, or a list "
+                                f"of layers and (layer, head) pairs, e.g. {eg}")
+    if is_int(keep_maps):
         keep_maps = [keep_maps]
-    if isinstance(keep_maps, tuple) and len(keep_maps) == 2 and all(_is_int(x) for x in keep_maps):
+    if isinstance(keep_maps, tuple) and len(keep_maps) == 2 and all(is_int(x) for x in keep_maps):
         a, b = keep_maps
-        raise ValueError(f"keep_maps={keep_maps!r} is ambiguous: pass [({a}, {b})] for head {b} of layer {a}, "
-                         f"or [{a}, {b}] for all heads of layers {a} and {b}")
+        raise SinkwidgetsValueError(f"keep_maps={keep_maps!r} is ambiguous: pass [({a}, {b})] for head {b} of layer "
+                                    f"{a}, or [{a}, {b}] for all heads of layers {a} and {b}")
     out: dict[int, list[int]] = {}
     for item in keep_maps:
-        if isinstance(item, (tuple, list)) and len(item) == 2 and all(_is_int(x) for x in item):
-            l, heads = int(item[0]), [int(item[1])]
-        elif _is_int(item):
-            l, heads = int(item), list(range(H))
+        if isinstance(item, (tuple, list)) and len(item) == 2 and all(is_int(x) for x in item):
+            l, h = parse_head("keep_maps", item, L, H)
+            heads = [h]
+        elif is_int(item):
+            l, heads = parse_layer("keep_maps", item, L), list(range(H))
         else:
-            raise ValueError(f"keep_maps entries must be a layer (int) or a (layer, head) pair, got {item!r}")
-        l = l + L if l < 0 else l
-        if not 0 <= l < L:
-            raise ValueError(f"keep_maps layer {item!r} is out of range: the model has layers 0..{L - 1}")
-        for h in heads:
-            if not 0 <= h < H:
-                raise ValueError(f"keep_maps head {h} is out of range: the model has heads 0..{H - 1}")
+            raise ArgumentTypeError(f"keep_maps={show(keep_maps)}: entries must be a layer (int) or a (layer, head) "
+                                    f"pair, got {show(item)}; e.g. {eg}")
         out[l] = sorted(set(out.get(l, [])) | set(heads))
     return dict(sorted(out.items()))
 
 
 def _parse_layers(sel, L: int, name: str = "keep_head_outputs") -> list[int]:
+    """``keep_head_outputs`` / ``keep_head_values`` → sorted layers: None/False (none), True/"all", a layer, a
+    list of layers; parsed by :func:`sinkwidgets._args.layers` (negative counts from the end)."""
     if sel is None or sel is False:
         return []
     if sel is True or (isinstance(sel, str) and sel == "all"):
         return list(range(L))
-    items = [sel] if _is_int(sel) else sel
-    if isinstance(items, str) or not all(_is_int(x) for x in items):
-        raise ValueError(f"{name} must be True, 'all', a layer or a list of layers (ints), got {sel!r}")
-    out = sorted({(int(l) + L if int(l) < 0 else int(l)) for l in items})
-    bad = [l for l in out if not 0 <= l < L]
-    if bad:
-        raise ValueError(f"{name} layers {bad} are out of range: the model has layers 0..{L - 1}")
-    return out
+    if isinstance(sel, str):
+        raise ArgumentTypeError(f"{name}={show(sel)}: {name} must be True, 'all', a layer or a list of layers (ints); "
+                                f"e.g. {name}=[2, 5]")
+    return parse_layers(name, sel, L, allow_empty=True)
 
 
 # ----------------------------------------------------------------------------- running units
