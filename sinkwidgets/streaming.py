@@ -447,7 +447,8 @@ def streaming_ppl(model, text: str, window: int = 256, n_sink: int = 4, method: 
     add_bos, max_tokens : as in :func:`sinkwidgets.trace` (but ``max_tokens`` defaults to 2048).
     options : a :class:`~sinkwidgets.tracing.options.RunOptions`: its ``add_bos`` and ``max_tokens`` (an option
         set in both, to different values, is an error), ``batch_size`` (recompute forwards per batch) and
-        ``progress`` (the recompute bar); ``remote`` must be off and ``method`` (the tracing executor) does not
+        ``progress`` (a bar over the passes, shown once they have taken 2 s unless ``progress=False``; ``True``
+        shows it at once; the recompute baseline has its own inner bar); ``remote`` must be off and ``method`` (the tracing executor) does not
         apply.
 
     Returns
@@ -472,31 +473,62 @@ def streaming_ppl(model, text: str, window: int = 256, n_sink: int = 4, method: 
     if bad:
         raise StreamingError(f"baselines={tuple(baselines)!r}: choose from 'dense', 'window'")
     secs, nll = {}, {}
-    t0 = time.perf_counter()
-    nll["dense"] = _dense(hf, ids)
-    secs["dense"] = time.perf_counter() - t0
-    if "window" in baselines and n_sink:
-        t0 = time.perf_counter()
-        nll["window"] = _streamed(hf, ids, 0, window, False)
-        secs["window"] = time.perf_counter() - t0
     name = f"sink{n_sink} {method}" if n_sink else "window"
-    t0 = time.perf_counter()
-    nll[name] = _streamed(hf, ids, n_sink, window, method == "exact", rot)
-    secs[name] = time.perf_counter() - t0
-    rec = {}
-    if recompute:
-        rng = np.random.default_rng(seed)
-        cand = np.arange(window, N - 1)
-        pos = np.unique(np.linspace(0, len(cand) - 1, min(recompute, len(cand))).astype(int))
-        pos = np.sort(cand[np.clip(pos + rng.integers(0, max(1, len(cand) // max(1, recompute)), len(pos)), 0,
-                                   len(cand) - 1)])
-        pos = np.unique(pos)
-        t0 = time.perf_counter()
-        rec = {"positions": pos, "nll": _recompute(hf, ids, window, [int(p) for p in pos], opts.batch_size,
-                                                   opts.progress)}
-        secs["recompute"] = time.perf_counter() - t0
+    passes = ["dense"] + (["window"] if "window" in baselines and n_sink else []) + [name]
+    bar = _passes_bar(opts.progress, len(passes) + bool(recompute), N)
+    try:
+        for p in passes:
+            bar.set_description(f"streaming ppl ({p})", refresh=False)
+            bar.refresh()
+            t0 = time.perf_counter()
+            if p == "dense":
+                nll[p] = _dense(hf, ids)
+            elif p == "window":  # the window-only baseline next to a sink condition
+                nll[p] = _streamed(hf, ids, 0, window, False)
+            else:
+                nll[p] = _streamed(hf, ids, n_sink, window, method == "exact", rot)
+            secs[p] = time.perf_counter() - t0
+            bar.update(1)
+        if recompute:
+            bar.set_description("streaming ppl (recompute)", refresh=False)
+            bar.refresh()
+            rec = _recompute_positions(hf, ids, window, N, recompute, seed, opts, secs)
+            bar.update(1)
+        else:
+            rec = {}
+    finally:
+        bar.close()
     return StreamingResult(nll, window, n_sink, method if n_sink else "mask", rec,
                            {"model": info.name if info else type(hf).__name__, "n_tokens": N, "seconds": secs})
+
+
+#: Seconds of silence before the default (``progress=None``) bar of :func:`streaming_ppl` appears.
+PROGRESS_DELAY = 2.0
+
+
+def _passes_bar(progress: bool | None, total: int, n_tokens: int):
+    """A ``tqdm.auto`` bar over :func:`streaming_ppl`'s passes (one forward of ``n_tokens`` per condition, plus the
+    recompute baseline as one step with its own inner bar). ``progress``: True shows it at once, None once the work
+    has taken :data:`PROGRESS_DELAY` seconds, False never (``TQDM_DISABLE=1`` too)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="streaming ppl", unit="pass", disable=progress is False,
+                delay=0.0 if progress else PROGRESS_DELAY, postfix=f"{n_tokens} tokens")
+
+
+def _recompute_positions(hf, ids, window, N, recompute, seed, opts, secs) -> dict:
+    """The re-computation baseline of :func:`streaming_ppl` at ``recompute`` positions ``t >= window``."""
+    rng = np.random.default_rng(seed)
+    cand = np.arange(window, N - 1)
+    pos = np.unique(np.linspace(0, len(cand) - 1, min(recompute, len(cand))).astype(int))
+    pos = np.sort(cand[np.clip(pos + rng.integers(0, max(1, len(cand) // max(1, recompute)), len(pos)), 0,
+                               len(cand) - 1)])
+    pos = np.unique(pos)
+    t0 = time.perf_counter()
+    rec = {"positions": pos, "nll": _recompute(hf, ids, window, [int(p) for p in pos], opts.batch_size,
+                                               opts.progress)}
+    secs["recompute"] = time.perf_counter() - t0
+    return rec
 
 
 def _grid(name: str, value) -> tuple:

@@ -163,3 +163,52 @@ def test_collect_and_trace_refuse_bad_layers_before_running(smollm2, monkeypatch
         sw.tags.collect(smollm2, ["A b."], heads="all")
     with pytest.raises(errors.SinkwidgetsValueError, match=r"keep_head_outputs=\[-31\]"):
         sw.trace(smollm2, "A b.", keep_head_outputs=[-31])
+
+
+# ----------------------------------------------------------------------------- progress of long steps (issue 22)
+def _toy_cities_data(d: int = 8):
+    from sinkwidgets import tags
+    from sinkwidgets.tags import TagData
+
+    ds = tags.load_dataset("cities")
+    rng = np.random.default_rng(0)
+    N = len(ds)
+    X = rng.standard_normal((N, d)) + np.outer(2.0 * ds.labels - 1.0, np.eye(d)[0])
+    vals = [rng.standard_normal((1, 3, d)) for _ in range(N)]
+    s = np.full((2, 2, 3), 0.1)
+    s[:, :, 0] = 0.9
+    return TagData.from_prompts([["t0", " a", " b"]] * N, heads=[(0, 0)], head_values=vals, head_outputs=vals,
+                                sink_scores=[s] * N, pooled_mean=np.stack([X, X], 1), pooled_layers=[1, 2], labels=ds.labels,
+                                groups=list(ds.groups))
+
+
+def test_probe_report_grid_shows_a_bar_over_its_cells(capsys, monkeypatch):
+    from sinkwidgets import tags
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    data = _toy_cities_data()
+    kw = dict(layers=[1, 2], pooling="mean", heads=[(0, 0)], rank=1, seeds=1, n_random=10, folds=2)
+    g = tags.probe_report(data, "cities", progress=True, **kw)
+    err = capsys.readouterr().err
+    assert len(g) == 2 and "probe grid" in err and "2/2" in err, err
+    tags.probe_report(data, "cities", progress=False, **kw)
+    assert "probe grid" not in capsys.readouterr().err
+    with pytest.raises(sw.errors.SinkwidgetsTypeError, match="progress='yes'"):
+        tags.probe_report(data, "cities", progress="yes", **kw)
+
+
+@pytest.mark.models
+def test_streaming_ppl_shows_a_bar_over_its_passes(smollm2, capsys, monkeypatch):
+    from sinkwidgets.streaming import streaming_ppl
+    from sinkwidgets.tracing.options import RunOptions
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    text = " ".join(f"word{i} is here." for i in range(40))
+    kw = dict(window=16, n_sink=1, method="mask", max_tokens=64)
+    r = streaming_ppl(smollm2, text, recompute=4, options=RunOptions(progress=True), **kw)
+    err = capsys.readouterr().err
+    # dense + window + sink1 mask + recompute = 4 passes, each named while it runs
+    assert "streaming ppl" in err and "4/4" in err and "(sink1 mask)" in err and "(recompute)" in err, err
+    quiet = streaming_ppl(smollm2, text, options=RunOptions(progress=False), **kw)
+    assert "streaming ppl" not in capsys.readouterr().err
+    np.testing.assert_array_equal(quiet.nll["sink1 mask"], r.nll["sink1 mask"])  # the bar changes no number

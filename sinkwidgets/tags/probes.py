@@ -366,7 +366,7 @@ def probe(model_or_data: Any, texts: Sequence[str] | None = None, labels: Sequen
         if basis is not None:
             head_list = []
         elif isinstance(heads, str):
-            head_list, auto_evs = _auto_heads(model_or_data, texts, layer, batch_size, alpha0, rank, n_heads)
+            head_list, auto_evs = _auto_heads(model_or_data, texts, layer, batch_size, alpha0, rank, n_heads, progress)
             heads = head_list
         else:
             head_list = list(heads)
@@ -399,34 +399,56 @@ SELECT_TEXTS = 64
 SELECT_CHUNK = 32
 
 
+def _progress_bar(progress: bool | None, total: int | None, desc: str, unit: str):
+    """A ``tqdm.auto`` bar for a long step (a widget in notebooks, a line on standard error in terminals).
+
+    ``progress``: True shows it at once, None (the default of the long functions) once the step has taken
+    :data:`PROGRESS_DELAY` seconds (so short work stays silent), False never. ``TQDM_DISABLE=1`` turns it off."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=progress is False,
+                delay=0.0 if progress else PROGRESS_DELAY)
+
+
+#: Seconds of silence before a default (``progress=None``) bar of :func:`probe_report` appears.
+PROGRESS_DELAY = 2.0
+
+
 def _auto_heads(model, texts, layer: int, batch_size: int, alpha0: float, rank: int,
-                n_heads: int) -> tuple[list[tuple[int, int]], dict]:
+                n_heads: int, progress: bool | None = False) -> tuple[list[tuple[int, int]], dict]:
     """``heads="auto"`` from a model for one layer: see :func:`_auto_heads_layers`."""
-    chosen, evs = _auto_heads_layers(model, texts, [layer], batch_size, alpha0, rank, n_heads)
+    chosen, evs = _auto_heads_layers(model, texts, [layer], batch_size, alpha0, rank, n_heads, progress)
     return chosen[layer], evs
 
 
 def _auto_heads_layers(model, texts, layers: Sequence[int], batch_size: int, alpha0: float, rank: int,
-                       n_heads: int) -> tuple[dict[int, list[tuple[int, int]]], dict]:
+                       n_heads: int, progress: bool | None = False) -> tuple[dict[int, list[tuple[int, int]]], dict]:
     """``heads="auto"`` from a model, for each of ``layers``: an α-only pass over the first :data:`SELECT_TEXTS`
     texts finds the first-token sink heads (mean α₀ >= ``alpha0``) in layers <= ``max(layers)``; further passes
     over the same texts keep their values and outputs (:data:`SELECT_CHUNK` heads at a time) for the in-sample tag
     EV at ``rank``; for each layer the ``n_heads`` candidates in layers <= it with the highest EV are chosen. (On
     short statements α₀ >= 0.5 holds for most heads of SmolLM2's first layers, so keeping every candidate over all
-    texts would cost ~10x more memory.) Returns ``({layer: heads}, {"LxHy": EV})`` (EVs of the chosen heads)."""
+    texts would cost ~10x more memory.) Returns ``({layer: heads}, {"LxHy": EV})`` (EVs of the chosen heads).
+    ``progress`` (see :func:`_progress_bar`): a bar over the passes (1 + one per :data:`SELECT_CHUNK` candidates)."""
     from .collect import collect as _collect
 
     sub = list(texts[:SELECT_TEXTS])
     top = max(layers)
-    first = _collect(model, sub, heads=[], layers=None, progress=False, batch_size=batch_size)
-    cands = [(r.layer, r.head) for r in sink_heads(first, alpha0=alpha0, max_layer=top).first_token]
-    if not cands:
-        raise SinkwidgetsValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {top}; pass heads=[...]")
-    evs: dict[tuple[int, int], float] = {}
-    for k in range(0, len(cands), SELECT_CHUNK):
-        part = cands[k:k + SELECT_CHUNK]
-        sel = _collect(model, sub, heads=part, layers=None, maps=False, progress=False, batch_size=batch_size)
-        evs.update({h: _in_sample_ev(sel, h, rank) for h in part})
+    with _progress_bar(progress, None, "choosing heads (α pass)", "pass") as bar:
+        first = _collect(model, sub, heads=[], layers=None, progress=False, batch_size=batch_size)
+        cands = [(r.layer, r.head) for r in sink_heads(first, alpha0=alpha0, max_layer=top).first_token]
+        if not cands:
+            raise SinkwidgetsValueError(f"no first-token sink head (mean α₀ >= {alpha0}) in layers <= {top}; "
+                                        "pass heads=[...]")
+        bar.total = 1 + -(-len(cands) // SELECT_CHUNK)
+        bar.update(1)
+        evs: dict[tuple[int, int], float] = {}
+        for k in range(0, len(cands), SELECT_CHUNK):
+            part = cands[k:k + SELECT_CHUNK]
+            bar.set_description(f"choosing heads (EV of {len(cands)} candidates)", refresh=False)
+            sel = _collect(model, sub, heads=part, layers=None, maps=False, progress=False, batch_size=batch_size)
+            evs.update({h: _in_sample_ev(sel, h, rank) for h in part})
+            bar.update(1)
     chosen = {int(li): _top_by_ev(evs, [h for h in cands if h[0] <= li], n_heads) for li in layers}
     used = {h for hs in chosen.values() for h in hs}
     return chosen, {f"L{a}H{b}": float(v) for (a, b), v in evs.items() if (a, b) in used}
@@ -548,6 +570,9 @@ def probe_report(model_or_data: Any, dataset: str = "cities", *, layers: Any = N
     alpha0 = check_number("alpha0", kwargs.get("alpha0", 0.5), example=0.5)
     batch_size = check_integer("batch_size", kwargs.pop("batch_size", 8), minimum=1, example=8)
     progress = kwargs.pop("progress", None)
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        raise ArgumentTypeError(f"progress={show(progress)}: progress must be True, False or None (a bar once a step "
+                                "takes over 2 s); e.g. progress=False")
     if isinstance(model_or_data, TagData):
         data = model_or_data
         per_layer = {li: heads for li in layers}
@@ -561,7 +586,7 @@ def probe_report(model_or_data: Any, dataset: str = "cities", *, layers: Any = N
             if heads != "auto":
                 raise SinkwidgetsValueError(f"heads must be 'auto' or a list of (layer, head) pairs, got {heads!r}")
             per_layer, evs = _auto_heads_layers(model_or_data, list(ds.texts), layers, batch_size, alpha0, rank,
-                                                n_heads)
+                                                n_heads, progress)
         else:
             per_layer, evs = {li: list(heads) for li in layers}, {}
         union = sorted({h for hs in per_layer.values() for h in hs})
@@ -569,12 +594,15 @@ def probe_report(model_or_data: Any, dataset: str = "cities", *, layers: Any = N
                         batch_size=batch_size, progress=progress, labels=ds.labels, groups=ds.groups, maps=False,
                         outputs=False)
     grid = {}
-    for li in layers:
-        for pool in pooling:
-            r = probe(data, None, ds.labels, ds.groups, layer=li, pool=pool, heads=per_layer[li], dataset=ds.name,
-                      negative_control=ds.negative_control, **kwargs)
-            if evs:
-                r.info["head_evs"] = {k: v for k, v in evs.items() if tuple(
-                    int(x) for x in k[1:].split("H")) in per_layer[li]}
-            grid[(li, pool)] = r
+    with _progress_bar(progress, len(layers) * len(pooling), "probe grid", "cell") as bar:
+        for li in layers:
+            for pool in pooling:
+                bar.set_description(f"probe grid (layer {li}, {pool})", refresh=False)
+                r = probe(data, None, ds.labels, ds.groups, layer=li, pool=pool, heads=per_layer[li], dataset=ds.name,
+                          negative_control=ds.negative_control, **kwargs)
+                if evs:
+                    r.info["head_evs"] = {k: v for k, v in evs.items() if tuple(
+                        int(x) for x in k[1:].split("H")) in per_layer[li]}
+                grid[(li, pool)] = r
+                bar.update(1)
     return ProbeGrid(grid, ds.name)
