@@ -212,3 +212,15 @@ def test_streaming_ppl_shows_a_bar_over_its_passes(smollm2, capsys, monkeypatch)
     quiet = streaming_ppl(smollm2, text, options=RunOptions(progress=False), **kw)
     assert "streaming ppl" not in capsys.readouterr().err
     np.testing.assert_array_equal(quiet.nll["sink1 mask"], r.nll["sink1 mask"])  # the bar changes no number
+
+
+def test_interventions_doc_cites_only_what_ships():
+    """docs/interventions.md may point at files of the repository only (a reader of the package has no shared/)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "interventions.md").read_text(encoding="utf-8")
+    assert "shared/" not in text
+    for cited in ("benchmarks/streaming_cost.py", "benchmarks/results/streaming_cost.json",
+                  "tests/test_interventions.py", "tests/test_streaming.py"):
+        assert cited in text and (root / cited).exists(), cited
