@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -224,3 +225,18 @@ def test_interventions_doc_cites_only_what_ships():
     for cited in ("benchmarks/streaming_cost.py", "benchmarks/results/streaming_cost.json",
                   "tests/test_interventions.py", "tests/test_streaming.py"):
         assert cited in text and (root / cited).exists(), cited
+
+
+@pytest.mark.models
+def test_auto_head_choice_shows_a_bar_over_its_passes(smollm2, capsys, monkeypatch):
+    from sinkwidgets.tags import probes
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    texts = sw.tags.load_dataset("cities").texts[:4]
+    chosen, evs = probes._auto_heads_layers(smollm2, texts, [2], 4, 0.5, 1, 2, True)
+    err = capsys.readouterr().err
+    assert len(chosen[2]) == 2 and "choosing heads" in err, err
+    done = [int(a) for a, b in re.findall(r"(\d+)/(\d+)", err) if a == b]  # the bar completed: n/n passes
+    assert done and max(done) >= 2, err  # the α pass and at least one EV pass
+    probes._auto_heads_layers(smollm2, texts, [2], 4, 0.5, 1, 2, False)
+    assert "choosing heads" not in capsys.readouterr().err
