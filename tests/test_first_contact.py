@@ -191,7 +191,7 @@ def test_probe_report_grid_shows_a_bar_over_its_cells(capsys, monkeypatch):
     kw = dict(layers=[1, 2], pooling="mean", heads=[(0, 0)], rank=1, seeds=1, n_random=10, folds=2)
     g = tags.probe_report(data, "cities", progress=True, **kw)
     err = capsys.readouterr().err
-    assert len(g) == 2 and "probe grid" in err and "2/2" in err, err
+    assert len(g) == 2 and "probe grid" in err and "4/4" in err, err  # 2 cells x (1 seed + random draws)
     tags.probe_report(data, "cities", progress=False, **kw)
     assert "probe grid" not in capsys.readouterr().err
     with pytest.raises(sw.errors.SinkwidgetsTypeError, match="progress='yes'"):

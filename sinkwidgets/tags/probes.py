@@ -22,7 +22,8 @@ tag ≈ full ≈ 0.81 against ≈ 0.61 for random 16-d subspaces and ≈ 0.68 fo
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextvars
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,6 +165,12 @@ class ProbeResult(dict):
         return "ProbeResult(" + ", ".join(f"{n}={self[n]:.3f}" for n in FEATURE_SETS) + ")"
 
 
+#: Called by :func:`probe_features` after each seed's fits and after the random-subspace draws (``seeds + 1``
+#: steps), so that :func:`probe_report` can move its bar inside a grid cell.
+_FIT_TICK: contextvars.ContextVar[Callable[[], Any] | None] = contextvars.ContextVar("sinkwidgets_fit_tick",
+                                                                                     default=None)
+
+
 def probe_features(X: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None, Q: np.ndarray, *, folds: int = 5,
                    seeds: int = 5, n_random: int = 10, C: float = C_DEFAULT, seed: int = 0, **info: Any) -> ProbeResult:
     """Run every feature set on features ``X [N, d]``, labels ``y [N]`` and a tag basis ``Q [d, k]`` (numpy).
@@ -213,8 +220,12 @@ def probe_features(X: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None, Q
             vals, cnt = np.unique(y[fs != f], return_counts=True)
             chance.append(float(np.mean(y[fs == f] == vals[np.argmax(cnt)])))
         per["chance"].append(np.asarray(chance))
+        if (tick := _FIT_TICK.get()) is not None:
+            tick()
     draws = np.array([cv_accuracy(X @ random_subspace(d, k, rng), y, fold_sets[r % seeds], C=C).mean()
                       for r in range(n_random)])
+    if (tick := _FIT_TICK.get()) is not None:
+        tick()
     acc = {n: float(np.mean([a.mean() for a in v])) for n, v in per.items()}
     se = {n: float(np.mean([a.std(ddof=1) / np.sqrt(len(a)) for a in v])) for n, v in per.items()}
     acc["random"], se["random"] = float(draws.mean()), float(draws.std(ddof=1) / np.sqrt(n_random))
@@ -553,8 +564,8 @@ def probe_report(model_or_data: Any, dataset: str = "cities", *, layers: Any = N
     info = None if is_data else getattr(model_or_data, "sinkwidgets", None)
     L, H = _dims(model_or_data) if is_data else ((info.n_layers, info.n_heads) if info is not None else (None, None))
     layers = check_layers("layers", layers, info.n_layers if info is not None else None)
-    _cv_args(kwargs.get("folds", 5), kwargs.get("seeds", 5), kwargs.get("n_random", 10), kwargs.get("C", C_DEFAULT),
-             kwargs.get("seed", 0))
+    _, n_seeds, _, _, _ = _cv_args(kwargs.get("folds", 5), kwargs.get("seeds", 5), kwargs.get("n_random", 10),
+                                   kwargs.get("C", C_DEFAULT), kwargs.get("seed", 0))
     if kwargs.get("basis") is not None and info is not None:
         kwargs["basis"] = check_orthonormal_basis("basis", kwargs["basis"], info.d_model)
     pooling = ("mean", "last") if pooling is None else ((pooling,) if isinstance(pooling, str) else tuple(pooling))
@@ -594,15 +605,24 @@ def probe_report(model_or_data: Any, dataset: str = "cities", *, layers: Any = N
                         batch_size=batch_size, progress=progress, labels=ds.labels, groups=ds.groups, maps=False,
                         outputs=False)
     grid = {}
-    with _progress_bar(progress, len(layers) * len(pooling), "probe grid", "cell") as bar:
-        for li in layers:
-            for pool in pooling:
-                bar.set_description(f"probe grid (layer {li}, {pool})", refresh=False)
-                r = probe(data, None, ds.labels, ds.groups, layer=li, pool=pool, heads=per_layer[li], dataset=ds.name,
-                          negative_control=ds.negative_control, **kwargs)
-                if evs:
-                    r.info["head_evs"] = {k: v for k, v in evs.items() if tuple(
-                        int(x) for x in k[1:].split("H")) in per_layer[li]}
-                grid[(li, pool)] = r
-                bar.update(1)
+    # one step per seed's fits and one for the random-subspace draws, in every cell
+    with _progress_bar(progress, len(layers) * len(pooling) * (n_seeds + 1), "probe grid", "fit") as bar:
+        token = _FIT_TICK.set(lambda: bar.update(1))
+        try:
+            _grid_cells(grid, bar, data, ds, layers, pooling, per_layer, evs, kwargs)
+        finally:
+            _FIT_TICK.reset(token)
     return ProbeGrid(grid, ds.name)
+
+
+def _grid_cells(grid, bar, data, ds, layers, pooling, per_layer, evs, kwargs) -> None:
+    """Fill ``grid[(layer, pool)]`` with :func:`probe` on ``data`` (the cells of :func:`probe_report`)."""
+    for li in layers:
+        for pool in pooling:
+            bar.set_description(f"probe grid (layer {li}, {pool})", refresh=False)
+            r = probe(data, None, ds.labels, ds.groups, layer=li, pool=pool, heads=per_layer[li], dataset=ds.name,
+                      negative_control=ds.negative_control, **kwargs)
+            if evs:
+                r.info["head_evs"] = {k: v for k, v in evs.items() if tuple(
+                    int(x) for x in k[1:].split("H")) in per_layer[li]}
+            grid[(li, pool)] = r
