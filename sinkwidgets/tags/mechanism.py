@@ -248,7 +248,8 @@ def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank:
               n_random: int = 10, release_texts: int | Sequence[str] = 20, release_random: int = 3,
               steps: Sequence[str] = STEPS, data: TagData | None = None, eps: float = EPS,
               min_later: int = MIN_LATER, split: float = 0.5, seed: int = 0, batch_size: int = 8,
-              release_subspace: Any = None, progress: bool | None = False) -> MechanismReport:
+              release_subspace: Any = None, rows_per_pass: int | None = None,
+              progress: bool | None = False) -> MechanismReport:
     """Follow ``head`` through catch, tag and release on ``texts``; decide each step by the module's rules.
 
     Parameters
@@ -269,6 +270,8 @@ def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank:
     data : a :class:`TagData` of ``texts`` that holds the head's values, outputs and map (saves one collection).
     release_subspace : :func:`~sinkwidgets.tags.release`'s ``subspace``: None (the tag subspace), ``"post_norm"``
         (Gemma 2/3: the tag subspace as it lands in the residual after the norm after attention) or a basis.
+    rows_per_pass : :func:`~sinkwidgets.tags.release`'s ``rows_per_pass``: rows per forward pass of the release
+        projections (fewer rows, lower peak memory on large-vocabulary models such as Gemma-3).
 
     Returns
     -------
@@ -321,7 +324,7 @@ def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank:
             list(release_texts)
         rep.release = release(model, rel_texts, head, rank=r_rel, n_random=release_random, data=data, eps=eps,
                               min_later=min_later, seed=seed, batch_size=batch_size, subspace=release_subspace,
-                              progress=progress)
+                              rows_per_pass=rows_per_pass, progress=progress)
         s = rep.release.shown
         shown["release"] = bool(s)
         reasons["release"] = rep.release.verdict.split(": ", 2)[-1]
