@@ -29,7 +29,7 @@ from ..errors import SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from . import reductions as R
 from .edits import Edit, EditSet
-from .options import Encoded, RunOptions, check_text, encode, tokenize  # noqa: F401  (tokenize: public as sw.tracing.tokenize)
+from .options import Encoded, RunOptions, _model_info, check_text, encode, tokenize  # noqa: F401  (tokenize: public as sw.tracing.tokenize)
 from .reductions import TOP_K_ACTIVATIONS, BatchContext, UnitSet
 
 #: ``method="auto"`` traces local prompts of at least this many tokens with the chunked path when the model
@@ -70,14 +70,7 @@ def _pin_mmap_threshold() -> None:
 
 
 # ----------------------------------------------------------------------------- tokenization
-def _info(model):
-    info = getattr(model, "sinkwidgets", None)
-    if info is None:
-        raise TypeError(
-            f"trace() needs a model from sinkwidgets.load_model(), got {type(model).__name__}; "
-            "e.g. model = sinkwidgets.load_model('smollm2-135m')"
-        )
-    return info
+_info = _model_info  # the model's ModelInfo, or the SinkwidgetsTypeError that names what to pass
 
 
 # ----------------------------------------------------------------------------- argument checks
