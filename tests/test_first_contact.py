@@ -13,9 +13,10 @@ import sinkwidgets as sw
 from sinkwidgets import metrics as M
 from sinkwidgets._text import show_token
 
-pytestmark = pytest.mark.unit
+# kinds are marked per test: the module mixes unit tests with three that load SmolLM2 (tests/test_markers.py)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("raw", "shown"), [
     (" the", "\u2423the"),
     ("\n", "\u23ce"),
@@ -35,6 +36,7 @@ def test_show_token(raw, shown):
     assert show_token(raw) == shown
 
 
+@pytest.mark.unit
 def test_show_token_max_run():
     assert show_token(" " * 6, max_run=0) == "\u2423" * 6
     assert show_token("\n" * 6, max_run=5) == "\u23ce\u00d76"
@@ -50,6 +52,7 @@ def _alpha():
     return a
 
 
+@pytest.mark.unit
 def test_find_sinks_is_a_list_with_a_short_repr():
     a = _alpha()
     sinks = M.find_sinks(a, eps=0.2)
@@ -66,6 +69,7 @@ def test_find_sinks_is_a_list_with_a_short_repr():
     assert back == sinks and back.eps == 0.2 and back.n_layers == 3
 
 
+@pytest.mark.unit
 def test_sinks_table_escapes_and_shows_whitespace():
     from sinkwidgets.widgets import synthetic_trace
 
@@ -89,6 +93,7 @@ def test_sinks_table_escapes_and_shows_whitespace():
     assert list(frame.columns) == ["layer", "head", "k", "token", "alpha", "n_queries"]
 
 
+@pytest.mark.unit
 def test_ticking_shows_the_elapsed_time_of_a_long_step(capsys, monkeypatch):
     import time
 
@@ -108,6 +113,7 @@ def test_ticking_shows_the_elapsed_time_of_a_long_step(capsys, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- layers=/heads= messages (issue 22)
+@pytest.mark.unit
 @pytest.mark.parametrize(("call", "kind", "match"), [
     # collect(layers=[-31]) used to name layer -1 (counted from the end first, then refused)
     (lambda c, a: c._norm_layers([-31], 30), "value", r"layers=\[-31\]: layer -31 is out of range.*-30\.\.-1"),
@@ -135,6 +141,7 @@ def test_layer_and_head_arguments_name_the_argument_value_and_fix(call, kind, ma
     assert isinstance(info.value, TypeError) == (kind == "type")
 
 
+@pytest.mark.unit
 def test_layer_and_head_arguments_count_from_the_end_and_keep_their_forms():
     c = importlib.import_module("sinkwidgets.tags.collect")  # sw.tags.collect is the function
     from sinkwidgets.tracing import api as a
@@ -183,6 +190,7 @@ def _toy_cities_data(d: int = 8):
                                 groups=list(ds.groups))
 
 
+@pytest.mark.unit
 def test_probe_report_grid_shows_a_bar_over_its_cells(capsys, monkeypatch):
     from sinkwidgets import tags
 
@@ -215,6 +223,7 @@ def test_streaming_ppl_shows_a_bar_over_its_passes(smollm2, capsys, monkeypatch)
     np.testing.assert_array_equal(quiet.nll["sink1 mask"], r.nll["sink1 mask"])  # the bar changes no number
 
 
+@pytest.mark.unit
 def test_interventions_doc_cites_only_what_ships():
     """docs/interventions.md may point at files of the repository only (a reader of the package has no shared/)."""
     from pathlib import Path
