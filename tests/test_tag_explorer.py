@@ -164,6 +164,7 @@ def test_numbers_are_deferred_and_stale_results_dropped(data):
     arrive from a loop callback after the cell, and a result for a rank the user has already left is never shown.
     Without a loop (scripts) they are computed at once."""
     import asyncio
+    import concurrent.futures
 
     async def in_a_kernel():
         te = sw.TagExplorer(data, head=(1, 0), rank=1)
@@ -181,10 +182,14 @@ def test_numbers_are_deferred_and_stale_results_dropped(data):
         assert te2._numbers["pending"] and te2.wait() and te2._numbers["ok"] and te2._numbers["rank"] == 3
         return te._numbers["ev"]
 
-    ev = asyncio.run(in_a_kernel())
+    # a fresh thread owns its own loop: an earlier test (Playwright's sync API in tests/browser/) can leave a loop
+    # running in the main thread, where asyncio.run() refuses to start
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        ev = pool.submit(asyncio.run, in_a_kernel()).result(timeout=120)
     assert ev == pytest.approx(tags.tag_ev(data, (1, 0), 2).ev, abs=1e-12)
-    now = sw.TagExplorer(data, head=(1, 0), defer=True)  # no running loop here: computed with the picture
-    assert now._numbers["ok"] and now._pending is None
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a thread with no running loop (a script)
+        now = pool.submit(sw.TagExplorer, data, head=(1, 0), defer=True).result(timeout=120)
+    assert now._numbers["ok"] and now._pending is None  # computed with the picture
 
 
 def test_nonfinite_rows_are_left_out_and_counted(tmp_path):
