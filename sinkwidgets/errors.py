@@ -28,6 +28,16 @@ class SinkwidgetsTypeError(SinkwidgetsError, TypeError):
     """An argument has the wrong type (a string where a list of ints is expected, a float where an int is)."""
 
 
+class SinkwidgetsKeyError(SinkwidgetsError, KeyError):
+    """A lookup of something the object does not hold (a head that was not collected, a map that was not kept)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SinkwidgetsRuntimeError(SinkwidgetsError, RuntimeError):
+    """A step failed for a reason outside the arguments (no frontend to render, a model that answers differently)."""
+
 
 # ----------------------------------------------------------------------------- loading
 class ModelNotFoundError(SinkwidgetsValueError):
