@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +98,7 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
     _catch = traitlets.Dict().tag(sync=True)
     _numbers = traitlets.Dict().tag(sync=True)
     _layers = traitlets.Dict().tag(sync=True)
+    _experiment = traitlets.Dict().tag(sync=True)  # the release experiment shown (TagExperiment.state), {} for none
 
     head = traitlets.List(traitlets.Int(), minlen=2, maxlen=2, default_value=[0, 0]).tag(sync=True)
     tau = traitlets.Float(A.TAU).tag(sync=True)
@@ -132,6 +135,10 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
         self._live = False  # no refresh while traitlets sets the initial values
         self._numbers_gen = 0
         self._pending: tuple[Any, Any] | None = None  # (loop handle, callback) of deferred numbers
+        self._experiment_list: list = []
+        self._experiment_listeners: list = []  # callables(exp) run after each recorded experiment (TagLink)
+        self._model_lock = threading.Lock()  # one forward pass at a time: experiments and the across-layers panel
+        self._exp_job: Any = None  # the panel's running experiment (tag_experiment.ReleaseJob)
         if model is not None:
             self._attach_model(model)
         vm = self._view_model
@@ -158,6 +165,76 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
     def data(self):
         """The :class:`~sinkwidgets.tags.TagData` shown."""
         return self._data
+
+    @property
+    def model(self) -> Any:
+        """The model given at construction (None without one)."""
+        return self._model
+
+    @property
+    def experiments(self) -> list:
+        """The release experiments run from this explorer, oldest first (the last
+        :data:`~sinkwidgets.widgets.tag_experiment.TAG_HISTORY` are kept)."""
+        return list(self._experiment_list)
+
+    def experiment(self, kind: str = "release", head: Any = None, positions: Any = None, rank: int | None = None,
+                   seed: int = 0, *, basis: Any = None, n_random: int | None = None, pcs: bool = True,
+                   _cancelled=None):
+        """Run the "release" experiment with the explorer's model and show it in the panel.
+
+        Projects ``head``'s (default: the head shown) rank-``rank`` (default: the rank shown) tag subspace out of
+        the residual stream after its layer at ``positions`` (packed token indices as in :attr:`selected`; default
+        the selection, or with none the tokens the head catches at τ in the focused token's prompt), on the
+        prompt(s) of those tokens, beside ``n_random`` (3) random subspaces and the top PCs; see
+        :mod:`sinkwidgets.widgets.tag_experiment`. ``basis=[d, r]`` replaces the tag subspace.
+
+        Returns a :class:`~sinkwidgets.widgets.tag_experiment.TagExperiment`: ``.result`` is
+        ``sw.project_out(model, exp.texts, layer, exp.basis, positions=exp.params["positions"],
+        sink_positions=exp.params["sinks"])``, ``.control`` the controls, ``.mean_dnll``, ``.random_dnll``,
+        ``.pcs_dnll``, ``.sink_shift [S, H]`` (later heads' change of attention on the sink). Raises
+        :class:`~sinkwidgets.widgets.experiment.ExperimentError` (a ``SinkwidgetsError``) without a model, for an
+        encoder or an edit the model's family does not support; the explorer is then left as it was.
+        """
+        from .experiment import ExperimentError
+        from .tag_experiment import N_RANDOM, TAG_KINDS, run_release
+
+        if kind not in TAG_KINDS:
+            raise ExperimentError(f"kind={kind!r}: a TagExplorer offers {TAG_KINDS}")
+        if self._model is None:
+            raise ExperimentError("no model: the release experiment runs the model on the TagData's prompts; create "
+                                  "the explorer with one, TagExplorer(data, model=sinkwidgets.load_model(...))")
+        try:
+            hd = tuple(self.head) if head is None else self._view_model.check_head(head)
+        except ValueError as exc:
+            raise ExperimentError(f"head={head!r}: {exc}") from None
+        r = int(self.rank if rank is None else rank)
+        if basis is None and not 1 <= r <= self._view_model.max_rank():
+            raise ExperimentError(f"rank={rank!r}: give an int in 1..{self._view_model.max_rank()}")
+        if positions is not None:
+            packed, source = positions, "positions"
+        elif self.selected:
+            packed, source = list(self.selected), "selection"
+        else:
+            from .tag_experiment import caught_positions
+
+            packed, source = caught_positions(self._view_model, hd, float(self.tau), int(self.focus)), "caught"
+        with self._model_lock:
+            exp = run_release(self._model, self._view_model, hd, r, packed, source=source, texts=self._texts,
+                              basis=basis, tau=float(self.tau), n_random=N_RANDOM if n_random is None else n_random,
+                              pcs=pcs, seed=seed, cancelled=_cancelled)
+        self._record_experiment(exp)
+        return exp
+
+    def _record_experiment(self, exp: Any) -> None:
+        """Keep ``exp`` and show it (its state is built first: a failure leaves the explorer as it was); then tell
+        the linked SinkExplorers (their failures are noted on the link, never raised here)."""
+        from .tag_experiment import TAG_HISTORY
+
+        state = exp.state(len(self._experiment_list))
+        self._experiment_list = (self._experiment_list + [exp])[-TAG_HISTORY:]
+        self._experiment = state
+        for fn in list(self._experiment_listeners):
+            fn(exp)
 
     def coords(self) -> np.ndarray:
         """The scatter's coordinates ``[n_tok, 2]`` (float32) for the current head, rank, projection and source."""
@@ -359,7 +436,9 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
             key = lambda i: (head, rank, i)  # noqa: E731
             todo = [i for i in prompts if key(i) not in self._layer_cache]
             if todo:
-                for i, c in zip(todo, residual_coords(model, self._data, todo, basis, layers, texts=self._texts)):
+                with self._model_lock:
+                    got = residual_coords(model, self._data, todo, basis, layers, texts=self._texts)
+                for i, c in zip(todo, got):
                     self._layer_cache[key(i)] = c[:, :, 0]
                 while len(self._layer_cache) > LAYER_CACHE_PROMPTS:
                     self._layer_cache.pop(next(iter(self._layer_cache)))
@@ -370,8 +449,44 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
 
     # ------------------------------------------------------------------ messages
     def _on_custom_msg(self, _widget: Any, content: Any, buffers: list[bytes]) -> None:
-        if isinstance(content, dict) and content.get("type") == "png":
+        if not isinstance(content, dict):
+            return
+        kind = content.get("type")
+        if kind == "png":
             self._receive_png(content, buffers)
+        elif kind == "experiment":
+            self._answer_experiment(content)
+        elif kind == "experiment_cancel" and self._exp_job is not None:
+            self._exp_job.cancel.set()
+
+    def _answer_experiment(self, msg: dict[str, Any]) -> None:
+        """The panel's Release button: run :meth:`experiment` in a worker thread (the kernel stays free to receive a
+        cancel) and answer ``{ok, seconds}``, ``{ok: False, error}`` or ``{ok: False, cancelled: True}``."""
+        from .tag_experiment import ReleaseJob
+
+        base = {"type": "experiment", "id": msg.get("id")}
+        if self._exp_job is not None:
+            self.send({**base, "ok": False, "error": "another experiment is still running: wait or cancel it"})
+            return
+        job = self._exp_job = ReleaseJob(msg.get("id"))
+
+        def work() -> None:
+            from .experiment import ExperimentCancelled
+
+            t0 = time.monotonic()
+            try:
+                self.experiment(str(msg.get("kind") or "release"), _cancelled=job.cancel.is_set)
+            except ExperimentCancelled as exc:
+                self.send({**base, "ok": False, "cancelled": True, "error": str(exc)})
+            except Exception as exc:  # shown in the panel; the explorer stays as it was
+                self.send({**base, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            else:
+                self.send({**base, "ok": True, "seconds": time.monotonic() - t0})
+            finally:
+                self._exp_job = None
+
+        job.thread = threading.Thread(target=work, name="sinkwidgets-tag-experiment", daemon=True)
+        job.thread.start()
 
 
 TagExplorer._esm = esm()
@@ -384,7 +499,11 @@ class TagLink:
     - choosing a head in either one selects it in the other (a head the TagData did not collect is not forced on
       the TagExplorer; :attr:`note` says so);
     - clicking a token in the TagExplorer's scatter shows that prompt in the SinkExplorer (a SinkTrace built from
-      the TagData) with that token selected in its strip and heatmap.
+      the TagData) with that token selected in its strip and heatmap;
+    - a release experiment of the TagExplorer (:meth:`TagExplorer.experiment`, or its panel) is shown in the
+      SinkExplorer: the first prompt of the experiment, traced under the same projection (one more forward pass),
+      is added to its experiment history and shown "after" (grid, strips, heatmap of kept maps; the ΔNLL strip).
+      Needs the TagExplorer's model; a failure here is kept in :attr:`note` and never undoes the experiment.
 
     :meth:`unlink` removes the observers.
     """
@@ -413,6 +532,7 @@ class TagLink:
         explorer.observe(self._from_explorer, names=["layer", "head"])
         tag_explorer.observe(self._from_tags, names=["head"])
         tag_explorer.observe(self._on_focus, names=["focus"])
+        tag_explorer._experiment_listeners.append(self._on_experiment)
         self._from_tags(None)  # start in agreement: the TagExplorer's head
 
     def _from_explorer(self, change) -> None:
@@ -461,8 +581,29 @@ class TagLink:
         finally:
             self._busy = False
 
+    def _on_experiment(self, exp: Any) -> None:
+        from .tag_experiment import linked_experiment
+
+        i = int(exp.params["prompts"][0])
+        ly, h = exp.params["head"]
+        self._busy = True
+        try:
+            if self.prompt != i:
+                self.explorer.set_trace(prompt_trace(self.tag_explorer.data, i), layer=ly, head=h)
+                self.prompt = i
+            with self.tag_explorer._model_lock:
+                sx = linked_experiment(self.tag_explorer.model, exp, self.explorer.trace, 0)
+            self.explorer._record_experiment(sx)
+            self.note = ""
+        except Exception as exc:  # the TagExplorer's experiment stands; the link says why the SinkExplorer did not follow
+            self.note = f"the SinkExplorer could not show the release under the edit: {type(exc).__name__}: {exc}"
+        finally:
+            self._busy = False
+
     def unlink(self) -> None:
         """Stop following each other."""
+        if self._on_experiment in self.tag_explorer._experiment_listeners:
+            self.tag_explorer._experiment_listeners.remove(self._on_experiment)
         self.explorer.unobserve(self._from_explorer, names=["layer", "head"])
         self.tag_explorer.unobserve(self._from_tags, names=["head"])
         self.tag_explorer.unobserve(self._on_focus, names=["focus"])
