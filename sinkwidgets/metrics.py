@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ._text import show_token
+from .errors import SinkwidgetsTypeError, SinkwidgetsValueError
 from .sinktrace import SinkTrace
 
 __all__ = [
@@ -43,26 +44,30 @@ def _alpha(x: SinkTrace | np.ndarray) -> np.ndarray:
         return x.sink_scores
     a = np.asarray(x, dtype=np.float32)
     if a.ndim != 3:
-        raise ValueError(f"expected sink scores of shape [L, H, T] or a SinkTrace, got an array of shape {a.shape}")
+        raise SinkwidgetsValueError(f"trace: expected a SinkTrace or sink scores of shape [L, H, T], got an array of shape "
+                                    f"{list(a.shape)}; pass sinkwidgets.trace(model, text) or its .sink_scores")
     return a
 
 
 def _attn(attn: np.ndarray) -> np.ndarray:
     a = np.asarray(attn, dtype=np.float64)
     if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
-        raise ValueError(f"attention must have shape [..., T, T] (queries × keys), got {a.shape}")
+        raise SinkwidgetsValueError(f"attention must have shape [..., T, T] (queries × keys), got {list(a.shape)}; pass "
+                                    "square attention maps, e.g. the output_attentions of one layer [B, H, T, T]")
     return a
 
 
 def _check_eps(eps: float) -> float:
     if not (0.0 <= float(eps) < 1.0):
-        raise ValueError(f"eps must be in [0, 1) (a fraction of attention), got {eps!r}; Gu et al. use 0.3, Zhang et al. 0.2")
+        raise SinkwidgetsValueError(f"eps={eps!r}: eps must be in [0, 1) (a fraction of attention); Gu et al. use 0.3, "
+                                    "Zhang et al. 0.2")
     return float(eps)
 
 
 def _check_key(k: int, T: int) -> int:
     if not (-T <= int(k) < T):
-        raise ValueError(f"key position k={k} is outside the prompt (T={T} tokens; valid 0..{T - 1})")
+        raise SinkwidgetsValueError(f"key position k={k} is outside the prompt (T={T} tokens); pass k in 0..{T - 1} "
+                                    "(or a negative index from the end)")
     return int(k) % T
 
 
@@ -273,7 +278,7 @@ def find_sinks(
     a = _alpha(trace)
     eps = _check_eps(eps)
     if min_queries < 1:
-        raise ValueError(f"min_queries must be >= 1, got {min_queries}")
+        raise SinkwidgetsValueError(f"min_queries={min_queries!r}: min_queries must be >= 1 (the default is {DEFAULT_MIN_QUERIES})")
     T = a.shape[-1]
     nq = _query_counts(trace, T, causal)
     valid = nq >= min(min_queries, int(nq[0]))
@@ -334,7 +339,8 @@ def first_token_mass(trace: SinkTrace | np.ndarray, first: int = 0) -> np.ndarra
         return trace.first_token_mass
     a = _attn(trace)[..., first:, first:]
     if a.shape[-1] < 2:
-        raise ValueError("first-token mass needs at least 2 tokens")
+        raise SinkwidgetsValueError(f"trace: first-token mass needs at least 2 tokens after first={first}, got "
+                                    f"{a.shape[-1]}; pass a longer prompt (or a smaller first)")
     return a[..., 1:, 0].mean(-1).astype(np.float32)
 
 
@@ -374,9 +380,10 @@ def massive_activations(trace: SinkTrace, abs_thr: float = 100.0, ratio: float =
     Uses the per-layer top activations recorded during tracing (``top_activations [L, K]``).
     """
     if not isinstance(trace, SinkTrace):
-        raise TypeError(f"massive_activations needs a SinkTrace (got {type(trace).__name__}); trace a model first")
+        raise SinkwidgetsTypeError(f"trace: massive_activations needs a SinkTrace (got {type(trace).__name__}); trace a model "
+                                   "first with sinkwidgets.trace(model, text)")
     if trace.top_activations is None or trace.median_abs_activation is None:
-        raise ValueError("this trace has no top activations recorded; trace it with sinkwidgets.trace()")
+        raise SinkwidgetsValueError("this trace has no top activations recorded; trace it with sinkwidgets.trace()")
     out = []
     for l in range(trace.top_activations.shape[0]):
         med = float(trace.median_abs_activation[l])

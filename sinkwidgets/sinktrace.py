@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ._npz import HEADER, header_array, npz_path, read_headered, write_headered
-from .errors import SinkwidgetsValueError
+from .errors import SinkwidgetsKeyError, SinkwidgetsValueError
 
 FORMAT_NAME = "sinkwidgets.SinkTrace"
 FORMAT_VERSION = 1
@@ -94,11 +94,13 @@ class SinkTrace:
     def __post_init__(self) -> None:
         self.sink_scores = np.asarray(self.sink_scores, dtype=np.float32)
         if self.sink_scores.ndim != 3:
-            raise ValueError(f"sink_scores must have shape [L, H, T], got {self.sink_scores.shape}")
+            raise SinkwidgetsValueError(f"sink_scores must have shape [L, H, T], got {list(self.sink_scores.shape)}; "
+                                        "pass one α per layer, head and key token")
         L, H, T = self.sink_scores.shape
         self.tokens = [str(t) for t in self.tokens]
         if len(self.tokens) != T:
-            raise ValueError(f"{len(self.tokens)} tokens but sink_scores has T={T}")
+            raise SinkwidgetsValueError(f"tokens has {len(self.tokens)} entries but sink_scores has T={T}; pass one token "
+                                        "string per key position")
         if self.first_token_mass is None:
             self.first_token_mass = np.full((L, H), np.nan, np.float32)
         if self.entropy is None:
@@ -113,28 +115,30 @@ class SinkTrace:
         if self.maps is not None:
             self.maps = np.asarray(self.maps)
             if self.map_index is None:
-                raise ValueError("maps given without map_index ([M, 2] of (layer, head))")
+                raise SinkwidgetsValueError("maps given without map_index: pass map_index=[M, 2] of (layer, head), one row per map")
             self.map_index = np.asarray(self.map_index, dtype=np.int32).reshape(-1, 2)
             if self.maps.shape != (len(self.map_index), T, T):
-                raise ValueError(f"maps must be [M, T, T] = [{len(self.map_index)}, {T}, {T}], got {self.maps.shape}")
+                raise SinkwidgetsValueError(f"maps must be [M, T, T] = [{len(self.map_index)}, {T}, {T}] (one map per map_index "
+                                            f"row), got {list(self.maps.shape)}")
             bad = (self.map_index[:, 0] < 0) | (self.map_index[:, 0] >= L) | (self.map_index[:, 1] < 0) | (
                 self.map_index[:, 1] >= H)
             if bad.any():
                 ly, h = (int(x) for x in self.map_index[np.argmax(bad)])
-                raise ValueError(f"map_index holds (layer, head) = ({ly}, {h}), outside this trace's {L} layers x {H} "
-                                 f"heads (layer 0..{L - 1}, head 0..{H - 1})")
+                raise SinkwidgetsValueError(f"map_index holds (layer, head) = ({ly}, {h}), outside this trace's {L} layers x {H} "
+                                            f"heads (layer 0..{L - 1}, head 0..{H - 1}); drop or fix that row")
         for name, lname in (("head_outputs", "head_output_layers"), ("head_values", "head_value_layers")):
             x = getattr(self, name)
             if x is None:
                 continue
             if getattr(self, lname) is None:
-                raise ValueError(f"{name} given without {lname} ([N] layers)")
+                raise SinkwidgetsValueError(f"{name} given without {lname}: pass {lname}=[N] (the layer of each {name} row)")
             x = np.asarray(x, dtype=np.float32)
             layers = np.asarray(getattr(self, lname), dtype=np.int32).reshape(-1)
             if x.ndim != 4 or x.shape[:3] != (len(layers), H, T):
-                raise ValueError(f"{name} must be [N, H, T, d] with N={len(layers)}, H={H}, T={T}; got {x.shape}")
+                raise SinkwidgetsValueError(f"{name} must be [N, H, T, d] with N={len(layers)} (len({lname})), H={H}, T={T}; "
+                                            f"got {list(x.shape)}")
             if len(layers) and (layers.min() < 0 or layers.max() >= L):
-                raise ValueError(f"{lname} {layers.tolist()} are out of range: layers are 0..{L - 1}")
+                raise SinkwidgetsValueError(f"{lname}={layers.tolist()} is out of range: this trace has layers 0..{L - 1}")
             setattr(self, name, x)
             setattr(self, lname, layers)
         self.meta = dict(self.meta)
@@ -185,7 +189,7 @@ class SinkTrace:
             if len(hit):
                 return np.asarray(self.maps[hit[0]], dtype=np.float32)
         kept = [] if self.map_index is None else sorted({int(x) for x in self.map_index[:, 0]})
-        raise KeyError(
+        raise SinkwidgetsKeyError(
             f"no attention map for layer {layer}, head {head} in this trace (layers with kept maps: {kept or 'none'}); "
             f"trace again with keep_maps=[{layer}] or keep_maps='all'"
         )
@@ -252,7 +256,7 @@ def check_array(a: Any, shape: tuple[int, ...], name: str, dtype: Any) -> np.nda
     """``np.asarray(a, dtype)``, refused (``ValueError`` naming ``name``) unless its shape is exactly ``shape``."""
     a = np.asarray(a, dtype=dtype)
     if a.shape != shape:
-        raise ValueError(f"{name} must have shape {list(shape)}, got {list(a.shape)}")
+        raise SinkwidgetsValueError(f"{name} must have shape {list(shape)}, got {list(a.shape)}; pass an array of that shape")
     return a
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .._args import heads as parse_heads
 from .._args import layers as parse_layers
-from ..errors import SinkwidgetsValueError
+from ..errors import SinkwidgetsRuntimeError, SinkwidgetsTypeError, SinkwidgetsValueError
 from ..tracing.options import RunOptions, encode
 from .analysis import BOUNDARY_ALPHA, MIN_LATER, HeadRanking, boundary_heads_from_data
 from .data import TagData
@@ -87,13 +87,13 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
 
     info = getattr(model, "sinkwidgets", None)
     if info is None:
-        raise TypeError(f"collect() needs a model from sinkwidgets.load_model(), got {type(model).__name__}; "
-                        "e.g. model = sinkwidgets.load_model('smollm2-135m')")
+        raise SinkwidgetsTypeError(f"model: collect() needs a model from sinkwidgets.load_model(), got "
+                                   f"{type(model).__name__}; e.g. model = sinkwidgets.load_model('smollm2-135m')")
     if isinstance(texts, str):
         texts = [texts]
     texts = list(texts)
     if not texts:
-        raise ValueError("collect() needs at least one text")
+        raise SinkwidgetsValueError("texts=[]: collect() needs at least one text; pass a string or a list of strings")
     opts = RunOptions.resolve(options, collect, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
                               method=method, remote=remote, progress=progress)
     L, H, d = info.n_layers, info.n_heads, info.d_model
@@ -102,7 +102,8 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     pool = (pool,) if isinstance(pool, str) else tuple(pool)
     bad = [p for p in pool if p not in ("mean", "last")]
     if bad:
-        raise ValueError(f"pool entries must be 'mean' or 'last', got {bad}")
+        raise SinkwidgetsValueError(f"pool={pool!r}: entries must be 'mean' or 'last', got {bad}; e.g. "
+                                    "pool=('mean', 'last')")
     if maps is True:
         map_list = head_list
     elif maps is False or maps is None:
@@ -110,9 +111,11 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     else:
         map_list = _norm_heads(maps, L, H, "maps")
     if labels is not None and len(labels) != len(texts):
-        raise ValueError(f"labels has {len(labels)} entries but there are {len(texts)} texts")
+        raise SinkwidgetsValueError(f"labels has {len(labels)} entries but there are {len(texts)} texts; give one label "
+                                    "per text")
     if groups is not None and len(groups) != len(texts):
-        raise ValueError(f"groups has {len(groups)} entries but there are {len(texts)} texts")
+        raise SinkwidgetsValueError(f"groups has {len(groups)} entries but there are {len(texts)} texts; give one group "
+                                    "per text")
 
     units: list = []
     if summary:
@@ -126,7 +129,8 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     if layer_list and pool:
         units.append(R.PooledResidual(layer_list))
     if not units:
-        raise ValueError("nothing to collect: pass heads, layers, or summary=True")
+        raise SinkwidgetsValueError(f"heads={heads!r}, layers={layers!r}, summary={summary!r}: nothing to collect; pass "
+                                    "heads, layers, or summary=True")
 
     # tokenize first (cheap), so the packed arrays are allocated once; the engine reuses this encoding
     encoded = encode(model, texts, opts)
@@ -159,7 +163,8 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
                 i = start + j
                 a, b = int(offsets[i]), int(offsets[i + 1])
                 if len(r.tokens) != b - a:
-                    raise RuntimeError(f"text {i}: the engine returned {len(r.tokens)} tokens, tokenize() {b - a}")
+                    raise SinkwidgetsRuntimeError(f"text {i}: the engine returned {len(r.tokens)} tokens, tokenize() "
+                                                   f"{b - a}; this is a bug in sinkwidgets, please report it")
                 tokens.append(list(r.tokens))
                 token_ids[a:b] = r.token_ids
                 x = r.arrays
@@ -197,7 +202,8 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
 def _check_index(index: np.ndarray, expected: list[tuple[int, int]], name: str) -> None:
     got = [tuple(int(v) for v in row) for row in np.asarray(index).reshape(-1, 2)]
     if got != expected:
-        raise RuntimeError(f"the engine's {name} {got} differs from the requested heads {expected}")
+        raise SinkwidgetsRuntimeError(f"the engine's {name} {got} differs from the requested heads {expected}; this "
+                                      "is a bug in sinkwidgets, please report it")
 
 
 def boundary_heads(model_or_data: Any, texts: Sequence[str] | None = None, *, threshold: float = BOUNDARY_ALPHA,
@@ -217,7 +223,7 @@ def boundary_heads(model_or_data: Any, texts: Sequence[str] | None = None, *, th
         data = model_or_data
     else:
         if texts is None:
-            raise ValueError("boundary_heads(model, texts): give the texts (paragraphs of several sentences)")
+            raise SinkwidgetsValueError("boundary_heads(model, texts): give the texts (paragraphs of several sentences)")
         data = collect(model_or_data, texts, heads=(), layers=None, **collect_kwargs)
     return boundary_heads_from_data(data, threshold=threshold, min_later=min_later, top=top)
 

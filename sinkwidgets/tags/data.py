@@ -40,7 +40,7 @@ import numpy as np
 from .._args import ArgumentTypeError, show
 from .._args import labels as check_labels
 from .._npz import HEADER, header_array, npz_path, read_headered, write_headered
-from ..errors import SinkwidgetsError, SinkwidgetsValueError
+from ..errors import SinkwidgetsError, SinkwidgetsKeyError, SinkwidgetsValueError
 from ..sinktrace import check_array as _shape
 from ..sinktrace import jsonable as _jsonable
 
@@ -108,7 +108,7 @@ class TagData:
         lengths = np.array([len(t) for t in self.tokens], dtype=np.int64)
         if len(self.offsets) != N + 1 or self.offsets[0] != 0 or np.any(np.diff(self.offsets) != lengths):
             raise SinkwidgetsValueError(f"offsets must be [0, cumsum(len(tokens_i))] of length N + 1 = {N + 1}; "
-                             f"got {self.offsets[:8].tolist()}... for lengths {lengths[:8].tolist()}...")
+                                        f"got {self.offsets[:8].tolist()}... for lengths {lengths[:8].tolist()}...")
         n_tok = int(self.offsets[-1])
         self.heads = _heads_array(self.heads)
         P = len(self.heads)
@@ -124,11 +124,13 @@ class TagData:
         if self.sink_scores is not None:
             self.sink_scores = np.asarray(self.sink_scores, dtype=np.float32)
             if self.sink_scores.ndim != 3 or self.sink_scores.shape[2] != n_tok:
-                raise SinkwidgetsValueError(f"sink_scores must be [L, H, n_tok={n_tok}], got {list(self.sink_scores.shape)}")
+                raise SinkwidgetsValueError(f"sink_scores must be [L, H, n_tok={n_tok}] (one α per packed token), got "
+                                            f"{list(self.sink_scores.shape)}")
         if self.first_token_mass is not None:
             self.first_token_mass = np.asarray(self.first_token_mass, dtype=np.float32)
             if self.first_token_mass.ndim != 3 or self.first_token_mass.shape[0] != N:
-                raise SinkwidgetsValueError(f"first_token_mass must be [N={N}, L, H], got {list(self.first_token_mass.shape)}")
+                raise SinkwidgetsValueError(f"first_token_mass must be [N={N}, L, H] (one row per prompt), got "
+                                            f"{list(self.first_token_mass.shape)}")
         if self.maps is not None:
             self.map_index = _heads_array(self.map_index)
             expected = np.concatenate([[0], np.cumsum(lengths ** 2)]).astype(np.int64)
@@ -146,8 +148,8 @@ class TagData:
                                         "too, or leave map_offsets out")
             self.maps = np.asarray(self.maps)
             if self.maps.shape != (len(self.map_index), int(self.map_offsets[-1])):
-                raise SinkwidgetsValueError(f"maps must be [M={len(self.map_index)}, sum T_i^2={int(self.map_offsets[-1])}], "
-                                 f"got {list(self.maps.shape)}")
+                raise SinkwidgetsValueError(f"maps must be [M={len(self.map_index)}, sum T_i^2="
+                                            f"{int(self.map_offsets[-1])}], got {list(self.maps.shape)}")
         for name in ("pooled_mean", "pooled_last"):
             a = getattr(self, name)
             if a is not None:
@@ -156,7 +158,8 @@ class TagData:
                     raise SinkwidgetsValueError(f"{name} given without pooled_layers (the layer of each slot)")
                 self.pooled_layers = np.asarray(self.pooled_layers, dtype=np.int32).reshape(-1)
                 if a.ndim != 3 or a.shape[:2] != (N, len(self.pooled_layers)):
-                    raise SinkwidgetsValueError(f"{name} must be [N={N}, Ls={len(self.pooled_layers)}, d], got {list(a.shape)}")
+                    raise SinkwidgetsValueError(f"{name} must be [N={N}, Ls={len(self.pooled_layers)}, d] (Ls = "
+                                                f"len(pooled_layers)), got {list(a.shape)}")
                 setattr(self, name, a)
         if self.labels is not None:  # integer classes; non-integral floats are refused, never truncated
             self.labels = check_labels("labels", self.labels, n=N)
@@ -241,30 +244,31 @@ class TagData:
         hit = np.nonzero((self.heads[:, 0] == l) & (self.heads[:, 1] == h))[0]
         if not len(hit):
             have = [f"L{a}H{b}" for a, b in self.heads.tolist()]
-            raise KeyError(f"head L{l}H{h} was not collected (this TagData has {have or 'no heads'}); "
-                           f"collect again with heads=[({l}, {h}), ...]")
+            raise SinkwidgetsKeyError(f"head L{l}H{h} was not collected (this TagData has {have or 'no heads'}); "
+                                      f"collect again with heads=[({l}, {h}), ...]")
         return int(hit[0])
 
     def outputs(self, head: Any) -> np.ndarray:
         """The head's outputs after ``W_O``, packed ``[n_tok, d]``."""
         if self.head_outputs is None:
-            raise ValueError("this TagData has no head_outputs; collect with outputs=True")
+            raise SinkwidgetsValueError("this TagData has no head_outputs; collect with outputs=True")
         return self.head_outputs[self.head_slot(head)]
 
     def values(self, head: Any) -> np.ndarray:
         """The head's values after ``W_O`` (``g_j = v_j W_O^h``), packed ``[n_tok, d]``."""
         if self.head_values is None:
-            raise ValueError("this TagData has no head_values; collect with values=True")
+            raise SinkwidgetsValueError("this TagData has no head_values; collect with values=True")
         return self.head_values[self.head_slot(head)]
 
     def alpha(self, head: Any) -> np.ndarray:
         """Gu et al. α of every key for one head, packed ``[n_tok]``."""
         if self.sink_scores is None:
-            raise ValueError("this TagData has no sink_scores; collect with summary=True")
+            raise SinkwidgetsValueError("this TagData has no sink_scores; collect with summary=True")
         l, h = _pair(head)
         L, H = self.sink_scores.shape[:2]
         if not (0 <= l < L and 0 <= h < H):
-            raise KeyError(f"head L{l}H{h} out of range: the model has layers 0..{L - 1} and heads 0..{H - 1}")
+            raise SinkwidgetsKeyError(f"head=({l}, {h}): head L{l}H{h} out of range: the model has layers 0..{L - 1} "
+                                      f"and heads 0..{H - 1}; pick a head inside them")
         return self.sink_scores[l, h]
 
     def has_map(self, head: Any) -> bool:
@@ -276,7 +280,8 @@ class TagData:
         l, h = _pair(head)
         if not self.has_map(head):
             kept = [] if self.map_index is None else [f"L{a}H{b}" for a, b in self.map_index.tolist()]
-            raise KeyError(f"no attention map of L{l}H{h} (kept: {kept or 'none'}); collect with maps=[({l}, {h})]")
+            raise SinkwidgetsKeyError(f"no attention map of L{l}H{h} (kept: {kept or 'none'}); collect with "
+                                      f"maps=[({l}, {h})]")
         m = int(np.nonzero((self.map_index[:, 0] == l) & (self.map_index[:, 1] == h))[0][0])
         T = int(self.lengths[i])
         a, b = int(self.map_offsets[i]), int(self.map_offsets[i + 1])
@@ -285,15 +290,15 @@ class TagData:
     def pooled(self, layer: int, pool: str = "mean") -> np.ndarray:
         """Pooled residual after ``layer``, ``[N, d]`` (``pool`` is ``"mean"`` over ``t >= 1`` or ``"last"``)."""
         if pool not in ("mean", "last"):
-            raise ValueError(f"pool must be 'mean' or 'last', got {pool!r}")
+            raise SinkwidgetsValueError(f"pool must be 'mean' or 'last', got {pool!r}; pass pool='mean' or pool='last'")
         arr = self.pooled_mean if pool == "mean" else self.pooled_last
         if arr is None or self.pooled_layers is None:
-            raise ValueError(f"this TagData has no pooled residual ({pool!r}); collect with layers=[...] and "
-                             f"pool=('mean', 'last')")
+            raise SinkwidgetsValueError(f"this TagData has no pooled residual ({pool!r}); collect with layers=[...] and "
+                                        f"pool=('mean', 'last')")
         hit = np.nonzero(self.pooled_layers == int(layer))[0]
         if not len(hit):
-            raise KeyError(f"no pooled residual after layer {layer} (pooled layers: {self.pooled_layers.tolist()}); "
-                           f"collect with layers=[{layer}, ...]")
+            raise SinkwidgetsKeyError(f"no pooled residual after layer {layer} (pooled layers: "
+                                      f"{self.pooled_layers.tolist()}); collect with layers=[{layer}, ...]")
         return arr[:, int(hit[0])]
 
     def subset(self, prompts: Sequence[int]) -> TagData:
@@ -400,4 +405,4 @@ def _pair(head: Any) -> tuple[int, int]:
         l, h = head
         return int(l), int(h)
     except (TypeError, ValueError):
-        raise ValueError(f"a head is a (layer, head) pair such as (2, 2), got {head!r}") from None
+        raise SinkwidgetsValueError(f"head={head!r}: a head is a (layer, head) pair of ints; pass e.g. head=(2, 2)") from None

@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import _args
+from ..errors import SinkwidgetsValueError
+
 # (city, country) pairs: well-known cities, one country each
 CITIES: tuple[tuple[str, str], ...] = (
     ("Tokyo", "Japan"), ("Osaka", "Japan"), ("Kyoto", "Japan"), ("Paris", "France"), ("Lyon", "France"),
@@ -126,9 +129,9 @@ DATASETS = {"cities": cities, "sentiment": sentiment, "arithmetic": arithmetic}
 
 def load_dataset(name: str) -> ProbeDataset:
     """One of the shipped datasets by name: ``"cities"``, ``"sentiment"`` or ``"arithmetic"``."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; shipped datasets: {sorted(DATASETS)} "
-                         "(or pass your own texts and labels to sinkwidgets.tags.probe)")
+    if not isinstance(name, str) or name not in DATASETS:
+        raise SinkwidgetsValueError(f"name={name!r}: unknown dataset; shipped datasets: {sorted(DATASETS)} "
+                                    "(or pass your own texts and labels to sinkwidgets.tags.probe)")
     return DATASETS[name]()
 
 
@@ -158,11 +161,10 @@ def paragraphs(n: int = 40, seed: int = 0, sentences: int = 3, joiner: str = " "
     paragraph has ``sentences - 1`` non-first sentence boundaries for :func:`sinkwidgets.tags.boundary_heads` and
     :func:`sinkwidgets.tags.catch` (pilot on SmolLM2-135M, 40 paragraphs: L1H1 is the top boundary head, α ≈ 0.43).
     """
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if isinstance(sentences, bool) or not isinstance(sentences, (int, np.integer)) or sentences < 1:
-        raise ValueError(f"sentences must be a positive integer, got {sentences!r}")
-    rng = np.random.default_rng(seed)
+    # ints or numpy ints >= 1 (a bool, float or string: ArgumentTypeError, both a TypeError and a ValueError)
+    n = _args.integer("n", n, minimum=1, example=40)
+    sentences = _args.integer("sentences", sentences, minimum=1, example=3)
+    rng = np.random.default_rng(_args.seed("seed", seed))
     out = []
     for _ in range(int(n)):
         out.append(joiner.join(
