@@ -285,6 +285,65 @@ export function sendPng(model, id, makePng, root) {
     .catch((err) => model.send({ type: "png", id, ok: false, error: String(err && err.message) }));
 }
 
+// ------------------------------------------------------------------------------------------------ kernel requests
+let REQUEST_SEQ = 0;
+
+/** Requests to the kernel over the widget's custom messages: `request(content, timeoutMs)` sends
+ *  `{...content, id}` and resolves with `{msg, buffers}` when the kernel answers with the same `id` (rejects after
+ *  `timeoutMs`); `dispose()` stops listening. Answers without a pending id are left to the widget's own handlers. */
+export function kernelRequests(model) {
+  const prefix = `r${++REQUEST_SEQ}-${Math.random().toString(36).slice(2, 8)}`;
+  const pending = new Map();
+  let seq = 0;
+  const onMsg = (msg, buffers) => {
+    if (!msg || typeof msg !== "object" || msg.id == null || !pending.has(msg.id)) return;
+    const p = pending.get(msg.id);
+    pending.delete(msg.id);
+    clearTimeout(p.timer);
+    p.resolve({ msg, buffers: buffers || [] });
+  };
+  model.on("msg:custom", onMsg);
+  return {
+    request(content, timeoutMs = 30000) {
+      const id = `${prefix}:${++seq}`;
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => {
+          pending.delete(id);
+          reject(new Error(`no answer to ${content.type} within ${timeoutMs / 1000} s`));
+        }, timeoutMs);
+        pending.set(id, { resolve, timer });
+        model.send({ ...content, id });
+      });
+    },
+    dispose() {
+      model.off("msg:custom", onMsg);
+      for (const p of pending.values()) clearTimeout(p.timer);
+      pending.clear();
+    },
+  };
+}
+
+/** A progress line for a kernel job: `start(label)` shows "running <label> in the kernel… 1.2 s" (updated every
+ *  200 ms) until `stop()`; `cancelling()` switches the wording; `set(msg, state)` shows a final line. The line's
+ *  `data-state` is "running", "done", "cancelled" or "error" (text only: messages may hold token strings). */
+export function progressLine(el) {
+  let timer = null, t0 = 0, label = "", cancel = false;
+  const set = (msg, state) => {
+    el.textContent = msg;
+    el.dataset.state = state;
+  };
+  const tick = () => set(cancel
+    ? `cancelling ${label}: it stops after the current forward pass… ${((performance.now() - t0) / 1000).toFixed(1)} s`
+    : `running ${label} in the kernel… ${((performance.now() - t0) / 1000).toFixed(1)} s`, "running");
+  return {
+    set,
+    start(what) { label = what; cancel = false; t0 = performance.now(); tick(); clearInterval(timer); timer = setInterval(tick, 200); },
+    cancelling() { cancel = true; tick(); },
+    elapsed() { return (performance.now() - t0) / 1000; },
+    stop() { clearInterval(timer); timer = null; },
+  };
+}
+
 // ------------------------------------------------------------------------------------------------ errors
 /** The visible message of a failure (role alert; `testid` names it for tests). */
 export function errorBox(err, testid = "sw-error") {

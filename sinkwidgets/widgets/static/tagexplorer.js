@@ -1,6 +1,7 @@
 import {
   CATEGORICAL, LocalModel, buildOrShowError, button, cssRgb, decodeArray, decodeInts, downloadBlob, drawCounter, errorBox,
-  fmt, h, labelled, menu, mountOffline, parseRgb, sendPng, setupCanvas, showToken, text, themeColor, viridis,
+  fmt, h, kernelRequests, labelled, menu, mountOffline, parseRgb, progressLine, sendPng, setupCanvas, showToken, text,
+  themeColor, viridis,
 } from "./sinkwidgets.js";
 // sinkwidgets TagExplorer: one point per token of a corpus, projected on a head's tag subspace (or top-2 PCs).
 //
@@ -123,7 +124,8 @@ function buildTagExplorer(model, host) {
   const numbers = h("div", "te-numbers", { "data-testid": "te-numbers" });
   const layersHead = text("div", "te-caption", "", { "data-testid": "te-layers-caption" });
   const layersCanvas = h("canvas", "te-layers", { "data-testid": "te-layers" });
-  right.append(numbers, layersHead, layersCanvas);
+  const expPanel = makeReleasePanel(model, D, root, offline, disposers);
+  right.append(numbers, layersHead, layersCanvas, expPanel.el);
   main.append(left, right);
   const status = text("div", "sw-footer", "", { "data-testid": "te-status", "aria-live": "polite" }); // empty footer
   root.append(toolbar, main, status, errors);
@@ -645,6 +647,8 @@ function buildTagExplorer(model, host) {
   on("selected", () => guard(applySelection));
   on("focus", () => guard(drawOverlay));
   on("head rank projection source color_by tau", () => guard(syncControls));
+  on("_experiment", () => guard(expPanel.draw));
+  on("head rank selected", () => guard(expPanel.label));
 
   // ---- PNG of the current view
   async function toPng() {
@@ -688,6 +692,8 @@ function buildTagExplorer(model, host) {
   applySelection();
   drawNumbers();
   drawLayers();
+  expPanel.label();
+  expPanel.draw();
   root.dataset.renderMs = (performance.now() - t0).toFixed(1);
   requestAnimationFrame(() => {
     guard(draw);
@@ -696,6 +702,150 @@ function buildTagExplorer(model, host) {
   model.set("_frontend", (model.get("_frontend") || 0) + 1);
   model.save_changes();
   return () => { for (const d of disposers.splice(0)) d(); };
+}
+
+// ------------------------------------------------------------------------------------------------ release experiment
+/** The "release" experiment panel (sinkwidgets/widgets/tag_experiment.py): a Release button (live kernel with a
+ *  model only), a progress line and Cancel while it runs, then the mean ΔNLL of the tag projection beside its
+ *  random and PC controls, and a grid of the later heads' change of attention on the sink (layers × heads). */
+function makeReleasePanel(model, D, root, offline, disposers) {
+  const live = !offline && !!D.S.has_model;
+  const wrap = h("div", "te-exp", { "data-testid": "te-exp", "aria-label": "release experiment" });
+  const title = text("div", "te-num-title", "Release experiment");
+  const bar = h("div", "sw-toolbar", { role: "toolbar", "aria-label": "release experiment controls" });
+  const bRun = button("Release", "project the head's tag subspace out of the residual stream at the selected tokens " +
+    "(or, with no selection, the tokens the head catches) and measure what changes", "te-exp-release");
+  const bCancel = button("Cancel", "cancel the running experiment (stops after the current forward pass)",
+    "te-exp-cancel");
+  bCancel.hidden = true;
+  bar.append(bRun, bCancel);
+  const what = text("div", "te-caption", "", { "data-testid": "te-exp-what" });
+  const status = text("div", "te-caption", "", { "data-testid": "te-exp-status", role: "status" });
+  const result = h("div", "te-exp-result", { "data-testid": "te-exp-result" });
+  const grid = h("canvas", "te-exp-grid", { "data-testid": "te-exp-grid",
+    "aria-label": "later heads' change of attention on the sink: red more, blue less" });
+  grid.hidden = true;
+  wrap.append(title, bar, what, status, result, grid);
+  const line = progressLine(status);
+  if (!live) {
+    bRun.disabled = true;
+    what.textContent = offline ? "offline file: the release experiment needs a live kernel with the model"
+      : "the release experiment needs a model: TagExplorer(data, model=sinkwidgets.load_model(...))";
+    what.dataset.state = "no-model";
+  }
+  let running = false;
+  const kr = live ? kernelRequests(model) : null;
+  if (kr) disposers.push(() => kr.dispose());
+  disposers.push(() => line.stop());
+
+  function label() {
+    if (!live) return;
+    const hd = model.get("head"), n = (model.get("selected") || []).length;
+    what.textContent = `project L${hd[0]}H${hd[1]}'s rank-${model.get("rank")} tag out at ` +
+      (n ? `the ${n} selected token${n === 1 ? "" : "s"}` : "the tokens it catches (no selection)") +
+      " — beside random subspaces and the top PCs";
+  }
+  function run() {
+    if (running || !live) return;
+    running = true;
+    bRun.disabled = true; bCancel.hidden = false; bCancel.disabled = false;
+    const hd = model.get("head");
+    const name = `release of L${hd[0]}H${hd[1]}`;
+    const t0 = performance.now();
+    line.start(name);
+    kr.request({ type: "experiment", kind: "release" }, 600000).then(({ msg }) => {
+      line.stop();
+      if (msg.seconds != null) wrap.dataset.kernelMs = (1000 * msg.seconds).toFixed(0);
+      if (msg.ok) line.set(`${name}: done in ${((performance.now() - t0) / 1000).toFixed(1)} s`, "done");
+      else if (msg.cancelled) line.set(`${name}: cancelled, nothing recorded (the view is unchanged)`, "cancelled");
+      else line.set(`the experiment failed: ${msg.error} (the view is unchanged)`, "error");
+    }).catch((err) => { line.stop(); line.set(`the experiment failed: ${err.message || err} (the view is unchanged)`, "error"); })
+      .finally(() => {
+        running = false;
+        bRun.disabled = false; bCancel.hidden = true;
+        status.classList.toggle("te-num-error", status.dataset.state === "error");
+        wrap.dataset.roundTripMs = (performance.now() - t0).toFixed(0);
+      });
+  }
+  bRun.addEventListener("click", run);
+  bCancel.addEventListener("click", () => {
+    if (!running || bCancel.disabled) return;
+    bCancel.disabled = true;
+    line.cancelling();
+    model.send({ type: "experiment_cancel" });
+  });
+
+  const sign = (v) => (v == null ? "n/a" : (v >= 0 ? "+" : "") + fmt(v, 4));
+  function row(name, value, testid, help) {
+    const r = h("div", "te-exp-row");
+    r.append(text("span", "te-caption", `${name}: `, { title: help }),
+      text("span", "", value, { "data-testid": testid, title: help }));
+    return r;
+  }
+  function draw() {
+    const E = model.get("_experiment") || {};
+    result.replaceChildren();
+    if (E.status !== "ok") {
+      grid.hidden = true;
+      if (live) result.appendChild(text("div", "te-caption", "no experiment yet: select tokens (or none) and press Release"));
+      Object.assign(wrap.dataset, { index: "-1" });
+      return;
+    }
+    const rnd = E.random_dnll || [];
+    result.append(
+      text("div", "", E.label, { "data-testid": "te-exp-label" }), // holds no token text; textContent anyway
+      row("mean ΔNLL, tag", `${sign(E.mean_dnll)} nats/token`, "te-exp-dnll",
+        "mean change of the next-token NLL when the tag subspace is projected out (positive: harder)"),
+      row(`random rank-${E.rank} (${rnd.length})`, `${sign(E.control_dnll)} (${rnd.map(sign).join(", ")})`, "te-exp-random",
+        "the same projection with random subspaces of the same rank, at the same tokens"),
+      row(`top-${E.rank} PCs`, sign(E.pcs_dnll), "te-exp-pcs",
+        "the same projection with the top principal components of the residual at the edited tokens"),
+      text("div", "te-num-foot", `baseline NLL ${fmt(E.baseline_nll, 3)}; ${E.n_edited} tokens edited in prompt(s) ` +
+        `${(E.prompts || []).join(", ")}` + (E.dropped ? `; ${E.dropped} sink token(s) left out` : "")),
+    );
+    const toks = text("div", "te-num-foot", "edited: " + (E.edited_tokens || []).map((t) => JSON.stringify(t)).join(" "),
+      { "data-testid": "te-exp-tokens" }); // token strings: textContent only
+    result.appendChild(toks);
+    Object.assign(wrap.dataset, { index: String(E.index), meanDnll: String(E.mean_dnll),
+      controlDnll: String(E.control_dnll), pcsDnll: String(E.pcs_dnll), nEdited: String(E.n_edited) });
+    if (!E.shift) { grid.hidden = true; return; }
+    result.appendChild(row("later heads' Δ attention on the sink", `tag ${sign(E.mean_shift)} · random ` +
+      `${sign(E.mean_shift_random)} · PCs ${sign(E.mean_shift_pcs)}`, "te-exp-shift",
+      "mean over later layers, heads and queries t ≥ 1 of the change of attention mass on the sinks"));
+    drawGrid(E);
+  }
+  function drawGrid(E) {
+    const S = E.layers.length, Hh = E.H;
+    const v = decodeArray(E.shift);
+    if (v.length !== S * Hh) throw new Error(`Δ sink attention has ${v.length} values, expected ${S * Hh}`);
+    const cw = Math.max(6, Math.min(24, Math.floor(300 / Hh))), ch = Math.max(4, Math.min(14, Math.floor(260 / S)));
+    const ml = 28, mt = 4, w = ml + cw * Hh + 4, ht = mt + ch * S + 16;
+    grid.hidden = false;
+    const ctx = setupCanvas(grid, w, ht);
+    const fg = themeColor(root, "color", "#222");
+    ctx.clearRect(0, 0, w, ht);
+    let m = 0;
+    for (const x of v) m = Math.max(m, Math.abs(x));
+    m = m || 1;
+    for (let s = 0; s < S; s++) for (let k = 0; k < Hh; k++) {
+      const x = v[s * Hh + k], a = Math.min(0.95, Math.sqrt(Math.abs(x) / m));
+      ctx.fillStyle = x >= 0 ? `rgba(215, 48, 39, ${a.toFixed(3)})` : `rgba(49, 130, 189, ${a.toFixed(3)})`;
+      ctx.fillRect(ml + k * cw, mt + s * ch, cw - 1, ch - 1);
+    }
+    ctx.fillStyle = fg; ctx.font = "9px sans-serif"; ctx.textAlign = "right"; ctx.textBaseline = "middle";
+    const step = Math.max(1, Math.ceil(10 / ch));
+    for (let s = 0; s < S; s += step) ctx.fillText(`L${E.layers[s]}`, ml - 3, mt + s * ch + ch / 2);
+    ctx.textAlign = "left"; ctx.textBaseline = "top";
+    ctx.fillText(`heads 0–${Hh - 1}; max |Δ| ${fmt(m, 3)}`, ml, mt + ch * S + 3);
+    Object.assign(grid.dataset, { layers: String(S), heads: String(Hh), maxAbs: String(m) });
+    grid.onmousemove = (ev) => {
+      const r = grid.getBoundingClientRect();
+      const k = Math.floor((ev.clientX - r.left - ml) / cw), s = Math.floor((ev.clientY - r.top - mt) / ch);
+      grid.title = k >= 0 && k < Hh && s >= 0 && s < S
+        ? `L${E.layers[s]}H${k}: Δ attention on the sink ${sign(v[s * Hh + k])}` : "";
+    };
+  }
+  return { el: wrap, draw, label };
 }
 
 function render({ model, el: host }) {
