@@ -188,21 +188,6 @@ def _control_token(trace: SinkTrace, exclude: list[int], eps: float, rng: np.ran
     return int(rng.choice(cand))
 
 
-def _trace_under(model: Any, trace: SinkTrace, edits: list, text: str | None = None) -> SinkTrace:
-    """``sw.trace`` of the prompt under ``edits``, with the same maps kept and the same method as ``trace``."""
-    from ..tracing import trace as sw_trace
-
-    keep = None
-    if trace.map_index is not None and len(trace.map_index):
-        keep = [(int(ly), int(h)) for ly, h in np.asarray(trace.map_index)]
-        if len(set(keep)) == trace.n_layers * trace.n_heads:
-            keep = "all"  # the same maps, in the engine's own order (as keep_maps="auto" keeps them)
-    method = trace.meta.get("method", "auto")
-    return sw_trace(model, text if text is not None else trace.meta["text"], add_bos=trace.meta.get("add_bos"),
-                    keep_maps=keep, method=method if method in ("eager", "chunked") else "auto", edits=edits,
-                    progress=False)
-
-
 def _check_same_tokens(model_name: str, trace: SinkTrace, after: SinkTrace, offset: int = 0) -> None:
     if list(after.tokens[offset:]) != list(trace.tokens):
         raise ExperimentError(
@@ -240,36 +225,95 @@ def _single_row_massive(layer: int, channels: list[int], values: list[float], ab
                               torch.tensor([values], dtype=torch.float32), float(abs_thr), float(ratio))
 
 
-# ----------------------------------------------------------------------------- the experiments
-def _mask_pass(model, info, text, add_bos, layers, tok: int, ctl_tok: int):
-    """``mask_sink``'s computation for the edit and its control in ONE forward pass: rows ``[clean, key tok hidden,
-    key ctl_tok hidden]`` (``mask_sink`` runs ``[clean, hidden]``; each row's attention is its own, so the numbers
-    are the same, to float rounding: tested against ``sw.mask_sink`` to 1e-4). Returns two
-    :class:`~sinkwidgets.interventions.InterventionResult` shaped like ``mask_sink``'s."""
-    from ..interventions import InterventionResult
-    from ..interventions.edits import layer_sets
+# ----------------------------------------------------------------------------- one forward pass per experiment
+#: Per-prompt results that do not depend on the edit, kept while the explorer's trace lives:
+#: ``{id(trace): (weakref(trace), {id(model): {"clean": nll [T-1], "spec": MassiveSpec, ("head", l, h): ...}})}``.
+_PROMPT_CACHE: dict[int, tuple[Any, dict[int, dict[str, Any]]]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def prompt_cache(trace: SinkTrace, model: Any) -> dict[Any, Any]:
+    """What the experiments on ``trace``'s prompt with ``model`` share (the clean per-token NLL ``"clean"``
+    ``[T − 1]``, the massive-activation spec ``"spec"``, a head's map and tag basis), computed once and reused by
+    every later experiment on the same trace; dropped when the trace is garbage-collected."""
+    import weakref
+
+    key = id(trace)
+    with _CACHE_LOCK:
+        ent = _PROMPT_CACHE.get(key)
+        if ent is None or ent[0]() is not trace:
+            ref = weakref.ref(trace, lambda _r, k=key: _PROMPT_CACHE.pop(k, None))
+            ent = _PROMPT_CACHE[key] = (ref, {})
+        return ent[1].setdefault(id(model), {})
+
+
+def _trace_units(trace: SinkTrace) -> list:
+    """The units of ``sw.trace`` that made ``trace``: α / first-token mass / entropy, the residual summary with the
+    same ``top_k``, and the same kept maps (heads and dtype)."""
+    from ..tracing.reductions import TOP_K_ACTIVATIONS, AttentionSummary, KeptMaps, ResidualSummary
+
+    top = trace.top_activations
+    top_k = int(np.shape(top)[-1]) if top is not None and np.ndim(top) == 2 else TOP_K_ACTIVATIONS
+    units = [AttentionSummary(), ResidualSummary(top_k)]
+    if trace.map_index is not None and len(trace.map_index):
+        sel: dict[int, list[int]] = {}
+        for ly, h in np.asarray(trace.map_index):
+            sel.setdefault(int(ly), []).append(int(h))
+        dtype = str(np.asarray(trace.maps).dtype) if trace.maps is not None else "float16"
+        units.append(KeptMaps({ly: sorted(hs) for ly, hs in sorted(sel.items())},
+                              dtype if dtype in ("float16", "float32") else "float16"))
+    return units
+
+
+def _one_pass(model, info, trace: SinkTrace, rows: list[list[int]], edits: list, trace_row: int, same_as: list,
+              text: str | None = None) -> tuple[SinkTrace, list[np.ndarray], list]:
+    """ONE forward pass of ``rows`` (token ids; row ``r`` edited by the edits restricted to it) with the units of
+    ``trace``'s own ``sw.trace`` and :class:`~sinkwidgets.tracing.reductions.TokenLoss` together
+    (:func:`sinkwidgets.tracing.run_units`, same method as ``trace``: eager for a short local prompt, chunked on
+    NDIF) → ``(SinkTrace of row trace_row, per-token NLL [T_r − 1] of every row, the PromptResult of every row)``.
+
+    Each row's attention is its own, so row ``trace_row`` gives ``sw.trace(model, text, edits=same_as)`` and each
+    row's NLL the functional API's, to float rounding (tested to 1e-5 and 1e-4). ``meta["edits"]`` lists
+    ``same_as`` (the one-row edits the trace is under)."""
     from ..tracing import run_units
-    from ..tracing.edits import HideKeys
+    from ..tracing.options import Encoded
     from ..tracing.reductions import TokenLoss
 
-    sets = layer_sets(layers, info.n_layers, False)
-    (name, lays), = sets.items()
-    edits = [HideKeys(lays, [tok], rows=[1], name="hide_keys_1"), HideKeys(lays, [ctl_tok], rows=[2], name="hide_keys_2")]
-    rows = run_units(model, [text] * 3, [TokenLoss()], edits=edits, add_bos=add_bos, batch_size=3, method="chunked",
-                     remote=bool(info.remote), progress=False, pin_mmap_threshold=False)
-    nll = [r.by_unit["loss"]["nll"] for r in rows]
-    T = len(rows[0].token_ids)
+    units = _trace_units(trace)
+    text = trace.meta["text"] if text is None else text
+    used_bos = trace.meta.get("add_bos")
+    enc = [Encoded(text, [int(i) for i in ids], used_bos, len(ids)) for ids in rows]
+    method = trace.meta.get("method", "auto")
+    method = "chunked" if info.remote else (method if method in ("eager", "chunked") else "auto")
+    out = run_units(model, [text] * len(rows), [*units, TokenLoss()], edits=edits, encoded=enc, batch_size=len(rows),
+                    method=method, remote=bool(info.remote), progress=False, pin_mmap_threshold=False)
+    r = out[trace_row]
+    fields: dict[str, Any] = {}
+    for u in units:
+        fields.update(u.to_sinktrace(r.by_unit[u.name]))
+    meta = {**r.meta, "keep_maps": "chosen" if len(units) > 2 else "none", "batch_size": 1,
+            "edits": [e.describe() for e in same_as], "experiment_rows": len(rows)}
+    after = SinkTrace(tokens=r.tokens, token_ids=r.token_ids, meta=meta, **fields)
+    return after, [np.asarray(o.by_unit["loss"]["nll"]) for o in out], out
 
-    def result(k, t):
-        return InterventionResult("mask_sink", ["clean", name], {"clean": [nll[0]], name: [nll[k]]}, {},
-                                  {"model": info.name, "layer_sets": sets, "token": [t], "n_texts": 1, "n_tokens": T,
-                                   "add_bos": rows[0].meta.get("add_bos", add_bos), "remote": bool(info.remote)})
 
-    return result(1, tok), result(2, ctl_tok)
+def _with_clean(cache: dict, ids: list[int]) -> tuple[list[list[int]], bool]:
+    """The clean row ``ids`` to append to a pass when the prompt's clean NLL is not cached yet."""
+    return ([list(ids)], True) if cache.get("clean") is None else ([], False)
 
 
+def _base_meta(info, trace, **more) -> dict[str, Any]:
+    return {"model": info.name, "n_texts": 1, "n_tokens": trace.n_tokens, "add_bos": trace.meta.get("add_bos"),
+            "remote": bool(info.remote), **more}
+
+
+# ----------------------------------------------------------------------------- the experiments
 def _mask(model, info, trace, text, add_bos, token=None, layers="all", seed=0, eps=0.3):
+    """One pass, rows ``[key tok hidden, key ctl_tok hidden (+ clean)]``: ``mask_sink``'s numbers (it runs
+    ``[clean, hidden]`` on the chunked path) and the trace under the mask from row 0."""
     from .. import interventions as iv
+    from ..interventions import InterventionResult
+    from ..interventions.edits import layer_sets
 
     tok = default_sink(trace) if token is None else token
     if not isinstance(tok, (int, np.integer)) or not 0 <= int(tok) < trace.n_tokens:
@@ -278,55 +322,111 @@ def _mask(model, info, trace, text, add_bos, token=None, layers="all", seed=0, e
     if not isinstance(layers, (str, list, tuple, range)):
         raise ExperimentError(f"layers={layers!r}: give 'all', a range such as '12-29', or a list of layers")
     ctl_tok = _control_token(trace, [0, tok], eps, np.random.default_rng(seed))
-    res, ctl = _wrap("mask_sink", info.name, _mask_pass, model, info, text, add_bos, layers, tok, ctl_tok)
-    edit = iv.mask_sink_edit(model, layers, token=tok)
-    after = _wrap("tracing under the mask", info.name, _trace_under, model, trace, [edit])
+    try:
+        sets = layer_sets(layers, info.n_layers, False)
+    except SinkwidgetsError:
+        raise
+    except Exception as exc:
+        raise ExperimentError(f"layers={layers!r}: {exc}") from exc
+    (name, _), = sets.items()
+    cache = prompt_cache(trace, model)
+    ids = [int(i) for i in trace.token_ids]
+    clean_row, add_clean = _with_clean(cache, ids)
+    edits = [iv.mask_sink_edit(model, layers, token=tok, rows=[0]), iv.mask_sink_edit(model, layers, token=ctl_tok,
+                                                                                      rows=[1])]
+    edits[1].name = "hide_keys_control"
+    after, nll, out = _wrap("mask_sink + trace under the mask", info.name, _one_pass, model, info, trace,
+                       [ids, ids, *clean_row], edits, 0, [iv.mask_sink_edit(model, layers, token=tok)])
+    if add_clean:
+        cache["clean"] = nll[2]
     _check_same_tokens(info.name, trace, after)
+
+    def result(k, t):
+        return InterventionResult("mask_sink", ["clean", name], {"clean": [cache["clean"]], name: [nll[k]]}, {},
+                                  _base_meta(info, trace, layer_sets=sets, token=[t]))
+
+    res, ctl = result(0, tok), result(1, ctl_tok)
     return Experiment("mask", {"token": tok, "layers": layers if isinstance(layers, str) else list(layers)}, res,
-                      after, ctl, res.conditions[1], ctl.conditions[1], f"token {ctl_tok} masked in the same layers")
+                      after, ctl, name, name, f"token {ctl_tok} masked in the same layers")
 
 
 def _massive(model, info, trace, text, add_bos, mode="zero"):
+    """One pass, rows ``[clean, ablated, control]`` (``ablate_massive``'s rows: row 0 flags the massive entries),
+    after ``find_massive`` on the prompt (once per prompt); the trace under the ablation from row 1."""
+    import torch
+
     from .. import interventions as iv
+    from ..interventions import InterventionResult
+    from ..tracing.edits import MassiveAblation
 
     if mode not in ("zero", "mean"):
         raise ExperimentError(f"mode={mode!r}: use 'zero' or 'mean'")
-    res = _wrap("ablate_massive", info.name, iv.ablate_massive, model, text, mode, control=True,
-                attention_layers=None, add_bos=add_bos)
-    spec = res.meta["spec"]
+    cache = prompt_cache(trace, model)
+    if cache.get("spec") is None:
+        cache["spec"] = _wrap("find_massive", info.name, iv.find_massive, model, text, add_bos=add_bos)
+    spec = cache["spec"]
     values = [0.0] * len(spec.channels) if mode == "zero" else list(spec.means)
-    edit = _single_row_massive(spec.layer, spec.channels, values, spec.abs_thr, spec.ratio)
-    after = _wrap("tracing under the ablation", info.name, _trace_under, model, trace, [edit])
+    ids = [int(i) for i in trace.token_ids]
+    T = len(ids)
+    edit = MassiveAblation(spec.layer, torch.tensor(spec.channels, dtype=torch.long),
+                           torch.tensor([values], dtype=torch.float32), float(spec.abs_thr), float(spec.ratio), T - 1)
+    one_row = _single_row_massive(spec.layer, spec.channels, values, spec.abs_thr, spec.ratio)
+    after, nll, out = _wrap("ablate_massive + trace under the ablation", info.name, _one_pass, model, info, trace,
+                       [ids, ids, ids], [edit], 1, [one_row])
+    if cache.get("clean") is None:
+        cache["clean"] = nll[0]
     _check_same_tokens(info.name, trace, after)
+    res = InterventionResult("ablate_massive", ["clean", mode, "control"],
+                             {"clean": [nll[0]], mode: [nll[1]], "control": [nll[2]]}, {},
+                             _base_meta(info, trace, spec=spec, layer=spec.layer,
+                                        n_massive=[int(out[0].by_unit[edit.name]["massive_flags"].sum())]))
     return Experiment("massive", {"mode": mode, "layer": int(spec.layer), "channels": list(spec.channels)}, res, after,
                       res, mode, "control", "the same channels zeroed at the last token")
 
 
 def _add_sink(model, info, trace, text, add_bos, prefix="\n", seed=0, eps=0.3):
-    from .. import interventions as iv
+    """One pass, rows ``[prefix + ids, control token + ids (+ ids)]`` (left-padded to the longest): ``add_sink``'s
+    numbers (it runs each row alone) and the trace of the prefixed prompt from row 0."""
+    from ..interventions import InterventionResult
+    from ..interventions.edits import prefixes
 
     if not isinstance(prefix, str) or not prefix:
         raise ExperimentError(f"prefix={prefix!r}: give a non-empty string such as '\\n' or '<|endoftext|>'")
-    res = _wrap("add_sink", info.name, iv.add_sink, model, text, prefix, add_bos=add_bos)
-    n_pre = len(res.meta["prefix_ids"][0])
-    ids = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    (pre,), conds = prefixes(model, prefix)
+    n_pre = len(pre)
+    ids = [int(i) for i in trace.token_ids]
     ctl_pos = _control_token(trace, [0], eps, np.random.default_rng(seed))
-    ctl_id = int(ids[min(ctl_pos, len(ids) - 1)])
-    ctl = _wrap("add_sink (control)", info.name, iv.add_sink, model, text, [[ctl_id]], add_bos=add_bos)
-    after = _wrap("tracing with the prefix", info.name, _trace_under, model, trace, [], prefix + text)
+    ctl_id = ids[min(ctl_pos, len(ids) - 1)]
+    (ctl_pre,), ctl_conds = prefixes(model, [[ctl_id]])
+    cache = prompt_cache(trace, model)
+    clean_row, add_clean = _with_clean(cache, ids)
+    after, nll, out = _wrap("add_sink + trace with the prefix", info.name, _one_pass, model, info, trace,
+                       [pre + ids, ctl_pre + ids, *clean_row], [], 0, [], prefix + text)
+    if add_clean:
+        cache["clean"] = nll[2]
     if list(after.tokens[n_pre:]) != list(trace.tokens):
-        raise ExperimentError(
-            f"prefix {prefix!r} merges with the prompt's first token when tokenized together, so the traced prompt "
-            "does not line up with the explorer's tokens; use a prefix that stays a separate token, such as '\\n'")
-    return Experiment("add_sink", {"prefix": prefix}, res, after, ctl, res.conditions[1], ctl.conditions[1],
+        raise ExperimentError(f"the prefixed prompt does not line up with the explorer's {trace.n_tokens} tokens")
+
+    def result(cond, pi, full):
+        cut = full[len(pi):]
+        clean = cache["clean"]
+        return InterventionResult(
+            "add_sink", ["none", cond], {"none": [clean], cond: [cut]}, {},
+            _base_meta(info, trace, prefix_ids=[pi], first_token_nll={cond: float(full[len(pi) - 1])},
+                       nll_from_token2={"none": float(clean[1:].mean()), cond: float(cut[1:].mean())}))
+
+    res, ctl = result(conds[1], pre, nll[0]), result(ctl_conds[1], ctl_pre, nll[1])
+    return Experiment("add_sink", {"prefix": prefix}, res, after, ctl, conds[1], ctl_conds[1],
                       f"token {ctl_id} ({ctl_pos}th of the prompt) prepended instead", offset=n_pre)
 
 
 def _project_tag(model, info, trace, text, add_bos, head=None, rank=1, basis=None, tau=None, eps=None, seed=0):
+    """The head's map and tag vectors (once per prompt and head), then one pass, rows ``[tag projected out,
+    random subspace projected out (+ clean)]``: ``project_out``'s numbers and the trace under the projection."""
     import torch
 
-    from .. import interventions as iv
     from .. import tags as tg
+    from ..interventions import InterventionResult
     from ..interventions.edits import orthonormal_basis
     from ..tracing.edits import ProjectOut
 
@@ -342,10 +442,14 @@ def _project_tag(model, info, trace, text, add_bos, head=None, rank=1, basis=Non
                               "layer")
     if not isinstance(rank, (int, np.integer)) or rank < 1:
         raise ExperimentError(f"rank={rank!r}: give an int >= 1")
+    cache = prompt_cache(trace, model)
     if trace.has_map(ly, h):
         A = trace.get_map(ly, h)
     else:
-        A = np.asarray(_wrap("tracing the head's map", info.name, _trace_map, model, trace, ly, h), dtype=np.float32)
+        if cache.get(("map", ly, h)) is None:
+            cache[("map", ly, h)] = np.asarray(_wrap("tracing the head's map", info.name, _trace_map, model, trace,
+                                                     ly, h), dtype=np.float32)
+        A = cache[("map", ly, h)]
     sinks = tg.sink_positions(tg.alpha_from_map(A), eps)
     caught = sorted({int(t) for s in sinks for t in tg.caught_set(A, int(s), tau)} - {int(s) for s in sinks})
     if not len(sinks) or not caught:
@@ -354,26 +458,49 @@ def _project_tag(model, info, trace, text, add_bos, head=None, rank=1, basis=Non
             f"{tau:g}) in this prompt: nothing to release; pick a sink head (e.g. the brightest cell of the grid) or "
             "lower tau=")
     if basis is None:
-        data = _wrap("collecting the head's tag vectors", info.name, tg.collect, model, [text], heads=[(ly, h)],
-                     maps=False, outputs=False, values=True, summary=True, add_bos=add_bos, progress=False)
-        G, _ = tg.tag_vectors(data, (ly, h), eps=eps)
+        key = ("tags", ly, h, eps)
+        if cache.get(key) is None:
+            data = _wrap("collecting the head's tag vectors", info.name, tg.collect, model, [text], heads=[(ly, h)],
+                         maps=False, outputs=False, values=True, summary=True, add_bos=add_bos, progress=False)
+            cache[key] = tg.tag_vectors(data, (ly, h), eps=eps)[0]
+        G = cache[key]
         if len(G) < rank:
             raise ExperimentError(f"head L{ly}H{h} has {len(G)} sinks in this prompt, fewer than rank={rank}: lower "
                                   "rank or pass basis=[d, r] (e.g. sw.tags.tag_subspace fitted on a corpus)")
         basis = tg.tag_subspace(G, int(rank))
-    U, r = orthonormal_basis(basis, info.d_model)
+    try:
+        U, r = orthonormal_basis(basis, info.d_model)
+    except SinkwidgetsError:
+        raise
+    except Exception as exc:
+        raise ExperimentError(f"basis: {exc}") from exc
+    R, _ = orthonormal_basis(tg.random_subspace(info.d_model, r, np.random.default_rng(seed)), info.d_model)
     sink_list = [int(s) for s in sinks]
-    res = _wrap("project_out", info.name, iv.project_out, model, text, ly, U.numpy(), positions=caught,
-                sink_positions=sink_list, attention_layers=None, add_bos=add_bos, progress=False)
-    R = tg.random_subspace(info.d_model, r, np.random.default_rng(seed))
-    ctl = _wrap("project_out (control)", info.name, iv.project_out, model, text, ly, R, positions=caught,
-                sink_positions=sink_list, attention_layers=None, add_bos=add_bos, progress=False)
-    w = torch.zeros(1, trace.n_tokens)
+    ids = [int(i) for i in trace.token_ids]
+    T = len(ids)
+    clean_row, add_clean = _with_clean(cache, ids)
+    B = 2 + len(clean_row)
+    w = torch.zeros(B, T)
     w[0, caught] = 1.0
-    after = _wrap("tracing under the projection", info.name, _trace_under, model, trace, [ProjectOut(ly, U, w)])
+    wc = torch.zeros(B, T)
+    wc[1, caught] = 1.0
+    one = torch.zeros(1, T)
+    one[0, caught] = 1.0
+    edits = [ProjectOut(ly, U, w), ProjectOut(ly, R, wc, name="project_out_control")]
+    after, nll, out = _wrap("project_out + trace under the projection", info.name, _one_pass, model, info, trace,
+                       [ids, ids, *clean_row], edits, 0, [ProjectOut(ly, U, one)])
+    if add_clean:
+        cache["clean"] = nll[2]
     _check_same_tokens(info.name, trace, after)
+
+    def result(k):
+        return InterventionResult("project_out", ["clean", "projected"],
+                                  {"clean": [cache["clean"]], "projected": [nll[k]]}, {},
+                                  _base_meta(info, trace, layer=ly, rank=r, n_projected=[len(caught)],
+                                             sink_positions=sink_list))
+
     return Experiment("project_tag", {"head": [ly, h], "rank": r, "positions": caught, "sinks": sink_list,
-                                      "tau": tau, "eps": eps}, res, after, ctl, "projected", "projected",
+                                      "tau": tau, "eps": eps}, result(0), after, result(1), "projected", "projected",
                       f"a random {r}-dim subspace at the same {len(caught)} tokens")
 
 
