@@ -36,6 +36,10 @@ fractions          real numbers in a closed or open interval (``fraction`` is ``
 labels             integers (or integral floats such as ``1.0``, or bools); non-integral floats are refused, not
                    truncated. :func:`binary_labels`: any two distinct classes (strings, bools, ints)
 bases              ``[d, r]`` float matrices (a vector ``[d]`` is one column): finite, not zero, full column rank
+data arrays        :func:`array`: real numbers (not strings, objects or complex) of the documented rank (``[n, d]``,
+                   ``[T]``, ...); non-finite entries are refused naming the first rows (docs/tags.md, "Non-finite
+                   data")
+random generators  :func:`generator`: a ``numpy.random.Generator`` or a seed (an integer >= 0)
 =================  ==========================================================================================
 
 This module imports only numpy and :mod:`sinkwidgets.errors`, so every layer of the package may import it
@@ -54,9 +58,9 @@ import numpy as np
 from .errors import SinkwidgetsTypeError, SinkwidgetsValueError
 
 __all__ = [
-    "ArgumentTypeError", "Positions", "basis", "binary_labels", "choice", "fraction", "head", "heads", "integer", "is_int", "labels",
-    "layer", "layers", "number", "orthonormal_basis", "positions", "positions_per_text", "seed", "show",
-    "token_id", "token_ids",
+    "ArgumentTypeError", "Positions", "array", "basis", "binary_labels", "choice", "fraction", "generator", "head",
+    "heads", "integer", "is_int", "labels", "layer", "layers", "number", "orthonormal_basis", "positions",
+    "positions_per_text", "seed", "show", "token_id", "token_ids",
 ]
 
 
@@ -587,3 +591,57 @@ def orthonormal_basis(name: str, value: Any, d: int | None = None, *, rtol: floa
     """:func:`basis`, then orthonormalised (QR): ``[d, r]`` float64 with ``Q.T @ Q = I`` spanning the same space."""
     q, _ = np.linalg.qr(basis(name, value, d, rtol=rtol))
     return q
+
+
+# ----------------------------------------------------------------------------- data arrays and generators
+def array(name: str, value: Any, *, ndim: int, shape: str = "", min_rows: int = 1, finite: bool = True,
+          example: str = "np.random.randn(10, 4)") -> np.ndarray:
+    """``value`` as a float64 array of ``ndim`` dimensions (the documented ``shape``, e.g. ``"[n, d]"``).
+
+    Refuses strings, ``None``, objects and complex numbers (:class:`ArgumentTypeError`), another number of dimensions,
+    fewer than ``min_rows`` rows (entries along axis 0) or an empty axis (:class:`SinkwidgetsValueError`), and, with
+    ``finite``, NaN or infinity: the message counts the rows (entries along axis 0) that hold them and names the first
+    five (docs/tags.md, "Non-finite data": a non-finite row is never used silently). Integer and bool arrays are
+    converted to float64.
+    """
+    shape = shape or ("[" + ", ".join("n" if i == 0 else f"d{i}" for i in range(ndim)) + "]")
+    want = f"a {shape} array of real numbers"
+    if isinstance(value, (str, bytes, dict, set)) or value is None:
+        raise _type_error(name, value, want, example)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+        arr = value
+    else:
+        try:
+            arr = np.asarray(value)
+        except (TypeError, ValueError, OverflowError):  # ragged nested lists
+            raise _type_error(name, value, want + " (rows of equal length)", example) from None
+    if arr.dtype.kind not in "fiub":
+        what = {"c": "complex numbers", "U": "strings", "S": "bytes", "O": "objects or ragged rows",
+                "M": "dates", "m": "time deltas"}.get(arr.dtype.kind, f"dtype {arr.dtype}")
+        raise _type_error(name, value, f"{want} (it holds {what})", example)
+    if arr.ndim != ndim:
+        raise _value_error(name, value, f"{name} must be {shape} ({ndim}-D), got shape {list(arr.shape)}",
+                           f"e.g. {name}={example}")
+    if ndim and (arr.shape[0] < min_rows or 0 in arr.shape):
+        raise _value_error(name, value, f"{name} is {shape} with at least {min_rows} row(s) and no empty axis, got "
+                                        f"shape {list(arr.shape)}", f"e.g. {name}={example}")
+    arr = arr.astype(np.float64, copy=False)
+    if finite and not np.isfinite(arr).all():
+        bad_rows = ~np.isfinite(arr).reshape(len(arr), -1).all(axis=1) if ndim else np.array([True])
+        idx = np.nonzero(bad_rows)[0]
+        where = ", ".join(str(int(i)) for i in idx[:5]) + (f" and {len(idx) - 5} more" if len(idx) > 5 else "")
+        raise _value_error(name, value, f"{len(idx)} of {len(arr) if ndim else 1} rows hold NaN or infinity "
+                                        f"(rows {where})",
+                           "leave those rows out, e.g. X[np.isfinite(X).all(axis=1)], or compute them in float32 "
+                           "(an fp16 overflow is enough)")
+    return arr
+
+
+def generator(name: str, value: Any) -> np.random.Generator:
+    """A random generator: a ``numpy.random.Generator`` as given, or a seed (an integer >= 0) for
+    ``numpy.random.default_rng``. Anything else (``None``, a float, a string, a legacy ``RandomState``) is refused."""
+    if isinstance(value, np.random.Generator):
+        return value
+    if is_int(value):
+        return np.random.default_rng(seed(name, value))
+    raise _type_error(name, value, "a numpy.random.Generator or a seed (an integer >= 0)", "np.random.default_rng(0)")

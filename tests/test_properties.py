@@ -1,14 +1,20 @@
 """Property-based tests (issue 22, item 4): the public functions of ``sw.tags``, ``sw.interventions``,
 ``sw.streaming`` and the explorers' constructors, driven with generated arguments (ints incl. negative, huge, numpy
-and bool; floats incl. nan and inf; strings; lists; None; wrong shapes). Each call either returns finite results or
-raises a :class:`sinkwidgets.errors.SinkwidgetsError`; no other exception type may escape.
+and bool; floats incl. nan and inf; strings; lists; None; wrong shapes; NaN/inf, 1-D, 3-D, int and string arrays).
+Each call either returns finite results or raises a :class:`sinkwidgets.errors.SinkwidgetsError`; no other
+exception type may escape.
 
-``tests/test_hostile.py`` already drives ``tag_ev``, ``sink_heads``, ``catch`` and ``probe_features``. This first
-increment drives ``tag_basis`` on toy data (``sinkwidgets.toy.tag_data``, ``unit``); the numpy-level helpers,
-interventions, streaming and explorer constructors are still to be added (they had escapes or ran too slowly
-when first drafted: see issue 22). Each Hypothesis test runs a modest number of examples (``deadline=None``).
+- ``unit``: every public function of ``sw.tags`` that works on arrays or a TagData (toy data from
+  ``sinkwidgets.toy.tag_data`` and small random arrays), ``SinkExplorer`` on a toy trace and ``TagExplorer`` on toy
+  data; plus one regression test per escape fixed here (each failed on the code before, noted per test).
+- ``models``: the argument layer of ``mask_sink``, ``add_sink``, ``project_out``, ``ablate_massive``,
+  ``find_massive``, ``mask_sink_edit`` and ``streaming_ppl`` on a tiny random Llama (``_helpers.save_tiny``: it
+  needs the SmolLM2 tokenizer from the offline cache), one or two tokens of text so a valid call stays cheap; and a
+  few SmolLM2 cases.
+
+``tests/test_hostile.py`` also drives ``tag_ev``, ``sink_heads``, ``catch`` and ``probe_features``. Each Hypothesis
+test runs a modest number of examples (``deadline=None``, derandomized).
 """
-
 from __future__ import annotations
 
 import warnings
@@ -19,9 +25,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import sinkwidgets as sw
 from sinkwidgets import tags
 from sinkwidgets.errors import SinkwidgetsError
-from sinkwidgets.toy import TinyTransformer, tag_data
+from sinkwidgets.toy import TinyTransformer, tag_data, trace_toy
 
 TEXTS = ["The cat sat on the mat.", "Rain fell all night, and the river rose."]
 
@@ -93,3 +100,244 @@ def test_property_tag_basis(toy, heads, rank, n_heads, max_layer, alpha0):
         assert np.allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=1e-5)
         _finite(list(b.evs) if not isinstance(b.evs, dict) else b.evs, "evs")
     _call(lambda: tags.tag_basis(toy, heads, rank=rank, n_heads=n_heads, max_layer=max_layer, alpha0=alpha0), check)
+
+
+# ----------------------------------------------------------------------------- arrays (unit)
+_RNG = np.random.default_rng(0)
+_X = _RNG.standard_normal((12, 6))
+_U = np.linalg.qr(_RNG.standard_normal((6, 2)))[0]
+_X_nan = _X.copy()
+_X_nan[3, 2] = np.nan
+_X_inf = _X.copy()
+_X_inf[[1, 7]] = np.inf
+_MAP = np.tril(_RNG.random((8, 8)))
+_MAP = _MAP / _MAP.sum(1, keepdims=True)
+
+# hostile and valid array arguments: NaN / inf rows, 1-D, 3-D, int, bool, string, object, empty, zero, transposed
+_arrays = st.sampled_from([
+    _X, _X_nan, _X_inf, _X[0], _X[None], np.arange(24).reshape(4, 6), _X > 0, np.array([["a", "b"], ["c", "d"]]),
+    "abc", None, [], [[]], np.zeros((0, 6)), np.zeros((5, 6)), np.ones((5, 6)), _X.T, _X.astype(np.float32),
+    _X.tolist(), [[1, 2], [3]], _U, _U.T, _U[:, 0], np.full((3, 6), np.nan), 3.0, np.int64(2), {"a": 1}, _MAP,
+    _MAP[:4], np.eye(6), 1j * _X,
+])
+
+
+def _arr_ok(x):
+    a = np.asarray(x)
+    assert a.dtype.kind not in "fc" or np.isfinite(a).all()
+
+
+@pytest.mark.unit
+@_FAST
+@given(X=_arrays, U=_arrays, rank=_ints)
+def test_property_array_helpers(X, U, rank):
+    # tag_subspace / pc_bound / explained_variance / norm_fraction on any X, U and rank
+    def ev_ok(v):
+        assert np.isfinite(v) and -1e-9 <= v <= 1 + 1e-9, v
+    _call(lambda: tags.explained_variance(X, U), ev_ok)
+    _call(lambda: tags.norm_fraction(X, U), ev_ok)
+    _call(lambda: tags.pc_bound(X, rank), ev_ok)
+
+    def basis_ok(Q):
+        assert Q.ndim == 2 and np.allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=1e-6)
+    _call(lambda: tags.tag_subspace(X, rank), basis_ok)
+    _call(lambda: tags.union_subspace([X, U]), basis_ok)
+    _call(lambda: tags.norm_matched_subspace(X, 0.5, np.random.default_rng(0)), basis_ok)
+
+
+@pytest.mark.unit
+@_FAST
+@given(A=_arrays, s=_ints, tau=_floats, eps=_floats, min_later=_ints)
+def test_property_map_helpers(A, s, tau, eps, min_later):
+    # alpha_from_map, sink_positions, caught_set: a finite map and in-range positions, or a SinkwidgetsError
+    alpha = _call(lambda: tags.alpha_from_map(A))
+    if alpha is not None:
+        assert alpha.shape == (np.asarray(A).shape[0],)
+    _call(lambda: tags.sink_positions(A, eps, min_later), _arr_ok)
+    C = _call(lambda: tags.caught_set(A, s, tau))
+    if C is not None:
+        T = np.asarray(A).shape[0]
+        assert ((C >= 1) & (C < T)).all()
+
+
+@pytest.mark.unit
+@_FAST
+@given(n=_ints, d=_ints, rank=_ints, seed=_ints, frac=_floats,
+       rng=st.sampled_from([np.random.default_rng(1), 0, 3, -1, None, "x", 2.5, np.random.RandomState(0)]),
+       groups=st.sampled_from([list("aabbccdd"), "abcdefgh", None, 5, [], list(range(8)), np.arange(8),
+                               np.zeros((2, 4)), [[1], [2]], [np.nan] * 8, [None] * 8]),
+       tokens=st.sampled_from([[".", " a", "\n"], "a.b", None, [1, 2], [], np.array([".", "x"]), 5, [None]]))
+def test_property_small_helpers(n, d, rank, seed, frac, rng, groups, tokens):
+    def q_ok(Q):
+        assert np.allclose(Q.T @ Q, np.eye(Q.shape[1]), atol=1e-8)
+    _call(lambda: tags.random_subspace(d, rank, rng), q_ok)
+
+    def split_ok(parts):
+        fit, ev = parts
+        assert len(fit) and len(ev) and not np.intersect1d(fit, ev).size
+    _call(lambda: tags.split_prompts(n, frac, seed), split_ok)
+
+    def folds_ok(f):
+        assert f.min() >= 0 and f.max() < rank
+    _call(lambda: tags.grouped_folds(groups, rank, seed), folds_ok)
+    _call(lambda: tags.boundary_mask(tokens))
+    _call(lambda: tags.is_boundary(tokens))
+    _call(lambda: tags.load_dataset(tokens if not isinstance(tokens, (list, np.ndarray)) else "cities"))
+    _call(lambda: tags.paragraphs(n, seed=0, sentences=2))
+
+
+_prompts = st.sampled_from([None, [0, 1], range(3), [-1], [99], [], "0-3", 2, [[0]], np.arange(2), [1.5], (0,)])
+
+
+@pytest.mark.unit
+@_FAST
+@given(data=st.sampled_from(["toy", None, "x", 2.5, [], {"a": 1}, np.zeros((3, 3))]), head=_heads, prompts=_prompts,
+       eps=_floats, min_later=_ints, threshold=_floats, top=_ints, rank=_ints)
+def test_property_tagdata_functions(toy, data, head, prompts, eps, min_later, threshold, top, rank):
+    d = toy if isinstance(data, str) and data == "toy" else data
+
+    def vec_ok(out):
+        G, where = out
+        assert G.ndim == 2 and where.shape == (len(G), 2) and np.isfinite(G).all()
+    _call(lambda: tags.tag_vectors(d, head, prompts, eps=eps, min_later=min_later), vec_ok)
+    _call(lambda: tags.boundary_alpha(d, min_later), lambda a: None)  # NaN marks "no boundary token": documented
+    _call(lambda: [(r.layer, r.head, r.alpha) for r in tags.boundary_heads_from_data(
+        d, threshold=threshold, min_later=min_later, top=top)])
+    _call(lambda: [r.as_dict() for r in tags.tag_ev_table(d, None if prompts is None else head, rank)])
+    _call(lambda: tags.sink_heads(d).all())
+    _call(lambda: tags.catch(d, head).catch_rate if d is not toy else None)
+
+
+# ----------------------------------------------------------------------------- the escapes fixed (unit)
+def _refused(name, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` raises a SinkwidgetsError whose message names ``name``; returns the message."""
+    with pytest.raises(SinkwidgetsError) as e:
+        fn(*args, **kwargs)
+    assert name in str(e.value), str(e.value)
+    return str(e.value)
+
+
+@pytest.mark.unit
+def test_pc_bound_and_tag_subspace_refuse_bad_x():
+    # before: pc_bound raised LinAlgError ("SVD did not converge") on NaN/inf, LinAlgError on 1-D X, a raw
+    # ValueError on strings and AxisError on None, returned NaN for a 3-D or constant X, and took rank=-1 / None
+    msg = _refused("X", tags.pc_bound, _X_nan, 1)
+    assert "1 of 12 rows" in msg and "rows 3" in msg
+    assert "rows 1, 7" in _refused("X", tags.pc_bound, _X_inf, 1)
+    for bad in (_X[0], _X[None], "abc", None, [], np.ones((4, 6))):
+        _refused("X", tags.pc_bound, bad, 1)
+    for rank in (-1, 0, None, 2.0, 7):
+        _refused("rank", tags.pc_bound, _X, rank)
+    assert tags.pc_bound(np.arange(24).reshape(4, 6) ** 2, 1) == pytest.approx(
+        tags.pc_bound(np.arange(24.0).reshape(4, 6) ** 2, 1))  # int X is converted
+    assert "row 3" in _refused("vectors", tags.tag_subspace, _X_nan, 1)
+    for bad in (_X[0], "abc", _X[None]):
+        _refused("vectors", tags.tag_subspace, bad, 1)
+
+
+@pytest.mark.unit
+def test_explained_variance_and_norm_fraction_check_shapes_and_never_return_nan():
+    # before: wrong-rank X or U raised a raw einsum/matmul ValueError, NaN rows gave NaN, an all-zero or constant X
+    # gave NaN silently, and a non-orthonormal U gave shares above 1
+    for fn in (tags.explained_variance, tags.norm_fraction):
+        assert "rows 3" in _refused("X", fn, _X_nan, _U)
+        for bad in (_X[0], _X[None], "abc", None):
+            _refused("X", fn, bad, _U)
+        for bad in (_U[:4], _X, np.ones((6, 2)), 3 * _U, "abc"):
+            _refused("U", fn, _X, bad)
+        assert "transposed" in _refused("U", fn, _X, _U.T)
+        v = fn(_X, _U[:, 0])  # a vector is one column
+        assert np.isfinite(v) and 0 <= v <= 1
+    _refused("X", tags.explained_variance, np.ones((5, 6)), _U)  # no variance: 0/0
+    _refused("X", tags.norm_fraction, np.zeros((5, 6)), _U)  # no norm: 0/0
+    assert tags.explained_variance(_X, np.eye(6)) == pytest.approx(1.0)
+
+
+@pytest.mark.unit
+def test_grouped_folds_and_small_helpers_name_the_argument():
+    # before: grouped_folds(k=-1) raised numpy's "negative dimensions are not allowed", k=0 "argmin of an empty
+    # sequence", seed=-1 a raw ValueError, groups=None a TypeError; random_subspace took an int as rng and failed
+    # with AttributeError; caught_set/sink_positions/alpha_from_map/is_boundary/boundary_mask/union_subspace raised
+    # IndexError/AttributeError/broadcast errors on wrong shapes or types
+    g = list("aabbccdd")
+    for k in (-1, 0, 1, "2", 2.5, None):
+        _refused("k", tags.grouped_folds, g, k)
+    _refused("seed", tags.grouped_folds, g, 2, -1)
+    for groups in (None, 5, "abcd", np.zeros((2, 4))):
+        _refused("groups", tags.grouped_folds, groups, 2)
+    f = tags.grouped_folds(g, np.int64(2), np.int64(0))
+    assert set(f.tolist()) == {0, 1} and all(f[i] == f[i + 1] for i in range(0, 8, 2))
+    _refused("rng", tags.random_subspace, 4, 2, None)
+    _refused("rank", tags.random_subspace, 4, 5, 0)
+    assert tags.random_subspace(4, 2, 0).shape == (4, 2)  # a seed is a generator
+    _refused("s", tags.caught_set, _MAP, 8)
+    assert tags.caught_set(_MAP, -8, 0.0).tolist() == tags.caught_set(_MAP, 0, 0.0).tolist()  # counts from the end
+    _refused("A", tags.caught_set, _MAP[:4], 0)
+    _refused("A", tags.alpha_from_map, np.full((3, 3), np.nan))
+    _refused("alpha", tags.sink_positions, _X)
+    _refused("alpha", tags.sink_positions, np.array([0.9, np.nan, 0.1]))
+    _refused("eps", tags.sink_positions, np.ones(8), "0.2")
+    _refused("token", tags.is_boundary, None)
+    _refused("tokens", tags.boundary_mask, "a.b")
+    assert tags.boundary_mask([".", " a", "\n"]).tolist() == [True, False, True]
+    _refused("subspaces", tags.union_subspace, [])
+    _refused("subspaces", tags.union_subspace, [_U, np.eye(4)])
+    _refused("subspaces[0]", tags.union_subspace, [_X_nan.T])
+    _refused("target", tags.norm_matched_subspace, _X, float("nan"), np.random.default_rng(0))
+
+
+@pytest.mark.unit
+def test_tagdata_functions_refuse_what_is_not_a_tagdata(toy):
+    # before: a path, None or a list in place of the TagData raised AttributeError; tag_vectors(prompts=2) a
+    # TypeError, prompts=[99] an IndexError, min_later=None a TypeError inside boundary_alpha
+    for fn in (tags.sink_heads, tags.boundary_heads_from_data, tags.tag_ev_table, tags.tag_basis):
+        _refused("data", fn, "tags.npz")
+    _refused("data", tags.tag_ev, None, (0, 0))
+    _refused("data", tags.catch, [], (0, 0))
+    _refused("data", tags.tag_vectors, 2.5, (0, 0))
+    for prompts in (2, "0-3", [99], [1.5]):
+        _refused("prompts", tags.tag_vectors, toy, (0, 0), prompts)
+    G, where = tags.tag_vectors(toy, (0, 0), [-1])
+    assert (where[:, 0] == toy.n_prompts - 1).all()
+    _refused("min_later", tags.boundary_alpha, toy, None)
+    _refused("top", tags.boundary_heads_from_data, toy, top=0)
+
+
+# ----------------------------------------------------------------------------- explorers (unit)
+@pytest.fixture(scope="module")
+def toy_trace():
+    """A SinkTrace of one toy sequence (2 layers x 1 head, 16 tokens) from an untrained TinyTransformer."""
+    return trace_toy(TinyTransformer(generator=torch.Generator().manual_seed(0)), 0)
+
+
+@pytest.mark.unit
+def test_sink_explorer_head_of_the_wrong_type_is_a_sinkwidgets_error(toy_trace):
+    # before: SinkExplorer(trace, head="2") raised a bare traitlets.TraitError; numpy ints were refused the same way
+    assert "head" in _refused("head", sw.SinkExplorer, toy_trace, head="2")
+    _refused("layer", sw.SinkExplorer, toy_trace, layer=[0, 1])
+    _refused("eps", sw.SinkExplorer, toy_trace, eps="x")
+    _refused("head", sw.SinkExplorer, toy_trace, head=5)  # out of range: as before
+    ex = sw.SinkExplorer(toy_trace, layer=np.int64(1), head=np.int64(0))
+    assert (ex.layer, ex.head) == (1, 0) and type(ex.head) is int
+
+
+_explorer_args = st.one_of(_odd, st.sampled_from([0, 1, -1, 5, np.int64(0), (0, 0), (1, 0), "L1H0", (0, 9)]))
+
+
+@pytest.mark.unit
+@settings(max_examples=25, **_SETTINGS)
+@given(layer=_explorer_args, head=_explorer_args, key=st.sampled_from(["eps", "token", "metric", "scale"]),
+       value=_explorer_args)
+def test_property_sink_explorer(toy_trace, layer, head, key, value):
+    def ok(ex):
+        assert 0 <= ex.layer < toy_trace.n_layers and 0 <= ex.head < toy_trace.n_heads
+    _call(lambda: sw.SinkExplorer(toy_trace, layer=layer, head=head, **{key: value}), ok)
+
+
+@pytest.mark.unit
+@settings(max_examples=15, **_SETTINGS)
+@given(head=_explorer_args, labels=st.sampled_from([None, [0, 1] * 8, "x", [], [0.5] * 16, list(range(16))]))
+def test_property_tag_explorer(toy, head, labels):
+    def ok(te):
+        assert tuple(te.head) in {(0, 0), (1, 0)}
+    _call(lambda: sw.TagExplorer(toy, head=head, labels=labels), ok)

@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 
 from .._args import ArgumentTypeError, show
+from .._args import array as check_array
 from .._args import fraction as check_fraction
+from .._args import generator as check_generator
 from .._args import head as check_head
 from .._args import heads as check_heads
 from .._args import integer as check_integer
@@ -64,9 +66,17 @@ class NotCollectedError(SinkwidgetsError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+def _data_arg(data: Any, name: str = "data") -> TagData:
+    """``data`` if it is a :class:`TagData`; otherwise an :class:`ArgumentTypeError` saying how to get one."""
+    if not isinstance(data, TagData):
+        raise ArgumentTypeError(f"{name}={show(data)} ({type(data).__name__}): give a TagData, e.g. "
+                                f"{name}=sw.tags.collect(model, texts, heads=[(2, 2)]) or TagData.load('tags.npz')")
+    return data
+
+
 def _dims(data: TagData) -> tuple[int | None, int | None]:
     """The model's numbers of layers and heads as far as ``data`` knows them (from ``sink_scores [L, H, n_tok]``)."""
-    s = data.sink_scores
+    s = _data_arg(data).sink_scores
     return (int(s.shape[0]), int(s.shape[1])) if s is not None and s.ndim == 3 else (None, None)
 
 
@@ -113,29 +123,92 @@ def _finite_rows(name: str, M: np.ndarray, data: TagData | None = None) -> None:
         "'Non-finite data')")
 
 
+def _rows(name: str, X: Any, min_rows: int = 1) -> np.ndarray:
+    """``X`` as a finite float64 ``[n, d]`` matrix (``sinkwidgets._args.array``; non-finite rows are refused naming
+    them, docs/tags.md "Non-finite data")."""
+    return check_array(name, X, ndim=2, shape="[n, d]", min_rows=min_rows)
+
+
+def _subspace(name: str, U: Any, d: int, *, orthonormal: bool = True) -> np.ndarray:
+    """``U`` as a finite float64 ``[d, r]`` basis (a vector ``[d]`` is one column) of the width ``d`` of the data;
+    with ``orthonormal``, ``U.T @ U`` must be the identity (to 1e-4): the formulas that take an orthonormal ``U``
+    give numbers above 1 for any other matrix, so it is refused rather than used."""
+    U = _column(U)
+    U = check_array(name, U, ndim=2, shape="[d, r]", example="tags.tag_subspace(G, rank=2)")
+    if U.shape[0] != d:
+        hint = " (it looks transposed: pass U.T)" if U.shape[1] == d else ""
+        raise SinkwidgetsValueError(f"{name}: the subspace is [d, r] with d = {d} (the width of the data), got shape "
+                                    f"{list(U.shape)}{hint}")
+    if orthonormal and not np.allclose(U.T @ U, np.eye(U.shape[1]), atol=1e-4):
+        raise SinkwidgetsValueError(f"{name}: the columns of U [{d}, {U.shape[1]}] are not orthonormal (U.T @ U is not "
+                                    "the identity), so the share would be meaningless; orthonormalise first: "
+                                    f"{name}=np.linalg.qr({name})[0]")
+    return U
+
+
+def _column(U: Any) -> Any:
+    """A numeric vector ``[d]`` as one column ``[d, 1]``; anything else unchanged (checked by the caller)."""
+    if isinstance(U, (list, tuple, np.ndarray)):
+        try:
+            arr = np.asarray(U)
+        except (TypeError, ValueError):
+            return U
+        if arr.ndim == 1 and arr.dtype.kind in "fiub":
+            return arr[:, None]
+    return U
+
+
+def _tokens_arg(name: str, tokens: Any) -> list[str]:
+    """A list of token strings (a string is not a list of tokens)."""
+    if isinstance(tokens, (str, bytes)) or not isinstance(tokens, (list, tuple, np.ndarray)):
+        raise ArgumentTypeError(f"{name}={show(tokens)} ({type(tokens).__name__}): give a list of token strings, "
+                                f"e.g. {name}=['The', ' cat', '.']")
+    items = list(tokens.tolist() if isinstance(tokens, np.ndarray) else tokens)
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise ArgumentTypeError(f"{name}={show(tokens)}: token {i} is {show(t)} ({type(t).__name__}), not a "
+                                    f"string; give the tokens as strings, e.g. {name}=['The', ' cat', '.']")
+    return items
+
+
 # ----------------------------------------------------------------------------- boundaries and sinks
 def is_boundary(token: str) -> bool:
     """True for sentence-boundary tokens: ``'.'``, ``'!'``, ``'?'``, newlines, and mixes such as ``'.\\n'``."""
+    if not isinstance(token, str):
+        raise ArgumentTypeError(f"token={show(token)} ({type(token).__name__}): a token is a string, e.g. token='.'")
     s = token.strip(" \t")
     return bool(s) and all(c in BOUNDARY_CHARS for c in s)
 
 
 def boundary_mask(tokens: Sequence[str]) -> np.ndarray:
-    """``[T]`` bool: which tokens are sentence boundaries (:func:`is_boundary`)."""
-    return np.array([is_boundary(t) for t in tokens], dtype=bool)
+    """``[T]`` bool: which tokens are sentence boundaries (:func:`is_boundary`). ``tokens``: a list of strings."""
+    return np.array([is_boundary(t) for t in _tokens_arg("tokens", tokens)], dtype=bool)
+
+
+def _square_map(name: str, A: Any) -> np.ndarray:
+    A = check_array(name, A, ndim=2, shape="[T, T]", example="data.attention_map((2, 2), 0)")
+    if A.shape[0] != A.shape[1]:
+        raise SinkwidgetsValueError(f"{name}: an attention map is square [T, T], got shape {list(A.shape)}")
+    return A
 
 
 def alpha_from_map(A: np.ndarray) -> np.ndarray:
-    """Gu et al. α of a causal map ``A [T, T]``: ``alpha_k = mean_{t >= k} A[t, k]``, ``[T]``."""
-    A = np.asarray(A, dtype=np.float64)
+    """Gu et al. α of a causal map ``A [T, T]``: ``alpha_k = mean_{t >= k} A[t, k]``, ``[T]``. Non-finite maps are
+    refused (``SinkwidgetsValueError`` naming the rows)."""
+    A = _square_map("A", A)
     T = A.shape[0]
     return np.tril(A).sum(0) / (T - np.arange(T))
 
 
 def sink_positions(alpha: np.ndarray, eps: float = EPS, min_later: int = MIN_LATER) -> np.ndarray:
     """Sinks of one prompt and head: positions ``k`` with ``alpha[k] > eps`` and (``k == 0`` or at least
-    ``min_later`` later queries, ``T - 1 - k >= min_later``)."""
-    alpha = np.asarray(alpha)
+    ``min_later`` later queries, ``T - 1 - k >= min_later``). ``alpha [T]`` must be finite (a NaN is never read
+    as "not a sink" silently); ``eps`` a finite number, ``min_later`` an integer >= 0."""
+    alpha = check_array("alpha", alpha, ndim=1, shape="[T]", min_rows=0, example="data.alpha((2, 2))[data.span(0)]")
+    if not isinstance(eps, float) or not np.isfinite(eps):
+        eps = check_number("eps", eps, example=EPS)
+    if not (type(min_later) is int and min_later >= 0):
+        min_later = check_integer("min_later", min_later, minimum=0, example=MIN_LATER)
     T = len(alpha)
     k = np.arange(T)
     return np.nonzero((alpha > eps) & ((k == 0) | (T - 1 - k >= min_later)))[0]
@@ -175,15 +248,16 @@ class HeadRanking(list):
 
 
 def _require_scores(data: TagData) -> np.ndarray:
-    if data.sink_scores is None:
+    if _data_arg(data).sink_scores is None:
         raise SinkwidgetsValueError("this TagData has no sink_scores (α of every head); collect it with summary=True")
     return data.sink_scores
 
 
 def boundary_alpha(data: TagData, min_later: int = MIN_LATER) -> np.ndarray:
     """Per prompt and head, the largest α among non-first boundary tokens with ``>= min_later`` later queries,
-    ``[N, L, H]`` (NaN for a prompt without such a token)."""
+    ``[N, L, H]`` (NaN for a prompt without such a token). ``min_later``: an integer >= 0."""
     scores = _require_scores(data)
+    min_later = check_integer("min_later", min_later, minimum=0, example=MIN_LATER)
     L, H = scores.shape[:2]
     out = np.full((data.n_prompts, L, H), np.nan, np.float32)
     for i in range(data.n_prompts):
@@ -200,8 +274,11 @@ def boundary_heads_from_data(data: TagData, *, threshold: float = BOUNDARY_ALPHA
     """Heads ranked by mean non-first boundary α over the prompts (highest first).
 
     ``share`` is the share of prompts whose boundary α is ``>= threshold``. Prompts without a boundary token that
-    has ``min_later`` later queries are left out (``n_prompts`` counts the rest).
+    has ``min_later`` later queries are left out (``n_prompts`` counts the rest). ``threshold``: a finite number;
+    ``top``: an integer >= 1 or None (all heads).
     """
+    threshold = check_number("threshold", threshold, example=BOUNDARY_ALPHA)
+    top = check_integer("top", top, minimum=1, allow_none=True, example=10)
     return _rank_boundary(boundary_alpha(data, min_later), threshold, min_later, top)
 
 
@@ -316,8 +393,14 @@ class CatchResult:
 
 
 def caught_set(A: np.ndarray, s: int, tau: float = TAU) -> np.ndarray:
-    """``C_s = {t > s : A[t, s] > tau}`` of a map ``A [T, T]``."""
-    col = np.asarray(A)[s + 1:, s]
+    """``C_s = {t > s : A[t, s] > tau}`` of a map ``A [T, T]`` (finite, square); ``s`` a position in ``0..T-1``
+    (negative counts from the end), ``tau`` a finite number."""
+    A = _square_map("A", A)
+    T = A.shape[0]
+    s = check_integer("s", s, minimum=-T, maximum=T - 1, example=0) % T
+    if not isinstance(tau, float) or not np.isfinite(tau):
+        tau = check_number("tau", tau, example=TAU)
+    col = A[s + 1:, s]
     return np.nonzero(col > tau)[0] + s + 1
 
 
@@ -398,12 +481,24 @@ def tag_vectors(data: TagData, head: Any, prompts: Sequence[int] | None = None, 
                 min_later: int = MIN_LATER) -> tuple[np.ndarray, np.ndarray]:
     """Tag vectors ``g_s = v_s W_O^h`` of the head's sinks in the given prompts (default all).
 
-    Returns ``(G [n_sinks, d], where [n_sinks, 2])`` with ``(prompt, position)`` of each sink.
+    Returns ``(G [n_sinks, d], where [n_sinks, 2])`` with ``(prompt, position)`` of each sink. ``prompts``: prompt
+    indices (a list, tuple, ``range`` or 1-D integer array; negative counts from the end) or None (all).
     """
+    head = _head_arg(data, head)
+    eps = check_number("eps", eps, example=EPS)
+    min_later = check_integer("min_later", min_later, minimum=0, example=MIN_LATER)
+    n = data.n_prompts
+    if prompts is not None:
+        if isinstance(prompts, np.ndarray) and prompts.ndim == 1:
+            prompts = prompts.tolist()
+        if not isinstance(prompts, (list, tuple, range)):
+            raise ArgumentTypeError(f"prompts={show(prompts)} ({type(prompts).__name__}): give prompt indices as a list "
+                                    "or range of ints, e.g. prompts=range(0, 8), or None for all prompts")
+        prompts = [check_integer("prompts", i, minimum=-n, maximum=n - 1, example=0) % n for i in prompts]
     V = data.values(head)
     alpha = data.alpha(head)
     rows, where = [], []
-    for i in range(data.n_prompts) if prompts is None else prompts:
+    for i in range(n) if prompts is None else prompts:
         sl = data.span(int(i))
         for s in sink_positions(alpha[sl], eps, min_later):
             rows.append(sl.start + int(s))
@@ -431,26 +526,44 @@ def tag_subspace(vectors: np.ndarray, rank: int = 1) -> np.ndarray:
 
 
 def explained_variance(X: np.ndarray, U: np.ndarray) -> float:
-    """``||(X - mean X) U||_F^2 / ||X - mean X||_F^2`` for an orthonormal ``U [d, r]``."""
-    Xc = np.asarray(X, dtype=np.float64)
+    """``||(X - mean X) U||_F^2 / ||X - mean X||_F^2`` for rows ``X [n, d]`` and an orthonormal ``U [d, r]`` (a
+    vector ``[d]`` is one column).
+
+    Refused with a :class:`~sinkwidgets.errors.SinkwidgetsValueError`: non-finite rows of ``X`` (named), a ``U``
+    that is not orthonormal or not ``d`` wide, and an ``X`` without variance (all rows equal: the share is 0/0)."""
+    Xc = _rows("X", X)
+    U = _subspace("U", U, Xc.shape[1])
     Xc = Xc - Xc.mean(0)
     total = float(np.einsum("ij,ij->", Xc, Xc))
     if total == 0:
-        return float("nan")
-    P = Xc @ np.asarray(U, dtype=np.float64)
+        raise SinkwidgetsValueError(f"X: the {len(Xc)} rows have no variance (all rows are equal), so no share of it "
+                                    "can be explained; give rows that differ (at least 2)")
+    P = Xc @ U
     return float(np.einsum("ij,ij->", P, P) / total)
 
 
 def pc_bound(X: np.ndarray, rank: int) -> float:
-    """Largest EV any ``rank``-dim subspace reaches on ``X``: its top-``rank`` principal components."""
-    Xc = np.asarray(X, dtype=np.float64)
+    """Largest EV any ``rank``-dim subspace reaches on ``X [n, d]``: its top-``rank`` principal components,
+    ``sum_{i <= rank} s_i^2 / sum_i s_i^2`` (``s`` the singular values of the centred ``X``).
+
+    ``rank``: an integer in ``1..d``. Non-finite rows of ``X`` are refused (named), as is an ``X`` without variance."""
+    Xc = _rows("X", X)
+    rank = check_integer("rank", rank, minimum=1, maximum=Xc.shape[1], example=1)
     Xc = Xc - Xc.mean(0)
     s = np.linalg.svd(Xc, compute_uv=False) ** 2
-    return float(s[:rank].sum() / s.sum()) if s.sum() > 0 else float("nan")
+    if not s.sum() > 0:
+        raise SinkwidgetsValueError(f"X: the {len(Xc)} rows have no variance (all rows are equal), so there are no "
+                                    "principal components; give rows that differ (at least 2)")
+    return float(s[:rank].sum() / s.sum())
 
 
 def random_subspace(d: int, rank: int, rng: np.random.Generator) -> np.ndarray:
-    """A uniformly random (Haar) ``rank``-dim subspace of R^d, ``[d, rank]`` orthonormal."""
+    """A uniformly random (Haar) ``rank``-dim subspace of R^d, ``[d, rank]`` orthonormal. ``d >= 1``,
+    ``rank`` in ``1..d``; ``rng`` a ``numpy.random.Generator`` (or a seed, an integer >= 0)."""
+    if not (type(d) is int and type(rank) is int and 1 <= rank <= d):
+        d = check_integer("d", d, minimum=1, example=64)
+        rank = check_integer("rank", rank, minimum=1, maximum=d, example=1)
+    rng = check_generator("rng", rng)
     q, r = np.linalg.qr(rng.standard_normal((d, rank)))
     return q * np.sign(np.diag(r))
 
@@ -459,12 +572,17 @@ def norm_fraction(X: np.ndarray, U: np.ndarray) -> float:
     """Share of the norm of the rows ``X [n, d]`` (uncentred) that lies in the subspace of an orthonormal
     ``U [d, r]``: ``||X U||_F / ||X||_F`` (the square root of the energy share, so a random ``r``-dim subspace
     gives about ``sqrt(r / d)``: 0.06 for ``r = 2`` in SmolLM2's ``d = 576``). This is what :func:`release` removes
-    when it projects ``U`` out of the residual rows ``X`` at the edited positions."""
-    X = np.asarray(X, dtype=np.float64)
+    when it projects ``U`` out of the residual rows ``X`` at the edited positions.
+
+    Refused with a :class:`~sinkwidgets.errors.SinkwidgetsValueError`: non-finite rows of ``X`` (named), a ``U``
+    that is not orthonormal or not ``d`` wide, and an all-zero ``X`` (no norm to share)."""
+    X = _rows("X", X)
+    U = _subspace("U", U, X.shape[1])
     total = float(np.einsum("ij,ij->", X, X))
     if total == 0:
-        return float("nan")
-    P = X @ np.asarray(U, dtype=np.float64)
+        raise SinkwidgetsValueError(f"X: the {len(X)} rows are all zeros, so no share of their norm lies anywhere; "
+                                    "give non-zero rows")
+    P = X @ U
     return float(np.sqrt(np.einsum("ij,ij->", P, P) / total))
 
 
@@ -476,7 +594,8 @@ def norm_matched_subspace(X: np.ndarray, target: float, rng: np.random.Generator
     data: about ``target^2 * d`` when ``X`` has no preferred direction, so a tag that holds 0.20 of the norm of
     SmolLM2's residual is matched by ~23 random directions). ``target >= 1`` returns all ``d`` directions.
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = _rows("X", X)
+    target = check_number("target", target, low=0, low_open=True, example=0.2)
     d = X.shape[1]
     Q = random_subspace(d, d, rng)
     energy = np.cumsum(np.einsum("ij,ij->j", X @ Q, X @ Q))
@@ -495,6 +614,7 @@ def subspace_cosine(U: np.ndarray, W: np.ndarray) -> float:
 
 def split_prompts(n: int, fraction: float = 0.5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A seeded random split of ``range(n)`` into a fit part (``fraction``) and an evaluation part."""
+    n = check_integer("n", n, example=16)
     if n < 2:
         raise SinkwidgetsValueError(f"a held-out split needs at least 2 prompts, got {n}; collect more prompts")
     fraction = check_fraction("split", fraction, low_open=True, high_open=True)
@@ -668,13 +788,30 @@ class TagEVTable(list):
 
 def tag_ev_table(data: TagData, heads: Sequence[Any] | None = None, rank: int = 1, **kwargs) -> TagEVTable:
     """:func:`tag_ev` for several heads (default: every collected head), sorted by held-out EV."""
-    heads = [tuple(h) for h in data.heads.tolist()] if heads is None else _heads_arg("heads", heads, data)
+    heads = [tuple(h) for h in _data_arg(data).heads.tolist()] if heads is None else _heads_arg("heads", heads, data)
     rows = [tag_ev(data, h, rank, **kwargs) for h in heads]
     return TagEVTable(sorted(rows, key=lambda r: -r.ev))
 
 
 def union_subspace(subspaces: Sequence[np.ndarray], tol: float = 1e-8) -> np.ndarray:
-    """Orthonormal basis ``[d, k]`` of the union (sum) of subspaces; ``k`` is at most the sum of their ranks."""
-    M = np.concatenate([np.asarray(U, np.float64) for U in subspaces], axis=1)
+    """Orthonormal basis ``[d, k]`` of the union (sum) of subspaces; ``k`` is at most the sum of their ranks.
+
+    ``subspaces``: a non-empty list of finite ``[d, r_i]`` bases of one width ``d`` (a vector ``[d]`` is one
+    column); ``tol`` a number >= 0 (singular values below ``tol`` times the largest are dropped)."""
+    if isinstance(subspaces, np.ndarray) and subspaces.ndim == 2:
+        subspaces = [subspaces]
+    if isinstance(subspaces, (str, bytes)) or not isinstance(subspaces, (list, tuple, np.ndarray)) or not len(subspaces):
+        raise ArgumentTypeError(f"subspaces={show(subspaces)}: give a non-empty list of [d, r] bases, e.g. "
+                                "subspaces=[U1, U2]")
+    tol = check_number("tol", tol, low=0, example=1e-8)
+    mats = []
+    for i, U in enumerate(subspaces):
+        mats.append(check_array(f"subspaces[{i}]", _column(U), ndim=2, shape="[d, r]", example="tags.tag_subspace(G, 2)"))
+    if len({m.shape[0] for m in mats}) > 1:
+        raise SinkwidgetsValueError(f"subspaces: the bases have different widths d {[m.shape[0] for m in mats]}; "
+                                    "give bases of one model width")
+    M = np.concatenate(mats, axis=1)
+    if not np.abs(M).max() > 0:
+        raise SinkwidgetsValueError("subspaces: every basis is all zeros, so they span nothing; give non-zero bases")
     u, s, _ = np.linalg.svd(M, full_matrices=False)
     return u[:, s > tol * max(s.max(), 1e-300)]

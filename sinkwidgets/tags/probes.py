@@ -42,6 +42,7 @@ from .._args import seed as check_seed
 from ..errors import SinkwidgetsValueError
 from .analysis import (
     NotCollectedError,
+    _data_arg,
     _dims,
     _finite_rows,
     _heads_arg,
@@ -61,7 +62,15 @@ C_DEFAULT = 0.1
 
 def grouped_folds(groups: Sequence[Any], k: int = 5, seed: int = 0) -> np.ndarray:
     """Fold id ``[N]`` in ``0..k-1`` such that every group lies in one fold; groups are shuffled by ``seed`` and
-    dealt to folds largest first (so folds have near-equal sizes)."""
+    dealt to folds largest first (so folds have near-equal sizes). ``groups``: one hashable group per item (a list,
+    tuple or 1-D array; compared as strings); ``k`` an integer >= 2 (``sinkwidgets._args``), at most the number of
+    groups; ``seed`` an integer >= 0."""
+    k = check_integer("k", k, minimum=2, example=5)
+    seed = check_seed("seed", seed)
+    if isinstance(groups, (str, bytes)) or not isinstance(groups, (list, tuple, range, np.ndarray)) or (
+            isinstance(groups, np.ndarray) and groups.ndim != 1):
+        raise ArgumentTypeError(f"groups={show(groups)} ({type(groups).__name__}): give one group per item as a list "
+                                "or 1-D array, e.g. groups=['a', 'a', 'b', 'c']")
     groups = np.asarray([str(g) for g in groups])
     uniq, inv, counts = np.unique(groups, return_inverse=True, return_counts=True)
     if len(uniq) < k:
@@ -187,6 +196,9 @@ def probe_features(X: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None, Q
         raise SinkwidgetsValueError(f"X: features are [N, d] (N texts, d >= 1), got shape {list(X.shape)}")
     N, d = X.shape
     _finite_rows("X", X)
+    if N >= 2 and not np.ptp(X, axis=0).any():
+        raise SinkwidgetsValueError(f"X: the {N} feature rows are all equal (no variance), so no probe can separate "
+                                    "the classes and the tag's share of the variance is 0/0; give the texts' features")
     try:
         y = check_labels("labels", y, n=N)
     except ArgumentTypeError:  # strings or other classes: any two
@@ -279,7 +291,7 @@ def tag_basis(data: TagData, heads: Any = "auto", *, rank: int = 2, n_heads: int
     ``heads="auto"``: the ``n_heads`` first-token sink heads (mean α₀ ``>= alpha0``) in layers ``<= max_layer``
     with the highest in-sample tag EV at ``rank`` among the collected heads. Otherwise a list of ``(layer, head)``.
     """
-    collected = [tuple(h) for h in data.heads.tolist()]
+    collected = [tuple(h) for h in _data_arg(data).heads.tolist()]
     rank = check_integer("rank", rank, minimum=1, example=2)
     n_heads = check_integer("n_heads", n_heads, minimum=1, example=8)
     evs = {}

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._text import show_token
+from ..errors import SinkwidgetsTypeError, SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from ..tags import analysis as A
 from ..tags.data import TagData
@@ -55,11 +56,11 @@ def packed_int(array: np.ndarray, dtype: str) -> dict[str, Any]:
     """An integer array as ``{"dtype", "shape", "data": bytes}`` (little-endian), mirrored by ``decodeInts`` in
     ``static/sinkwidgets.js`` (shared by both widgets). Values outside the dtype's range are an error, never wrapped."""
     if dtype not in _INT_DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_INT_DTYPES)}, got {dtype!r}")
+        raise SinkwidgetsValueError(f"dtype must be one of {sorted(_INT_DTYPES)}, got {dtype!r}")
     a = np.asarray(array)
     info = np.iinfo(np.dtype(_INT_DTYPES[dtype]))
     if a.size and (a.min() < info.min or a.max() > info.max):
-        raise ValueError(f"values {a.min()}..{a.max()} do not fit in {dtype} ({info.min}..{info.max})")
+        raise SinkwidgetsValueError(f"values {a.min()}..{a.max()} do not fit in {dtype} ({info.min}..{info.max})")
     return {"dtype": dtype, "shape": [int(s) for s in a.shape],
             "data": np.ascontiguousarray(a, dtype=_INT_DTYPES[dtype]).tobytes()}
 
@@ -176,7 +177,7 @@ def as_tagdata(data: Any, who: str = "TagExplorer") -> TagData:
         return data
     if isinstance(data, (str, os.PathLike)):
         return TagData.load(data)
-    raise TypeError(f"{who} needs a TagData (from sinkwidgets.tags.collect(model, texts, heads=[...])) or the path of "
+    raise SinkwidgetsTypeError(f"{who} needs a TagData (from sinkwidgets.tags.collect(model, texts, heads=[...])) or the path of "
                     f"a saved one (TagData.save), got {type(data).__name__}")
 
 
@@ -187,13 +188,16 @@ def label_codes(data: TagData, labels: Any) -> tuple[np.ndarray, list[str]] | No
         labels = data.labels
         if labels is None:
             return None
+    if isinstance(labels, (str, bytes, dict)) or not isinstance(labels, (list, tuple, range, np.ndarray)):
+        raise SinkwidgetsTypeError(f"labels={labels!r:.60} ({type(labels).__name__}): give one label per prompt or per "
+                                   "token as a list or 1-D array, e.g. labels=['city', 'river', ...]")
     vals = list(labels.tolist() if isinstance(labels, np.ndarray) else labels)
     N, n = data.n_prompts, data.n_tokens
     if len(vals) not in (N, n):
-        raise ValueError(f"labels has {len(vals)} entries; give one per prompt ({N}) or one per token ({n})")
+        raise SinkwidgetsValueError(f"labels has {len(vals)} entries; give one per prompt ({N}) or one per token ({n})")
     names = sorted({str(v) for v in vals}, key=lambda s: (len(s), s))
     if len(names) > MAX_LABELS:
-        raise ValueError(f"labels has {len(names)} distinct values; TagExplorer colours at most {MAX_LABELS} "
+        raise SinkwidgetsValueError(f"labels has {len(names)} distinct values; TagExplorer colours at most {MAX_LABELS} "
                          "categories: bin them first (e.g. labels=[v > 0 for v in values])")
     index = {s: i for i, s in enumerate(names)}
     codes = np.array([index[str(v)] for v in vals], dtype=np.uint8)
@@ -206,7 +210,7 @@ def prompt_trace(data: TagData, i: int) -> SinkTrace:
     """Prompt ``i`` of a TagData as a :class:`SinkTrace` (α of every head, first-token mass, the kept maps), so a
     :class:`~sinkwidgets.SinkExplorer` can show it (see :func:`sinkwidgets.link`)."""
     if data.sink_scores is None:
-        raise ValueError("this TagData has no sink_scores (α of every head), so SinkExplorer cannot show a prompt of "
+        raise SinkwidgetsValueError("this TagData has no sink_scores (α of every head), so SinkExplorer cannot show a prompt of "
                          "it; collect with summary=True")
     sl = data.span(i)
     maps = map_index = None
@@ -284,10 +288,10 @@ class TagView:
         self.n_random = int(n_random)
         self.seed = int(seed)
         if data.head_outputs is None or data.head_values is None or not len(data.heads):
-            raise ValueError("TagExplorer needs per-head outputs and values: collect with heads=[(layer, head), ...] "
+            raise SinkwidgetsValueError("TagExplorer needs per-head outputs and values: collect with heads=[(layer, head), ...] "
                              "(outputs=True and values=True, the defaults)")
         if data.sink_scores is None:
-            raise ValueError("TagExplorer needs α of every head (sink_scores) to find the sinks: collect with "
+            raise SinkwidgetsValueError("TagExplorer needs α of every head (sink_scores) to find the sinks: collect with "
                              "summary=True (the default)")
         self.heads = [(int(a), int(b)) for a, b in data.heads.tolist()]
         self.labels = label_codes(data, labels)
@@ -311,11 +315,11 @@ class TagView:
             lh = (int(head[0]), int(head[1]))
             if len(head) != 2:
                 raise ValueError
-        except (TypeError, ValueError, IndexError):
-            raise ValueError(f"head must be a (layer, head) pair such as {self.heads[0]}, got {head!r}") from None
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise SinkwidgetsValueError(f"head must be a (layer, head) pair such as {self.heads[0]}, got {head!r}") from None
         if lh not in self.heads:
             have = ", ".join(f"({a}, {b})" for a, b in self.heads)
-            raise ValueError(f"head {lh} was not collected; this TagData has heads {have} (collect again with "
+            raise SinkwidgetsValueError(f"head {lh} was not collected; this TagData has heads {have} (collect again with "
                              f"heads=[{lh}, ...] to explore it)")
         return lh
 
@@ -392,7 +396,7 @@ class TagView:
         if source == "output":
             return self.data.outputs(head)
         if self.residual_rows is None:
-            raise ValueError("source='residual' needs the residual stream at every token: give TagExplorer a model "
+            raise SinkwidgetsValueError("source='residual' needs the residual stream at every token: give TagExplorer a model "
                              "(TagExplorer(data, head, model=sinkwidgets.load_model(...)))")
         layer = head[0]
         if layer not in self._resid:

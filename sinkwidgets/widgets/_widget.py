@@ -20,6 +20,7 @@ import anywidget
 import numpy as np
 import traitlets
 
+from .. import _args
 from .._atomic import atomic_write
 from ..errors import SinkwidgetsValueError
 from ..sinktrace import SinkTrace
@@ -175,8 +176,14 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             dl, dh = self._default_head()
             layer = dl if layer is None else layer
             head = dh if head is None else head
-        super().__init__(_tokens=list(tr.tokens), _summary=summary_state(tr), layer=layer, head=head,
-                         _has_model=model is not None, **kwargs)
+        layer, head = _args.integer("layer", layer), _args.integer("head", head)  # numpy ints ok; "2" named
+        try:
+            super().__init__(_tokens=list(tr.tokens), _summary=summary_state(tr), layer=layer, head=head,
+                             _has_model=model is not None, **kwargs)
+        except traitlets.TraitError as exc:  # a wrong type for a trait keyword (eps="x"): one error family
+            if isinstance(exc, SinkwidgetsValueError):
+                raise
+            raise WidgetValueError(f"{who}(...): {exc} Pass it as documented in help(sinkwidgets.{who}).") from None
         self.on_msg(self._on_custom_msg)
         self._update_map()
 
