@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import SinkwidgetsTypeError, SinkwidgetsValueError
 from .lessons.summaries import outlier_channels
 from .sinktrace import SinkTrace
 from .widgets.charts import grid_chart, heatmap_chart, save_png, save_svg, token_chart
@@ -65,7 +66,8 @@ def _trace(trace: Any, who: str) -> SinkTrace:
         return trace
     if isinstance(trace, str) or hasattr(trace, "__fspath__"):
         return SinkTrace.load(trace)
-    raise TypeError(f"{who} needs a SinkTrace or the path of a saved one, got {type(trace).__name__}")
+    raise SinkwidgetsTypeError(f"{who}(trace=...) needs a SinkTrace or the path of a saved one, got "
+                               f"{type(trace).__name__}; e.g. sinkwidgets.trace(model, text) or 'trace.npz'")
 
 
 def norm_rows(trace: SinkTrace) -> list[dict]:
@@ -73,7 +75,7 @@ def norm_rows(trace: SinkTrace) -> list[dict]:
     tr = _trace(trace, "norm_rows")
     n = np.asarray(tr.resid_norms, np.float64)
     if np.isnan(n).all():
-        raise ValueError("this trace has no residual norms recorded; trace it with sinkwidgets.trace()")
+        raise SinkwidgetsValueError("this trace has no residual norms recorded; trace it with sinkwidgets.trace()")
     return [{"layer": int(l), "pos": int(t), "token": f"{t} {tr.tokens[t]!r}", "norm": float(n[l, t]),
              "log10_norm": float(np.log10(max(n[l, t], 1e-12)))}
             for l in range(tr.n_layers) for t in range(tr.n_tokens)]
@@ -108,7 +110,7 @@ def outlier_rows(trace: SinkTrace, abs_thr: float = 100.0, ratio: float = 1000.0
     """
     tr = _trace(trace, "outlier_rows")
     if tr.top_activations is None or tr.median_abs_activation is None:
-        raise ValueError("this trace has no top activations recorded; trace it with sinkwidgets.trace()")
+        raise SinkwidgetsValueError("this trace has no top activations recorded; trace it with sinkwidgets.trace()")
     named = {(o.token, o.channel) for o in outlier_channels(tr, abs_thr, ratio)[:max_channels]}
     rows = []
     L, K = tr.top_activations.shape
@@ -165,15 +167,16 @@ def line_chart(series: Mapping[str, Sequence[float]], x: Sequence[float] | None 
     """One line per named series of equal length; ``x`` defaults to 0, 1, 2, ..."""
     alt = _alt()
     if not series:
-        raise ValueError("series is empty: pass {name: values}")
+        raise SinkwidgetsValueError(f"series={series!r} is empty: pass {{name: values}}, e.g. {{'α': [0.1, 0.8]}}")
     arrays = {str(k): np.asarray(v, np.float64).reshape(-1) for k, v in series.items()}
     n = {len(v) for v in arrays.values()}
     if len(n) != 1:
-        raise ValueError(f"all series must have the same length, got {sorted(n)}")
+        raise SinkwidgetsValueError(f"series: all series must have the same length, got lengths {sorted(n)}; trim or pad "
+                                    "them to one length")
     N = n.pop()
     xs = np.arange(N) if x is None else np.asarray(x, np.float64)
     if len(xs) != N:
-        raise ValueError(f"x has {len(xs)} values for series of length {N}")
+        raise SinkwidgetsValueError(f"x has {len(xs)} values for series of length {N}; pass one x per value (or x=None)")
     rows = [{"x": float(xs[i]), "y": None if not np.isfinite(v[i]) else float(v[i]), "series": name}
             for name, v in arrays.items() for i in range(N)]
     return (
@@ -192,7 +195,7 @@ def bar_chart(values: Mapping[str, float], y_title: str = "value", title: str = 
     """One bar per named value, in the given order."""
     alt = _alt()
     if not values:
-        raise ValueError("values is empty: pass {name: value}")
+        raise SinkwidgetsValueError(f"values={values!r} is empty: pass {{name: value}}, e.g. {{'L2H2': 0.8}}")
     rows = [{"name": str(k), "value": float(v)} for k, v in values.items()]
     return (
         alt.Chart(alt.Data(values=rows), title=title)
@@ -213,15 +216,18 @@ def weights_chart(results: dict[str, np.ndarray], labels: list[str] | None = Non
     import altair as alt
 
     if not results:
-        raise ValueError("results is empty: pass {title: weights}")
+        raise SinkwidgetsValueError(f"results={results!r} is empty: pass {{title: weights}}, one 1-D weight vector per "
+                                    "panel")
     arrays = {k: np.asarray(v, dtype=np.float64).reshape(-1) for k, v in results.items()}
     n = {len(v) for v in arrays.values()}
     if len(n) != 1:
-        raise ValueError(f"all weight vectors must have the same length, got {sorted(n)}")
+        raise SinkwidgetsValueError(f"results: all weight vectors must have the same length, got lengths {sorted(n)}; "
+                                    "pass one weight per key in every panel")
     T = n.pop()
     labels = [f"k{j}" for j in range(T)] if labels is None else [str(s) for s in labels]
     if len(labels) != T:
-        raise ValueError(f"{len(labels)} labels for {T} keys")
+        raise SinkwidgetsValueError(f"labels has {len(labels)} entries for {T} keys; pass one label per key (or "
+                                    "labels=None)")
     rows = [{"panel": f"{name} (sum {w.sum():.2f})", "key": labels[j], "order": j, "weight": float(w[j])}
             for name, w in arrays.items() for j in range(T)]
     return (

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 
+from ..errors import SinkwidgetsValueError
 from ._state import STATIC
 
 #: The shared module every widget module starts with.
@@ -55,16 +56,16 @@ def split_import(widget_js: str, what: str) -> tuple[list[str], str]:
     it renames (``a as b``), or when the file holds another import."""
     m = _IMPORT.match(widget_js)
     if m is None:
-        raise ValueError(f"{what} must start with `import {{ ... }} from \"./{COMMON}\";` (the shared helpers it "
-                         "uses); see sinkwidgets/widgets/_assets.py")
+        raise SinkwidgetsValueError(f"{what} must start with `import {{ ... }} from \"./{COMMON}\";` (the shared "
+                                    "helpers it uses); see sinkwidgets/widgets/_assets.py")
     names = [n.strip() for n in m["names"].split(",") if n.strip()]
     bad = [n for n in names if not re.fullmatch(_IDENT, n)]
     if bad:
-        raise ValueError(f"{what} imports {bad} from {COMMON}: list plain names (no `as` renames)")
+        raise SinkwidgetsValueError(f"{what} imports {bad} from {COMMON}: list plain names (no `as` renames)")
     body = widget_js[m.end():]
     if _ANY_IMPORT.search(body):
-        raise ValueError(f"{what} has a second import statement; one module is assembled from {COMMON} and "
-                         f"{what} only, so import shared helpers in the first statement")
+        raise SinkwidgetsValueError(f"{what} has a second import statement; one module is assembled from {COMMON} and "
+                                    f"{what} only, so import shared helpers in the first statement")
     return names, body
 
 
@@ -73,14 +74,16 @@ def assemble(common: str, own: str, js_name: str) -> str:
     in messages): ``common``, then ``own`` without its import statement. Checked first: ``common`` imports nothing
     and has no default export; each name ``own`` imports is exported by ``common`` and used in ``own``."""
     if _ANY_IMPORT.search(common) or re.search(r"^export\s+default\b", common, re.M):
-        raise ValueError(f"{COMMON} must import nothing and have no default export (each widget has its own)")
+        raise SinkwidgetsValueError(f"{COMMON} must import nothing and have no default export (each widget has its "
+                                    "own): move them to the widget's file")
     names, body = split_import(own, js_name)
     missing = sorted(set(names) - exported_names(common))
     if missing:
-        raise ValueError(f"{js_name} imports {missing}, which {COMMON} does not export: export them there")
+        raise SinkwidgetsValueError(f"{js_name} imports {missing}, which {COMMON} does not export: export them there")
     unused = sorted(n for n in names if not re.search(r"(?<![\w$.])" + re.escape(n) + r"(?![\w$])", body))
     if unused:
-        raise ValueError(f"{js_name} imports {unused} from {COMMON} but never uses them: drop them from the import")
+        raise SinkwidgetsValueError(f"{js_name} imports {unused} from {COMMON} but never uses them: drop them from the "
+                                    "import")
     return (f"// ---- {COMMON} (shared helpers; assembled by sinkwidgets/widgets/_assets.py)\n{common}\n"
             f"// ---- {js_name}\n{body}")
 
@@ -90,7 +93,8 @@ def esm(widget: str) -> str:
     """The ES module of ``widget`` (a key of :data:`WIDGETS`): :func:`assemble` of ``static/sinkwidgets.js`` and
     the widget's own file. Both widgets and their offline pages get their JS from here, and nowhere else."""
     if widget not in WIDGETS:
-        raise ValueError(f"widget must be one of {sorted(WIDGETS)}, got {widget!r}")
+        raise SinkwidgetsValueError(f"widget must be one of {sorted(WIDGETS)}, got {widget!r}; e.g. "
+                                    "widget='sinkexplorer'")
     return assemble(_read(COMMON), _read(WIDGETS[widget][0]), WIDGETS[widget][0])
 
 
@@ -98,5 +102,6 @@ def esm(widget: str) -> str:
 def css(widget: str) -> str:
     """The CSS of ``widget``: its files of :data:`WIDGETS` in order."""
     if widget not in WIDGETS:
-        raise ValueError(f"widget must be one of {sorted(WIDGETS)}, got {widget!r}")
+        raise SinkwidgetsValueError(f"widget must be one of {sorted(WIDGETS)}, got {widget!r}; e.g. "
+                                    "widget='sinkexplorer'")
     return "\n".join(_read(name) for name in WIDGETS[widget][1])

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SinkwidgetsKeyError, SinkwidgetsRuntimeError
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 
@@ -65,17 +66,19 @@ class MapStore:
     def compute(self, layer: int, head: int) -> np.ndarray:
         """Trace the prompt again through ``model`` keeping only ``(layer, head)``; cache and return the map."""
         if self.model is None:
-            raise RuntimeError("no model given: cannot compute attention maps on demand")
+            raise SinkwidgetsRuntimeError("model=None: cannot compute attention maps on demand; pass model= (the model "
+                                          "the trace was made with) or trace with keep_maps=[...]")
         meta = self.trace.meta
         if not meta.get("text"):
-            raise RuntimeError("this trace has no meta['text'] (the prompt), so its maps cannot be recomputed")
+            raise SinkwidgetsRuntimeError("this trace has no meta['text'] (the prompt), so its maps cannot be "
+                                          "recomputed; trace again with keep_maps=[...]")
         from .. import trace as sw_trace  # torch is imported only here
 
         fresh = sw_trace(self.model, meta["text"], add_bos=meta.get("add_bos", False), keep_maps=[(layer, head)])
         if fresh.n_tokens != self.trace.n_tokens:
-            raise RuntimeError(
+            raise SinkwidgetsRuntimeError(
                 f"re-tracing gave T={fresh.n_tokens} tokens but the trace has T={self.trace.n_tokens}: "
-                "is this the model the trace was made with?"
+                "is this the model the trace was made with? Pass that model as model="
             )
         m = np.asarray(fresh.get_map(layer, head), dtype=np.float16)
         self._computed[(layer, head)] = m
@@ -126,7 +129,8 @@ class MapStore:
         """One pyramid tile as ``(spec + bounds, bytes)``; raises ``KeyError`` if the map is not available."""
         m = self.get(layer, head)
         if m is None:
-            raise KeyError(f"no attention map for layer {layer}, head {head}")
+            raise SinkwidgetsKeyError(f"no attention map for layer {layer}, head {head}: trace with keep_maps=[{layer}] "
+                                      "or pass model= to compute it on demand")
         q0, q1, k0, k1 = ser.tile_bounds(self.trace.n_tokens, level, ty, tx)
         spec, data = ser.encode_array(ser.pooled_tile(m, level, ty, tx), ser.MAP_DTYPE)
         return {**spec, "q0": q0, "q1": q1, "k0": k0, "k1": k1}, data

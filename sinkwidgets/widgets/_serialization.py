@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SinkwidgetsValueError
+
 # ----------------------------------------------------------------------------- tuning constants
 #: Largest side (in cells) of the attention-map overview sent first. 512 cells is about the heatmap's
 #: on-screen size at device-pixel-ratio 1, so the overview is never visibly coarser than the screen before
@@ -83,9 +85,10 @@ def encode_array(
         ``prod(shape) * itemsize`` bytes, C order.
     """
     if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+        raise SinkwidgetsValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}; e.g. dtype='float32'")
     if transform not in _TRANSFORMS:
-        raise ValueError(f"transform must be one of {_TRANSFORMS}, got {transform!r}")
+        raise SinkwidgetsValueError(f"transform must be one of {_TRANSFORMS}, got {transform!r}; e.g. "
+                                    "transform='linear'")
     a = np.asarray(array)
     spec: dict[str, Any] = {"dtype": dtype, "shape": [int(s) for s in a.shape], "scale": 1.0, "transform": "linear"}
     if dtype != "uint8":
@@ -107,7 +110,8 @@ def decode_array(spec: dict[str, Any], data: bytes | memoryview) -> np.ndarray:
     raw = np.frombuffer(bytes(data), dtype=_DTYPES[spec["dtype"]])
     shape = tuple(spec["shape"])
     if raw.size != int(np.prod(shape, dtype=np.int64)):
-        raise ValueError(f"buffer holds {raw.size} values but spec shape {list(shape)} needs {int(np.prod(shape))}")
+        raise SinkwidgetsValueError(f"data: the buffer holds {raw.size} values but spec shape {list(shape)} needs "
+                                    f"{int(np.prod(shape))}; pass the buffer encode_array returned with this spec")
     if spec["dtype"] != "uint8":
         return raw.astype(np.float32).reshape(shape)
     u = np.arange(256, dtype=np.float64) / 255.0  # same 256-entry table as the JS, in float64
@@ -135,7 +139,8 @@ def overview_level(T: int, max_side: int = OVERVIEW_MAX) -> int:
     """Pyramid level ``z`` (stride ``2**z``) of the overview of a ``[T, T]`` map: the smallest stride whose
     pooled side ``ceil(T / 2**z)`` fits in ``max_side``."""
     if T < 1 or max_side < 1:
-        raise ValueError(f"need T >= 1 and max_side >= 1, got T={T}, max_side={max_side}")
+        raise SinkwidgetsValueError(f"T={T}, max_side={max_side}: both must be >= 1 (a map of at least one token, "
+                                    "drawn on at least one cell)")
     z = 0
     while math.ceil(T / (1 << z)) > max_side:
         z += 1
@@ -170,11 +175,12 @@ def max_pool(block: np.ndarray, stride: int) -> np.ndarray:
 
 def tile_bounds(T: int, level: int, ty: int, tx: int) -> tuple[int, int, int, int]:
     """Token bounds ``(q0, q1, k0, k1)`` (end-exclusive, clipped to T) of tile ``(ty, tx)`` at ``level``."""
-    span = TILE_SIZE << level
+    span = TILE_SIZE << max(level, 0)  # a negative level is refused below, not by the shift
     n_tiles = -(-T // span)
     if level < 0 or not (0 <= ty < n_tiles and 0 <= tx < n_tiles):
-        raise ValueError(
-            f"tile (level={level}, ty={ty}, tx={tx}) is outside a T={T} map ({n_tiles}×{n_tiles} tiles at this level)"
+        raise SinkwidgetsValueError(
+            f"tile (level={level}, ty={ty}, tx={tx}) is outside a T={T} map ({n_tiles}×{n_tiles} tiles at this level); "
+            f"ask for level >= 0 and ty, tx in 0..{n_tiles - 1}"
         )
     return ty * span, min(T, (ty + 1) * span), tx * span, min(T, (tx + 1) * span)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SinkwidgetsTypeError, SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 
@@ -27,14 +28,59 @@ def _as_trace(trace: Any, who: str) -> SinkTrace:
         return trace
     if isinstance(trace, (str, os.PathLike)):
         return SinkTrace.load(trace)
-    raise TypeError(
+    raise SinkwidgetsTypeError(
         f"{who} needs a SinkTrace (from sinkwidgets.trace(model, text, keep_maps=[...]) or SinkTrace.load(path)) "
         f"or the path of a saved trace, got {type(trace).__name__}"
     )
 
 
-def summary_state(trace: SinkTrace) -> dict[str, Any]:
-    """The static part of the state: shapes, α ``[L, H, T]``, per-head metrics ``[L, H]``, kept-map mask."""
+def _first(idx: np.ndarray, k: int = 5) -> str:
+    return ", ".join(str(int(i)) for i in idx[:k]) + (f" and {len(idx) - k} more" if len(idx) > k else "")
+
+
+def check_finite(trace: SinkTrace, who: str) -> None:
+    """Refuse a trace whose α ``sink_scores [L, H, T]`` or kept ``maps [M, T, T]`` hold NaN or infinity.
+
+    SinkExplorer's side of the non-finite policy (docs/tags.md, "Non-finite data": a non-finite value is never
+    used silently; it is named). A NaN α drawn as 0, or an infinite one that sets the colour scale, gives a grid that
+    looks plausible or blank with no word; so the widget (and its offline page) refuse the trace with a
+    :class:`~sinkwidgets.errors.SinkwidgetsValueError` that counts the values, names the first heads and keys, and
+    gives the fix. ``first_token_mass`` and ``entropy`` are not checked: NaN there means "not recorded" (the
+    widget shows no value). The maps are scanned one at a time with ``min``/``max`` (no ``[T, T]`` temporary
+    unless a map is bad).
+    """
+    alpha = np.asarray(trace.sink_scores)
+    bad = ~np.isfinite(alpha)
+    if bad.any():
+        heads = np.argwhere(bad.any(axis=2))
+        named = "; ".join(f"L{int(l)}H{int(h)} keys {_first(np.nonzero(bad[l, h])[0])}" for l, h in heads[:3])
+        more = f"; and {len(heads) - 3} more heads" if len(heads) > 3 else ""
+        raise SinkwidgetsValueError(
+            f"{who}(trace=...): trace.sink_scores (α [L, H, T] = {list(alpha.shape)}) holds {int(bad.sum())} NaN or "
+            f"infinite values in {len(heads)} of {alpha.shape[0] * alpha.shape[1]} heads ({named}{more}); the "
+            "widget does not draw them as 0 or let them set the colour scale (docs/tags.md, 'Non-finite data'). "
+            "Fix: trace again in float32 (an fp16 overflow is enough to cause this), or replace them knowingly, "
+            "e.g. trace.sink_scores = np.where(np.isfinite(a), a, 0) with a = trace.sink_scores")
+    if trace.maps is None or trace.map_index is None:
+        return
+    for i, (ly, h) in enumerate(np.asarray(trace.map_index).tolist()):
+        m = trace.maps[i]
+        if not m.size or (np.isfinite(m.max()) and np.isfinite(m.min())):  # max/min propagate NaN
+            continue
+        rows = np.nonzero(~np.isfinite(m).all(axis=1))[0]
+        n_bad = int((~np.isfinite(m)).sum())
+        raise SinkwidgetsValueError(
+            f"{who}(trace=...): the kept attention map of L{ly}H{h} (trace.maps[{i}], [T, T] = {list(m.shape)}) "
+            f"holds {n_bad} NaN or infinite values in {len(rows)} query rows ({_first(rows)}); the heatmap would "
+            "draw them blank with no word (docs/tags.md, 'Non-finite data'). Fix: trace again in float32 (an fp16 "
+            f"overflow is enough), or drop that map (keep_maps without ({ly}, {h}))")
+
+
+def summary_state(trace: SinkTrace, who: str = "SinkExplorer") -> dict[str, Any]:
+    """The static part of the state: shapes, α ``[L, H, T]``, per-head metrics ``[L, H]``, kept-map mask.
+
+    Refuses a trace whose α or kept maps hold NaN or infinity (:func:`check_finite`)."""
+    check_finite(trace, who)
     L, H, T = trace.sink_scores.shape
     dtype, transform = ser.alpha_encoding((L, H, T))
     alpha = np.nan_to_num(trace.sink_scores, nan=0.0)
@@ -65,7 +111,9 @@ def experiment_state(exp: Any, before: SinkTrace, index: int) -> dict[str, Any]:
     L, H, T = before.sink_scores.shape
     alpha = np.nan_to_num(np.asarray(after.sink_scores)[:, :, off:off + T], nan=0.0)
     if alpha.shape != (L, H, T):
-        raise ValueError(f"the trace under the edit has α of shape {alpha.shape}, expected {(L, H, T)}")
+        raise SinkwidgetsValueError(f"experiment {index}: the trace under the edit has α of shape "
+                                    f"{list(alpha.shape)} after offset {off}, expected {[L, H, T]} (the explorer's "
+                                    "trace); record experiments on the explorer that shows this trace")
     dtype, transform = ser.alpha_encoding((L, H, T))
     dnll = np.asarray(exp.dnll, dtype=np.float32)
     return {

@@ -22,7 +22,7 @@ import traitlets
 
 from .. import _args
 from .._atomic import atomic_write
-from ..errors import SinkwidgetsValueError
+from ..errors import SinkwidgetsRuntimeError, SinkwidgetsTypeError, SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 from ._assets import css, esm
@@ -116,7 +116,7 @@ class PngRequests:
         """Ask the displayed front-end for a PNG of its view (``RuntimeError(no_frontend)`` if it was never
         displayed); the answer arrives as a custom message, see :meth:`_receive_png`."""
         if not self._frontend or self.comm is None:
-            raise RuntimeError(no_frontend)
+            raise SinkwidgetsRuntimeError(no_frontend)
         export = PngExport(Path(path), timeout)
         with self._lock:
             rid = next(self._png_ids)
@@ -161,11 +161,12 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
                  head: int | None = None, **kwargs: Any) -> None:
         who = type(self).__name__
         if trace is None:
-            raise TypeError(
+            raise SinkwidgetsTypeError(
                 f"{who}(trace=None): pass a SinkTrace, e.g. {who}(sinkwidgets.trace(model, text, keep_maps=[3])) "
                 "or SinkTrace.load('trace.npz')"
             )
         self._trace = _as_trace(trace, who)
+        summary = summary_state(self._trace, who)  # refuses NaN/inf α or maps, naming them, before any state
         self._store = MapStore(self._trace, model)
         self._experiment_list: list = []
         self._model_lock = threading.Lock()  # one forward pass at a time: panel experiments and maps on demand
@@ -176,9 +177,10 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             dl, dh = self._default_head()
             layer = dl if layer is None else layer
             head = dh if head is None else head
-        layer, head = _args.integer("layer", layer), _args.integer("head", head)  # numpy ints ok; "2" named
+        layer = _args.integer("layer", layer, example=0)  # numpy ints ok; "2" or 2.0 named (ArgumentTypeError)
+        head = _args.integer("head", head, example=0)
         try:
-            super().__init__(_tokens=list(tr.tokens), _summary=summary_state(tr), layer=layer, head=head,
+            super().__init__(_tokens=list(tr.tokens), _summary=summary, layer=layer, head=head,
                              _has_model=model is not None, **kwargs)
         except traitlets.TraitError as exc:  # a wrong type for a trait keyword (eps="x"): one error family
             if isinstance(exc, SinkwidgetsValueError):
@@ -230,6 +232,7 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
 
     def select(self, layer: int, head: int) -> None:
         """Select head ``(layer, head)`` (both validated; one update for the browser)."""
+        layer, head = _args.integer("layer", layer, example=0), _args.integer("head", head, example=0)
         self._check_layer(layer)
         self._check_head(head)
         with self.hold_sync(), self.hold_trait_notifications():  # one map update, one message
@@ -239,7 +242,8 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         """Show queries ``q0:q1`` × keys ``k0:k1`` of the heatmap (end-exclusive token positions)."""
         T = self._trace.n_tokens
         if not (0 <= q0 < q1 <= T and 0 <= k0 < k1 <= T):
-            raise ValueError(f"zoom_to({q0}, {q1}, {k0}, {k1}): need 0 <= q0 < q1 <= T and 0 <= k0 < k1 <= T (T={T})")
+            raise SinkwidgetsValueError(f"zoom_to({q0}, {q1}, {k0}, {k1}): need 0 <= q0 < q1 <= T and "
+                                        f"0 <= k0 < k1 <= T (T={T}); e.g. zoom_to(0, {min(T, 64)}, 0, {min(T, 64)})")
         self.view = [float(q0), float(q1), float(k0), float(k1)]
 
     def reset_zoom(self) -> None:
@@ -252,9 +256,11 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         widget; the view is rebuilt in the browser. ``layer``/``head`` default to the current ones when they exist in
         the new trace; ``token`` is clipped to its length. The model given at construction stays."""
         tr = _as_trace(trace, f"{type(self).__name__}.set_trace")
+        summary = summary_state(tr, f"{type(self).__name__}.set_trace")  # refused before the explorer changes
         L, H, T = tr.n_layers, tr.n_heads, tr.n_tokens
-        ly = int(self.layer if layer is None else layer)
-        h = int(self.head if head is None else head)
+        ly = int(self.layer) if layer is None else _args.integer("layer", layer, example=0)
+        h = int(self.head) if head is None else _args.integer("head", head, example=0)
+        token = _args.integer("token", token, example=0)
         if not (0 <= ly < L and 0 <= h < H):
             if layer is not None or head is not None:
                 raise WidgetValueError(f"set_trace(layer={layer}, head={head}): this trace has {L} layers x {H} heads")
@@ -270,7 +276,7 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             self.layer, self.head = ly, h
             self.view = []
             self._tokens = list(tr.tokens)
-            self._summary = summary_state(tr)
+            self._summary = summary
         self._update_map()  # when neither layer nor head changed, no observer ran
 
     def save_png(self, path: str | os.PathLike, timeout: float = 15.0) -> PngExport:
@@ -322,12 +328,14 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
     def _check_layer(self, layer: int) -> None:
         L = self._trace.n_layers
         if not (0 <= int(layer) < L):
-            raise WidgetValueError(f"layer {layer} is out of range: this trace has {L} layers (0..{L - 1})")
+            raise WidgetValueError(f"layer={layer}: layer {layer} is out of range: this trace has {L} layers "
+                                   f"(0..{L - 1}); pick one of them")
 
     def _check_head(self, head: int) -> None:
         H = self._trace.n_heads
         if not (0 <= int(head) < H):
-            raise WidgetValueError(f"head {head} is out of range: this trace has {H} heads per layer (0..{H - 1})")
+            raise WidgetValueError(f"head={head}: head {head} is out of range: this trace has {H} heads per layer "
+                                   f"(0..{H - 1}); pick one of them")
 
     @traitlets.validate("layer")
     def _v_layer(self, proposal):
@@ -345,7 +353,8 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
     def _v_token(self, proposal):
         T = self._trace.n_tokens if hasattr(self, "_trace") else None
         if T is not None and not (0 <= proposal["value"] < T):
-            raise WidgetValueError(f"token {proposal['value']} is out of range: the prompt has {T} tokens (0..{T - 1})")
+            raise WidgetValueError(f"token={proposal['value']}: token {proposal['value']} is out of range: the prompt "
+                                   f"has {T} tokens (0..{T - 1}); pick one of them")
         return proposal["value"]
 
     @traitlets.validate("eps")
@@ -514,7 +523,7 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             base.update(layer=ly, head=h, level=level, ty=ty, tx=tx)
             source, store = self._map_source()
             if msg.get("source", "before") != source or store is None:
-                raise ValueError(f"the map shown changed (now {source.split(':')[0]}): tile not sent")
+                raise SinkwidgetsValueError(f"the map shown changed (now {source.split(':')[0]}): tile not sent")
             spec, data = store.tile(ly, h, level, ty, tx)
         except (KeyError, ValueError, TypeError) as exc:
             self.send({**base, "ok": False, "error": str(exc)})

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .. import _args
+from ..errors import SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
 from ._widget import _METRIC_HELP, METRICS, _as_trace
@@ -29,20 +31,26 @@ def _alt():
     return alt
 
 
-def _check_head(tr: SinkTrace, layer: int, head: int) -> None:
+def _check_head(tr: SinkTrace, layer: Any, head: Any) -> None:
+    """``layer`` and ``head`` are ints (numpy ints too; a string or float: ``ArgumentTypeError``) inside the trace."""
+    layer, head = _args.integer("layer", layer, example=0), _args.integer("head", head, example=0)
     if not (0 <= layer < tr.n_layers):
-        raise ValueError(f"layer {layer} is out of range: this trace has {tr.n_layers} layers (0..{tr.n_layers - 1})")
+        raise SinkwidgetsValueError(f"layer={layer}: layer {layer} is out of range: this trace has {tr.n_layers} "
+                                    f"layers (0..{tr.n_layers - 1}); pick one of them")
     if not (0 <= head < tr.n_heads):
-        raise ValueError(f"head {head} is out of range: this trace has {tr.n_heads} heads (0..{tr.n_heads - 1})")
+        raise SinkwidgetsValueError(f"head={head}: head {head} is out of range: this trace has {tr.n_heads} heads "
+                                    f"(0..{tr.n_heads - 1}); pick one of them")
 
 
 def grid_values(trace: SinkTrace, metric: str = "alpha", eps: float = 0.3, token: int = 0) -> np.ndarray:
     """The grid's ``[L, H]`` values for ``metric`` (same definitions as the widget and sinkwidgets.metrics)."""
     tr = _as_trace(trace, "grid_values")
     if metric not in METRICS:
-        raise ValueError(f"metric {metric!r} is not one of {METRICS}")
+        raise SinkwidgetsValueError(f"metric {metric!r} is not one of {METRICS}; e.g. metric='alpha'")
+    token = _args.integer("token", token, example=0)
     if not (0 <= token < tr.n_tokens):
-        raise ValueError(f"token {token} is out of range: the prompt has {tr.n_tokens} tokens (0..{tr.n_tokens - 1})")
+        raise SinkwidgetsValueError(f"token={token}: token {token} is out of range: the prompt has {tr.n_tokens} "
+                                    f"tokens (0..{tr.n_tokens - 1}); pick one of them")
     from .. import metrics as M
 
     if metric == "alpha":
@@ -106,7 +114,7 @@ def heatmap_chart(trace: SinkTrace, layer: int, head: int, max_cells: int = 96, 
     tr = _as_trace(trace, "heatmap_chart")
     _check_head(tr, layer, head)
     if scale not in ("linear", "log"):
-        raise ValueError(f"scale must be 'linear' or 'log', got {scale!r}")
+        raise SinkwidgetsValueError(f"scale must be 'linear' or 'log', got {scale!r}; e.g. scale='log'")
     T = tr.n_tokens
     alpha = tr.sink_scores[layer, head]
     sinks = [int(k) for k in np.nonzero(alpha > eps)[0]]

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_write
+from ..errors import SinkwidgetsRuntimeError, SinkwidgetsTypeError, SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from . import _assets
 from . import _serialization as ser
@@ -47,10 +48,12 @@ def check_state(trace: SinkTrace, state: dict[str, Any] | None, n_experiments: i
     if state is None:
         return {}
     if not isinstance(state, dict):
-        raise TypeError(f"save_html(state=...) must be a dict of settings, got {type(state).__name__}")
+        raise SinkwidgetsTypeError(f"save_html(state=...) must be a dict of settings, got {type(state).__name__}; "
+                                   "e.g. state={'layer': 2, 'head': 3}")
     unknown = sorted(set(state) - set(_UI_DEFAULTS))
     if unknown:
-        raise ValueError(f"save_html(state=...): unknown setting(s) {unknown}; allowed: {sorted(_UI_DEFAULTS)}")
+        raise SinkwidgetsValueError(f"save_html(state=...): unknown setting(s) {unknown}; allowed: "
+                                    f"{sorted(_UI_DEFAULTS)}")
     L, H, T = trace.n_layers, trace.n_heads, trace.n_tokens
     out: dict[str, Any] = {}
     for key, value in state.items():
@@ -163,13 +166,13 @@ def experiment_states(trace: SinkTrace, experiments: Any) -> list[dict[str, Any]
     if experiments is None:
         return []
     if not isinstance(experiments, (list, tuple)):
-        raise TypeError(f"save_html(experiments=...) must be a list of Experiment (ex.experiments), got "
-                        f"{type(experiments).__name__}")
+        raise SinkwidgetsTypeError(f"save_html(experiments=...) must be a list of Experiment (ex.experiments), got "
+                                   f"{type(experiments).__name__}")
     out = []
     for i, e in enumerate(experiments):
         if not hasattr(e, "trace") or not hasattr(e, "dnll"):
-            raise TypeError(f"save_html(experiments=[...]): item {i} is a {type(e).__name__}, not an Experiment "
-                            "(from SinkExplorer.experiment)")
+            raise SinkwidgetsTypeError(f"save_html(experiments=[...]): item {i} is a {type(e).__name__}, not an "
+                                       "Experiment; pass ex.experiments (from SinkExplorer.experiment)")
         out.append(experiment_state(e, trace, i))
     return out
 
@@ -178,7 +181,8 @@ def html_document(trace: SinkTrace, title: str | None = None, view: str = "explo
                   state: dict[str, Any] | None = None, experiments: Any = None) -> str:
     """The offline page as a string (see :func:`save_html`)."""
     if view not in _VIEWS:
-        raise ValueError(f"view must be one of {_VIEWS}, got {view!r}")
+        raise SinkwidgetsValueError(f"view must be one of {_VIEWS}, got {view!r}; e.g. view='explorer'")
+    summary = summary_state(trace, "save_html")  # first: refuses NaN/inf α or kept maps, naming them
     exps = experiment_states(trace, experiments)
     state = check_state(trace, state, len(exps)) if state is not None else None
     ui = {**_UI_DEFAULTS, **(state or {})}
@@ -199,7 +203,7 @@ def html_document(trace: SinkTrace, title: str | None = None, view: str = "explo
         "overview": None,
         "message": f"map not kept: trace with keep_maps=[{ui['layer']}] to include it; showing α per key",
     }
-    model_state = {"_view": view, "_tokens": list(trace.tokens), "_summary": summary_state(trace),
+    model_state = {"_view": view, "_tokens": list(trace.tokens), "_summary": summary,
                    "_map": first_map, "_frontend": 0, "_has_model": False, "_experiments": exps,
                    **{k: _json_clean(v) for k, v in ui.items()}}
     bufs: list[bytes] = []
@@ -215,7 +219,8 @@ def offline_page(title: str, js: str, css: str, payload: Any, bufs: list[bytes],
     ``payload`` in a ``<script type="application/json" id="{prefix}-state">`` and each binary buffer as base64 in
     its own ``<script data-{prefix}-buffer="i">``; a boot script calls ``mount(root, state, buffers)``."""
     if "</script" in js.lower():
-        raise RuntimeError(f"{what} must not contain '</script' (it is inlined into a <script> element)")
+        raise SinkwidgetsRuntimeError(f"{what} must not contain '</script' (it is inlined into a <script> element); "
+                                      "write '<\\/script' in the JS source")
     data_attr = f"{prefix}Buffer"
     buf_tags = "\n".join(f'<script type="application/octet-stream;base64" data-{prefix}-buffer="{i}">{ser.b64(b)}'
                          "</script>" for i, b in enumerate(bufs))

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from ..errors import SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 
 __all__ = ["synthetic_trace", "synthetic_attention", "head_params"]
@@ -118,7 +119,7 @@ def synthetic_trace(
         With ``meta["synthetic"] = True``.
     """
     if T < 1:
-        raise ValueError(f"T must be >= 1, got {T}")
+        raise SinkwidgetsValueError(f"T={T!r}: T must be >= 1 (the number of tokens); e.g. T=64")
     L, H = n_layers, n_heads
     s, r, w = head_params(L, H, T, seed)
     alpha = np.empty((L, H, T), np.float32)

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import SinkwidgetsValueError
 from .standalone import _extract_buffers, offline_page, write_page
 
 #: Largest number of points an offline file embeds (8 bytes of coordinates per point, per head and projection).
@@ -24,8 +25,8 @@ def tag_html_document(te: Any, title: str | None = None) -> str:
 
     n = te.data.n_tokens
     if n > STANDALONE_MAX_POINTS:
-        raise ValueError(f"this TagData has {n} tokens; an offline file embeds at most {STANDALONE_MAX_POINTS} points: "
-                         "save a subset (data.subset(range(k))) or share the .npz file instead")
+        raise SinkwidgetsValueError(f"this TagData has {n} tokens; an offline file embeds at most "
+                                    f"{STANDALONE_MAX_POINTS} points: save a subset (data.subset(range(k))) or share the .npz file instead")
     views = {}
     for head in te._view_model.heads:
         key = f"{head[0]},{head[1]}"
