@@ -117,3 +117,82 @@ def test_project_tag_equals_project_out_with_its_basis_and_a_random_control(expl
     assert "random 1-dim subspace" in e.control_note and np.isfinite(e.control_dnll)
     with pytest.raises(ExperimentError, match="last layer"):
         explorer.experiment("project_tag", head=(explorer.trace.n_layers - 1, 0))
+
+
+# ----------------------------------------------------------------------------- one forward pass per experiment
+TRACE_FIELDS = ("sink_scores", "first_token_mass", "entropy", "resid_norms", "top_activations", "maps")
+
+
+def _same_trace(a, b, atol=1e-5):
+    assert a.tokens == b.tokens and a.meta["edits"] == b.meta["edits"]
+    for f in TRACE_FIELDS:
+        x, y = getattr(a, f), getattr(b, f)
+        assert (x is None) == (y is None), f
+        if x is not None:
+            # maps are stored in float16: a value next to a rounding boundary may land one float16 ulp away
+            tol = dict(atol=1e-4, rtol=1e-3) if f == "maps" else dict(atol=atol, rtol=1e-5)
+            np.testing.assert_allclose(np.asarray(x, np.float64), np.asarray(y, np.float64), err_msg=f, **tol)
+    if a.map_index is not None:
+        np.testing.assert_array_equal(a.map_index, b.map_index)
+
+
+@pytest.mark.parametrize("method", ["eager", "chunked"])
+def test_one_pass_gives_the_trace_under_the_edit_and_reuses_the_clean_nll(smollm2, method):
+    """The edit's trace, its NLL and the control's come from one forward pass: the clean row joins it only for the
+    first experiment on a prompt; ``.trace`` equals ``sw.trace(model, text, edits=[...])`` to 1e-5."""
+    from sinkwidgets.interventions import mask_sink_edit
+
+    before = sw.trace(smollm2, TEXT, method=method)
+    ex = sw.SinkExplorer(before, model=smollm2)
+    first = ex.experiment("mask", token=0, layers="all")
+    second = ex.experiment("mask", token=0, layers="12-29")
+    assert list(first.meta["seconds"]) == ["mask_sink + trace under the mask"] == list(second.meta["seconds"])
+    assert first.trace.meta["experiment_rows"] == 3 and second.trace.meta["experiment_rows"] == 2
+    assert first.trace.meta["method"] == method
+    for e, layers in ((first, "all"), (second, "12-29")):
+        ref = sw.trace(smollm2, TEXT, method=method, edits=[mask_sink_edit(smollm2, layers, token=0)])
+        _same_trace(e.trace, ref)
+        r = sw.mask_sink(smollm2, TEXT, layers, token=0)
+        np.testing.assert_allclose(e.result.nll["clean"][0], r.nll["clean"][0], atol=1e-4)
+        np.testing.assert_allclose(e.dnll, _fn_dnll(r), atol=1e-4)
+        ctl_tok = int(e.control_note.split()[1])
+        c = sw.mask_sink(smollm2, TEXT, layers, token=ctl_tok)
+        np.testing.assert_allclose(e.control.nll[e.control_condition][0], c.nll[c.conditions[1]][0], atol=1e-4)
+        assert abs(e.control_dnll - c.delta[c.conditions[1]]) < 1e-4
+
+
+def test_massive_add_sink_and_project_tag_traces_equal_sw_trace(explorer, smollm2):
+    import torch
+
+    import sinkwidgets.tags as tg
+    from sinkwidgets.interventions.edits import orthonormal_basis
+    from sinkwidgets.tracing.edits import ProjectOut
+    from sinkwidgets.widgets.experiment import _single_row_massive
+
+    z = explorer.experiment("massive", mode="zero")
+    spec = z.result.meta["spec"]
+    one = _single_row_massive(spec.layer, spec.channels, [0.0] * len(spec.channels), spec.abs_thr, spec.ratio)
+    _same_trace(z.trace, sw.trace(smollm2, TEXT, method="eager", edits=[one]))
+    r = sw.ablate_massive(smollm2, TEXT, "zero", attention_layers=None)
+    np.testing.assert_allclose(z.control.nll["control"][0], r.nll["control"][0], atol=1e-4)
+    assert z.result.meta["n_massive"] == r.meta["n_massive"]
+
+    a = explorer.experiment("add_sink", prefix="\n")
+    ref = sw.trace(smollm2, "\n" + TEXT, method="eager")
+    assert a.trace.tokens == ref.tokens
+    np.testing.assert_allclose(a.trace.sink_scores, ref.sink_scores, atol=1e-5)
+    ra = sw.add_sink(smollm2, TEXT, "\n")
+    assert abs(a.result.meta["first_token_nll"][a.condition] - ra.meta["first_token_nll"][ra.conditions[1]]) < 1e-4
+    rc = sw.add_sink(smollm2, TEXT, [a.control.meta["prefix_ids"][0]])
+    assert abs(a.control_dnll - rc.delta[rc.conditions[1]]) < 1e-4
+
+    ly = 3
+    p = explorer.experiment("project_tag", head=(ly, 0))
+    data = tg.collect(smollm2, [TEXT], heads=[(ly, 0)], maps=False, outputs=False, values=True, progress=False)
+    U, _ = orthonormal_basis(tg.tag_subspace(tg.tag_vectors(data, (ly, 0))[0], 1), 576)
+    w = torch.zeros(1, explorer.trace.n_tokens)
+    w[0, p.params["positions"]] = 1.0
+    _same_trace(p.trace, sw.trace(smollm2, TEXT, method="eager", edits=[ProjectOut(ly, U, w)]))
+    R = tg.random_subspace(576, 1, np.random.default_rng(0))
+    rr = sw.project_out(smollm2, TEXT, ly, R, positions=p.params["positions"], attention_layers=None, progress=False)
+    assert abs(p.control_dnll - rr.delta["projected"]) < 1e-4

@@ -5,7 +5,9 @@ prompt of a trace (``trace.meta["text"]``) with the functional API of :mod:`sink
 numbers are exactly those of ``sw.mask_sink`` / ``sw.ablate_massive`` / ``sw.add_sink`` / ``sw.project_out`` on
 that prompt, and traces the model *under* the same edit (``sw.trace(model, text, edits=[...])``) so the explorer can
 show before / after / after − before. Every experiment is paired with a **control** (the same edit where it should
-not matter):
+not matter). The edit, its control and (the first time) the clean prompt are rows of ONE forward pass that runs the
+trace's own units and the per-token loss together (:func:`_one_pass`); what does not depend on the edit (the clean
+NLL, the massive-activation spec, a head's map and tag vectors) is computed once per prompt (:func:`prompt_cache`):
 
 ========== ============================================== ============================================================
 kind       edit                                           control
@@ -519,8 +521,9 @@ _PARAMS = {"mask": ("token", "layers", "seed", "eps"), "massive": ("mode",), "ad
 def run_experiment(model: Any, trace: SinkTrace, kind: str, *, cancelled=None, **params: Any) -> Experiment:
     """Run experiment ``kind`` (one of :data:`KINDS`) on ``trace``'s prompt with ``model``; see the module docstring.
 
-    ``cancelled``: optional ``() -> bool``, checked before each step (the edit, the control, the trace under the
-    edit; one forward pass each): when it returns True, :class:`ExperimentCancelled` is raised.
+    ``cancelled``: optional ``() -> bool``, checked before each step (a once-per-prompt preparation such as
+    ``find_massive``, then the one pass of the edit, its control and the trace under the edit) and after the last:
+    when it returns True, :class:`ExperimentCancelled` is raised and nothing is recorded.
 
     Raises :class:`ExperimentError` (a :class:`~sinkwidgets.errors.SinkwidgetsError`) for an encoder, a trace
     without its text, another model, an unknown kind or parameter, or an edit the model's family does not support.
