@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_write
+from .errors import SinkwidgetsValueError
 
 HEADER = "__header__"
 
@@ -41,7 +42,7 @@ def write_headered(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, ki
     ``IsADirectoryError`` when ``path`` is a directory, before anything is written.
     """
     if isinstance(path, str) and path.strip() == "":
-        raise ValueError(f"{kind}.save(path=''): give a file name, e.g. {example}")
+        raise SinkwidgetsValueError(f"{kind}.save(path=''): give a file name, e.g. {example}")
     if Path(path).is_dir():
         raise IsADirectoryError(f"{kind}.save({str(path)!r}): that is a directory; give a file name")
     save = np.savez_compressed if compressed else np.savez

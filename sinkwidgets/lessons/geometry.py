@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import SinkwidgetsValueError
+
 __all__ = ["QKGeometry", "qk_geometry"]
 
 
@@ -63,18 +65,21 @@ def qk_geometry(model, text: str, layer: int, add_bos: bool | None = None) -> QK
     hf = getattr(model, "_module", model)
     ad = info.adapter
     if not ad.causal:
-        raise ValueError("qk_geometry supports causal decoders with rotary attention, not encoders")
+        raise SinkwidgetsValueError(f"model: qk_geometry supports causal decoders with rotary attention, not encoders "
+                                    f"({info.name!r} is one); use a decoder such as sinkwidgets.load_model('smollm2-135m')")
     layers = get_path(hf, ad.layers)
     if not 0 <= layer < len(layers):
-        raise ValueError(f"layer {layer} is out of range (0..{len(layers) - 1})")
+        raise SinkwidgetsValueError(f"layer={layer!r}: layer {layer} is out of range (0..{len(layers) - 1}); pick one "
+                                    "of them")
     attn = get_path(layers[layer], ad.attn)
     if not (hasattr(attn, "q_proj") and hasattr(attn, "k_proj")):
-        raise ValueError(f"qk_geometry needs an attention module with q_proj / k_proj; {type(attn).__name__} has none")
+        raise SinkwidgetsValueError(f"model: qk_geometry needs an attention module with q_proj / k_proj; "
+                                    f"{type(attn).__name__} has none; use a Llama-style decoder (SmolLM2, Gemma, Qwen)")
     # the model's own rotary function (the one its attention calls), not Llama's: families differ in detail
     apply_rotary_pos_emb = getattr(sys.modules.get(type(attn).__module__), "apply_rotary_pos_emb", None)
     if apply_rotary_pos_emb is None:
-        raise ValueError(f"{info.name!r}: {type(attn).__module__} defines no apply_rotary_pos_emb; qk_geometry "
-                         "supports rotary decoders (Llama/SmolLM2, Gemma, Mistral, Qwen)")
+        raise SinkwidgetsValueError(f"model {info.name!r}: {type(attn).__module__} defines no apply_rotary_pos_emb; "
+                                    "qk_geometry supports rotary decoders (Llama/SmolLM2, Gemma, Mistral, Qwen)")
 
     ids, _ = tokenize(model, text, add_bos)  # the same tokens (and BOS rule) as every trace, without running one
     ids = [int(i) for i in ids]
@@ -93,7 +98,8 @@ def qk_geometry(model, text: str, layer: int, add_bos: bool | None = None) -> QK
     finally:
         handle.remove()
     if seen.get("pe") is None:
-        raise ValueError(f"{type(attn).__name__} received no rotary position_embeddings; qk_geometry needs RoPE")
+        raise SinkwidgetsValueError(f"model {info.name!r}: {type(attn).__name__} received no rotary "
+                                    "position_embeddings; qk_geometry needs a RoPE decoder (SmolLM2, Gemma, Qwen)")
     with torch.no_grad():
         h = seen["h"]
         B, T, _ = h.shape

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._softmax1 import softmax1
+from ..errors import SinkwidgetsValueError
 
 __all__ = ["KINDS", "Attended", "softmax", "softmax1", "sigmoid", "logits", "attend", "prepend_zero_kv",
            "example_head"]
@@ -51,7 +52,8 @@ def logits(q: np.ndarray, K: np.ndarray) -> np.ndarray:
     q = np.asarray(q, dtype=np.float64)
     K = np.asarray(K, dtype=np.float64)
     if K.ndim != 2 or q.shape[-1] != K.shape[1]:
-        raise ValueError(f"need q [..., d] and K [T, d] with the same d; got {q.shape} and {K.shape}")
+        raise SinkwidgetsValueError(f"q and K: need q [..., d] and K [T, d] with the same d; got {list(q.shape)} and "
+                                    f"{list(K.shape)}; pass one key per row of K, as wide as q")
     return q @ K.T / np.sqrt(K.shape[1])
 
 
@@ -76,11 +78,12 @@ def attend(q: np.ndarray, K: np.ndarray, V: np.ndarray, kind: str = "softmax", b
     ``kind`` is one of :data:`KINDS`; ``bias`` is the sigmoid's logit offset ``b`` (ignored otherwise).
     """
     if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        raise SinkwidgetsValueError(f"kind must be one of {KINDS}, got {kind!r}; e.g. kind='softmax'")
     V = np.asarray(V, dtype=np.float64)
     z = logits(q, K)
     if V.ndim != 2 or V.shape[0] != z.shape[-1]:
-        raise ValueError(f"V must be [T, d_v] with T = {z.shape[-1]} keys, got {V.shape}")
+        raise SinkwidgetsValueError(f"V must be [T, d_v] with T = {z.shape[-1]} keys, got {list(V.shape)}; pass one "
+                                    "value row per key")
     w = softmax(z) if kind == "softmax" else softmax1(z) if kind == "softmax1" else sigmoid(z, bias)
     return Attended(kind, z, w, w @ V)
 
@@ -103,7 +106,7 @@ def example_head(seed: int = 0, n_keys: int = 6, d: int = 8) -> tuple[np.ndarray
     head "wants to do nothing".
     """
     if n_keys < 1 or d < 1:
-        raise ValueError("n_keys and d must be >= 1")
+        raise SinkwidgetsValueError(f"n_keys={n_keys!r}, d={d!r}: both must be >= 1; e.g. n_keys=6, d=8")
     rng = np.random.default_rng(seed)
     q = rng.normal(size=d)
     K = rng.normal(size=(n_keys, d))

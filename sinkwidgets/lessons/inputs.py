@@ -18,6 +18,8 @@ import re
 
 import numpy as np
 
+from ..errors import SinkwidgetsRuntimeError, SinkwidgetsTypeError, SinkwidgetsValueError
+
 __all__ = ["natural_texts", "random_text", "repeated_text", "REPEAT_CANDIDATES"]
 
 #: strings tried, in order, by :func:`repeated_text`
@@ -27,7 +29,8 @@ REPEAT_CANDIDATES = (" the", " a", " and", " of", " x", " .", " ,")
 def _tokenizer(model_or_tokenizer):
     tok = getattr(model_or_tokenizer, "tokenizer", model_or_tokenizer)
     if not callable(tok):
-        raise TypeError(f"need a model from sinkwidgets.load_model or a tokenizer, got {type(model_or_tokenizer).__name__}")
+        raise SinkwidgetsTypeError(f"model: need a model from sinkwidgets.load_model or a tokenizer, got "
+                                   f"{type(model_or_tokenizer).__name__}; e.g. sinkwidgets.load_model('smollm2-135m')")
     return tok
 
 
@@ -42,7 +45,7 @@ def natural_texts(n: int = 16, seed: int = 0, min_words: int = 80) -> list[str]:
     lines and reStructuredText markup removed; ``seed`` picks which paragraphs. Deterministic, offline.
     """
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise SinkwidgetsValueError(f"n={n!r}: n must be >= 1 (the number of texts); e.g. n=16")
     from pydoc_data.topics import topics
 
     paras = []
@@ -67,7 +70,8 @@ def natural_texts(n: int = 16, seed: int = 0, min_words: int = 80) -> list[str]:
             texts.append(" ".join(paras[i:j]))
         i = j
     if len(texts) < n:
-        raise ValueError(f"only {len(texts)} texts of >= {min_words} words are available, asked for {n}")
+        raise SinkwidgetsValueError(f"n={n}: only {len(texts)} texts of >= {min_words} words are available; ask for "
+                                    f"at most {len(texts)} or lower min_words")
     rng = np.random.default_rng(seed)
     return [texts[k] for k in sorted(rng.choice(len(texts), size=n, replace=False))]
 
@@ -80,7 +84,8 @@ def _word_tokens(tok) -> list[int]:
         if len(s) >= 3 and s[0] == " " and s[1:].isalpha() and s[1:].isascii():
             out.append(i)
     if len(out) < 100:
-        raise ValueError("this tokenizer has too few ' word' tokens to draw random text from")
+        raise SinkwidgetsValueError("model: this tokenizer has too few ' word' tokens (< 100) to draw random text from; "
+                                    "use a word-level BPE tokenizer such as SmolLM2's or Gemma's")
     return out
 
 
@@ -90,7 +95,7 @@ def random_text(model, n_tokens: int = 64, seed: int = 0, tries: int = 20) -> st
     Gu et al.'s "random tokens" input: no meaning, no grammar, but ordinary tokens.
     """
     if n_tokens < 1:
-        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+        raise SinkwidgetsValueError(f"n_tokens={n_tokens!r}: n_tokens must be >= 1; e.g. n_tokens=64")
     tok = _tokenizer(model)
     pool = _word_tokens(tok)
     rng = np.random.default_rng(seed)
@@ -99,7 +104,8 @@ def random_text(model, n_tokens: int = 64, seed: int = 0, tries: int = 20) -> st
         text = tok.decode(ids)
         if _ids(tok, text) == ids:
             return text
-    raise RuntimeError(f"could not draw {n_tokens} random tokens that survive re-tokenization in {tries} tries")
+    raise SinkwidgetsRuntimeError(f"could not draw {n_tokens} random tokens that survive re-tokenization in "
+                                  f"tries={tries} tries; pass a larger tries= or a smaller n_tokens=")
 
 
 def repeated_text(model, n_tokens: int = 64, candidates=REPEAT_CANDIDATES) -> str:
@@ -109,10 +115,11 @@ def repeated_text(model, n_tokens: int = 64, candidates=REPEAT_CANDIDATES) -> st
     relative position encodings give every position the same hidden state, so the first token cannot be special.
     """
     if n_tokens < 1:
-        raise ValueError(f"n_tokens must be >= 1, got {n_tokens}")
+        raise SinkwidgetsValueError(f"n_tokens={n_tokens!r}: n_tokens must be >= 1; e.g. n_tokens=64")
     tok = _tokenizer(model)
     for s in candidates:
         ids = _ids(tok, s * n_tokens)
         if len(ids) == n_tokens and len(set(ids)) == 1:
             return s * n_tokens
-    raise ValueError(f"none of {candidates} repeats into identical tokens with this tokenizer; pass candidates=")
+    raise SinkwidgetsValueError(f"candidates={candidates!r}: none repeats into identical tokens with this "
+                                "tokenizer; pass other candidates=, e.g. candidates=(' the',)")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ..errors import SinkwidgetsTypeError, SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 
 __all__ = ["norm_ratio", "OutlierChannel", "outlier_channels", "attention_to", "special_positions", "PUNCT"]
@@ -24,7 +25,8 @@ PUNCT = frozenset(".,;:!?")
 
 def _trace(tr, fn: str) -> SinkTrace:
     if not isinstance(tr, SinkTrace):
-        raise TypeError(f"{fn} needs a SinkTrace, got {type(tr).__name__}")
+        raise SinkwidgetsTypeError(f"{fn}(tr=...) needs a SinkTrace, got {type(tr).__name__}; e.g. "
+                                   "sinkwidgets.trace(model, text)")
     return tr
 
 
@@ -36,12 +38,13 @@ def norm_ratio(tr: SinkTrace, token: int = 0) -> np.ndarray:
     tr = _trace(tr, "norm_ratio")
     T = tr.n_tokens
     if not 0 <= token < T:
-        raise ValueError(f"token {token} is out of range (0..{T - 1})")
+        raise SinkwidgetsValueError(f"token={token!r}: token {token} is out of range (0..{T - 1}); pick one of them")
     if T < 2:
-        raise ValueError("need at least 2 tokens to compare a token with the others")
+        raise SinkwidgetsValueError(f"tr: need at least 2 tokens to compare a token with the others, the trace has {T}; "
+                                    "trace a longer text")
     n = np.asarray(tr.resid_norms, np.float64)
     if np.isnan(n).all():
-        raise ValueError("this trace has no residual norms recorded; trace it with sinkwidgets.trace()")
+        raise SinkwidgetsValueError("this trace has no residual norms recorded; trace it with sinkwidgets.trace()")
     others = np.delete(n, token, axis=1)
     return n[:, token] / np.median(others, axis=1)
 
@@ -92,10 +95,11 @@ def attention_to(tr: SinkTrace, keys, queries=None) -> np.ndarray:
     T = tr.n_tokens
     keys = np.asarray(sorted(set(int(k) for k in keys)), dtype=np.int64)
     if keys.size == 0 or keys.min() < 0 or keys.max() >= T:
-        raise ValueError(f"keys must be non-empty positions in 0..{T - 1}, got {keys.tolist()}")
+        raise SinkwidgetsValueError(f"keys must be non-empty positions in 0..{T - 1}, got {keys.tolist()}; e.g. keys=[0]")
     q = np.arange(T) if queries is None else np.asarray(sorted(set(int(i) for i in queries)), dtype=np.int64)
     if q.size == 0 or q.min() < 0 or q.max() >= T:
-        raise ValueError(f"queries must be non-empty positions in 0..{T - 1}")
+        raise SinkwidgetsValueError(f"queries must be non-empty positions in 0..{T - 1}, got {q.tolist()[:8]}; e.g. "
+                                    "queries=None (all of them)")
     out = np.full((tr.n_layers, tr.n_heads), np.nan)
     for l in range(tr.n_layers):
         for h in range(tr.n_heads):

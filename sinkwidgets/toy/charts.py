@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from ..errors import SinkwidgetsValueError
+
 MECHANISM_METRICS = ("catch", "pre_to_bos", "release_mass", "release_unif", "tag_ev")
 _LABELS = {
     "catch": "catch (L1: post-SEP → SEP)",
@@ -58,7 +60,8 @@ def emergence_chart(history: Iterable[Mapping] | Mapping[str, Iterable[Mapping]]
                     mech_rows.append({"run": str(run), "step": step, "metric": _LABELS.get(key, key),
                                       "value": float(v)})
     if not loss_rows:
-        raise ValueError("emergence_chart needs records with 'step' and 'loss' (e.g. the result of toy.train())")
+        raise SinkwidgetsValueError("history: emergence_chart needs records with 'step' and 'loss', got none; pass "
+                                    "the result of sinkwidgets.toy.train() (or {name: records})")
     multi = len(runs) > 1
     x = alt.X("step:Q", title="training step")
     loss_enc = dict(x=x, y=alt.Y("value:Q", scale=alt.Scale(type="log"), title="MSE (log)"),

@@ -40,6 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .._softmax1 import softmax1  # the one definition, shared with lessons.handmade (numpy)
+from ..errors import SinkwidgetsValueError
 from .task import MIN_T, Batch
 
 ATTN_OPTIONS = ("softmax", "softmax1", "sigmoid")
@@ -48,13 +49,14 @@ GATE_OPTIONS = (None, "headwise", "elementwise")
 SCHEDULE_OPTIONS = ("constant", "cosine", "wsd")
 
 
-def _bad(name: str, value, allowed) -> ValueError:
-    return ValueError(f"{name}={value!r} is not a valid option; allowed: {', '.join(repr(a) for a in allowed)}")
+def _bad(name: str, value, allowed) -> SinkwidgetsValueError:
+    return SinkwidgetsValueError(f"{name}={value!r} is not a valid option; allowed: "
+                                 f"{', '.join(repr(a) for a in allowed)}")
 
 
 def _pos_int(name: str, value, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} is invalid: it must be an integer >= {minimum}")
+        raise SinkwidgetsValueError(f"{name}={value!r} is invalid: it must be an integer >= {minimum}")
 
 
 @dataclass
@@ -142,7 +144,8 @@ class ToyConfig:
         _pos_int("log_every", self.log_every)
         _pos_int("eval_size", self.eval_size, 2)
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
+            raise SinkwidgetsValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}; pick "
+                                        "n_heads that divides d_model (e.g. d_model=32, n_heads=2)")
         if self.attn not in ATTN_OPTIONS:
             raise _bad("attn", self.attn, ATTN_OPTIONS)
         if self.pos not in POS_OPTIONS:
@@ -153,13 +156,14 @@ class ToyConfig:
             raise _bad("schedule", self.schedule, SCHEDULE_OPTIONS)
         _pos_int("warmup", self.warmup, 0)
         if not (isinstance(self.decay_frac, (int, float)) and 0 < self.decay_frac <= 1):
-            raise ValueError(f"decay_frac={self.decay_frac!r} is invalid: it must be in (0, 1]")
+            raise SinkwidgetsValueError(f"decay_frac={self.decay_frac!r} is invalid: it must be a number in (0, 1]")
         if self.kv_bias and self.key_bias:
-            raise ValueError("kv_bias=True and key_bias=True are exclusive: choose one bias slot")
+            raise SinkwidgetsValueError("kv_bias=True and key_bias=True are exclusive: choose one bias slot")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr={self.lr!r} is invalid: it must be a positive number")
+            raise SinkwidgetsValueError(f"lr={self.lr!r} is invalid: it must be a positive number")
         if self.scale is not None and not (isinstance(self.scale, (int, float)) and self.scale > 0):
-            raise ValueError(f"scale={self.scale!r} is invalid: use None (1/sqrt(d_head)) or a positive number")
+            raise SinkwidgetsValueError(f"scale={self.scale!r} is invalid: use None (1/sqrt(d_head)) or a positive "
+                                        "number")
 
     @property
     def d_head(self) -> int:
@@ -351,7 +355,8 @@ class TinyTransformer(nn.Module):
         cfg = self.config
         B, T = types.shape
         if cfg.pos == "learned" and T > cfg.T:
-            raise ValueError(f"sequence length {T} exceeds the learned positions of this model (T={cfg.T})")
+            raise SinkwidgetsValueError(f"types: sequence length {T} exceeds the learned positions of this model "
+                                        f"(T={cfg.T}); pass at most {cfg.T} positions, or train with a larger T")
         x = self.embed[types] + values[..., None] * self.value_dir
         off = int(cfg.sink_token)
         if cfg.sink_token:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from ..errors import SinkwidgetsValueError
 from .metrics import attention_breakdown, is_solved
 from .model import ToyConfig
 from .task import make_batch
@@ -163,7 +164,7 @@ def sink_placement_study(seeds: Iterable[int] = (0, 1, 2), steps: int = 600,
         names = list(variants)
         bad = [v for v in names if v not in VARIANTS]
         if bad:
-            raise ValueError(f"unknown variant(s) {bad}; known: {', '.join(VARIANTS)}")
+            raise SinkwidgetsValueError(f"variants={names!r}: unknown variant(s) {bad}; known: {', '.join(VARIANTS)}")
         variants = {v: VARIANTS[v] for v in names}
     seeds = list(seeds)
     jobs = [(name, opts, s) for name, opts in variants.items() for s in seeds]

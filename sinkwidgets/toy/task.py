@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import SinkwidgetsValueError
+
 BOS, SEP, NUM = 0, 1, 2
 TOKEN_TYPES = ("<bos>", "<sep>", "<num>")
 MIN_T = 4
@@ -28,8 +30,8 @@ MIN_T = 4
 
 def _check_T(T: int) -> int:
     if isinstance(T, bool) or not isinstance(T, int) or T < MIN_T:
-        raise ValueError(f"sequence length T={T!r} is invalid: T must be an integer >= {MIN_T} "
-                         "(BOS, SEP and at least two numbers)")
+        raise SinkwidgetsValueError(f"sequence length T={T!r} is invalid: T must be an integer >= {MIN_T} "
+                                    "(BOS, SEP and at least two numbers)")
     return T
 
 
@@ -99,7 +101,7 @@ def make_batch(batch_size: int, T: int = 16, generator: torch.Generator | int | 
     """
     T = _check_T(T)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r} is invalid: it must be a positive integer")
+        raise SinkwidgetsValueError(f"batch_size={batch_size!r} is invalid: it must be a positive integer")
     if isinstance(generator, int) and not isinstance(generator, bool):
         generator = torch.Generator().manual_seed(generator)
     B = batch_size

@@ -13,6 +13,7 @@ import torch
 from .._args import ArgumentTypeError
 from .._args import integer as check_integer
 from .._args import seed as check_seed
+from ..errors import SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from .metrics import row_entropy
 from .model import TinyTransformer
@@ -54,16 +55,19 @@ def trace_toy(model: TinyTransformer, batch_or_seed: Batch | int = 0, index: int
           ``extra_sink_mass_by_slot`` ``{name: [L][H]}``.
     """
     if not isinstance(model, TinyTransformer):
-        raise ValueError(f"trace_toy needs a sinkwidgets.toy.TinyTransformer, got {type(model).__name__}")
+        raise ArgumentTypeError(f"model: trace_toy needs a sinkwidgets.toy.TinyTransformer, got {type(model).__name__}; "
+                                "e.g. model = sinkwidgets.toy.train(seed=0).model")
     cfg = model.config
     if isinstance(batch_or_seed, Batch):
         batch = batch_or_seed
     elif isinstance(batch_or_seed, int) and not isinstance(batch_or_seed, bool):
         batch, index = make_batch(1, cfg.T, batch_or_seed), 0
     else:
-        raise ValueError(f"batch_or_seed must be a Batch or an int seed, got {type(batch_or_seed).__name__}")
+        raise ArgumentTypeError(f"batch_or_seed={batch_or_seed!r}: batch_or_seed must be a Batch or an int seed, got "
+                                f"{type(batch_or_seed).__name__}; e.g. batch_or_seed=0")
     if not -len(batch) <= index < len(batch):
-        raise ValueError(f"index={index} is out of range for a batch of {len(batch)} sequences")
+        raise SinkwidgetsValueError(f"index={index} is out of range for a batch of {len(batch)} sequences; pick one in "
+                                    f"0..{len(batch) - 1}")
     one = batch[index]
     was = model.training
     model.eval()

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import torch
 
+from ..errors import SinkwidgetsValueError
 from .metrics import emergence_metrics
 from .model import TinyTransformer, ToyConfig
 from .task import AveragingTask, make_batch
@@ -148,15 +149,15 @@ def train(seed: int = 0, steps: int = 600, *, config: ToyConfig | None = None, p
         For a bad ``steps``, ``seed`` or option (the message names the value and the allowed options).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"steps={steps!r} is invalid: it must be a positive integer")
+        raise SinkwidgetsValueError(f"steps={steps!r} is invalid: it must be a positive integer")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed={seed!r} is invalid: it must be an integer")
+        raise SinkwidgetsValueError(f"seed={seed!r} is invalid: it must be an integer, e.g. seed=0")
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
-        raise ValueError(f"num_threads={num_threads!r} is invalid: use None or a positive integer")
+        raise SinkwidgetsValueError(f"num_threads={num_threads!r} is invalid: use None or a positive integer")
     unknown = sorted(set(options) - set(ToyConfig.option_names()))
     if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; allowed: {', '.join(ToyConfig.option_names())}")
+        raise SinkwidgetsValueError(f"unknown option(s) {unknown}; allowed: {', '.join(ToyConfig.option_names())}")
     cfg = ToyConfig(**{**(config.to_dict() if config is not None else {}), **options})
 
     with _threads(num_threads):

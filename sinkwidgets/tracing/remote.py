@@ -46,6 +46,7 @@ from ..errors import (  # noqa: F401 - re-exported: sinkwidgets.remote.RemoteAut
     RemoteServerError,
     RemoteTimeoutError,
     RemoteTraceError,
+    SinkwidgetsTypeError,
 )
 
 #: Seconds to wait for any single answer from the server (connect, handshake, submit, download).
@@ -110,7 +111,8 @@ def options_for(remote: Any, info=None) -> RemoteOptions:
     elif remote is True:
         merged = base
     else:
-        raise TypeError(f"remote must be True, a host URL or a RemoteOptions, got {type(remote).__name__}")
+        raise SinkwidgetsTypeError(f"remote: remote must be True, a host URL or a RemoteOptions, got "
+                                   f"{type(remote).__name__}; e.g. remote=True")
     return merged.resolved()
 
 
