@@ -133,7 +133,8 @@ def test_tracing_layers_point_down():
 
 def test_interventions_sit_above_tracing():
     """interventions (experiments, edits, results) import the tracing layer and below; nothing below imports them,
-    and above them only tags.release (it calls project_out) and widgets.experiment (the explorer's experiments) do."""
+    and above them only tags.release (it calls project_out), widgets.experiment and widgets.tag_experiment (the
+    explorers' experiments) do."""
     pkg = "sinkwidgets.interventions"
     ours = {m for m in GRAPH if m == pkg or m.startswith(pkg + ".")}
     assert {f"{pkg}.experiments", f"{pkg}.edits", f"{pkg}.results"} <= ours
@@ -144,7 +145,8 @@ def test_interventions_sit_above_tracing():
                  and n not in ("sinkwidgets._args", "sinkwidgets.errors")}  # the argument layer sits at the bottom
         assert not above, f"{m} reaches {sorted(above)}"
     importers = {m for m, deps in GRAPH.items() if m not in ours and any(d in ours for d in deps)}
-    assert importers <= {"sinkwidgets.tags.release", "sinkwidgets.widgets.experiment"}, sorted(importers)
+    assert importers <= {"sinkwidgets.tags.release", "sinkwidgets.widgets.experiment",
+                         "sinkwidgets.widgets.tag_experiment"}, sorted(importers)
     for m in GRAPH:
         if m.startswith(("sinkwidgets.tracing", "sinkwidgets.models")):
             assert not (_reach(m) & ours), f"{m} reaches the interventions package"
