@@ -57,8 +57,8 @@ def check_state(trace: SinkTrace, state: dict[str, Any] | None, n_experiments: i
     L, H, T = trace.n_layers, trace.n_heads, trace.n_tokens
     out: dict[str, Any] = {}
     for key, value in state.items():
-        def bad(allowed: str, key=key, value=value) -> ValueError:
-            return ValueError(f"save_html(state={{{key!r}: {value!r}}}): {key} must be {allowed}")
+        def bad(allowed: str, key=key, value=value) -> SinkwidgetsValueError:
+            return SinkwidgetsValueError(f"save_html(state={{{key!r}: {value!r}}}): {key} must be {allowed}")
 
         if key in ("layer", "head", "token"):
             n = {"layer": L, "head": H, "token": T}[key]
