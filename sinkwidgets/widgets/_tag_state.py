@@ -9,6 +9,7 @@ integer codes for colours and tokens, each token string sent once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import threading
 from collections import OrderedDict
@@ -118,7 +119,7 @@ def blas_one_thread():
             limiter.restore_original_limits()
 
 
-class FiniteRows:
+class FiniteRows(TagData):
     """A :class:`TagData` as the analyses see it when some rows of one head are not finite.
 
     TagExplorer's non-finite policy (docs/tags.md, "Non-finite data"): a token whose output ``o_t`` or value
@@ -128,10 +129,12 @@ class FiniteRows:
     token ``t >= 1`` of the evaluation), so :func:`sinkwidgets.tags.tag_ev` and
     :func:`sinkwidgets.tags.tag_vectors` run unchanged on the finite rows. Every other attribute is the TagData's.
 
-    ``bad`` is the boolean mask ``[n_tok]`` of the rows left out.
+    ``bad`` is the boolean mask ``[n_tok]`` of the rows left out. A TagData itself (the same fields, shared
+    arrays), so the analyses' TagData checks accept it.
     """
 
     def __init__(self, data: TagData, head: tuple[int, int], bad: np.ndarray) -> None:
+        super().__init__(**{f.name: getattr(data, f.name) for f in dataclasses.fields(TagData)})
         self._data, self._head, self.bad = data, head, bad
         self._o = np.array(data.outputs(head))
         self._o[bad] = 0
@@ -157,9 +160,6 @@ class FiniteRows:
     @property
     def positions(self) -> np.ndarray:
         return self._pos
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._data, name)
 
 
 def nonfinite_note(bad: np.ndarray, data: TagData, head: tuple[int, int]) -> str:
