@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _args
+from .._args import integer as check_integer
+from .._args import seed as check_seed
 from ..errors import SinkwidgetsValueError
 
 # (city, country) pairs: well-known cities, one country each
@@ -162,9 +163,9 @@ def paragraphs(n: int = 40, seed: int = 0, sentences: int = 3, joiner: str = " "
     :func:`sinkwidgets.tags.catch` (pilot on SmolLM2-135M, 40 paragraphs: L1H1 is the top boundary head, α ≈ 0.43).
     """
     # ints or numpy ints >= 1 (a bool, float or string: ArgumentTypeError, both a TypeError and a ValueError)
-    n = _args.integer("n", n, minimum=1, example=40)
-    sentences = _args.integer("sentences", sentences, minimum=1, example=3)
-    rng = np.random.default_rng(_args.seed("seed", seed))
+    n = check_integer("n", n, minimum=1, example=40)
+    sentences = check_integer("sentences", sentences, minimum=1, example=3)
+    rng = np.random.default_rng(check_seed("seed", seed))
     out = []
     for _ in range(int(n)):
         out.append(joiner.join(

@@ -20,7 +20,7 @@ import anywidget
 import numpy as np
 import traitlets
 
-from .. import _args
+from .._args import integer as check_integer
 from .._atomic import atomic_write
 from ..errors import SinkwidgetsRuntimeError, SinkwidgetsTypeError, SinkwidgetsValueError
 from ..sinktrace import SinkTrace
@@ -177,8 +177,8 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             dl, dh = self._default_head()
             layer = dl if layer is None else layer
             head = dh if head is None else head
-        layer = _args.integer("layer", layer, example=0)  # numpy ints ok; "2" or 2.0 named (ArgumentTypeError)
-        head = _args.integer("head", head, example=0)
+        layer = check_integer("layer", layer, example=0)  # numpy ints ok; "2" or 2.0 named (ArgumentTypeError)
+        head = check_integer("head", head, example=0)
         try:
             super().__init__(_tokens=list(tr.tokens), _summary=summary, layer=layer, head=head,
                              _has_model=model is not None, **kwargs)
@@ -232,7 +232,7 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
 
     def select(self, layer: int, head: int) -> None:
         """Select head ``(layer, head)`` (both validated; one update for the browser)."""
-        layer, head = _args.integer("layer", layer, example=0), _args.integer("head", head, example=0)
+        layer, head = check_integer("layer", layer, example=0), check_integer("head", head, example=0)
         self._check_layer(layer)
         self._check_head(head)
         with self.hold_sync(), self.hold_trait_notifications():  # one map update, one message
@@ -258,9 +258,9 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         tr = _as_trace(trace, f"{type(self).__name__}.set_trace")
         summary = summary_state(tr, f"{type(self).__name__}.set_trace")  # refused before the explorer changes
         L, H, T = tr.n_layers, tr.n_heads, tr.n_tokens
-        ly = int(self.layer) if layer is None else _args.integer("layer", layer, example=0)
-        h = int(self.head) if head is None else _args.integer("head", head, example=0)
-        token = _args.integer("token", token, example=0)
+        ly = int(self.layer) if layer is None else check_integer("layer", layer, example=0)
+        h = int(self.head) if head is None else check_integer("head", head, example=0)
+        token = check_integer("token", token, example=0)
         if not (0 <= ly < L and 0 <= h < H):
             if layer is not None or head is not None:
                 raise WidgetValueError(f"set_trace(layer={layer}, head={head}): this trace has {L} layers x {H} heads")

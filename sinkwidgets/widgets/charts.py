@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import _args
+from .._args import integer as check_integer
 from ..errors import SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from . import _serialization as ser
@@ -33,7 +33,7 @@ def _alt():
 
 def _check_head(tr: SinkTrace, layer: Any, head: Any) -> None:
     """``layer`` and ``head`` are ints (numpy ints too; a string or float: ``ArgumentTypeError``) inside the trace."""
-    layer, head = _args.integer("layer", layer, example=0), _args.integer("head", head, example=0)
+    layer, head = check_integer("layer", layer, example=0), check_integer("head", head, example=0)
     if not (0 <= layer < tr.n_layers):
         raise SinkwidgetsValueError(f"layer={layer}: layer {layer} is out of range: this trace has {tr.n_layers} "
                                     f"layers (0..{tr.n_layers - 1}); pick one of them")
@@ -47,7 +47,7 @@ def grid_values(trace: SinkTrace, metric: str = "alpha", eps: float = 0.3, token
     tr = _as_trace(trace, "grid_values")
     if metric not in METRICS:
         raise SinkwidgetsValueError(f"metric {metric!r} is not one of {METRICS}; e.g. metric='alpha'")
-    token = _args.integer("token", token, example=0)
+    token = check_integer("token", token, example=0)
     if not (0 <= token < tr.n_tokens):
         raise SinkwidgetsValueError(f"token={token}: token {token} is out of range: the prompt has {tr.n_tokens} "
                                     f"tokens (0..{tr.n_tokens - 1}); pick one of them")
