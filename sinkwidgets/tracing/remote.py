@@ -31,6 +31,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -205,6 +206,9 @@ _AUTH = re.compile(r"api[ -_]?key|unauthori[sz]ed|forbidden|\b40[13]\b|authentic
 _NOT_DEPLOYED = re.compile(
     r"not dedicated|hotswapping|not (?:been )?deployed|cannot be accomm?odated|failed to look up actor|"
     r"deployment evicted|no (?:such )?model|model .{0,200}not (?:found|available|supported)", re.I)
+#: ndif's own words when a model it does not run cannot be brought up (processor.py: "Could not deploy this model.
+#: <reason>", "Error provisioning model.", "Error starting model.").
+_DEPLOY_FAILED = re.compile(r"\s*(?:could not deploy this model|error (?:provisioning|starting) model)\b", re.I)
 _TOO_LARGE = re.compile(r"too large|exceeds? .{0,60}limit|\b413\b|payload size", re.I)
 
 
@@ -338,6 +342,13 @@ def translate(exc: BaseException, host: str, opts: RemoteOptions) -> RemoteTrace
 def classify_server_message(text: str, host: str) -> RemoteTraceError:
     """A server-side error description → auth / not deployed / too large / generic server error."""
     short = _last_lines(text)
+    if _DEPLOY_FAILED.match(text):  # ndif could not bring the model up (its traceback is the deployment's, not ours)
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        said = lines[0] if lines[-1] in lines[0] else f"{lines[0]} ... {lines[-1]}"
+        return ModelNotDeployedError(
+            f"the server does not serve this model and could not deploy it: {said}", host,
+            fix=f"pick a model the server runs (NDIF: {STATUS_URL} or nnsight.ndif_status(); a self-hosted NDIF: "
+                "`ndif deploy` it first), or trace locally", server_message=text)
     if "Traceback (most recent call last)" in text:  # the block itself failed while running
         return RemoteServerError(f"the trace failed on the server: {short}", host,
                                  fix="read the server's message above; the same trace run locally usually shows "
@@ -359,6 +370,39 @@ def classify_server_message(text: str, host: str) -> RemoteTraceError:
                                  "the same error", server_message=text)
 
 
+_SHIPPING_LOCK = threading.Lock()
+_SHIPPING: dict = {"depth": 0, "modules": []}
+
+
+@contextlib.contextmanager
+def _shipping(by_value: tuple[str, ...]):
+    """While serializing a request: ``ModelInfo`` pickles as ``None`` (``copyreg``) and ``by_value`` modules are
+    pickled by value (cloudpickle). Process-wide registrations, counted so that concurrent serializations in
+    several threads neither undo each other's nor leak past the last one."""
+    import copyreg
+
+    from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
+
+    from ..models.loading import ModelInfo
+
+    with _SHIPPING_LOCK:
+        if _SHIPPING["depth"] == 0:
+            copyreg.pickle(ModelInfo, lambda info: (type(None), ()))
+        _SHIPPING["depth"] += 1
+        added = [m for m in by_value if m not in _PICKLE_BY_VALUE_MODULES]
+        _PICKLE_BY_VALUE_MODULES.update(added)
+        _SHIPPING["modules"].extend(added)
+    try:
+        yield
+    finally:
+        with _SHIPPING_LOCK:
+            _SHIPPING["depth"] -= 1
+            if _SHIPPING["depth"] == 0:
+                copyreg.dispatch_table.pop(ModelInfo, None)
+                _PICKLE_BY_VALUE_MODULES.difference_update(_SHIPPING["modules"])
+                _SHIPPING["modules"].clear()
+
+
 def _backend_base():
     from nnsight.intervention.backends.remote import RemoteBackend
 
@@ -377,19 +421,11 @@ class _SinkBackend(_backend_base()):
         self.result_bytes: int | None = None
 
     def _serialize(self, tracer) -> bytes:
-        # ModelInfo (a sinkwidgets object) lives on the model and would be pickled with it: NDIF cannot
-        # import sinkwidgets, so take it off while serializing; ship the block's helper modules by value.
-        from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
-
-        info = self._model.__dict__.pop("sinkwidgets", None)
-        added = [m for m in self.by_value if m not in _PICKLE_BY_VALUE_MODULES]
-        _PICKLE_BY_VALUE_MODULES.update(added)
-        try:
+        # ModelInfo (a sinkwidgets object) lives on the model and would be pickled with it: NDIF cannot import
+        # sinkwidgets, so it pickles as None while serializing (the model itself is left alone: other threads
+        # tracing the same model keep seeing it); the block's helper modules are shipped by value.
+        with _shipping(self.by_value):
             blob = super()._serialize(tracer)
-        finally:
-            _PICKLE_BY_VALUE_MODULES.difference_update(added)
-            if info is not None:
-                self._model.__dict__["sinkwidgets"] = info
         self.payload_bytes = len(blob)
         return blob
 
@@ -442,10 +478,22 @@ class _SinkBackend(_backend_base()):
             if r.status_code in (401, 403):
                 raise RemoteAuthError(f"the server rejected the API key ({_scrub(detail, self.api_key)[:500]})",
                                       self.host, fix=f"check NDIF_API_KEY / api_key=...; keys: {KEY_URL}")
-            if r.status_code == 413:
-                raise RemoteResultTooLargeError(f"the request is too large for the server ({detail[:300]})",
-                                                self.host, fix="trace fewer or shorter prompts per call")
-            raise classify_server_message(_scrub(detail, self.api_key), self.host)
+            size = len(blob) / 2**20
+            # ndif's API answers a multipart body over about 1 MiB with "400: There was an error parsing the
+            # body" (measured on ndif 0.1.2), a proxy in front of it with 413
+            if r.status_code == 413 or (r.status_code == 400 and size > 0.9 and "pars" in detail.lower()):
+                raise RemoteResultTooLargeError(
+                    f"the request ({size:.2f} MiB) is too large for the server ({detail[:300]}); NDIF's API "
+                    "refuses requests over about 1 MiB", self.host,
+                    fix="trace fewer or shorter prompts per call, and keep edits' tensors small (an edit's "
+                        "basis or vectors travel with the request)")
+            err = classify_server_message(_scrub(detail, self.api_key), self.host)
+            if type(err) is RemoteServerError:  # the job never ran: say so, and how big the request was
+                raise RemoteServerError(f"the server refused the request ({size:.2f} MiB): {detail[:500]}",
+                                        self.host, fix=f"check the host and its status ({STATUS_URL}); if the "
+                                        "request is large, send fewer or shorter prompts per call",
+                                        server_message=detail)
+            raise err
         return ResponseModel.model_validate_json(r.text)
 
     def request(self, request, tracer):
