@@ -1,7 +1,7 @@
 """The TagExplorer's release experiment in a real JupyterLab + chromium (issue 19 item 3): clicking Release shows the
 mean ΔNLL equal to TagExplorer.experiment (= sw.project_out) in Python to 1e-4, beside its random and PC controls and
 the later heads' Δ sink attention; an injection token stays inert text; without a model the button is disabled with
-a note. Any browser console error fails the test, and every request not to 127.0.0.1 / file:// is aborted."""
+a note; a failing or cancelled run leaves the panel as it was. Any browser console error fails the test, and every request not to 127.0.0.1 / file:// is aborted."""
 
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ def test_release_click_shows_the_python_numbers_and_keeps_tokens_inert(lab, guar
         f"te.selected = {sel!r}\nte",
         "print(f'STATE n={len(te.experiments)} dnll={te.experiments[-1].mean_dnll if te.experiments else None!r}')",
         "te2 = sw.TagExplorer(data, head=" + repr(HEAD) + ")\nte2",
+        "te.selected = [int(data.span(0).start)]",  # token 0 only: nothing to edit
+        f"te.selected = {sel!r}",
     ])
     open_notebook(page, lab, name)
     run_cell(page, 0)
@@ -90,6 +92,27 @@ def test_release_click_shows_the_python_numbers_and_keeps_tokens_inert(lab, guar
     out = poll_cell(page, 1, lambda s: "n=1" in s, timeout=30, what="one experiment")
     kernel = float(out.split("dnll=")[1].split()[0])
     assert abs(kernel - e.mean_dnll) < 1e-4
+
+    # a failing experiment: its message in the panel, the view as it was
+    run_cell(page, 3)
+    page.wait_for_function("() => document.querySelector('[data-testid=te-exp-what]').textContent.includes("
+                           "'the 1 selected token ')", timeout=20_000)
+    btn.click()
+    wait_state(page, "te-exp-status", "d.state === 'error'", timeout=60_000)
+    assert "every chosen token" in page.get_by_test_id("te-exp-status").inner_text()
+    d = state(page, "te-exp")
+    assert d["index"] == "0" and abs(float(d["meanDnll"]) - e.mean_dnll) < 1e-4
+    # cancel: stops after the current forward pass, nothing recorded, the view unchanged
+    run_cell(page, 4)
+    page.wait_for_function("() => document.querySelector('[data-testid=te-exp-what]').textContent.includes("
+                           "'12 selected tokens')", timeout=20_000)
+    btn.click()
+    wait_state(page, "te-exp-status", "d.state === 'running'", timeout=10_000)
+    page.get_by_test_id("te-exp-cancel").click()
+    wait_state(page, "te-exp-status", "d.state === 'cancelled'", timeout=60_000)
+    assert not page.get_by_test_id("te-exp-cancel").is_visible() and btn.is_enabled()
+    assert state(page, "te-exp")["index"] == "0"
+    poll_cell(page, 1, lambda s: "n=1" in s, timeout=30, what="still one experiment")
 
     # without a model: the Release button is disabled, with a note that says what to do
     run_cell(page, 2)
