@@ -121,3 +121,34 @@ def test_release_click_shows_the_python_numbers_and_keeps_tokens_inert(lab, guar
     second = page.locator("[data-testid=te-root]").nth(1)
     assert second.get_by_test_id("te-exp-release").is_disabled()
     assert "needs a model" in second.get_by_test_id("te-exp-what").inner_text()
+
+
+def test_linked_sinkexplorer_shows_the_prompt_under_the_release(lab, guarded_page, release_case):
+    page = guarded_page
+    path, sel, e = release_case
+    name = write_notebook(lab, "release_link.ipynb", [
+        "import sinkwidgets as sw\n"
+        "m = sw.load_model('smollm2-135m')\n"
+        f"data = sw.tags.TagData.load({str(path)!r})\n"
+        f"te = sw.TagExplorer(data, head={HEAD}, model=m, texts={TEXTS!r})\n"
+        f"te.selected = {sel!r}\n"
+        "ex = sw.SinkExplorer(sw.widgets.prompt_trace(data, 1), model=m)\n"
+        "lk = sw.link(ex, te)\ndisplay(ex)\nte",
+        "print(f'LINK n={len(ex.experiments)} prompt={lk.prompt} note={lk.note!r}')",
+    ])
+    open_notebook(page, lab, name)
+    run_cell(page, 0)
+    page.wait_for_selector("[data-testid=te-root][data-first-paint]", timeout=120_000)
+    page.wait_for_selector("[data-testid=sw-root][data-first-paint]", timeout=60_000)
+    wait_state(page, "sw-exp", "d.index === '-1'")
+    page.get_by_test_id("te-exp-release").click()
+    wait_state(page, "te-exp-status", "d.state === 'done'", timeout=180_000)
+    # the SinkExplorer now shows prompt 0 (the experiment's) traced under the projection: history 1, view "after"
+    d = wait_state(page, "sw-exp", "d.index === '0' && d.view === 'after'", timeout=60_000)
+    assert abs(float(d["meanDnll"]) - e.mean_dnll) < 1e-4  # one prompt: the same mean ΔNLL
+    assert d["kind"] == "project_tag"
+    assert page.get_by_test_id("sw-exp-dnll").locator(".sw-tok").count() == len(e.result.nll["clean"][0]) + 1
+    assert "release L15H7" in page.get_by_test_id("sw-exp-result").inner_text()
+    assert page.evaluate("() => !document.querySelector('.sw-root img') && !window.__xss")
+    out = poll_cell(page, 1, lambda s: "n=1" in s, timeout=30, what="the linked experiment")
+    assert "prompt=0" in out and "note=''" in out
