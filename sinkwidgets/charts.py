@@ -171,12 +171,13 @@ def line_chart(series: Mapping[str, Sequence[float]], x: Sequence[float] | None 
     arrays = {str(k): np.asarray(v, np.float64).reshape(-1) for k, v in series.items()}
     n = {len(v) for v in arrays.values()}
     if len(n) != 1:
-        raise SinkwidgetsValueError(f"series: all series must have the same length, got lengths {sorted(n)}; trim or pad "
-                                    "them to one length")
+        raise SinkwidgetsValueError(f"series: all series must have the same length, got lengths {sorted(n)}; trim or "
+                                    "pad them to one length")
     N = n.pop()
     xs = np.arange(N) if x is None else np.asarray(x, np.float64)
     if len(xs) != N:
-        raise SinkwidgetsValueError(f"x has {len(xs)} values for series of length {N}; pass one x per value (or x=None)")
+        raise SinkwidgetsValueError(f"x has {len(xs)} values for series of length {N}; pass one x per value (or "
+                                    "x=None)")
     rows = [{"x": float(xs[i]), "y": None if not np.isfinite(v[i]) else float(v[i]), "series": name}
             for name, v in arrays.items() for i in range(N)]
     return (

@@ -44,16 +44,16 @@ def _alpha(x: SinkTrace | np.ndarray) -> np.ndarray:
         return x.sink_scores
     a = np.asarray(x, dtype=np.float32)
     if a.ndim != 3:
-        raise SinkwidgetsValueError(f"trace: expected a SinkTrace or sink scores of shape [L, H, T], got an array of shape "
-                                    f"{list(a.shape)}; pass sinkwidgets.trace(model, text) or its .sink_scores")
+        raise SinkwidgetsValueError("trace: expected a SinkTrace or sink scores of shape [L, H, T], got an array of "
+                                    f"shape {list(a.shape)}; pass sinkwidgets.trace(model, text) or its .sink_scores")
     return a
 
 
 def _attn(attn: np.ndarray) -> np.ndarray:
     a = np.asarray(attn, dtype=np.float64)
     if a.ndim < 2 or a.shape[-1] != a.shape[-2]:
-        raise SinkwidgetsValueError(f"attention must have shape [..., T, T] (queries × keys), got {list(a.shape)}; pass "
-                                    "square attention maps, e.g. the output_attentions of one layer [B, H, T, T]")
+        raise SinkwidgetsValueError(f"attention must have shape [..., T, T] (queries × keys), got {list(a.shape)}; "
+                                    "pass square attention maps, e.g. the output_attentions of one layer [B, H, T, T]")
     return a
 
 
@@ -278,7 +278,8 @@ def find_sinks(
     a = _alpha(trace)
     eps = _check_eps(eps)
     if min_queries < 1:
-        raise SinkwidgetsValueError(f"min_queries={min_queries!r}: min_queries must be >= 1 (the default is {DEFAULT_MIN_QUERIES})")
+        raise SinkwidgetsValueError(f"min_queries={min_queries!r}: min_queries must be >= 1 (the default is "
+                                    f"{DEFAULT_MIN_QUERIES})")
     T = a.shape[-1]
     nq = _query_counts(trace, T, causal)
     valid = nq >= min(min_queries, int(nq[0]))
@@ -380,8 +381,8 @@ def massive_activations(trace: SinkTrace, abs_thr: float = 100.0, ratio: float =
     Uses the per-layer top activations recorded during tracing (``top_activations [L, K]``).
     """
     if not isinstance(trace, SinkTrace):
-        raise SinkwidgetsTypeError(f"trace: massive_activations needs a SinkTrace (got {type(trace).__name__}); trace a model "
-                                   "first with sinkwidgets.trace(model, text)")
+        raise SinkwidgetsTypeError(f"trace: massive_activations needs a SinkTrace (got {type(trace).__name__}); trace "
+                                   "a model first with sinkwidgets.trace(model, text)")
     if trace.top_activations is None or trace.median_abs_activation is None:
         raise SinkwidgetsValueError("this trace has no top activations recorded; trace it with sinkwidgets.trace()")
     out = []

@@ -99,8 +99,8 @@ class SinkTrace:
         L, H, T = self.sink_scores.shape
         self.tokens = [str(t) for t in self.tokens]
         if len(self.tokens) != T:
-            raise SinkwidgetsValueError(f"tokens has {len(self.tokens)} entries but sink_scores has T={T}; pass one token "
-                                        "string per key position")
+            raise SinkwidgetsValueError(f"tokens has {len(self.tokens)} entries but sink_scores has T={T}; pass one "
+                                        "token string per key position")
         if self.first_token_mass is None:
             self.first_token_mass = np.full((L, H), np.nan, np.float32)
         if self.entropy is None:
@@ -115,30 +115,34 @@ class SinkTrace:
         if self.maps is not None:
             self.maps = np.asarray(self.maps)
             if self.map_index is None:
-                raise SinkwidgetsValueError("maps given without map_index: pass map_index=[M, 2] of (layer, head), one row per map")
+                raise SinkwidgetsValueError("maps given without map_index: pass map_index=[M, 2] of (layer, head), "
+                                            "one row per map")
             self.map_index = np.asarray(self.map_index, dtype=np.int32).reshape(-1, 2)
             if self.maps.shape != (len(self.map_index), T, T):
-                raise SinkwidgetsValueError(f"maps must be [M, T, T] = [{len(self.map_index)}, {T}, {T}] (one map per map_index "
-                                            f"row), got {list(self.maps.shape)}")
+                raise SinkwidgetsValueError(f"maps must be [M, T, T] = [{len(self.map_index)}, {T}, {T}] (one map per "
+                                            f"map_index row), got {list(self.maps.shape)}")
             bad = (self.map_index[:, 0] < 0) | (self.map_index[:, 0] >= L) | (self.map_index[:, 1] < 0) | (
                 self.map_index[:, 1] >= H)
             if bad.any():
                 ly, h = (int(x) for x in self.map_index[np.argmax(bad)])
-                raise SinkwidgetsValueError(f"map_index holds (layer, head) = ({ly}, {h}), outside this trace's {L} layers x {H} "
-                                            f"heads (layer 0..{L - 1}, head 0..{H - 1}); drop or fix that row")
+                raise SinkwidgetsValueError(f"map_index holds (layer, head) = ({ly}, {h}), outside this trace's {L} "
+                                            f"layers x {H} heads (layer 0..{L - 1}, head 0..{H - 1}); drop or fix "
+                                            "that row")
         for name, lname in (("head_outputs", "head_output_layers"), ("head_values", "head_value_layers")):
             x = getattr(self, name)
             if x is None:
                 continue
             if getattr(self, lname) is None:
-                raise SinkwidgetsValueError(f"{name} given without {lname}: pass {lname}=[N] (the layer of each {name} row)")
+                raise SinkwidgetsValueError(f"{name} given without {lname}: pass {lname}=[N] (the layer of each "
+                                            f"{name} row)")
             x = np.asarray(x, dtype=np.float32)
             layers = np.asarray(getattr(self, lname), dtype=np.int32).reshape(-1)
             if x.ndim != 4 or x.shape[:3] != (len(layers), H, T):
-                raise SinkwidgetsValueError(f"{name} must be [N, H, T, d] with N={len(layers)} (len({lname})), H={H}, T={T}; "
-                                            f"got {list(x.shape)}")
+                raise SinkwidgetsValueError(f"{name} must be [N, H, T, d] with N={len(layers)} (len({lname})), H={H}, "
+                                            f"T={T}; got {list(x.shape)}")
             if len(layers) and (layers.min() < 0 or layers.max() >= L):
-                raise SinkwidgetsValueError(f"{lname}={layers.tolist()} is out of range: this trace has layers 0..{L - 1}")
+                raise SinkwidgetsValueError(f"{lname}={layers.tolist()} is out of range: this trace has layers "
+                                            f"0..{L - 1}")
             setattr(self, name, x)
             setattr(self, lname, layers)
         self.meta = dict(self.meta)
@@ -256,7 +260,8 @@ def check_array(a: Any, shape: tuple[int, ...], name: str, dtype: Any) -> np.nda
     """``np.asarray(a, dtype)``, refused (``ValueError`` naming ``name``) unless its shape is exactly ``shape``."""
     a = np.asarray(a, dtype=dtype)
     if a.shape != shape:
-        raise SinkwidgetsValueError(f"{name} must have shape {list(shape)}, got {list(a.shape)}; pass an array of that shape")
+        raise SinkwidgetsValueError(f"{name} must have shape {list(shape)}, got {list(a.shape)}; pass an array of "
+                                    "that shape")
     return a
 
 

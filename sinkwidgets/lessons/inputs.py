@@ -84,8 +84,8 @@ def _word_tokens(tok) -> list[int]:
         if len(s) >= 3 and s[0] == " " and s[1:].isalpha() and s[1:].isascii():
             out.append(i)
     if len(out) < 100:
-        raise SinkwidgetsValueError("model: this tokenizer has too few ' word' tokens (< 100) to draw random text from; "
-                                    "use a word-level BPE tokenizer such as SmolLM2's or Gemma's")
+        raise SinkwidgetsValueError("model: this tokenizer has too few ' word' tokens (< 100) to draw random text "
+                                    "from; use a word-level BPE tokenizer such as SmolLM2's or Gemma's")
     return out
 
 

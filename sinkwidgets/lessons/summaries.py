@@ -40,8 +40,8 @@ def norm_ratio(tr: SinkTrace, token: int = 0) -> np.ndarray:
     if not 0 <= token < T:
         raise SinkwidgetsValueError(f"token={token!r}: token {token} is out of range (0..{T - 1}); pick one of them")
     if T < 2:
-        raise SinkwidgetsValueError(f"tr: need at least 2 tokens to compare a token with the others, the trace has {T}; "
-                                    "trace a longer text")
+        raise SinkwidgetsValueError("tr: need at least 2 tokens to compare a token with the others, the trace has "
+                                    f"{T}; trace a longer text")
     n = np.asarray(tr.resid_norms, np.float64)
     if np.isnan(n).all():
         raise SinkwidgetsValueError("this trace has no residual norms recorded; trace it with sinkwidgets.trace()")
@@ -95,7 +95,8 @@ def attention_to(tr: SinkTrace, keys, queries=None) -> np.ndarray:
     T = tr.n_tokens
     keys = np.asarray(sorted(set(int(k) for k in keys)), dtype=np.int64)
     if keys.size == 0 or keys.min() < 0 or keys.max() >= T:
-        raise SinkwidgetsValueError(f"keys must be non-empty positions in 0..{T - 1}, got {keys.tolist()}; e.g. keys=[0]")
+        raise SinkwidgetsValueError(f"keys must be non-empty positions in 0..{T - 1}, got {keys.tolist()}; e.g. "
+                                    "keys=[0]")
     q = np.arange(T) if queries is None else np.asarray(sorted(set(int(i) for i in queries)), dtype=np.int64)
     if q.size == 0 or q.min() < 0 or q.max() >= T:
         raise SinkwidgetsValueError(f"queries must be non-empty positions in 0..{T - 1}, got {q.tolist()[:8]}; e.g. "

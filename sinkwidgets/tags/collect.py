@@ -111,11 +111,11 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     else:
         map_list = _norm_heads(maps, L, H, "maps")
     if labels is not None and len(labels) != len(texts):
-        raise SinkwidgetsValueError(f"labels has {len(labels)} entries but there are {len(texts)} texts; give one label "
-                                    "per text")
+        raise SinkwidgetsValueError(f"labels has {len(labels)} entries but there are {len(texts)} texts; give one "
+                                    "label per text")
     if groups is not None and len(groups) != len(texts):
-        raise SinkwidgetsValueError(f"groups has {len(groups)} entries but there are {len(texts)} texts; give one group "
-                                    "per text")
+        raise SinkwidgetsValueError(f"groups has {len(groups)} entries but there are {len(texts)} texts; give one "
+                                    "group per text")
 
     units: list = []
     if summary:
@@ -129,8 +129,8 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     if layer_list and pool:
         units.append(R.PooledResidual(layer_list))
     if not units:
-        raise SinkwidgetsValueError(f"heads={heads!r}, layers={layers!r}, summary={summary!r}: nothing to collect; pass "
-                                    "heads, layers, or summary=True")
+        raise SinkwidgetsValueError(f"heads={heads!r}, layers={layers!r}, summary={summary!r}: nothing to collect; "
+                                    "pass heads, layers, or summary=True")
 
     # tokenize first (cheap), so the packed arrays are allocated once; the engine reuses this encoding
     encoded = encode(model, texts, opts)
@@ -223,7 +223,8 @@ def boundary_heads(model_or_data: Any, texts: Sequence[str] | None = None, *, th
         data = model_or_data
     else:
         if texts is None:
-            raise SinkwidgetsValueError("boundary_heads(model, texts): give the texts (paragraphs of several sentences)")
+            raise SinkwidgetsValueError("boundary_heads(model, texts): give the texts (paragraphs of several "
+                                        "sentences)")
         data = collect(model_or_data, texts, heads=(), layers=None, **collect_kwargs)
     return boundary_heads_from_data(data, threshold=threshold, min_later=min_later, top=top)
 

@@ -293,8 +293,8 @@ class TagData:
             raise SinkwidgetsValueError(f"pool must be 'mean' or 'last', got {pool!r}; pass pool='mean' or pool='last'")
         arr = self.pooled_mean if pool == "mean" else self.pooled_last
         if arr is None or self.pooled_layers is None:
-            raise SinkwidgetsValueError(f"this TagData has no pooled residual ({pool!r}); collect with layers=[...] and "
-                                        f"pool=('mean', 'last')")
+            raise SinkwidgetsValueError(f"this TagData has no pooled residual ({pool!r}); collect with layers=[...] "
+                                        f"and pool=('mean', 'last')")
         hit = np.nonzero(self.pooled_layers == int(layer))[0]
         if not len(hit):
             raise SinkwidgetsKeyError(f"no pooled residual after layer {layer} (pooled layers: "
@@ -405,4 +405,5 @@ def _pair(head: Any) -> tuple[int, int]:
         l, h = head
         return int(l), int(h)
     except (TypeError, ValueError):
-        raise SinkwidgetsValueError(f"head={head!r}: a head is a (layer, head) pair of ints; pass e.g. head=(2, 2)") from None
+        raise SinkwidgetsValueError(f"head={head!r}: a head is a (layer, head) pair of ints; pass e.g. "
+                                    "head=(2, 2)") from None

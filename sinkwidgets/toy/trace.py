@@ -55,8 +55,8 @@ def trace_toy(model: TinyTransformer, batch_or_seed: Batch | int = 0, index: int
           ``extra_sink_mass_by_slot`` ``{name: [L][H]}``.
     """
     if not isinstance(model, TinyTransformer):
-        raise ArgumentTypeError(f"model: trace_toy needs a sinkwidgets.toy.TinyTransformer, got {type(model).__name__}; "
-                                "e.g. model = sinkwidgets.toy.train(seed=0).model")
+        raise ArgumentTypeError("model: trace_toy needs a sinkwidgets.toy.TinyTransformer, got "
+                                f"{type(model).__name__}; e.g. model = sinkwidgets.toy.train(seed=0).model")
     cfg = model.config
     if isinstance(batch_or_seed, Batch):
         batch = batch_or_seed

@@ -129,8 +129,8 @@ class MapStore:
         """One pyramid tile as ``(spec + bounds, bytes)``; raises ``KeyError`` if the map is not available."""
         m = self.get(layer, head)
         if m is None:
-            raise SinkwidgetsKeyError(f"no attention map for layer {layer}, head {head}: trace with keep_maps=[{layer}] "
-                                      "or pass model= to compute it on demand")
+            raise SinkwidgetsKeyError(f"no attention map for layer {layer}, head {head}: trace with "
+                                      f"keep_maps=[{layer}] or pass model= to compute it on demand")
         q0, q1, k0, k1 = ser.tile_bounds(self.trace.n_tokens, level, ty, tx)
         spec, data = ser.encode_array(ser.pooled_tile(m, level, ty, tx), ser.MAP_DTYPE)
         return {**spec, "q0": q0, "q1": q1, "k0": k0, "k1": k1}, data
