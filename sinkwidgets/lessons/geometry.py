@@ -65,8 +65,9 @@ def qk_geometry(model, text: str, layer: int, add_bos: bool | None = None) -> QK
     hf = getattr(model, "_module", model)
     ad = info.adapter
     if not ad.causal:
-        raise SinkwidgetsValueError(f"model: qk_geometry supports causal decoders with rotary attention, not encoders "
-                                    f"({info.name!r} is one); use a decoder such as sinkwidgets.load_model('smollm2-135m')")
+        raise SinkwidgetsValueError("model: qk_geometry supports causal decoders with rotary attention, not "
+                                    f"encoders ({info.name!r} is one); use a decoder such as "
+                                    "sinkwidgets.load_model('smollm2-135m')")
     layers = get_path(hf, ad.layers)
     if not 0 <= layer < len(layers):
         raise SinkwidgetsValueError(f"layer={layer!r}: layer {layer} is out of range (0..{len(layers) - 1}); pick one "

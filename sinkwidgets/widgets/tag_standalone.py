@@ -26,7 +26,8 @@ def tag_html_document(te: Any, title: str | None = None) -> str:
     n = te.data.n_tokens
     if n > STANDALONE_MAX_POINTS:
         raise SinkwidgetsValueError(f"this TagData has {n} tokens; an offline file embeds at most "
-                                    f"{STANDALONE_MAX_POINTS} points: save a subset (data.subset(range(k))) or share the .npz file instead")
+                                    f"{STANDALONE_MAX_POINTS} points: save a subset (data.subset(range(k))) or "
+                                    "share the .npz file instead")
     views = {}
     for head in te._view_model.heads:
         key = f"{head[0]},{head[1]}"
