@@ -258,7 +258,8 @@ class RemoteSession:
         """Run the trace; translate every failure into a :class:`RemoteTraceError` without the key."""
         self._t0 = time.perf_counter()
         try:
-            yield
+            with _client_side():
+                yield
         except RemoteTraceError as exc:
             raise _rebuild(exc, self.opts.api_key) from None
         except Exception as exc:  # noqa: BLE001
@@ -368,6 +369,44 @@ def classify_server_message(text: str, host: str) -> RemoteTraceError:
     return RemoteServerError(f"the trace failed on the server: {short}", host,
                              fix="read the server's message above; the same trace run locally usually shows "
                                  "the same error", server_message=text)
+
+
+#: nnsight's client side (capturing the block's source with ``ast``, pickling, pushing results into frames) is not
+#: thread-safe: concurrent remote traces from several threads failed with "SystemError: AST constructor recursion
+#: depth mismatch" (CPython 3.11). Remote traces hold this lock for their client-side work and release it while
+#: they wait for the server, so several threads' jobs still run on the server at once.
+_CLIENT_LOCK = threading.Lock()
+_CLIENT = threading.local()
+
+
+@contextlib.contextmanager
+def _client_side():
+    """Hold :data:`_CLIENT_LOCK` for one remote trace (re-entrant within a thread)."""
+    if getattr(_CLIENT, "held", False):
+        yield
+        return
+    _CLIENT_LOCK.acquire()
+    _CLIENT.held = True
+    try:
+        yield
+    finally:
+        _CLIENT.held = False
+        _CLIENT_LOCK.release()
+
+
+@contextlib.contextmanager
+def _network_wait():
+    """Release :data:`_CLIENT_LOCK` (if this thread holds it) while waiting for the server; take it back after."""
+    held = getattr(_CLIENT, "held", False)
+    if held:
+        _CLIENT.held = False
+        _CLIENT_LOCK.release()
+    try:
+        yield
+    finally:
+        if held:
+            _CLIENT_LOCK.acquire()
+            _CLIENT.held = True
 
 
 _SHIPPING_LOCK = threading.Lock()
@@ -497,10 +536,14 @@ class _SinkBackend(_backend_base()):
         return ResponseModel.model_validate_json(r.text)
 
     def request(self, request, tracer):
+        blob = self._serialize(tracer)
+        with _network_wait():
+            return self._submit_and_wait(request, blob)
+
+    def _submit_and_wait(self, request, blob):
         import websocket
         from nnsight.schema.response import Status
 
-        blob = self._serialize(tracer)
         connection = self._connect()
         try:
             connection.settimeout(self.opts.timeout)
