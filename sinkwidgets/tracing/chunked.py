@@ -35,6 +35,7 @@ from .qk import (  # noqa: F401 - re-exported
     AttentionParams,
     attention_chunks,
     chunk_rows,
+    lse_chunks,
     reduce_qk,
 )
 from .reductions import BatchContext, UnitSet
@@ -46,7 +47,9 @@ class ChunkedPlan:
     """Envoys and per-layer attention parameters for the chunked block.
 
     ``params[l] = (scale, n_rep, sliding window or None, logit soft-cap or None)``; ``v_split`` > 0 means the
-    value vectors are the last of ``v_split`` equal parts of a fused projection's output.
+    value vectors are the last of ``v_split`` equal parts of a fused projection's output. ``lse_ops[l]``: the name
+    of layer ``l``'s attention-function call in nnsight's ``.source`` whose output's second element is the row
+    log-sum-exp (under :func:`lse_attention`, local runs only), or None: probabilities are then recomputed in full.
     """
 
     layers: list
@@ -55,6 +58,7 @@ class ChunkedPlan:
     vprojs: list
     params: list
     v_split: int = 0
+    lse_ops: list | None = None
 
 
 def layer_plan(model, info) -> ChunkedPlan:
@@ -135,8 +139,15 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
             if "probs" in need:
                 q, k = plan.attns[li].source.apply_rotary_pos_emb_0.output
                 B, H, T, _ = q.shape
-                col.feed_probs(li, attention_chunks(q, k, ctx.qmask, params, chunk_rows(B, H, T, budget), hidden))
-                del q, k
+                lse = None
+                if plan.lse_ops and plan.lse_ops[li] and hidden is None and not params.window and not params.softcap:
+                    lse = getattr(plan.attns[li].source, plan.lse_ops[li]).output[1]  # None: lse_attention fell back
+                if lse is not None:
+                    chunks = lse_chunks(q, k, lse, ctx.qmask, params, chunk_rows(B, H, T, budget))
+                else:
+                    chunks = attention_chunks(q, k, ctx.qmask, params, chunk_rows(B, H, T, budget), hidden)
+                col.feed_probs(li, chunks)
+                del q, k, lse, chunks
             if "o_input" in need:
                 col.feed(li, "o_input", oproj.input, oproj.weight)
             if "resid" in need:
@@ -154,22 +165,103 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
 
 
 def run_chunked(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx: BatchContext,
-                budget: int = CHUNK_BYTES, edits: EditSet | None = None) -> tuple[dict, dict]:
+                budget: int = CHUNK_BYTES, edits: EditSet | None = None, lse: bool = True) -> tuple[dict, dict]:
     """The local chunked executor: one batch → ``(packed results, meta)``. The remote executor
-    (:func:`sinkwidgets.tracing.remote.run_remote`) ships :func:`chunked_block` instead."""
+    (:func:`sinkwidgets.tracing.remote.run_remote`) ships :func:`chunked_block` instead.
+
+    ``lse`` (default): on a CPU model, attention runs as :func:`lse_attention` (the same flash kernel SDPA uses,
+    which also returns each row's log-sum-exp), and layers with plain causal attention get their probabilities
+    from it (:func:`.qk.lse_chunks`: one matmul and one ``exp`` per chunk); other layers, and ``lse=False``, run
+    SDPA and recompute the softmax (:func:`.qk.attention_chunks`). ``meta["attention"]`` says which."""
     plan = layer_plan(model, info)
     check_values(info, units)
     hf = getattr(model, "_module", None)
-    switch = hf is not None and getattr(hf.config, "_attn_implementation", None) != "sdpa"
+    impl = "sdpa"
+    if lse and hf is not None and _on_cpu(hf):
+        names = [_lse_op(a) for a in plan.attns]
+        if any(names) and install_lse_attention():
+            impl, plan.lse_ops = LSE_ATTENTION, names
+    switch = hf is not None and getattr(hf.config, "_attn_implementation", None) != impl
     prev = hf.config._attn_implementation if switch else None
     if switch:
-        hf.set_attn_implementation("sdpa")
+        hf.set_attn_implementation(impl)
     try:
         out = chunked_block(model, inputs, fwd_kwargs, plan, units, ctx, budget, edits=edits)
     finally:
         if switch:
             hf.set_attn_implementation(prev)
-    return out, {"method": "chunked"}
+    return out, {"method": "chunked", "attention": "lse" if plan.lse_ops else "sdpa"}
+
+
+# ----------------------------------------------------------------------------- lse attention (local only)
+#: The name :func:`install_lse_attention` registers with transformers' attention (and mask) interfaces.
+LSE_ATTENTION = "sinkwidgets_lse"
+
+
+def lse_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
+                  **kwargs):
+    """A transformers attention function → ``(output [B, T, H, D], lse [B, H, T] or None)``.
+
+    The output is what ``sdpa`` attention computes, from the kernel SDPA dispatches to on CPU
+    (``aten._scaled_dot_product_flash_attention_for_cpu``; grouped-query heads handled by the kernel), which also
+    returns the row log-sum-exp ``lse_i = log Σ_j exp(q_i·k_j · scale + mask_ij)`` that :func:`.qk.lse_chunks`
+    turns into exact probabilities. A boolean mask becomes an additive one (0 / −inf; fully masked padding rows
+    give output 0, as SDPA does). Anything that kernel cannot express (a soft-cap, dropout, a position bias, a
+    KV cache longer than the queries, a non-CPU tensor) goes to transformers' ``sdpa_attention_forward`` unchanged,
+    and the lse is None (the chunked block then recomputes the softmax).
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    T = query.shape[2]
+    plain = (kwargs.get("softcap") is None and kwargs.get("position_bias") is None and not dropout
+             and query.device.type == "cpu" and key.shape[2] == T and T > 1
+             and query.dtype in (torch.float32, torch.bfloat16, torch.float16)
+             and query.shape[1] % key.shape[1] == 0)
+    if not plain:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    mask = attention_mask
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill_(~mask, float("-inf"))
+        elif mask.dtype != query.dtype:
+            mask = mask.to(query.dtype)
+        mask = mask[..., :T, :T]
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        query, key, value, 0.0, bool(causal and mask is None), attn_mask=mask, scale=scaling)
+    return out.transpose(1, 2).contiguous(), lse
+
+
+def install_lse_attention() -> bool:
+    """Register :func:`lse_attention` (and SDPA's mask builder) under :data:`LSE_ATTENTION`; False if this
+    transformers or torch lacks what it needs."""
+    try:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+        _ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        AttentionInterface.register(LSE_ATTENTION, lse_attention)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(LSE_ATTENTION, sdpa_mask)
+    except (ImportError, AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def _lse_op(attn) -> str | None:
+    """The name of the attention-function call in ``attn.source`` (the last ``attention_interface_*``), or None."""
+    try:
+        names = [n for n in attn.source.names if n.startswith("attention_interface_")]
+    except Exception:  # noqa: BLE001 - no source view: the block recomputes the softmax
+        return None
+    return names[-1] if names else None
+
+
+def _on_cpu(hf) -> bool:
+    try:
+        return next(hf.parameters()).device.type == "cpu"
+    except StopIteration:
+        return False
 
 
 def check_values(info, units: UnitSet) -> None:

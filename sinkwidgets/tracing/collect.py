@@ -80,7 +80,9 @@ class Collector:
             self._add(u, u.read("logits", logits, None, self.ctx, -1))
 
     def feed_probs(self, layer: int, chunks) -> None:
-        """Run the units reading ``"probs"`` at ``layer`` over ``(start, P, scratch)`` query chunks, all at once."""
+        """Run the units reading ``"probs"`` at ``layer`` over ``(start, P[, scratch[, logp]])`` query chunks, all
+        at once; ``logp`` (log-probabilities, from the lse path of :mod:`.chunked`) goes to the units that take it
+        (:attr:`~.reductions.Reduction.takes_logp`)."""
         us = self.units.at(layer, "probs")
         if not us:
             return
@@ -89,10 +91,14 @@ class Collector:
             s, P = item[0], item[1]
             P = P if P.dtype == torch.float32 else P.float()
             scratch = item[2] if len(item) > 2 else None
+            logp = item[3] if len(item) > 3 else None
             if states is None:
                 states = [u.begin(self.ctx, layer, P.device) for u in us]
             for u, st in zip(us, states):
-                u.chunk(st, s, P, scratch, self.ctx)
+                if logp is not None and u.takes_logp:
+                    u.chunk(st, s, P, scratch, self.ctx, logp=logp)
+                else:
+                    u.chunk(st, s, P, scratch, self.ctx)
         for u, st in zip(us, states):
             self._add(u, u.end(st, self.ctx))
 

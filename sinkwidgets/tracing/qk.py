@@ -96,6 +96,58 @@ def attention_chunks(q, k, qmask, params: AttentionParams, rows: int = 128, hidd
             yield s, probs, ws[block : block + B * H * c * w].view(B, H, c, w)
 
 
+def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128):
+    """Yield ``(start, P, scratch, logp)`` like :func:`attention_chunks`, from the row log-sum-exp of the layer's
+    own attention kernel: one matmul and one ``exp`` per chunk, no row max, sum or division.
+
+    ``lse [B, H, T]``: ``lse_i = log Σ_{j allowed} exp(q_i·k_j · scale)``, as returned with the layer's output by
+    ``aten._scaled_dot_product_flash_attention_for_cpu`` (:func:`.chunked.lse_attention`). Then, for allowed keys,
+
+        logp[i, j] = q_i·k_j · scale − lse_i,    P[i, j] = exp(logp[i, j])
+
+    and both are exact softmax probabilities of the same scores (no second normalisation). Masked entries (causal:
+    ``j > i``; padding keys ``qmask[b, j] = 0``; every key of a padding query row) get ``logp`` = the float32
+    minimum and ``P`` = 0, so ``P * logp`` is 0 there; padding query rows are all zero (ignored by the units).
+    Only plain causal attention with left padding: no sliding window, soft-cap or ``"attn_mask"`` edit (those go
+    through :func:`attention_chunks`). ``q [B, H, T, D]`` and ``k [B, KV, T, D]`` post-RoPE, ``params.n_rep = H / KV``
+    (grouped-query attention: the ``n_rep`` query heads of a key head are one matmul, no expanded copy of ``k``).
+
+    ``P``, ``scratch`` and ``logp`` are views into one reused workspace (see :func:`attention_chunks`).
+    """
+    scale, n_rep = params.scale, params.n_rep
+    if params.window or params.softcap:
+        raise ValueError(f"lse_chunks: only plain causal attention (no sliding window or soft-cap), got {params}; "
+                         "use attention_chunks")
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        B, H, T, D = q.shape
+        KV = k.shape[1]
+        block = B * H * rows * T
+        need = 3 * block + B * H * T * D
+        if q.device.type == "cpu" and need * 4 > 4 * 2**20:
+            need = max(need, (33 * 2**20) // 4)  # one mmap'd block, returned to the OS when freed
+        ws = torch.empty(need, dtype=torch.float32, device=q.device)
+        qs = ws[3 * block : 3 * block + B * H * T * D].view(B, KV, n_rep, T, D)
+        qs.copy_(q.reshape(B, KV, n_rep, T, D)).mul_(scale)  # query head h = kv * n_rep + r reads key head kv
+        kt = (k if k.dtype == torch.float32 else k.float()).transpose(-1, -2)  # [B, KV, D, T]
+        lf = lse if lse.dtype == torch.float32 else lse.float()
+        tri = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # key after query in the block
+        qok = qmask.to(q.device).bool()
+        padded = not bool(qok.all())
+        neg = torch.finfo(torch.float32).min
+        for s in range(0, T, rows):
+            e = min(s + rows, T)
+            c, w, n = e - s, e, B * H * (e - s) * e  # causal: keys after the chunk's last query are not computed
+            logp = ws[:n].view(B, KV, n_rep * c, w)
+            torch.matmul(qs[:, :, :, s:e].reshape(B, KV, n_rep * c, D), kt[..., :w], out=logp)
+            logp = logp.view(B, H, c, w)
+            logp.sub_(lf[:, :, s:e, None])
+            logp[..., s:].masked_fill_(tri[:c, :c], neg)  # only the diagonal block has keys after their query
+            if padded:
+                logp.masked_fill_(~(qok[:, None, s:e, None] & qok[:, None, None, :w]), neg)
+            P = torch.exp(logp, out=ws[block : block + n].view(B, H, c, w))
+            yield s, P, ws[2 * block : 2 * block + n].view(B, H, c, w), logp
+
+
 def reduce_qk(q, k, params: AttentionParams, *, qmask, first, n_real, causal: bool = True, keep_heads=None,
               map_dtype=torch.float16, budget: int = CHUNK_BYTES):
     """α ``[B, H, T]``, first-token mass ``[B, H]``, entropy ``[B, H]`` (and ``keep_heads``' maps) from q and k.

@@ -114,6 +114,10 @@ class Reduction:
 
     name: str = ""
     reads: tuple[str, ...] = ()
+    #: ``"probs"`` readers: True if :meth:`chunk` accepts ``logp=``, the chunk's log-probabilities ``[B, H, c, w]``
+    #: (a large finite negative where ``P`` is 0, so ``P * logp`` is 0 there), which the lse path of the chunked
+    #: executor has for free; other executors pass nothing.
+    takes_logp: bool = False
 
     def layers(self, n_layers: int) -> list[int]:
         """Layers this unit acts on (default: all)."""
@@ -159,8 +163,11 @@ class Reduction:
 
 
 # ----------------------------------------------------------------------------- kernels (shared by the units)
-def attention_summary_update(state: dict, s: int, Ac: torch.Tensor, scratch, qmask, first) -> None:
-    """Add one query chunk ``Ac [B, H, c, w]`` (rows ``s:s+c``) to the α / first-token / entropy sums."""
+def attention_summary_update(state: dict, s: int, Ac: torch.Tensor, scratch, qmask, first, logp=None) -> None:
+    """Add one query chunk ``Ac [B, H, c, w]`` (rows ``s:s+c``) to the α / first-token / entropy sums.
+
+    ``logp`` (optional, ``[B, H, c, w]``): ``log Ac`` where ``Ac > 0`` (finite elsewhere); the row entropy is then
+    ``−Σ_k Ac·logp`` (a product and a sum) instead of ``entr(Ac)`` (a log per entry, the costliest step here)."""
     c, w = Ac.shape[2], Ac.shape[3]
     qm = qmask[:, s : s + c].to(Ac.dtype)  # [B, c]
     state["alpha"][:, :, :w] += torch.matmul(qm[:, None, None, :], Ac)[:, :, 0]  # sum over real queries
@@ -168,8 +175,12 @@ def attention_summary_update(state: dict, s: int, Ac: torch.Tensor, scratch, qma
     col = Ac[state["bidx"], :, :, first.clamp(max=w - 1)]  # [B, H, c]
     after = (state["pos"][s : s + c][None, :] > first[:, None]).to(Ac.dtype)[:, None, :]  # [B, 1, c]
     state["ftm"] += (col * after).sum(-1)
-    ent = torch.special.entr(Ac, out=scratch) if scratch is not None else torch.special.entr(Ac)
-    state["ent"] += (ent.sum(-1) * qm[:, None, :]).sum(-1)
+    if logp is not None:
+        ent = torch.mul(Ac, logp, out=scratch) if scratch is not None else Ac * logp
+        state["ent"] -= (ent.sum(-1) * qm[:, None, :]).sum(-1)
+    else:
+        ent = torch.special.entr(Ac, out=scratch) if scratch is not None else torch.special.entr(Ac)
+        state["ent"] += (ent.sum(-1) * qm[:, None, :]).sum(-1)
 
 
 def reduce_attention_chunks(chunks, B: int, H: int, T: int, qmask, first, n_real, causal: bool):
@@ -299,6 +310,7 @@ class AttentionSummary(Reduction):
 
     name = "attention"
     reads = ("probs",)
+    takes_logp = True
 
     def begin(self, ctx, layer, device):
         qmask, first, n_real = ctx.on(device)
@@ -306,8 +318,8 @@ class AttentionSummary(Reduction):
         st.update(qmask=qmask, first=first, n_real=n_real)
         return st
 
-    def chunk(self, state, start, P, scratch, ctx):
-        attention_summary_update(state, start, P, scratch, state["qmask"], state["first"])
+    def chunk(self, state, start, P, scratch, ctx, logp=None):
+        attention_summary_update(state, start, P, scratch, state["qmask"], state["first"], logp)
 
     def end(self, state, ctx):
         alpha, ftm, ent = _attention_finish(state, ctx.T, state["n_real"], ctx.causal)
