@@ -267,3 +267,26 @@ def test_smollm2_release_of_the_caught_tokens_equals_project_out(smol):
     e2 = te.experiment("release", positions=list(range(data.span(0).start + 12, data.span(0).start + 20)))
     assert lk.note == "" and ex.trace.tokens == data.tokens[0] and ex.experiment_view == "after"
     assert abs(ex.experiments[-1].mean_dnll - e2.mean_dnll) < 1e-6
+
+
+@pytest.mark.models
+def test_an_unsupported_family_gives_the_same_clear_error_in_python_and_in_the_panel(tmp_path, monkeypatch):
+    import torch
+    import transformers as tf
+    from _helpers import save_tiny
+
+    torch.manual_seed(0)
+    m = sw.load_model(save_tiny(tmp_path / "gpt2", tf.GPT2LMHeadModel(tf.GPT2Config(
+        vocab_size=49152, n_embd=64, n_layer=3, n_head=4, n_positions=256))))
+    data = sw.tags.collect(m, TEXTS[:1], heads=[(1, 0)], progress=False)  # the eager path reads GPT-2 fine
+    te = sw.TagExplorer(data, head=(1, 0), model=m, texts=TEXTS[:1], defer=False)
+    with pytest.raises(SinkwidgetsError, match="family 'gpt2'.*not supported by the release experiment") as err:
+        te.experiment(positions=[3, 4], basis=np.ones((64, 1)))
+    sent = []
+    monkeypatch.setattr(te, "send", lambda content, buffers=None: sent.append(content))
+    monkeypatch.setattr(te._view_model, "subspace", lambda head, rank: np.eye(64)[:, :rank])
+    te.selected = [3, 4]
+    te._on_custom_msg(te, {"type": "experiment", "id": "g", "kind": "release"}, [])
+    te._exp_job.thread.join(60) if te._exp_job else None
+    assert sent[-1]["ok"] is False and str(err.value) in sent[-1]["error"]
+    assert te._experiment == {} and te.experiments == []

@@ -222,6 +222,17 @@ def _check_model(model: Any, data: Any) -> Any:
         raise ExperimentError(
             f"model {info.name!r} is an encoder (not causal): the release experiment measures next-token NLL and needs "
             "a causal language model such as 'smollm2-135m'")
+    from ..errors import ChunkedUnsupportedError
+    from ..tracing.chunked import layer_plan
+
+    try:
+        layer_plan(model, info)
+    except ChunkedUnsupportedError as exc:
+        raise ExperimentError(
+            f"model {info.name!r} (family {info.family!r}) is not supported by the release experiment: "
+            "sw.project_out runs on the chunked engine, which reads queries and keys where the attention calls "
+            f"apply_rotary_pos_emb, and this family's attention does not ({exc}); use a Llama-style model such as "
+            "'smollm2-135m'") from exc
     return info
 
 
