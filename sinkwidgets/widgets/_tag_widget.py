@@ -62,8 +62,10 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
     head : (layer, head)
         The head shown (one of ``data.heads``; default the first).
     model : optional
-        The model the data was collected with (``sinkwidgets.load_model(...)``): enables ``source='residual'`` and
-        per-token lines in the across-layers panel (the model runs again on the selected prompts).
+        The model the data was collected with (``sinkwidgets.load_model(...)``): enables ``source='residual'``,
+        per-token lines in the across-layers panel (the model runs again on the selected prompts), and the release
+        experiment (the panel's Release button, or :meth:`experiment`: the head's tag projected out at the selected
+        tokens, ΔNLL beside random and PC controls, later heads' change of attention on the sink).
     labels : sequence, optional
         One label per prompt or per token for ``color_by='label'`` (default ``data.labels``).
     texts : sequence of str, optional
