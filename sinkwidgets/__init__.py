@@ -33,6 +33,7 @@ _LAZY = {
     "fetch_model": "models",
     "list_models": "models",
     "trace": "tracing",
+    "config": "models.threads",  # threads chosen for torch/BLAS (and why), versions
     "RunOptions": "tracing.options",  # the shared run options (add_bos, max_tokens, batch_size, ...) in one object
     # interventions and StreamingLLM (torch)
     "project_out": "interventions",

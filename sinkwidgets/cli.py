@@ -406,6 +406,9 @@ def cmd_models(args) -> int:
                 state = "cached" if r["cached"] else f"not fetched (~{r['download_mb']} MB download)"
                 size = f"{r['disk_mb']:,} MB on disk" if r.get("disk_mb") else ""
                 sys.stdout.write(f"{r['name']:<14} {state:<30} {size:<16} {r['hub_id']}\n    {r['description']}\n")
+            from .models.threads import thread_line
+
+            sys.stdout.write(thread_line() + "\n")  # the CPU threads models will run with (docs/threads.md)
         return 0
     names = args.names or []
     if args.all:

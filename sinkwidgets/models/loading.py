@@ -139,8 +139,12 @@ def load_model(
         Passed to ``from_pretrained`` (e.g. ``revision``, ``trust_remote_code``).
 
     The model is switched to eager attention so its probabilities exist. ``model.sinkwidgets`` is a
-    :class:`ModelInfo` with the architecture facts and the documented BOS default.
+    :class:`ModelInfo` with the architecture facts and the documented BOS default. The first call sets torch's and
+    BLAS's threads from the CPUs this process may use (``models/threads.py``, ``sw.config()``, ``docs/threads.md``).
     """
+    from .threads import apply_threads
+
+    apply_threads()  # once per process, before torch is imported; respects OMP_NUM_THREADS and SINKWIDGETS_NUM_THREADS
     import torch
 
     from .adapters import adapter_for
