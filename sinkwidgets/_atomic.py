@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from .errors import SinkwidgetsFileNotFoundError, SinkwidgetsIsADirectoryError
+
 
 def _umask() -> int:
     mask = os.umask(0o022)
@@ -29,11 +31,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], Any], *, bi
     """
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"cannot write the {what} to {str(path)!r}: it is a directory; give a file name")
+        raise SinkwidgetsIsADirectoryError(f"cannot write the {what} to {str(path)!r}: it is a directory; give a "
+                                           "file name")
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
-        raise FileNotFoundError(
-            f"cannot write the {what} to {str(path)!r}: folder {str(folder)!r} does not exist (or is not a folder)"
+        raise SinkwidgetsFileNotFoundError(
+            f"cannot write the {what} to {str(path)!r}: folder {str(folder)!r} does not exist (or is not a folder); "
+            "create it first, or give a path in an existing folder"
         )
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     tmp = Path(tmp_name)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_write
-from .errors import SinkwidgetsValueError
+from .errors import SinkwidgetsFileNotFoundError, SinkwidgetsIsADirectoryError, SinkwidgetsValueError
 
 HEADER = "__header__"
 
@@ -44,7 +44,7 @@ def write_headered(path: str | os.PathLike, arrays: dict[str, np.ndarray], *, ki
     if isinstance(path, str) and path.strip() == "":
         raise SinkwidgetsValueError(f"{kind}.save(path=''): give a file name, e.g. {example}")
     if Path(path).is_dir():
-        raise IsADirectoryError(f"{kind}.save({str(path)!r}): that is a directory; give a file name")
+        raise SinkwidgetsIsADirectoryError(f"{kind}.save({str(path)!r}): that is a directory; give a file name")
     save = np.savez_compressed if compressed else np.savez
     return atomic_write(npz_path(path), lambda fh: save(fh, **arrays), what=kind)
 
@@ -60,7 +60,8 @@ def read_headered(path: str | os.PathLike, *, kind: str, format_name: str, max_v
     path = Path(path)
     where = repr(str(path))
     if not path.exists():
-        raise FileNotFoundError(f"no {kind} file at {where}")
+        raise SinkwidgetsFileNotFoundError(f"no {kind} file at {where}; pass the path {kind}.save() wrote (it adds "
+                                           "'.npz' to a name without it)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if HEADER not in z.files:

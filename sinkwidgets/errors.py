@@ -39,6 +39,18 @@ class SinkwidgetsRuntimeError(SinkwidgetsError, RuntimeError):
     """A step failed for a reason outside the arguments (no frontend to render, a model that answers differently)."""
 
 
+class SinkwidgetsIndexError(SinkwidgetsError, IndexError):
+    """An index outside a sequence the object holds (a prompt number beyond a TagData's prompts)."""
+
+
+class SinkwidgetsFileNotFoundError(SinkwidgetsError, FileNotFoundError):
+    """A file to read, or the folder of a file to write, does not exist."""
+
+
+class SinkwidgetsIsADirectoryError(SinkwidgetsError, IsADirectoryError):
+    """A path meant to name a file names a directory."""
+
+
 # ----------------------------------------------------------------------------- loading
 class ModelNotFoundError(SinkwidgetsValueError):
     """The model name is neither a known short name, a local directory, nor reachable on the hub."""

@@ -40,7 +40,7 @@ import numpy as np
 from .._args import ArgumentTypeError, show
 from .._args import labels as check_labels
 from .._npz import HEADER, header_array, npz_path, read_headered, write_headered
-from ..errors import SinkwidgetsError, SinkwidgetsKeyError, SinkwidgetsValueError
+from ..errors import SinkwidgetsError, SinkwidgetsIndexError, SinkwidgetsKeyError, SinkwidgetsValueError
 from ..sinktrace import check_array as _shape
 from ..sinktrace import jsonable as _jsonable
 
@@ -234,7 +234,8 @@ class TagData:
     def span(self, i: int) -> slice:
         """The packed entries of prompt ``i``."""
         if not -self.n_prompts <= i < self.n_prompts:
-            raise IndexError(f"prompt {i} out of range: this TagData has {self.n_prompts} prompts")
+            raise SinkwidgetsIndexError(f"i={i!r}: prompt {i} out of range: this TagData has {self.n_prompts} prompts; "
+                                         f"use 0..{self.n_prompts - 1} (or a negative index from the end)")
         i = i % self.n_prompts
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
 
@@ -305,7 +306,9 @@ class TagData:
         """A TagData with only the given prompts (in that order)."""
         idx = np.asarray(prompts, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < -self.n_prompts or idx.max() >= self.n_prompts):
-            raise IndexError(f"prompt indices out of range 0..{self.n_prompts - 1}")
+            bad = [int(i) for i in idx if not -self.n_prompts <= i < self.n_prompts]
+            raise SinkwidgetsIndexError(f"prompts: prompt indices {bad[:5]} out of range 0..{self.n_prompts - 1}; "
+                                         "pass indices of this TagData's prompts (negative ones count from the end)")
         idx = idx % max(self.n_prompts, 1)
         tok_idx = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx]) if len(idx) \
             else np.zeros(0, np.int64)

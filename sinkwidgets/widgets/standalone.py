@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .._atomic import atomic_write
-from ..errors import SinkwidgetsRuntimeError, SinkwidgetsTypeError, SinkwidgetsValueError
+from ..errors import SinkwidgetsIsADirectoryError, SinkwidgetsRuntimeError, SinkwidgetsTypeError, SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from . import _assets
 from . import _serialization as ser
@@ -294,7 +294,7 @@ def write_page(path: str | os.PathLike, who: str, page: Callable[[], str]) -> Pa
     ``who``) before ``page()`` runs, and ``page()`` (which validates everything) runs before the disk is touched."""
     out = Path(path)
     if out.is_dir():
-        raise IsADirectoryError(f"{who}(path={str(path)!r}): that is a directory; give a file name (.html)")
+        raise SinkwidgetsIsADirectoryError(f"{who}(path={str(path)!r}): that is a directory; give a file name (.html)")
     text = page()
     out.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write(out, lambda fh: fh.write(text), binary=False, what="HTML page")
