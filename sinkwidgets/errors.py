@@ -4,8 +4,9 @@
 them (``InterventionError``, ``StreamingError``, ``SinkTraceFormatError``, ``TagDataFormatError``, the command
 line's ``UsageError``, the widgets' ``WidgetValueError``), so ``except sinkwidgets.errors.SinkwidgetsError`` catches
 every deliberate failure and nothing else. Each subclass also derives from the built-in it refines (``ValueError``
-for a bad argument or file, ``TypeError`` for a wrong type, ``RuntimeError``, ``ConnectionError``,
-``TimeoutError``), so code written as ``except ValueError`` keeps working. ``tests/test_errors.py`` walks the
+for a bad argument or file, ``TypeError`` for a wrong type, ``KeyError``, ``IndexError``, ``FileNotFoundError``,
+``IsADirectoryError``, ``RuntimeError``, ``ConnectionError``, ``TimeoutError``), so code written as
+``except ValueError`` keeps working. ``tests/test_errors.py`` walks the
 package and checks that every exception class defined in it joins this family.
 
 The errors of loading, tracing and remote tracing are defined here, so the layers that raise them (``models/``,
