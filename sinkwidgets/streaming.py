@@ -272,19 +272,29 @@ def _tokens(model, text, add_bos, max_tokens):
 
 
 def _check(window, n_sink, method, N, info=None):
-    if method not in ("exact", "mask"):
-        raise StreamingError(f"method={method!r}: use 'exact' (StreamingLLM's positions within the cache) or 'mask' "
-                             "(the same attention at the original positions, an approximation)")
+    if not isinstance(method, str) or method not in ("exact", "mask"):
+        raise StreamingError(f"method={_args.show(method)}: use 'exact' (StreamingLLM's positions within the cache) or "
+                             "'mask' (the same attention at the original positions, an approximation)")
+    if not _args.is_int(window) or window < 2:
+        raise StreamingError(f"window={_args.show(window)}: give the cache size in tokens (an int >= 2), e.g. 256")
+    if not _args.is_int(n_sink) or not 0 <= n_sink < window:
+        raise StreamingError(f"n_sink={_args.show(n_sink)}: give 0 <= n_sink < window={window} (StreamingLLM uses "
+                             "1-4)")
     if method == "exact" and n_sink and info is not None and not _exact_supported(info):
         raise StreamingError(f"method='exact' supports rotary families {EXACT_FAMILIES}; {info.name!r} is "
                              f"{info.family!r}: use method='mask'")
-    if not _args.is_int(window) or window < 2:
-        raise StreamingError(f"window={window!r}: give the cache size in tokens (an int >= 2), e.g. 256")
-    if not _args.is_int(n_sink) or not 0 <= n_sink < window:
-        raise StreamingError(f"n_sink={n_sink!r}: give 0 <= n_sink < window={window} (StreamingLLM uses 1-4)")
     if N <= window + 1:
         raise StreamingError(f"the text has {N} tokens, not more than window={window}: nothing leaves the cache. "
                              "Pass a longer text (e.g. sinkwidgets.streaming.stdlib_docs_text()) or a smaller window")
+
+
+def _baselines(value) -> tuple[str, ...]:
+    """``baselines``: one name or a list of names from ``"dense"``, ``"window"``."""
+    items = (value,) if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple, set, frozenset)) or not all(isinstance(b, str) for b in items):
+        raise StreamingError(f"baselines={_args.show(value)}: give names from 'dense', 'window', e.g. "
+                             "baselines=('dense', 'window')")
+    return tuple(items)
 
 
 def _sliding_windows(hf, info) -> list[int]:
@@ -462,7 +472,7 @@ def streaming_ppl(model, text: str, window: int = 256, n_sink: int = 4, method: 
     opts = _options(options, streaming_ppl, add_bos, max_tokens)
     recompute = _args.integer("recompute", recompute, minimum=0, example=8)
     seed = _args.seed("seed", seed)
-    baselines = (baselines,) if isinstance(baselines, str) else tuple(baselines)
+    baselines = _baselines(baselines)
     hf, info = _hf(model)
     ids = _tokens(model, text, opts.add_bos, opts.max_tokens)
     N = len(ids)
@@ -563,7 +573,11 @@ class StreamingSweep:
     def ppl(self, window: int, n_sink: int, method: str = "mask") -> float:
         """Perplexity of one grid point ``(window, n_sink, method)`` of the sweep (``n_sink=0``: window only)."""
         key = (window, n_sink, method if n_sink else "mask")
-        if key not in self.results:
+        try:
+            found = key in self.results
+        except TypeError:  # an unhashable value (a list) is in no sweep
+            found = False
+        if not found:
             have = ", ".join(f"({W}, {k}, {m!r})" for W, k, m in self.results)
             raise StreamingError(f"(window, n_sink, method)={key!r} is not in this sweep; choose one of {have}")
         r = self.results[key]

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._args import ArgumentTypeError, is_int
+from .._args import ArgumentTypeError, is_int, show
 from .._args import integer as _integer
 from .._args import layer as _layer
 from .._args import layers as _layers
@@ -200,7 +200,12 @@ def _set_name(sel, L) -> str:
 
 def layer_sets(layers, L: int, sweep: bool) -> dict[str, list[int]]:
     """:func:`~.experiments.mask_sink`'s ``layers`` → ``{condition name: [layers]}`` (plus one per layer with
-    ``sweep``)."""
+    ``sweep``: True or False (numpy bools and the ints 0 and 1 too); anything else is refused, not read as truthy)."""
+    if isinstance(sweep, (bool, np.bool_)) or (is_int(sweep) and int(sweep) in (0, 1)):
+        sweep = bool(sweep)
+    else:
+        raise ArgumentTypeError(f"sweep={show(sweep)} ({type(sweep).__name__}): sweep must be True or False (one "
+                                "condition per single layer, or not), e.g. sweep=True")
     if isinstance(layers, dict):
         sets = {str(k): _layers_arg(v, L, "layers") for k, v in layers.items()}
     elif isinstance(layers, (list, tuple)) and layers and all(isinstance(v, (str, list, tuple, range)) for v in layers):

@@ -66,9 +66,15 @@ class NotCollectedError(SinkwidgetsError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+#: What the analyses read from a TagData (a stand-in with all of these is accepted, see :func:`_data_arg`).
+_TAGDATA_API = ("heads", "offsets", "n_prompts", "n_tokens", "sink_scores", "values", "outputs", "alpha", "span",
+                "positions", "prompt_of")
+
+
 def _data_arg(data: Any, name: str = "data") -> TagData:
-    """``data`` if it is a :class:`TagData`; otherwise an :class:`ArgumentTypeError` saying how to get one."""
-    if not isinstance(data, TagData):
+    """``data`` if it is a :class:`TagData` (or a view that reads like one, e.g. TagExplorer's ``FiniteRows``);
+    otherwise an :class:`ArgumentTypeError` saying how to get one."""
+    if not isinstance(data, TagData) and not all(hasattr(data, a) for a in _TAGDATA_API):
         raise ArgumentTypeError(f"{name}={show(data)} ({type(data).__name__}): give a TagData, e.g. "
                                 f"{name}=sw.tags.collect(model, texts, heads=[(2, 2)]) or TagData.load('tags.npz')")
     return data
