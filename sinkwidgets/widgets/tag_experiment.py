@@ -19,13 +19,14 @@ At every edited token ``t``, on the residual stream after layer ``l``,
 
 exactly as :func:`sinkwidgets.interventions.project_out`, which computes every number here:
 
-- ``result`` = ``sw.project_out(model, texts, l, U, positions=params["positions"],
-  sink_positions=params["sinks"])`` (one call, the functional API itself), ``conditions = ["clean", "projected"]``;
-- ``control`` = one ``project_out`` call with a dict of bases (one forward pass per text): ``n_random`` random
-  (Haar) subspaces of rank ``r`` (``random0`` …, seeded by ``seed``; :func:`sinkwidgets.tags.random_subspace`) and
-  the top-``r`` principal components of the residual after layer ``l`` at the edited tokens (``pcs``; centred; when
-  there are no more edited tokens than ``r``, all tokens ``t >= 1`` of the prompts are used), as in
-  :func:`sinkwidgets.tags.release`.
+- ONE ``project_out`` call with a dict of bases (one forward pass per prompt: the clean row and one edited row per
+  subspace): the tag ``U``, ``n_random`` random (Haar) subspaces of rank ``r`` (``random0`` …, seeded by ``seed``;
+  :func:`sinkwidgets.tags.random_subspace`) and the top-``r`` principal components of the residual after layer
+  ``l`` at the edited tokens (``pcs``; centred; when there are no more edited tokens than ``r``, all tokens
+  ``t >= 1`` of the prompts are used), as in :func:`sinkwidgets.tags.release`;
+- ``result`` is its clean and tag rows (:func:`conditions_of`), ``conditions = ["clean", "projected"]``: the numbers
+  of ``sw.project_out(model, texts, l, U, positions=params["positions"], sink_positions=params["sinks"])`` (the
+  batch rows are independent; tested equal to 1e-6); ``control`` its clean and control rows.
 
 ΔNLL (nats per predicted token, token-weighted over the prompts, positive = harder):
 ``ΔNLL = mean_t NLL_edit(x_{t+1}|x_{≤t}) − mean_t NLL_clean`` (``InterventionResult.delta``).
@@ -210,6 +211,31 @@ def single_text(res: Any, i: int) -> Any:
                    meta={**res.meta, "n_texts": 1})
 
 
+def conditions_of(res: Any, names: list[str], rename: dict[str, str] | None = None, rank: Any = None) -> Any:
+    """The clean row and the edited conditions ``names`` of a multi-subspace ``project_out`` result, as an
+    :class:`~sinkwidgets.interventions.InterventionResult` of their own (NLL lists, attention columns: ``sink_delta``
+    / ``tv [N, S, K, H]`` and ``sink_mass [N, S, 1 + K, H]``), conditions renamed by ``rename``. The rows of one
+    batch are independent, so this equals a ``project_out`` call with those subspaces alone (tested to 1e-6)."""
+    from ..interventions import InterventionResult
+
+    rename = rename or {}
+    ks = [res.conditions.index(n) for n in names]
+    att = {}
+    if res.attention:
+        a = res.attention
+        att = {"layers": a["layers"], "sink_delta": a["sink_delta"][:, :, [k - 1 for k in ks]],
+               "tv": a["tv"][:, :, [k - 1 for k in ks]], "sink_mass": a["sink_mass"][:, :, [0, *ks]]}
+    meta = dict(res.meta)
+    if rank is not None:
+        meta["rank"] = rank
+        meta.pop("head", None)  # one subspace, the whole residual stream: as project_out with one basis
+    else:
+        meta["rank"] = {n: meta["rank"][n] for n in names}
+        meta["head"] = {n: meta["head"][n] for n in names}
+    nll = {"clean": res.nll["clean"], **{rename.get(n, n): res.nll[n] for n in names}}
+    return InterventionResult(res.kind, ["clean", *(rename.get(n, n) for n in names)], nll, att, meta)
+
+
 # ----------------------------------------------------------------------------- running it
 def _check_model(model: Any, data: Any) -> Any:
     if model is None:
@@ -368,14 +394,15 @@ def run_release(model: Any, view: Any, head: tuple[int, int], rank: int, packed:
             X = np.concatenate([np.asarray(R)[[t for t in range(1, len(R)) if t not in s]]
                                 for R, s in zip(rows, sinks)]).astype(np.float64)
         bases["pcs"] = np.linalg.svd(X - X.mean(0), full_matrices=False)[2][:r].T
-    kw = dict(positions=positions, sink_positions=sinks, attention_layers="after", add_bos=add_bos,
-              max_tokens=max_tokens, progress=False)
-    res = _wrap("project_out (tag)", name, cancelled, timings, project_out, model, tx, ly, U, **kw)
+    both = _wrap("project_out", name, cancelled, timings, project_out, model, tx, ly, {"tag": U, **bases},
+                 positions=positions, sink_positions=sinks, attention_layers="after", add_bos=add_bos,
+                 max_tokens=max_tokens, progress=False)
     for k, i in enumerate(prompts):
-        if len(res.nll["clean"][k]) != int(d.lengths[i]) - 1:
-            raise ExperimentError(f"prompt {i} ran with {len(res.nll['clean'][k]) + 1} tokens, the TagData holds "
+        if len(both.nll["clean"][k]) != int(d.lengths[i]) - 1:
+            raise ExperimentError(f"prompt {i} ran with {len(both.nll['clean'][k]) + 1} tokens, the TagData holds "
                                   f"{int(d.lengths[i])}: pass the texts given to sinkwidgets.tags.collect")
-    ctl = _wrap("project_out (controls)", name, cancelled, timings, project_out, model, tx, ly, bases, **kw)
+    res = conditions_of(both, ["tag"], rename={"tag": "projected"}, rank=r)
+    ctl = conditions_of(both, list(bases))
     if cancelled is not None and cancelled():
         raise ExperimentCancelled("the experiment was cancelled: nothing was recorded, the view is unchanged")
     params = {"head": [int(ly), int(h)], "rank": r, "prompts": prompts, "positions": positions, "sinks": sinks,
