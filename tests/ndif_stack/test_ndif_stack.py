@@ -238,6 +238,7 @@ class _DroppingProxy:
         self.srv.listen(32)
         self.url = f"http://127.0.0.1:{self.srv.getsockname()[1]}"
         self.submitted = threading.Event()
+        self.posts = 0
         self.sockets: list[socket.socket] = []
         self.websockets: list[socket.socket] = []
         self.stop = threading.Event()
@@ -265,10 +266,11 @@ class _DroppingProxy:
                 if upstream and first:
                     if data.startswith(b"GET /subscribe"):
                         self.websockets += [src, dst]
-                    elif data.startswith(b"POST /request"):
-                        threading.Timer(0.2, self._drop).start()
                 first = False
                 dst.sendall(data)
+                if upstream and data.startswith(b"POST /request"):
+                    self.posts += 1
+                    threading.Timer(0.05, self._drop).start()
         except OSError:
             pass
 
@@ -298,7 +300,7 @@ def test_dropped_connection(ndif_stack, smollm2_dir):
         t0 = time.monotonic()
         with pytest.raises(RemoteConnectionError, match="closed the connection") as ei:
             sw.trace(model, TEXT * 3, keep_maps="all")
-        assert proxy.submitted.is_set() and time.monotonic() - t0 < 30
+        assert proxy.submitted.is_set() and proxy.posts == 1 and time.monotonic() - t0 < 30
         assert proxy.url in str(ei.value)
         no_key(ei.value)
     finally:
