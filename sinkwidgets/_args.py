@@ -622,7 +622,7 @@ def array(name: str, value: Any, *, ndim: int, shape: str = "", min_rows: int = 
     if arr.ndim != ndim:
         raise _value_error(name, value, f"{name} must be {shape} ({ndim}-D), got shape {list(arr.shape)}",
                            f"e.g. {name}={example}")
-    if ndim and (arr.shape[0] < min_rows or 0 in arr.shape):
+    if ndim and (arr.shape[0] < min_rows or 0 in arr.shape[1:]):
         raise _value_error(name, value, f"{name} is {shape} with at least {min_rows} row(s) and no empty axis, got "
                                         f"shape {list(arr.shape)}", f"e.g. {name}={example}")
     arr = arr.astype(np.float64, copy=False)

@@ -31,6 +31,38 @@ def _raises(kind, name, fn, *args, **kwargs):
 
 # ----------------------------------------------------------------------------- parsers
 @pytest.mark.unit
+class TestArraysAndGenerators:
+    def test_array_good_forms(self):
+        X = A.array("X", [[1, 2], [3, 4]], ndim=2)
+        assert X.dtype == np.float64 and X.shape == (2, 2)
+        f = np.ones((3, 2), np.float32)
+        assert A.array("X", f, ndim=2).dtype == np.float64
+        assert A.array("alpha", np.zeros(0), ndim=1, min_rows=0).shape == (0,)
+        assert A.array("X", np.array([[True, False]]), ndim=2).tolist() == [[1.0, 0.0]]
+
+    def test_array_refusals_name_the_argument(self):
+        for bad in ("abc", None, {"a": 1}, [[1, 2], [3]], np.array([["a", "b"]]), 1j * np.ones((2, 2))):
+            _raises(A.ArgumentTypeError, "X", A.array, "X", bad, ndim=2)
+        assert "got shape [3]" in _raises(SinkwidgetsValueError, "X", A.array, "X", np.ones(3), ndim=2)
+        _raises(SinkwidgetsValueError, "X", A.array, "X", np.ones((1, 2, 3)), ndim=2)
+        _raises(SinkwidgetsValueError, "X", A.array, "X", np.ones((0, 3)), ndim=2)
+        X = np.ones((8, 2))
+        X[[2, 6]] = np.nan
+        X[7, 1] = np.inf
+        msg = _raises(SinkwidgetsValueError, "X", A.array, "X", X, ndim=2)
+        assert "3 of 8 rows" in msg and "rows 2, 6, 7" in msg
+        assert A.array("X", X, ndim=2, finite=False).shape == (8, 2)  # finite=False keeps them
+
+    def test_generator(self):
+        g = np.random.default_rng(1)
+        assert A.generator("rng", g) is g
+        assert A.generator("rng", np.int64(3)).integers(1000) == np.random.default_rng(3).integers(1000)
+        for bad in (None, 2.5, "0", np.random.RandomState(0), True):
+            _raises(SinkwidgetsTypeError, "rng", A.generator, "rng", bad)
+        _raises(SinkwidgetsValueError, "rng", A.generator, "rng", -1)
+
+
+@pytest.mark.unit
 class TestIntegers:
     def test_good_forms(self):
         assert A.integer("n", 8) == 8 and type(A.integer("n", np.int64(8))) is int

@@ -489,3 +489,61 @@ def test_interventions_escapes_left_in_experiments(tiny):
     _refused("sink_positions", project_out, tiny, _SHORT, 1, np.ones(64), sink_positions="x", progress=False)
     _refused("model", mask_sink, None, _SHORT, "all")
     _refused("mode", ablate_massive, tiny, _SHORT, [0, 1])
+
+
+_PARAS = ["The cat sat on the mat. It was warm and quiet there. Then it slept.",
+          "Rain fell all night. By morning the river was brown. The farmers talked."]
+
+
+@pytest.mark.models
+@settings(max_examples=20, **_SETTINGS)
+@example(head=(1, 1), rank=1, positions="non_sink", n_random=1, subspace=None)
+@example(head="L1H1", rank=np.int64(1), positions=[[1, 2], -1], n_random=np.int64(2), subspace=np.ones(64))
+@given(head=_mostly([(1, 1), "L1H1", (-3, -3)], _heads), rank=_mostly([1, 2], _ints),
+       positions=_mostly(["non_sink", "all", [[1, 2], [3]], [-1, 2]], _pos_args),
+       n_random=_mostly([1, 2], _ints), subspace=_mostly([None], _basis_args, weight=2))
+def test_property_release(tiny, head, rank, positions, n_random, subspace):
+    def ok(r):
+        _finite([r.dnll, r.norm_fraction, *r.dnll_random, *r.norm_fraction_random], "release")
+        assert 0 <= r.norm_fraction <= 1 + 1e-9
+    _call(lambda: tags.release(tiny, _PARAS, head=head, rank=rank, positions=positions, n_random=n_random,
+                               subspace=subspace, attention_layers=None, matched=False, pcs=False, progress=False), ok)
+
+
+@pytest.mark.models
+@settings(max_examples=20, **_SETTINGS)
+@example(head=(1, 1), tau=0.3, rank=None, steps=("catch", "tag"))
+@given(head=_mostly([(1, 1), "L2H0", (-1, 0)], _heads), tau=_mostly([0.3, np.float32(0.2)], _floats),
+       rank=_mostly([None, 1, np.int64(1)], _ints),
+       steps=_mostly([("catch",), ("catch", "tag")], st.sampled_from(["catch", ("bogus",), 5, [None], ()])))
+def test_property_mechanism(tiny, head, tau, rank, steps):
+    # the report's numbers may be NaN where a step was not run or had nothing to measure; what is checked here is
+    # that every argument is either used or refused with a SinkwidgetsError (no other exception escapes)
+    _call(lambda: tags.mechanism(tiny, _PARAS, head, tau=tau, rank=rank, steps=steps), lambda rep: str(rep))
+    _call(lambda: tags.mechanism_table(tiny, _PARAS, [head], tau=tau, rank=rank, steps=steps), lambda t: str(t))
+
+
+@pytest.mark.models
+def test_release_and_mechanism_check_their_arguments_before_running(tiny):
+    # before: release(rank=None / "2" / []) raised a raw TypeError from "rank < 1", positions=None/-1/2.5 "has no
+    # len()", n_random=2.5 "cannot be interpreted as an integer", and the rank/positions errors were plain
+    # ValueErrors; mechanism(tau=None/"x") raised from float(), rank="2" from "rank < 1", rank=2.5 was truncated to 2;
+    # mechanism_table(heads=None / 2.5) raised "not iterable"
+    for rank in (None, "2", [], 2.5, 0):
+        _refused("rank", tags.release, tiny, _PARAS, (1, 1), rank)
+    for positions in (None, -1, 2.5, "x", [[1]], [[1, 99], [2]], [[1], "x"]):
+        _refused("positions", tags.release, tiny, _PARAS, (1, 1), 1, positions)
+    for n_random in (None, "2", 2.5, 0):
+        _refused("n_random", tags.release, tiny, _PARAS, (1, 1), 1, n_random=n_random)
+    _refused("head", tags.release, tiny, _PARAS, (9, 0))
+    _refused("texts", tags.release, tiny, [])
+    _refused("subspace", tags.release, tiny, _PARAS, (1, 1), subspace=np.zeros(64))
+    for tau in (None, "x", 1.5):
+        _refused("tau", tags.mechanism, tiny, _PARAS, (1, 1), tau=tau)
+    for rank in ("2", 2.5, 0):
+        _refused("rank", tags.mechanism, tiny, _PARAS, (1, 1), rank=rank)
+    _refused("steps", tags.mechanism, tiny, _PARAS, (1, 1), steps=5)
+    for heads in (None, 2.5, [], [(9, 9)]):
+        _refused("heads", tags.mechanism_table, tiny, _PARAS, heads)
+    rep = tags.mechanism(tiny, _PARAS, "L1H1", steps=("catch",))
+    assert rep.head == (1, 1)

@@ -34,20 +34,25 @@ from typing import Any
 
 import numpy as np
 
+from .. import _args
+from ..errors import SinkwidgetsValueError
 from .analysis import (
     EPS,
     MIN_LATER,
     TAU,
     CatchResult,
     TagEV,
+    _data_arg,
+    _dims,
+    _plain_head,
     catch,
     caught_set,
     later_sentence_catch,
     sink_positions,
     tag_ev,
 )
-from .data import TagData, _pair
-from .release import ReleaseResult, release
+from .data import TagData
+from .release import ReleaseResult, model_head, release, text_list
 
 #: Catch rule: sink catch rate at least this ...
 CATCH_MIN = 0.5
@@ -71,7 +76,8 @@ def sink_catch_rate(data: TagData, head: Any, tau: float = TAU, *, eps: float = 
     set of some sink (:func:`~sinkwidgets.tags.analysis.caught_set` at ``tau``), pooled over prompts, and the same
     with the head's attention spread uniformly over the visible keys (:func:`_uniform_map`). Needs the head's maps.
     """
-    head = _pair(head)
+    head = _args.head("head", _plain_head(head), *_dims(data))  # needs the head's maps, not its values
+    tau = _args.number("tau", tau, example=TAU)
     caught = caught_u = total = 0
     for i in range(data.n_prompts):
         A = data.attention_map(head, i)
@@ -244,6 +250,18 @@ def _rule_tag(t: TagEV) -> tuple[bool, str]:
                 f"{t.ev / t.random_floor:.0f}× the random floor (needs >= {TAG_FLOOR_FACTOR:.0f}×)")
 
 
+def _steps_arg(steps: Any) -> tuple[str, ...]:
+    """``steps``: one step name or a list of names from :data:`STEPS` (checked, as a tuple)."""
+    steps = (steps,) if isinstance(steps, str) else steps
+    if not isinstance(steps, (list, tuple)) or not all(isinstance(s, str) for s in steps):
+        raise _args.ArgumentTypeError(f"steps={_args.show(steps)}: give step names from {list(STEPS)}, e.g. "
+                                      "steps=('catch', 'tag')")
+    bad = [s for s in steps if s not in STEPS]
+    if bad:
+        raise SinkwidgetsValueError(f"steps: unknown {bad}; choose from {list(STEPS)}")
+    return tuple(steps)
+
+
 def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank: int | None = None,
               n_random: int = 10, release_texts: int | Sequence[str] = 20, release_random: int = 3,
               steps: Sequence[str] = STEPS, data: TagData | None = None, eps: float = EPS,
@@ -280,15 +298,19 @@ def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank:
     """
     from .collect import collect
 
-    head = _pair(head)
-    bad = [s for s in steps if s not in STEPS]
-    if bad:
-        raise ValueError(f"steps: unknown {bad}; choose from {list(STEPS)}")
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts:
-        raise ValueError("mechanism() needs texts: e.g. sinkwidgets.tags.paragraphs(40)")
-    if rank is not None and rank < 1:
-        raise ValueError(f"rank must be None or >= 1, got {rank}")
+    head = model_head(model, head)
+    steps = _steps_arg(steps)
+    texts = text_list(texts)
+    rank = _args.integer("rank", rank, minimum=1, allow_none=True, example=1)
+    tau = _args.number("tau", tau, low=0, high=1, low_open=True, high_open=True, example=TAU)
+    n_random = _args.integer("n_random", n_random, minimum=10, example=10)
+    release_random = _args.integer("release_random", release_random, minimum=1, example=3)
+    if not isinstance(release_texts, (list, tuple, str)):
+        release_texts = _args.integer("release_texts", release_texts, minimum=1, example=20)
+    else:
+        release_texts = text_list(release_texts, "release_texts")
+    if data is not None:
+        data = _data_arg(data)
     r_tag, r_rel = (1, 2) if rank is None else (int(rank), int(rank))
     info = getattr(model, "sinkwidgets", None)
     name = getattr(info, "name", type(model).__name__)
@@ -421,12 +443,13 @@ def mechanism_table(model, texts: Sequence[str], heads: Sequence[Any], *, data: 
     """
     from .collect import collect
 
-    heads = [_pair(h) for h in heads]
-    if not heads:
-        raise ValueError("mechanism_table() needs at least one head, e.g. heads=[(1, 1), (2, 2)]")
-    texts = [texts] if isinstance(texts, str) else list(texts)
+    info = getattr(model, "sinkwidgets", None)
+    dims = (getattr(info, "n_layers", None), getattr(info, "n_heads", None)) if info is not None else (None, None)
+    heads = _args.heads("heads", [_plain_head(h) for h in heads] if isinstance(heads, (list, tuple)) else heads,
+                        *dims, allow_all=False)
+    texts = text_list(texts)
     seconds: dict[str, float] = {}
-    steps = kwargs.get("steps", STEPS)
+    steps = _steps_arg(kwargs.get("steps", STEPS))
     if data is None and ("catch" in steps or "tag" in steps):
         t0 = time.perf_counter()
         data = collect(model, texts, heads=heads, maps=heads, layers=None, batch_size=batch_size, progress=progress)

@@ -58,9 +58,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import _args
+from ..errors import SinkwidgetsValueError
 from .analysis import (
     EPS,
     MIN_LATER,
+    _data_arg,
+    _plain_head,
     norm_fraction,
     norm_matched_subspace,
     random_subspace,
@@ -68,10 +72,65 @@ from .analysis import (
     tag_subspace,
     tag_vectors,
 )
-from .data import TagData, _pair
+from .data import TagData
 
 #: Absolute floor on the change of later heads' sink attention for a release verdict (5 points of attention).
 SINK_SHIFT_MIN = 0.05
+
+
+def model_head(model: Any, head: Any, name: str = "head") -> tuple[int, int]:
+    """``head`` as ``(layer, head)`` (``sinkwidgets._args.head``: a pair or ``"L2H2"``; a HeadRecord too), checked
+    against the model's numbers of layers and heads when it carries ``model.sinkwidgets`` (negative indices count
+    from the end)."""
+    info = getattr(model, "sinkwidgets", None)
+    L, H = (getattr(info, "n_layers", None), getattr(info, "n_heads", None)) if info is not None else (None, None)
+    return _args.head(name, _plain_head(head), L, H)
+
+
+def text_list(texts: Any, name: str = "texts") -> list[str]:
+    """One text or a non-empty list of texts (strings), as a list."""
+    if isinstance(texts, str):
+        return [texts]
+    if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
+        raise _args.ArgumentTypeError(f"{name}={_args.show(texts)}: give a text or a non-empty list of texts "
+                                      f"(strings), e.g. {name}=sinkwidgets.tags.paragraphs(20)")
+    return list(texts)
+
+
+def _positions_arg(positions: Any, n_texts: int) -> Any:
+    """:func:`release`'s ``positions``: ``"non_sink"``, ``"all"``, or one entry per text (an int, a list of ints,
+    negative counting from the end of that text, or a boolean mask ``[T_i]``), checked before any model work.
+    Returns the string, or a list of ``("mask", bool array)`` / ``("idx", [ints])``."""
+    eg = "positions='non_sink' or positions=[[1, 2], [3]] (one list per text)"
+    if isinstance(positions, str):
+        if positions in ("non_sink", "all"):
+            return positions
+        raise _args.ArgumentTypeError(f"positions={positions!r}: use 'non_sink', 'all' or one list of positions per "
+                                      f"text; e.g. {eg}")
+    if isinstance(positions, np.ndarray) and positions.ndim >= 1:
+        positions = list(positions)
+    if not isinstance(positions, (list, tuple)):
+        raise _args.ArgumentTypeError(f"positions={_args.show(positions)} ({type(positions).__name__}): use "
+                                      f"'non_sink', 'all' or one list of positions per text; e.g. {eg}")
+    if len(positions) != n_texts:
+        raise SinkwidgetsValueError(f"positions: give 'non_sink', 'all' or one position list / mask per text "
+                                    f"({n_texts}), got {len(positions)} entries")
+    out = []
+    for i, p in enumerate(positions):
+        if isinstance(p, np.ndarray) and p.dtype == bool:
+            if p.ndim != 1:
+                raise SinkwidgetsValueError(f"positions[{i}]: a mask is 1-D [T], got shape {list(p.shape)}")
+            out.append(("mask", p))
+        elif _args.is_int(p):
+            out.append(("idx", [int(p)]))
+        elif isinstance(p, (list, tuple, range, np.ndarray)) and all(_args.is_int(v) for v in p) and len(p):
+            out.append(("idx", [int(v) for v in p]))
+        elif isinstance(p, (list, tuple)) and p and all(isinstance(v, (bool, np.bool_)) for v in p):
+            out.append(("mask", np.asarray(p, dtype=bool)))
+        else:
+            raise _args.ArgumentTypeError(f"positions[{i}]={_args.show(p)}: give an int, a non-empty list of ints or "
+                                          f"a boolean mask for text {i}; e.g. {eg}")
+    return out
 
 
 def _mean(x) -> float:
@@ -304,24 +363,34 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
     from ..interventions import project_out
     from .collect import collect, residual_rows
 
-    layer, h = _pair(head)
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    if not texts:
-        raise ValueError("release() needs at least one text")
-    if rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
-    if n_random < 1:
-        raise ValueError(f"n_random must be >= 1 (the random control is the point of the comparison), got {n_random}")
+    layer, h = model_head(model, head)
+    texts = text_list(texts)
+    rank = _args.integer("rank", rank, minimum=1, example=2)
+    # >= 1: the random control is the point of the comparison
+    n_random = _args.integer("n_random", n_random, minimum=1, example=3)
+    eps = _args.number("eps", eps, example=EPS)
+    min_later = _args.integer("min_later", min_later, minimum=0, example=MIN_LATER)
+    seed = _args.seed("seed", seed)
+    batch_size = _args.integer("batch_size", batch_size, minimum=1, example=8)
+    rows_per_pass = _args.integer("rows_per_pass", rows_per_pass, minimum=2, allow_none=True, example=8)
+    positions = _positions_arg(positions, len(texts))
+    if data is not None:
+        data = _data_arg(data)
     if isinstance(subspace, str) and subspace != "post_norm":
-        raise ValueError(f"subspace={subspace!r}: give None (the tag subspace), 'post_norm' (the tag subspace as it "
-                         "lands in the residual after Gemma's norm after attention) or a basis [d, r]")
+        raise SinkwidgetsValueError(f"subspace={subspace!r}: give None (the tag subspace), 'post_norm' (the tag "
+                                    "subspace as it lands in the residual after Gemma's norm after attention) or a "
+                                    "basis [d, r]")
+    if subspace is not None and not isinstance(subspace, str):
+        info = getattr(model, "sinkwidgets", None)
+        subspace = _args.basis("subspace", subspace, getattr(info, "d_model", None))
     own = collect(model, texts, heads=[(layer, h)], layers=None, maps=False, outputs=False, values=True,
                   add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
     fit = own if data is None else data
     if subspace is None or isinstance(subspace, str):
         G, _ = tag_vectors(fit, (layer, h), eps=eps, min_later=min_later)
         if len(G) < rank:
-            raise ValueError(f"L{layer}H{h} has {len(G)} sinks (alpha > {eps}) in the fit texts, fewer than rank={rank}")
+            raise SinkwidgetsValueError(f"rank={rank}: L{layer}H{h} has {len(G)} sinks (alpha > {eps}) in the fit "
+                                        f"texts, fewer than rank={rank}; lower rank or give more texts")
         U = tag_subspace(G, rank)
         if subspace == "post_norm":
             U = post_norm_basis(model, layer, U)
@@ -341,17 +410,22 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
         per_pos = [np.ones(int(T), dtype=bool) for T in own.lengths]
         label = "all"
     else:
-        if len(positions) != len(texts):
-            raise ValueError(f"positions: give 'non_sink', 'all' or one position list / mask per text "
-                             f"({len(texts)}), got {len(positions)} entries")
         per_pos = []
-        for p, T in zip(positions, own.lengths):
-            p = np.asarray(p)
-            if p.dtype != bool:
-                m = np.zeros(int(T), dtype=bool)
-                m[p.astype(int)] = True
-                p = m
-            per_pos.append(p)
+        for i, ((kind, p), T) in enumerate(zip(positions, own.lengths)):
+            T = int(T)
+            if kind == "mask":
+                if len(p) != T:
+                    raise SinkwidgetsValueError(f"positions[{i}]: the mask has {len(p)} entries but text {i} has {T} "
+                                                "tokens; give one entry per token")
+                per_pos.append(p)
+                continue
+            bad = [v for v in p if not -T <= v < T]
+            if bad:
+                raise SinkwidgetsValueError(f"positions[{i}]: position {bad[0]} is out of range: text {i} has {T} "
+                                            f"tokens; use 0..{T - 1} (or -{T}..-1 to count from its end)")
+            m = np.zeros(T, dtype=bool)
+            m[np.asarray(p, dtype=np.int64) % T] = True
+            per_pos.append(m)
         label = "chosen"
 
     # the residual after the layer at the edited positions: norm fractions, PCs and norm-matched controls
@@ -423,7 +497,7 @@ def post_norm_basis(model, layer: int, U: np.ndarray) -> np.ndarray:
     blk = blocks[int(layer)] if blocks is not None else None
     if blk is None or not str(family).startswith(("gemma2", "gemma3")) or not (
             has_path(blk, "post_attention_layernorm") and has_path(blk, "pre_feedforward_layernorm")):
-        raise ValueError(f"subspace='post_norm': {getattr(info, 'name', type(model).__name__)!r} (family "
+        raise SinkwidgetsValueError(f"subspace='post_norm': {getattr(info, 'name', type(model).__name__)!r} (family "
                          f"{family!r}) has no norm after attention (Gemma 2/3 have one); leave subspace=None")
     norm = get_path(blk, "post_attention_layernorm")
     w = getattr(norm, "_module", norm).weight.detach().float().cpu().numpy().astype(np.float64)
