@@ -547,3 +547,71 @@ def test_release_and_mechanism_check_their_arguments_before_running(tiny):
         _refused("heads", tags.mechanism_table, tiny, _PARAS, heads)
     rep = tags.mechanism(tiny, _PARAS, "L1H1", steps=("catch",))
     assert rep.head == (1, 1)
+
+
+# ----------------------------------------------------------------------------- probes on synthetic data (unit)
+@pytest.fixture(scope="module")
+def probe_data():
+    """A TagData of 24 one-text prompts: pooled residuals after layer 1 whose label lives along one direction v, and
+    one head (0, 0) whose sinks' values point along v; labels 0/1."""
+    rng = np.random.default_rng(0)
+    n, d = 24, 8
+    y = np.arange(n) % 2
+    v = np.linalg.qr(rng.standard_normal((d, 1)))[0][:, 0]
+    X = rng.standard_normal((n, d)) + np.outer((2 * y - 1) * 3.0, v)
+    vals = []
+    for _ in range(n):
+        g = rng.standard_normal((1, 3, d)) * 0.1
+        g[0, 0] = rng.uniform(1, 2) * v
+        vals.append(g)
+    s = np.full((2, 2, 3), 0.1)
+    s[:, :, 0] = 0.9
+    return tags.TagData.from_prompts([["t0", " a", " b"]] * n, heads=[(0, 0)], head_values=vals, head_outputs=vals,
+                                     sink_scores=[s] * n, pooled_mean=X[:, None], pooled_last=X[:, None],
+                                     pooled_layers=[1], labels=y, groups=[str(i) for i in range(n)])
+
+
+@pytest.mark.unit
+@settings(max_examples=25, **_SETTINGS)
+@example(layer=1, heads=[(0, 0)], basis=None, labels=None, rank=1)
+@example(layer=np.int64(1), heads=None, basis=np.eye(8)[:, :2], labels=["a", "b"] * 12, rank=1)
+@given(layer=_mostly([1, np.int64(1)], _ints), heads=_mostly([[(0, 0)], (0, 0), "L0H0", None], _heads),
+       basis=_mostly([None, np.eye(8)[:, :1]], st.sampled_from([np.zeros((8, 2)), np.ones((8, 2)), np.eye(4),
+                                                                 np.full((8, 1), np.nan), "abc", [1.0] * 8])),
+       labels=_mostly([None, [0, 1] * 12], st.sampled_from([[0.5] * 24, [0] * 24, "ab", [0, 1, 2] * 8, [1, 0]])),
+       rank=_mostly([1], _ints))
+def test_property_probe(probe_data, layer, heads, basis, labels, rank):
+    def ok(r):
+        for name in tags.probes.FEATURE_SETS:
+            assert np.isfinite(r[name]) and 0 <= r[name] <= 1, (name, r[name])
+    _call(lambda: tags.probe(probe_data, labels=labels, layer=layer, heads=heads if basis is None else None,
+                             basis=basis, rank=rank, seeds=1, folds=2, n_random=10), ok)
+
+
+# ----------------------------------------------------------------------------- SmolLM2 (models)
+@pytest.mark.models
+@settings(max_examples=15, **_SETTINGS)
+@given(layers=st.sampled_from(["29-12", [-31], [30], "x", "", range(5, 2), 2.5, None, [[]], {"a": "x"}]),
+       basis=st.sampled_from([np.zeros((576, 2)), np.ones(64), np.full(576, np.nan), "abc", np.ones((2, 576))]),
+       max_tokens=st.sampled_from([-1, 0, 2, 2.5, "8"]))
+def test_property_smollm2_argument_layer(smollm2, layers, basis, max_tokens):
+    # refusals on the real model: each happens before any forward pass (fast), and names the argument
+    from sinkwidgets.interventions import mask_sink, project_out
+
+    _refused("layers", mask_sink, smollm2, TEXTS, layers)
+    _refused("basis", project_out, smollm2, TEXTS, 3, basis, progress=False)
+    _refused("max_tokens", project_out, smollm2, TEXTS, 3, np.ones(576), max_tokens=max_tokens, progress=False)
+
+
+@pytest.mark.models
+def test_smollm2_valid_calls_return_finite_results(smollm2):
+    from sinkwidgets.interventions import mask_sink
+    from sinkwidgets.streaming import streaming_ppl
+
+    r = mask_sink(smollm2, TEXTS[:1], [-1], attention_layers=None, options=_QUIET)
+    _result_ok(r)
+    assert r.meta["layer_sets"] == {"layers 29": [29]}
+    s = streaming_ppl(smollm2, "The cat sat on the mat. " * 6, window=16, n_sink=np.int64(2), options=_QUIET)
+    assert np.isfinite(s.ppl()) and np.isfinite(s.ppl("dense"))
+    ex = sw.SinkExplorer(sw.trace(smollm2, TEXTS[0]), layer=np.int64(3), head=np.int64(2))
+    assert (ex.layer, ex.head) == (3, 2)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import SinkwidgetsValueError
 from .data import TagData
 
 
@@ -26,11 +27,11 @@ def prompt_texts(model: Any, data: TagData, prompts: Sequence[int], texts: Seque
     prompts = [int(i) for i in prompts]
     if texts is not None:
         if len(texts) != data.n_prompts:
-            raise ValueError(f"texts has {len(texts)} entries but the TagData has {data.n_prompts} prompts; pass the "
+            raise SinkwidgetsValueError(f"texts has {len(texts)} entries but the TagData has {data.n_prompts} prompts; pass the "
                              "same list of texts that went to sinkwidgets.tags.collect")
         return [str(texts[i]) for i in prompts]
     if data.token_ids is None:
-        raise ValueError("this TagData has no token_ids, so its texts cannot be rebuilt; pass texts=[...] (the texts "
+        raise SinkwidgetsValueError("this TagData has no token_ids, so its texts cannot be rebuilt; pass texts=[...] (the texts "
                          "given to sinkwidgets.tags.collect)")
     add_bos = data.meta.get("add_bos")
     out = []
@@ -39,7 +40,7 @@ def prompt_texts(model: Any, data: TagData, prompts: Sequence[int], texts: Seque
         text = model.tokenizer.decode(ids, skip_special_tokens=False)
         again, _ = tokenize(model, text, add_bos)
         if list(again) != ids:
-            raise ValueError(f"prompt {i}: its decoded text does not tokenize back to the collected tokens "
+            raise SinkwidgetsValueError(f"prompt {i}: its decoded text does not tokenize back to the collected tokens "
                              f"({len(again)} vs {len(ids)} ids); pass texts=[...] (the texts given to "
                              "sinkwidgets.tags.collect)")
         out.append(text)
