@@ -1,19 +1,28 @@
 """Property-based tests (issue 22, item 4): the public functions of ``sw.tags``, ``sw.interventions``,
-``sw.streaming`` and the explorers' constructors, driven with generated arguments (ints incl. negative, huge, numpy
-and bool; floats incl. nan and inf; strings; lists; None; wrong shapes; NaN/inf, 1-D, 3-D, int and string arrays).
-Each call either returns finite results or raises a :class:`sinkwidgets.errors.SinkwidgetsError`; no other
-exception type may escape.
+``sw.streaming`` and the explorers' constructors, driven with generated arguments, valid and hostile (ints incl.
+negative, huge, numpy and bool; floats incl. nan and inf; strings; lists; None; NaN/inf rows, 1-D, 3-D, int, bool,
+string, complex and empty arrays; transposed bases; reversed ranges). Each call either returns finite results or
+raises a :class:`sinkwidgets.errors.SinkwidgetsError`; no other exception type may escape. Valid values are drawn
+more often than hostile ones (``_mostly``) and pinned with ``@example``, so the finiteness checks see real results.
 
-- ``unit``: every public function of ``sw.tags`` that works on arrays or a TagData (toy data from
-  ``sinkwidgets.toy.tag_data`` and small random arrays), ``SinkExplorer`` on a toy trace and ``TagExplorer`` on toy
-  data; plus one regression test per escape fixed here (each failed on the code before, noted per test).
-- ``models``: the argument layer of ``mask_sink``, ``add_sink``, ``project_out``, ``ablate_massive``,
-  ``find_massive``, ``mask_sink_edit`` and ``streaming_ppl`` on a tiny random Llama (``_helpers.save_tiny``: it
-  needs the SmolLM2 tokenizer from the offline cache), one or two tokens of text so a valid call stays cheap; and a
-  few SmolLM2 cases.
+- ``unit`` (toy data from ``sinkwidgets.toy.tag_data``, small arrays, synthetic probe data): ``tag_subspace``,
+  ``pc_bound``, ``explained_variance``, ``norm_fraction``, ``union_subspace``, ``norm_matched_subspace``,
+  ``alpha_from_map``, ``sink_positions``, ``caught_set``, ``random_subspace``, ``split_prompts``,
+  ``grouped_folds``, ``boundary_mask``, ``is_boundary``, ``load_dataset``, ``paragraphs``, ``tag_vectors``,
+  ``boundary_alpha``, ``boundary_heads_from_data``, ``tag_ev_table``, ``sink_heads``, ``catch``, ``tag_basis``,
+  ``probe`` (data); ``SinkExplorer`` on a toy trace and ``TagExplorer`` on toy data; and one regression test per
+  escape fixed with them (each failed on the code before, noted per test). ``tag_ev``, ``probe_features`` and
+  ``sink_heads``/``catch`` are driven in ``tests/test_hostile.py`` too.
+- ``models``, a tiny random Llama (``_helpers.save_tiny``: it needs the SmolLM2 tokenizer from the offline cache):
+  ``mask_sink``, ``mask_sink_edit``, ``project_out``, ``add_sink``, ``find_massive``, ``ablate_massive``,
+  ``streaming_ppl`` (and ``StreamingSweep.ppl``), ``tags.release``, ``tags.mechanism``, ``tags.mechanism_table``;
+  SmolLM2: the argument layer's refusals on the real model and three valid calls.
+- Not driven here: ``tags.collect``, ``tags.boundary_heads`` and ``tags.probe_report`` with a model (their escapes
+  belong to ``tags/collect.py``, another change); the escapes left in ``interventions/experiments.py`` are recorded
+  by a strict xfail test, which fails once they are fixed so that its mark is removed.
 
-``tests/test_hostile.py`` also drives ``tag_ev``, ``sink_heads``, ``catch`` and ``probe_features``. Each Hypothesis
-test runs a modest number of examples (``deadline=None``, derandomized).
+Runtime: about 10 s for the whole file on the development machine (the unit part about 4 s), most of it loading
+the models.
 """
 from __future__ import annotations
 
