@@ -34,7 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from .. import _args
+from .._args import ArgumentTypeError, show
+from .._args import head as check_head
+from .._args import heads as check_heads
+from .._args import integer as check_integer
+from .._args import number as check_number
 from ..errors import SinkwidgetsValueError
 from .analysis import (
     EPS,
@@ -76,8 +80,8 @@ def sink_catch_rate(data: TagData, head: Any, tau: float = TAU, *, eps: float = 
     set of some sink (:func:`~sinkwidgets.tags.analysis.caught_set` at ``tau``), pooled over prompts, and the same
     with the head's attention spread uniformly over the visible keys (:func:`_uniform_map`). Needs the head's maps.
     """
-    head = _args.head("head", _plain_head(head), *_dims(data))  # needs the head's maps, not its values
-    tau = _args.number("tau", tau, example=TAU)
+    head = check_head("head", _plain_head(head), *_dims(data))  # needs the head's maps, not its values
+    tau = check_number("tau", tau, example=TAU)
     caught = caught_u = total = 0
     for i in range(data.n_prompts):
         A = data.attention_map(head, i)
@@ -254,7 +258,7 @@ def _steps_arg(steps: Any) -> tuple[str, ...]:
     """``steps``: one step name or a list of names from :data:`STEPS` (checked, as a tuple)."""
     steps = (steps,) if isinstance(steps, str) else steps
     if not isinstance(steps, (list, tuple)) or not all(isinstance(s, str) for s in steps):
-        raise _args.ArgumentTypeError(f"steps={_args.show(steps)}: give step names from {list(STEPS)}, e.g. "
+        raise ArgumentTypeError(f"steps={show(steps)}: give step names from {list(STEPS)}, e.g. "
                                       "steps=('catch', 'tag')")
     bad = [s for s in steps if s not in STEPS]
     if bad:
@@ -301,12 +305,12 @@ def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank:
     head = model_head(model, head)
     steps = _steps_arg(steps)
     texts = text_list(texts)
-    rank = _args.integer("rank", rank, minimum=1, allow_none=True, example=1)
-    tau = _args.number("tau", tau, low=0, high=1, low_open=True, high_open=True, example=TAU)
-    n_random = _args.integer("n_random", n_random, minimum=10, example=10)
-    release_random = _args.integer("release_random", release_random, minimum=1, example=3)
+    rank = check_integer("rank", rank, minimum=1, allow_none=True, example=1)
+    tau = check_number("tau", tau, low=0, high=1, low_open=True, high_open=True, example=TAU)
+    n_random = check_integer("n_random", n_random, minimum=10, example=10)
+    release_random = check_integer("release_random", release_random, minimum=1, example=3)
     if not isinstance(release_texts, (list, tuple, str)):
-        release_texts = _args.integer("release_texts", release_texts, minimum=1, example=20)
+        release_texts = check_integer("release_texts", release_texts, minimum=1, example=20)
     else:
         release_texts = text_list(release_texts, "release_texts")
     if data is not None:
@@ -445,7 +449,7 @@ def mechanism_table(model, texts: Sequence[str], heads: Sequence[Any], *, data: 
 
     info = getattr(model, "sinkwidgets", None)
     dims = (getattr(info, "n_layers", None), getattr(info, "n_heads", None)) if info is not None else (None, None)
-    heads = _args.heads("heads", [_plain_head(h) for h in heads] if isinstance(heads, (list, tuple)) else heads,
+    heads = check_heads("heads", [_plain_head(h) for h in heads] if isinstance(heads, (list, tuple)) else heads,
                         *dims, allow_all=False)
     texts = text_list(texts)
     seconds: dict[str, float] = {}

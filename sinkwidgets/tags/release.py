@@ -58,7 +58,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import _args
+from .._args import ArgumentTypeError, is_int, show
+from .._args import basis as check_basis
+from .._args import head as check_head
+from .._args import integer as check_integer
+from .._args import number as check_number
+from .._args import seed as check_seed
 from ..errors import SinkwidgetsValueError
 from .analysis import (
     EPS,
@@ -84,7 +89,7 @@ def model_head(model: Any, head: Any, name: str = "head") -> tuple[int, int]:
     from the end)."""
     info = getattr(model, "sinkwidgets", None)
     L, H = (getattr(info, "n_layers", None), getattr(info, "n_heads", None)) if info is not None else (None, None)
-    return _args.head(name, _plain_head(head), L, H)
+    return check_head(name, _plain_head(head), L, H)
 
 
 def text_list(texts: Any, name: str = "texts") -> list[str]:
@@ -92,7 +97,7 @@ def text_list(texts: Any, name: str = "texts") -> list[str]:
     if isinstance(texts, str):
         return [texts]
     if not isinstance(texts, (list, tuple)) or not texts or not all(isinstance(t, str) for t in texts):
-        raise _args.ArgumentTypeError(f"{name}={_args.show(texts)}: give a text or a non-empty list of texts "
+        raise ArgumentTypeError(f"{name}={show(texts)}: give a text or a non-empty list of texts "
                                       f"(strings), e.g. {name}=sinkwidgets.tags.paragraphs(20)")
     return list(texts)
 
@@ -105,12 +110,12 @@ def _positions_arg(positions: Any, n_texts: int) -> Any:
     if isinstance(positions, str):
         if positions in ("non_sink", "all"):
             return positions
-        raise _args.ArgumentTypeError(f"positions={positions!r}: use 'non_sink', 'all' or one list of positions per "
+        raise ArgumentTypeError(f"positions={positions!r}: use 'non_sink', 'all' or one list of positions per "
                                       f"text; e.g. {eg}")
     if isinstance(positions, np.ndarray) and positions.ndim >= 1:
         positions = list(positions)
     if not isinstance(positions, (list, tuple)):
-        raise _args.ArgumentTypeError(f"positions={_args.show(positions)} ({type(positions).__name__}): use "
+        raise ArgumentTypeError(f"positions={show(positions)} ({type(positions).__name__}): use "
                                       f"'non_sink', 'all' or one list of positions per text; e.g. {eg}")
     if len(positions) != n_texts:
         raise SinkwidgetsValueError(f"positions: give 'non_sink', 'all' or one position list / mask per text "
@@ -121,14 +126,14 @@ def _positions_arg(positions: Any, n_texts: int) -> Any:
             if p.ndim != 1:
                 raise SinkwidgetsValueError(f"positions[{i}]: a mask is 1-D [T], got shape {list(p.shape)}")
             out.append(("mask", p))
-        elif _args.is_int(p):
+        elif is_int(p):
             out.append(("idx", [int(p)]))
-        elif isinstance(p, (list, tuple, range, np.ndarray)) and all(_args.is_int(v) for v in p) and len(p):
+        elif isinstance(p, (list, tuple, range, np.ndarray)) and all(is_int(v) for v in p) and len(p):
             out.append(("idx", [int(v) for v in p]))
         elif isinstance(p, (list, tuple)) and p and all(isinstance(v, (bool, np.bool_)) for v in p):
             out.append(("mask", np.asarray(p, dtype=bool)))
         else:
-            raise _args.ArgumentTypeError(f"positions[{i}]={_args.show(p)}: give an int, a non-empty list of ints or "
+            raise ArgumentTypeError(f"positions[{i}]={show(p)}: give an int, a non-empty list of ints or "
                                           f"a boolean mask for text {i}; e.g. {eg}")
     return out
 
@@ -365,14 +370,14 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
 
     layer, h = model_head(model, head)
     texts = text_list(texts)
-    rank = _args.integer("rank", rank, minimum=1, example=2)
+    rank = check_integer("rank", rank, minimum=1, example=2)
     # >= 1: the random control is the point of the comparison
-    n_random = _args.integer("n_random", n_random, minimum=1, example=3)
-    eps = _args.number("eps", eps, example=EPS)
-    min_later = _args.integer("min_later", min_later, minimum=0, example=MIN_LATER)
-    seed = _args.seed("seed", seed)
-    batch_size = _args.integer("batch_size", batch_size, minimum=1, example=8)
-    rows_per_pass = _args.integer("rows_per_pass", rows_per_pass, minimum=2, allow_none=True, example=8)
+    n_random = check_integer("n_random", n_random, minimum=1, example=3)
+    eps = check_number("eps", eps, example=EPS)
+    min_later = check_integer("min_later", min_later, minimum=0, example=MIN_LATER)
+    seed = check_seed("seed", seed)
+    batch_size = check_integer("batch_size", batch_size, minimum=1, example=8)
+    rows_per_pass = check_integer("rows_per_pass", rows_per_pass, minimum=2, allow_none=True, example=8)
     positions = _positions_arg(positions, len(texts))
     if data is not None:
         data = _data_arg(data)
@@ -382,7 +387,7 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
                                     "basis [d, r]")
     if subspace is not None and not isinstance(subspace, str):
         info = getattr(model, "sinkwidgets", None)
-        subspace = _args.basis("subspace", subspace, getattr(info, "d_model", None))
+        subspace = check_basis("subspace", subspace, getattr(info, "d_model", None))
     own = collect(model, texts, heads=[(layer, h)], layers=None, maps=False, outputs=False, values=True,
                   add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size, progress=progress)
     fit = own if data is None else data
