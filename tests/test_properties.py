@@ -624,3 +624,14 @@ def test_smollm2_valid_calls_return_finite_results(smollm2):
     assert np.isfinite(s.ppl()) and np.isfinite(s.ppl("dense"))
     ex = sw.SinkExplorer(sw.trace(smollm2, TEXTS[0]), layer=np.int64(3), head=np.int64(2))
     assert (ex.layer, ex.head) == (3, 2)
+
+
+@pytest.mark.unit
+def test_tag_explorer_head_forms(toy):
+    # before: TagExplorer(head={'a': 1}) raised a bare KeyError, labels=2.5 "'float' object is not iterable", and a
+    # float head (1.5, 0) was truncated to (1, 0); "L1H0" was refused although every other function takes it
+    assert tuple(sw.TagExplorer(toy, head="L1H0").head) == (1, 0)
+    assert tuple(sw.TagExplorer(toy, head=(np.int64(1), np.int64(0))).head) == (1, 0)
+    for bad in ((1.5, 0), {"a": 1}, "2", (-1, 0), True):
+        _refused("head", sw.TagExplorer, toy, head=bad)
+    _refused("labels", sw.TagExplorer, toy, head=(0, 0), labels=2.5)

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from .._args import head as check_head
 from .._text import show_token
-from ..errors import SinkwidgetsTypeError, SinkwidgetsValueError
+from ..errors import SinkwidgetsError, SinkwidgetsTypeError, SinkwidgetsValueError
 from ..sinktrace import SinkTrace
 from ..tags import analysis as A
 from ..tags.data import TagData
@@ -312,12 +313,11 @@ class TagView:
 
     # ---------------------------------------------------------------- checks
     def check_head(self, head: Any) -> tuple[int, int]:
-        try:
-            lh = (int(head[0]), int(head[1]))
-            if len(head) != 2:
-                raise ValueError
-        except (TypeError, ValueError, IndexError, KeyError):
-            raise SinkwidgetsValueError(f"head must be a (layer, head) pair such as {self.heads[0]}, got {head!r}") from None
+        try:  # a pair of ints (numpy ints too) or "L2H2"; floats, bools and negative indices are refused
+            lh = check_head("head", head)
+        except SinkwidgetsError:
+            raise SinkwidgetsValueError(f"head must be a (layer, head) pair such as {self.heads[0]} or "
+                                        f"'L{self.heads[0][0]}H{self.heads[0][1]}', got {head!r:.60}") from None
         if lh not in self.heads:
             have = ", ".join(f"({a}, {b})" for a, b in self.heads)
             raise SinkwidgetsValueError(f"head {lh} was not collected; this TagData has heads {have} (collect again with "
