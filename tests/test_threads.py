@@ -138,6 +138,26 @@ def test_auto_threads_follow_the_idle_cpus():
     assert T.auto_threads(4, 16.0) == 4  # never above the usable CPUs
 
 
+def test_loadavg_free_cpus():
+    assert T.loadavg_free_cpus(0.0, 2, 2) == 2.0
+    assert T.loadavg_free_cpus(1.4, 2, 2) == pytest.approx(0.6)  # a shared 2-core machine: one thread
+    assert T.loadavg_free_cpus(40.0, 64, 64) == pytest.approx(24.0)  # a big host: the quota bounds it later
+    assert T.loadavg_free_cpus(9.0, 2, 2) == 0.0
+    assert T.loadavg_free_cpus(None, 2, 2) is None and T.loadavg_free_cpus(1.0, None, 2) is None
+
+
+def test_measure_free_cpus_takes_the_smaller(monkeypatch):
+    monkeypatch.setattr(T, "measure_idle_cpus", lambda interval=0.25, proc_stat="/proc/stat": 1.9)
+    monkeypatch.setattr(T, "affinity_cpus", lambda: 2)
+    monkeypatch.setattr(T.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(T.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
+    free, facts = T.measure_free_cpus()
+    assert free == pytest.approx(0.8) and facts["idle_now"] == 1.9 and facts["loadavg_1min"] == 1.2
+    assert T.auto_threads(2, free) == 1
+    monkeypatch.setattr(T.os, "getloadavg", lambda: (0.05, 0.0, 0.0))
+    assert T.measure_free_cpus()[0] == pytest.approx(1.9)
+
+
 def test_measure_idle_cpus_reads_proc_stat(tmp_path):
     if not os.path.exists("/proc/stat"):
         pytest.skip("no /proc/stat on this platform")
@@ -166,7 +186,7 @@ def test_choice_order(monkeypatch):
     auto = T.choose_threads({}, "/nonexistent", "/nonexistent", idle=2.0)
     assert (auto["threads"], auto["source"]) == (2, "auto")
     busy = T.choose_threads({}, "/nonexistent", "/nonexistent", idle=1.0)
-    assert busy["threads"] == 1 and "1.0 idle" in busy["why"]
+    assert busy["threads"] == 1 and "1.0 free" in busy["why"]
     over = T.choose_threads({T.ENV_VAR: "3", "OMP_NUM_THREADS": "1"}, "/nonexistent", "/nonexistent", idle=0.0)
     assert (over["threads"], over["source"]) == (3, T.ENV_VAR)  # the package's own variable wins
     omp = T.choose_threads({"OMP_NUM_THREADS": "1"}, "/nonexistent", "/nonexistent", idle=2.0)
@@ -198,8 +218,10 @@ def test_apply_auto_uses_the_idle_cpus(fresh, monkeypatch, no_thread_env):
     monkeypatch.setattr(T, "affinity_cpus", lambda: 2)
     monkeypatch.setattr(T, "_torch_default", lambda: torch.get_num_threads())
     monkeypatch.setattr(T, "measure_idle_cpus", lambda interval=0.25, proc_stat="/proc/stat": 1.0)
+    monkeypatch.setattr(T.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     got = T.apply_threads()
     assert (got["threads"], got["source"], got["idle_cpus"]) == (1, "auto", 1.0)
+    assert got["load"]["idle_now"] == 1.0 and got["load"]["loadavg_1min"] == 0.0
     assert torch.get_num_threads() == 1
 
 

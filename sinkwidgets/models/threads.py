@@ -1,9 +1,9 @@
 """How many CPU threads torch and BLAS use: chosen from the CPUs this process may really use, applied once.
 
 On Binder, Colab, containers and shared lab machines the cores torch sees (``os.cpu_count()``) are not the cores the
-process gets. torch starts one OpenMP thread per CPU, and libgomp's threads spin in their barriers between parallel
-regions. When another process keeps one of the cores busy, every parallel region waits for the thread that lost its
-core, and the spinning threads steal time from it: a user's ``probe_report(model, "cities")`` took 399-405 s with a
+process gets. torch starts one OpenMP thread per CPU, and a forward pass is thousands of small parallel regions. When
+another process keeps one of the cores busy, every region waits for the thread that lost its core (whether the
+others spin or sleep meanwhile: ``OMP_WAIT_POLICY=PASSIVE`` did not help, ``docs/threads.md``): a user's ``probe_report(model, "cities")`` took 399-405 s with a
 busy neighbour against 13 s with ``OMP_NUM_THREADS=1`` under the same load and 11 s quiet (issue 20 item 5).
 
 The choice (:func:`choose_threads`), in order:
@@ -15,9 +15,9 @@ The choice (:func:`choose_threads`), in order:
    user): the package changes nothing.
 4. otherwise the usable CPUs (:func:`usable_cpus`): the fewest of the CPU affinity mask, the cgroup CPU quota
    (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``, rounded down, at least 1) and
-   ``os.cpu_count()``; lowered to the CPUs that stand idle while the first model loads (``/proc/stat`` over 0.25 s,
-   rounded to the nearest, at least 1), since threads beyond the free cores wait on each other
-   (:func:`auto_threads`).
+   ``os.cpu_count()``; lowered to the CPUs left free by other processes when the first model loads (the fewer of
+   the CPUs idle in ``/proc/stat`` over 0.25 s and those the 1-minute load average leaves free; rounded to the
+   nearest, at least 1), since threads beyond the free cores wait on each other (:func:`auto_threads`).
 
 ``benchmarks/shared_cpu.py`` measures the choice against torch's defaults, quiet and with one busy process
 (``docs/threads.md``). The choice is made once: a neighbour that starts later is not seen.
@@ -228,13 +228,39 @@ def measure_idle_cpus(interval: float = 0.25, proc_stat: str | os.PathLike = "/p
     return idle_cpus(before, after, set(get(0)) if get is not None else None)
 
 
+def loadavg_free_cpus(loadavg: float | None, cpus: int | None, cpu_count: int | None) -> float | None:
+    """CPUs of this process's affinity mask left free by the 1-minute load average: ``cpus × (1 − min(1, loadavg /
+    cpu_count))`` (the machine's load spread evenly over its CPUs). A shared machine's load of the last minute predicts
+    the next minutes better than a 0.25-s look at ``/proc/stat``. None when a number is missing."""
+    if loadavg is None or not cpus or not cpu_count:
+        return None
+    return cpus * (1.0 - min(1.0, max(0.0, loadavg) / cpu_count))
+
+
+def measure_free_cpus(interval: float = 0.25, proc_stat: str | os.PathLike = "/proc/stat") -> tuple[float | None, dict]:
+    """(free CPUs, what was read): the smaller of the CPUs idle now (:func:`measure_idle_cpus`) and the CPUs the
+    1-minute load average leaves free (:func:`loadavg_free_cpus`); None where neither can be read."""
+    idle = measure_idle_cpus(interval, proc_stat)
+    try:
+        load1 = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load1 = None
+    by_load = loadavg_free_cpus(load1, affinity_cpus() or os.cpu_count(), os.cpu_count())
+    known = [v for v in (idle, by_load) if v is not None]
+    facts = {"idle_now": None if idle is None else round(idle, 2), "loadavg_1min": load1,
+             "free_by_loadavg": None if by_load is None else round(by_load, 2)}
+    return (min(known) if known else None), facts
+
+
 def auto_threads(usable: int, idle: float | None) -> int:
     """The automatic thread count: the usable CPUs, lowered to the idle ones rounded to the nearest (at least 1).
 
     Why: with more threads than free cores every OpenMP parallel region waits for a thread that has lost its core,
     and a forward pass is thousands of such regions. On the project's 2-core machine, loaded by other jobs,
     ``probe_report(model, "cities")`` ran 62 s with one thread and did not finish in 200 s with two (spinning or
-    passive wait alike; ``benchmarks/shared_cpu.py``). A quiet machine keeps every usable CPU."""
+    passive wait alike; ``benchmarks/shared_cpu.py``). Two threads chosen from a quiet 0.25-s look took 123 s (80 s
+    of CPU) when the other jobs' load came back, one thread next to a busy process 64 s: hence the 1-minute load
+    average too (:func:`measure_free_cpus`). A quiet machine keeps every usable CPU."""
     if idle is None:
         return usable
     return max(1, min(usable, math.floor(idle + 0.5)))
@@ -245,9 +271,10 @@ def choose_threads(environ: Mapping[str, str] | None = None, root: str | os.Path
                    measure_load: bool = False, idle: float | None = None) -> dict:
     """What the package will do, without doing it: a dict with ``threads`` (int, or None when the package leaves the
     threads alone), ``source`` (``"SINKWIDGETS_NUM_THREADS"``, ``"OMP_NUM_THREADS"``, ``"torch.set_num_threads"``,
-    ``"off"`` or ``"auto"``), ``why`` (a sentence), ``usable_cpus`` and ``idle_cpus``. ``torch_threads`` is torch's
-    current count when torch is already imported (None otherwise). For ``"auto"``, ``idle`` (CPUs idle now) lowers the
-    count (:func:`auto_threads`); ``measure_load=True`` measures it (:func:`measure_idle_cpus`, 0.25 s)."""
+    ``"off"`` or ``"auto"``), ``why`` (a sentence), ``usable_cpus``, ``idle_cpus`` (the free CPUs used) and ``load``
+    (what was read). ``torch_threads`` is torch's current count when torch is already imported (None otherwise). For
+    ``"auto"``, ``idle`` (free CPUs) lowers the count (:func:`auto_threads`); ``measure_load=True`` measures it
+    (:func:`measure_free_cpus`, 0.25 s)."""
     env = os.environ if environ is None else environ
     usable, bound = usable_cpus(root, proc_cgroup)
     out = {"usable_cpus": usable, "usable_why": bound, "idle_cpus": None}
@@ -263,11 +290,13 @@ def choose_threads(environ: Mapping[str, str] | None = None, root: str | os.Path
     if torch_threads is not None and torch_threads != _torch_default():
         return {**out, "threads": None, "source": "torch.set_num_threads",
                 "why": f"torch.set_num_threads({torch_threads}) was called before the first model was loaded"}
+    facts: dict = {}
     if idle is None and measure_load:
-        idle = measure_idle_cpus()
+        idle, facts = measure_free_cpus()
     n = auto_threads(usable, idle)
-    why = bound if n == usable else f"{bound}, of which {idle:.1f} idle (other processes use the rest)"
-    return {**out, "threads": n, "source": "auto", "why": why, "idle_cpus": None if idle is None else round(idle, 2)}
+    why = bound if n == usable else f"{bound}, of which {idle:.1f} free (other processes use the rest)"
+    return {**out, "threads": n, "source": "auto", "why": why, "idle_cpus": None if idle is None else round(idle, 2),
+            "load": facts}
 
 
 def _torch_default() -> int:
@@ -330,7 +359,7 @@ def config() -> dict:
         usable_cpus=base["usable_cpus"], limits=cpu_limits(),
         torch_threads=torch_mod.get_num_threads() if torch_mod is not None else None,
         blas=_blas_threads(),
-        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), idle_cpus=base.get("idle_cpus"),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), idle_cpus=base.get("idle_cpus"), load=base.get("load", {}),
         env={k: os.environ.get(k) for k in (ENV_VAR, "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                                             "OMP_WAIT_POLICY")},
         versions=_versions(),
