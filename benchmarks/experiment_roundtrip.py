@@ -9,6 +9,12 @@ strip, the ΔNLL strip and the heatmap's map have been drawn by then). The first
 compiles the traced block once per process) and is reported apart. JSON: machine, every run, medians.
 
     python benchmarks/experiment_roundtrip.py [--tokens 128 512] [--repeats 3] [--out benchmarks/results/x.json]
+
+``--kernel-ab REV`` (no browser): the kernel alone, in one process, A/B against the experiment code of git revision
+``REV`` (``sinkwidgets/widgets/experiment.py`` as it was there, loaded beside the current one), the same prompts,
+alternating old / new ``repeats`` times after one warm-up each; the new code is timed both as the first experiment on
+a prompt (its clean NLL not cached yet) and as a later one. The medians go under ``"kernel_ab"`` in ``--out`` (the
+other keys of that file are kept), so a ratio is measured under one machine load.
 """
 
 from __future__ import annotations
@@ -73,12 +79,67 @@ def machine() -> dict:
             "git_commit": commit, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
 
 
+def kernel_ab(rev: str, tokens: list[int], repeats: int, out: str) -> int:
+    """``--kernel-ab``: old (``rev``) vs new ``run_experiment("mask", token=0, layers="all")`` in this process."""
+    import importlib.util
+
+    import sinkwidgets as sw
+    import sinkwidgets.widgets.experiment as new
+
+    src = subprocess.run(["git", "show", f"{rev}:sinkwidgets/widgets/experiment.py"], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="sw-exp-ab-")) / "experiment_old.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("sinkwidgets.widgets._experiment_ab_old", path)
+    old = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = old  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(old)
+    model = sw.load_model("smollm2-135m")
+    res = {"rev": rev, "machine": machine(), "cases": {}}
+    for T in tokens:
+        tr = sw.trace(model, prompt(model, T))
+        run = {"old": lambda tr=tr: old.run_experiment(model, tr, "mask", token=0, layers="all"),
+               "new": lambda tr=tr: new.run_experiment(model, tr, "mask", token=0, layers="all")}
+        run["old"](), run["new"]()  # warm-up (nnsight compiles the traced block once per process)
+        rec: dict = {"old_s": [], "new_first_s": [], "new_later_s": [], "load_avg": []}
+        for _ in range(repeats):
+            for key, fn in (("old_s", run["old"]), ("new_first_s", None), ("new_later_s", run["new"])):
+                if fn is None:
+                    new._PROMPT_CACHE.clear()  # the first experiment on this prompt: the clean row joins the pass
+                    fn = run["new"]
+                t = time.perf_counter()
+                e = fn()
+                rec[key].append(time.perf_counter() - t)
+                if key == "old_s":
+                    ref = e.mean_dnll
+                elif abs(e.mean_dnll - ref) > 1e-4:
+                    raise AssertionError(f"T={T}: new mean ΔNLL {e.mean_dnll} != old {ref}")
+            rec["load_avg"].append(os.getloadavg()[0])
+        rec["median_s"] = {k[:-2]: statistics.median(rec[k]) for k in ("old_s", "new_first_s", "new_later_s")}
+        rec["speedup_later"] = rec["median_s"]["old"] / rec["median_s"]["new_later"]
+        rec["speedup_first"] = rec["median_s"]["old"] / rec["median_s"]["new_first"]
+        res["cases"][str(T)] = rec
+        print(f"T={T}: old {rec['median_s']['old']:.2f} s, new {rec['median_s']['new_later']:.2f} s "
+              f"(first on the prompt {rec['median_s']['new_first']:.2f} s), load {rec['load_avg']}", flush=True)
+    try:
+        data = json.loads(Path(out).read_text())
+    except (OSError, ValueError):
+        data = {}
+    data["kernel_ab"] = res
+    write_json(out, json.dumps(data, indent=1))
+    print("wrote", out)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tokens", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=default_out("experiment_roundtrip.json"))
+    ap.add_argument("--kernel-ab", metavar="REV", help="time the kernel only, against git revision REV's experiment code")
     args = ap.parse_args(argv)
+    if args.kernel_ab:
+        return kernel_ab(args.kernel_ab, args.tokens, args.repeats, args.out)
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook
     from playwright.sync_api import sync_playwright

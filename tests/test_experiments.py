@@ -196,3 +196,16 @@ def test_massive_add_sink_and_project_tag_traces_equal_sw_trace(explorer, smollm
     R = tg.random_subspace(576, 1, np.random.default_rng(0))
     rr = sw.project_out(smollm2, TEXT, ly, R, positions=p.params["positions"], attention_layers=None, progress=False)
     assert abs(p.control_dnll - rr.delta["projected"]) < 1e-4
+
+
+def test_prepare_caches_the_clean_nll_so_the_first_experiment_is_two_rows(smollm2):
+    from sinkwidgets.widgets.experiment import prepare
+
+    before = sw.trace(smollm2, TEXT, method="eager")
+    clean = prepare(smollm2, before)
+    r = sw.mask_sink(smollm2, TEXT, "all", token=0)
+    np.testing.assert_allclose(clean, r.nll["clean"][0], atol=1e-4)
+    assert prepare(smollm2, before) is clean  # cached: no second pass
+    e = sw.SinkExplorer(before, model=smollm2).experiment("mask", token=0, layers="all")
+    assert e.trace.meta["experiment_rows"] == 2 and e.result.nll["clean"][0] is clean
+    np.testing.assert_allclose(e.dnll, _fn_dnll(r), atol=1e-4)

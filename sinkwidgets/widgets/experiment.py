@@ -249,6 +249,28 @@ def prompt_cache(trace: SinkTrace, model: Any) -> dict[Any, Any]:
         return ent[1].setdefault(id(model), {})
 
 
+def prepare(model: Any, trace: SinkTrace) -> np.ndarray:
+    """Compute and cache the clean per-token NLL ``[T − 1]`` of ``trace``'s prompt (one forward pass with
+    :class:`~sinkwidgets.tracing.reductions.TokenLoss`, the trace's method), so that even the first experiment on
+    the prompt is one pass of two rows (the edit and its control). Meant to run while nobody waits, e.g. in a
+    background thread when an explorer gets a model; a no-op when it is cached already. Returns the NLL."""
+    cache = prompt_cache(trace, model)
+    if cache.get("clean") is None:
+        from ..tracing import run_units
+        from ..tracing.options import Encoded
+        from ..tracing.reductions import TokenLoss
+
+        info = _info(model, trace)
+        ids = [int(i) for i in trace.token_ids]
+        method = trace.meta.get("method", "auto")
+        method = "chunked" if info.remote else (method if method in ("eager", "chunked") else "auto")
+        out = run_units(model, [trace.meta["text"]], [TokenLoss()], batch_size=1, method=method,
+                        encoded=[Encoded(trace.meta["text"], ids, trace.meta.get("add_bos"), len(ids))],
+                        remote=bool(info.remote), progress=False, pin_mmap_threshold=False)
+        cache["clean"] = np.asarray(out[0].by_unit["loss"]["nll"])
+    return cache["clean"]
+
+
 def _trace_units(trace: SinkTrace) -> list:
     """The units of ``sw.trace`` that made ``trace``: α / first-token mass / entropy, the residual summary with the
     same ``top_k``, and the same kept maps (heads and dtype)."""
