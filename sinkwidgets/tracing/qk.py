@@ -16,6 +16,11 @@ from .reductions import reduce_attention_chunks
 CHUNK_BYTES = 16 * 2**20
 #: Bounds on the number of query rows per chunk.
 MIN_CHUNK, MAX_CHUNK = 16, 512
+#: Log-probabilities are clamped to at least this before ``exp`` (:func:`lse_chunks`): ``exp(-87) = 1.6e-38`` is
+#: still a normal float32, and ``exp`` with a subnormal or underflowing result is 10-100x slower on x86 CPUs (at
+#: T = 512 the masked half of a chunk made ``exp`` cost more than the matmul). A probability below 1.6e-38 reads
+#: as 1.6e-38 (α changes by < T · 1.6e-38); masked entries are set to exactly 0 after the ``exp``.
+LOGP_FLOOR = -87.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ def attention_chunks(q, k, qmask, params: AttentionParams, rows: int = 128, hidd
 
     ``q [B, H, T, D]`` and ``k [B, KV, T, D]`` are post-RoPE (as the attention module uses them), ``qmask [B, T]``
     marks real tokens (left padding 0), ``params`` the layer's :class:`AttentionParams`. Masking matches Hugging
-    Face eager attention: causal, keys outside a sliding ``window`` (``j <= i - window``) and padding keys are excluded; pad query rows are finite and
+    Face eager attention: causal, keys outside a sliding ``window`` (``j <= i - window``) and padding keys are excluded; pad query rows are 0 and
     ignored by the reductions. ``hidden [B, T, T]`` (bool, optional): more (row, query, key) entries to exclude,
     those of the ``"attn_mask"`` edits (:mod:`.edits`), so the probabilities are the ones the edited model used.
 
@@ -91,8 +96,9 @@ def attention_chunks(q, k, qmask, params: AttentionParams, rows: int = 128, hidd
             if hidden is not None:
                 ok = ok & ~hidden[:, None, s:e, :w].to(q.device)
             probs.masked_fill_(~ok, neg)
-            probs.sub_(probs.amax(dim=-1, keepdim=True)).exp_()  # softmax, in place
-            probs.div_(probs.sum(dim=-1, keepdim=True))
+            probs.sub_(probs.amax(dim=-1, keepdim=True)).clamp_(min=LOGP_FLOOR).exp_()  # softmax, in place; the
+            probs.masked_fill_(~ok, 0.0)  # floor keeps exp off its slow subnormal path, masked entries are exactly 0
+            probs.div_(probs.sum(dim=-1, keepdim=True).clamp_(min=1e-30))  # padding query rows (all masked): 0
             yield s, probs, ws[block : block + B * H * c * w].view(B, H, c, w)
 
 
@@ -105,9 +111,10 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128):
 
         logp[i, j] = q_i·k_j · scale − lse_i,    P[i, j] = exp(logp[i, j])
 
-    and both are exact softmax probabilities of the same scores (no second normalisation). Masked entries (causal:
-    ``j > i``; padding keys ``qmask[b, j] = 0``; every key of a padding query row) get ``logp`` = the float32
-    minimum and ``P`` = 0, so ``P * logp`` is 0 there; padding query rows are all zero (ignored by the units).
+    and both are exact softmax probabilities of the same scores (no second normalisation; ``logp`` is floored at
+    :data:`LOGP_FLOOR`). Masked entries (causal: ``j > i``; padding keys ``qmask[b, j] = 0``; every key of a padding
+    query row) get ``logp`` = :data:`LOGP_FLOOR` and ``P`` = 0 exactly, so ``P * logp`` is 0 there; padding query
+    rows are all zero (ignored by the units).
     Only plain causal attention with left padding: no sliding window, soft-cap or ``"attn_mask"`` edit (those go
     through :func:`attention_chunks`). ``q [B, H, T, D]`` and ``k [B, KV, T, D]`` post-RoPE, ``params.n_rep = H / KV``
     (grouped-query attention: the ``n_rep`` query heads of a key head are one matmul, no expanded copy of ``k``).
@@ -133,18 +140,23 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128):
         tri = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # key after query in the block
         qok = qmask.to(q.device).bool()
         padded = not bool(qok.all())
-        neg = torch.finfo(torch.float32).min
         for s in range(0, T, rows):
             e = min(s + rows, T)
             c, w, n = e - s, e, B * H * (e - s) * e  # causal: keys after the chunk's last query are not computed
             logp = ws[:n].view(B, KV, n_rep * c, w)
             torch.matmul(qs[:, :, :, s:e].reshape(B, KV, n_rep * c, D), kt[..., :w], out=logp)
             logp = logp.view(B, H, c, w)
-            logp.sub_(lf[:, :, s:e, None])
-            logp[..., s:].masked_fill_(tri[:c, :c], neg)  # only the diagonal block has keys after their query
+            logp.sub_(lf[:, :, s:e, None]).clamp_(min=LOGP_FLOOR)  # no subnormal exp (10-100x slower on CPU)
+            diag = logp[..., s:]  # only the diagonal block has keys after their query
+            diag.masked_fill_(tri[:c, :c], LOGP_FLOOR)
+            ok = None
             if padded:
-                logp.masked_fill_(~(qok[:, None, s:e, None] & qok[:, None, None, :w]), neg)
+                ok = qok[:, None, s:e, None] & qok[:, None, None, :w]
+                logp.masked_fill_(~ok, LOGP_FLOOR)
             P = torch.exp(logp, out=ws[block : block + n].view(B, H, c, w))
+            P[..., s:].masked_fill_(tri[:c, :c], 0.0)  # masked entries: exactly 0 (and P * logp = 0)
+            if ok is not None:
+                P.masked_fill_(~ok, 0.0)
             yield s, P, ws[2 * block : 2 * block + n].view(B, H, c, w), logp
 
 
