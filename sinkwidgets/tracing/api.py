@@ -34,8 +34,11 @@ from .reductions import TOP_K_ACTIVATIONS, BatchContext, UnitSet
 
 #: ``method="auto"`` traces local prompts of at least this many tokens with the chunked path when the model
 #: supports it (rotary decoders): the eager path holds a ``[H, T, T]`` float32 map per layer (2.4 GB for SmolLM2
-#: at T = 8192), the chunked one stays near a plain forward pass.
-AUTO_CHUNKED_TOKENS = 4096
+#: at T = 8192), the chunked one stays near a plain forward pass. Measured crossover (issue 20,
+#: ``benchmarks/long_context.py --cases chunked eager``, SmolLM2, 2 threads, same process): at T = 128 eager
+#: 1.32x vs chunked 1.51x an SDPA last-logit forward (the chunked path's fixed nnsight cost), at T = 512 1.80x vs
+#: 1.75x, at T = 2048 eager is ~2x slower than chunked; so chunked from 512 tokens on.
+AUTO_CHUNKED_TOKENS = 512
 
 
 #: glibc raises its mmap threshold dynamically (up to 32 MB) after large blocks are freed, so per-chunk
@@ -365,7 +368,7 @@ def trace(
     method : "auto", "eager" or "chunked"
         ``"eager"`` reads the probabilities of eager attention; ``"chunked"`` runs SDPA and recomputes them from
         q and k in query chunks (memory near a plain forward at long context; Llama-style rotary decoders).
-        ``"auto"``: chunked for remote traces and for local prompts of :data:`AUTO_CHUNKED_TOKENS` (4096) tokens
+        ``"auto"``: chunked for remote traces and for local prompts of :data:`AUTO_CHUNKED_TOKENS` (512) tokens
         or more where the model supports it, eager otherwise. The method used is in ``trace.meta['method']``.
     progress : bool, optional
         Show a progress bar over batches (default: when tracing more than one batch).
