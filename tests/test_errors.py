@@ -136,15 +136,9 @@ SHIPPED_BY_VALUE = {
 #: Known remaining built-in errors in modules other helpers were converting when this test was written (issue 22
 #: item 2). A count may only go down: lower it (or drop the module) as they are converted; never raise it.
 KNOWN_REMAINING = {
-    "sinkwidgets.interventions.edits": 1,
     "sinkwidgets.interventions.experiments": 1,
-    "sinkwidgets.models.loading": 1,  # RuntimeError(text) wrapping a worker thread's non-Exception failure
-    "sinkwidgets.tags.mechanism": 5,
-    "sinkwidgets.tags.release": 7,
-    "sinkwidgets.tags.residual": 5,
     "sinkwidgets.tracing.api": 9,
     "sinkwidgets.tracing.eager": 1,
-    "sinkwidgets.widgets._tag_widget": 1,
 }
 
 

@@ -22,7 +22,7 @@ from .._args import number as _number
 from .._args import orthonormal_basis as _orthonormal_basis
 from .._args import positions as _positions
 from .._args import token_ids as _token_ids
-from ..errors import SinkwidgetsValueError
+from ..errors import SinkwidgetsTypeError, SinkwidgetsValueError
 from .results import InterventionError, MassiveSpec
 
 
@@ -246,7 +246,8 @@ def mask_sink_edit(model, layers="all", *, token=0, rows=None):
 
     info = getattr(model, "sinkwidgets", None)
     if info is None:
-        raise TypeError("pass a model from sinkwidgets.load_model(...) (it carries model.sinkwidgets)")
+        raise SinkwidgetsTypeError(f"mask_sink_edit(model={type(model).__name__}): pass a model from "
+                                   "sinkwidgets.load_model(...) (it carries model.sinkwidgets)")
     return HideKeys(_layers_arg(layers, info.n_layers, "layers"), sink_tokens(token), rows)
 
 

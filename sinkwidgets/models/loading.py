@@ -38,6 +38,7 @@ class ModelInfo:
 def hub_error(name: str, exc: BaseException) -> Exception:
     """The SinkwidgetsError to raise when loading ``name`` from the hub failed with ``exc`` (offline, gated, ...)."""
     text = f"{type(exc).__name__}: {exc}"
+    from ..errors import SinkwidgetsRuntimeError
     from .hub import hub_offline
 
     offline = hub_offline()  # what the user set, never guessed from transformers' wording
@@ -54,7 +55,8 @@ def hub_error(name: str, exc: BaseException) -> Exception:
         )
     if any(s in text for s in ("not a valid model identifier", "RepositoryNotFound", "404", "does not appear to have", "HFValidationError")):
         return unknown_model_error(name)
-    return exc if isinstance(exc, Exception) else RuntimeError(text)
+    return exc if isinstance(exc, Exception) else SinkwidgetsRuntimeError(
+        f"load_model({name!r}) stopped: {text}; run it again (if it was interrupted) or check the log above")
 
 
 def _local_error(target: str, spec: ModelSpec | None, exc: BaseException, what: str) -> Exception:

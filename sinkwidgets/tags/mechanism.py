@@ -39,7 +39,7 @@ from .._args import head as check_head
 from .._args import heads as check_heads
 from .._args import integer as check_integer
 from .._args import number as check_number
-from ..errors import SinkwidgetsValueError
+from ..errors import SinkwidgetsKeyError, SinkwidgetsValueError
 from .analysis import (
     EPS,
     MIN_LATER,
@@ -383,7 +383,8 @@ class MechanismTable:
         for r in self.reports:
             if head in (r.head, r.name, self._label(r)) or (not isinstance(head, str) and tuple(head) == r.head):
                 return r
-        raise KeyError(f"{head!r}: no such head in this table; heads: {[self._label(r) for r in self.reports]}")
+        raise SinkwidgetsKeyError(f"table[{head!r}]: no such head in this table; use one of "
+                                  f"{[self._label(r) for r in self.reports]} (a label, 'L1H1' or (layer, head))")
 
     def __len__(self) -> int:
         return len(self.reports)

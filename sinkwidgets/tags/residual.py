@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import SinkwidgetsValueError
+from ..errors import SinkwidgetsRuntimeError, SinkwidgetsValueError
 from .data import TagData
 
 
@@ -67,7 +67,9 @@ def residual_coords(model: Any, data: TagData, prompts: Sequence[int], basis: np
     for i, r in zip(prompts, res):
         c = np.asarray(r.arrays["resid_coords"], dtype=np.float32)
         if c.shape[1] != data.lengths[i]:
-            raise RuntimeError(f"prompt {i}: the model returned {c.shape[1]} tokens, the TagData has {data.lengths[i]}")
+            raise SinkwidgetsRuntimeError(
+                f"prompt {i}: the model returned {c.shape[1]} tokens, the TagData has {data.lengths[i]}; pass the "
+                "model, texts= and add_bos the TagData was collected with (data.meta['model'], data.texts)")
         out.append(c)
     return out
 
@@ -81,5 +83,7 @@ def residual_rows_packed(model: Any, data: TagData, layer: int, *, texts: Sequen
                          add_bos=data.meta.get("add_bos"), batch_size=batch_size)
     out = np.concatenate(rows, axis=0) if rows else np.zeros((0, data.d_model or 0), np.float32)
     if len(out) != data.n_tokens:
-        raise RuntimeError(f"the model returned {len(out)} tokens, the TagData has {data.n_tokens}")
+        raise SinkwidgetsRuntimeError(
+            f"the model returned {len(out)} tokens, the TagData has {data.n_tokens}; pass the model and texts= the "
+            "TagData was collected with (data.meta['model'], data.texts)")
     return out

@@ -114,8 +114,9 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
     def __init__(self, data: Any, head: Any = None, model: Any = None, labels: Any = None, *,
                  texts: Any = None, defer: bool = True, **kwargs: Any) -> None:
         if data is None:
-            raise TypeError("TagExplorer(data=None): pass a TagData, e.g. TagExplorer(sinkwidgets.tags.collect(model, "
-                            "texts, heads=[(2, 2)]), head=(2, 2)) or the path of a saved one")
+            raise SinkwidgetsTypeError("TagExplorer(data=None): pass a TagData, e.g. "
+                                       "TagExplorer(sinkwidgets.tags.collect(model, texts, heads=[(2, 2)]), "
+                                       "head=(2, 2)) or the path of a saved one")
         self._data = as_tagdata(data)
         if model is not None and getattr(model, "sinkwidgets", None) is not None:
             mine = model_facts(self._data.meta, shape=None if self._data.sink_scores is None else
