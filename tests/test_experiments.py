@@ -209,3 +209,25 @@ def test_prepare_caches_the_clean_nll_so_the_first_experiment_is_two_rows(smollm
     e = sw.SinkExplorer(before, model=smollm2).experiment("mask", token=0, layers="all")
     assert e.trace.meta["experiment_rows"] == 2 and e.result.nll["clean"][0] is clean
     np.testing.assert_allclose(e.dnll, _fn_dnll(r), atol=1e-4)
+
+
+def test_the_panel_drawn_with_a_model_prepares_the_clean_nll_in_the_background(smollm2, minilm):
+    import threading
+
+    from sinkwidgets.widgets.experiment import prompt_cache
+
+    before = sw.trace(smollm2, TEXT + " Prepared ahead.", method="eager")
+    ex = sw.SinkExplorer(before, model=smollm2)
+    assert prompt_cache(before, smollm2).get("clean") is None
+    ex._on_custom_msg(ex, {"type": "experiment_prepare"}, [])  # what the panel sends when it is drawn live
+    ex._on_custom_msg(ex, {"type": "experiment_prepare"}, [])  # a second view of the same explorer: no second job
+    for t in [t for t in threading.enumerate() if t.name == "sinkwidgets-prepare"]:
+        t.join(120)
+    clean = prompt_cache(before, smollm2).get("clean")
+    assert clean is not None and clean.shape == (len(before.token_ids) - 1,) and np.isfinite(clean).all()
+    e = ex.experiment("mask", token=0, layers="all")
+    assert e.trace.meta["experiment_rows"] == 2 and e.result.nll["clean"][0] is clean
+    # an encoder: nothing runs, nothing is raised (the experiment itself says why when asked)
+    enc = sw.SinkExplorer(sw.trace(minilm, "A short sentence."), model=minilm)
+    enc._on_custom_msg(enc, {"type": "experiment_prepare"}, [])
+    assert getattr(enc, "_prepared", None) is None

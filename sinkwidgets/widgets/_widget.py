@@ -478,10 +478,38 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             self._receive_png(content, buffers)
         elif kind == "experiment":
             self._answer_experiment(content)
+        elif kind == "experiment_prepare":
+            self._prepare_experiments()
         elif kind == "experiment_cancel":
             job = self._exp_job
             if job is not None:
                 job["cancel"].set()
+
+    def _prepare_experiments(self) -> None:
+        """The panel was drawn with a live model: compute the prompt's clean per-token NLL in a background thread
+        (:func:`~sinkwidgets.widgets.experiment.prepare`, under the model lock), so the first Apply is one forward
+        pass of two rows instead of three. Local models only (a remote one would queue a job nobody asked for);
+        once per trace; a failure is silent here because the experiment itself recomputes and reports it."""
+        model, trace = self._store.model, self._trace
+        if model is None or getattr(self, "_prepared", None) is trace:
+            return
+        from .experiment import _info, prepare
+
+        try:
+            if _info(model, trace).remote:
+                return
+        except Exception:  # not a traceable model: the experiment reports why when asked
+            return
+        self._prepared = trace
+
+        def work() -> None:
+            try:
+                with self._model_lock:
+                    prepare(model, trace)
+            except Exception:  # noqa: BLE001 - the experiment recomputes and reports the same failure
+                pass
+
+        threading.Thread(target=work, name="sinkwidgets-prepare", daemon=True).start()
 
     def _answer_experiment(self, msg: dict[str, Any]) -> None:
         """The panel's Apply: run :meth:`experiment` in a worker thread (so the kernel stays free to receive a

@@ -877,6 +877,8 @@ function makeExperimentPanel(store, tooltip, report, redraw) {
   }
   const ctl = {};
   if (live) {
+    // the kernel computes the prompt's clean NLL while the student reads the panel, so the first Apply is one pass
+    store.model.send({ type: "experiment_prepare" });
     ctl.kind = menu(EXPERIMENTS, "mask", "experiment", "sw-exp-kind");
     ctl.token = h("input", "sw-select", { type: "number", min: 0, max: T - 1, step: 1, "data-testid": "sw-exp-token",
                                           "aria-label": "token to mask" });
