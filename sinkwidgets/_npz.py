@@ -60,8 +60,8 @@ def read_headered(path: str | os.PathLike, *, kind: str, format_name: str, max_v
     path = Path(path)
     where = repr(str(path))
     if not path.exists():
-        raise SinkwidgetsFileNotFoundError(f"no {kind} file at {where}; pass the path {kind}.save() wrote (it adds "
-                                           "'.npz' to a name without it)")
+        raise SinkwidgetsFileNotFoundError(f"path={where}: no {kind} file at {where}; pass the path {kind}.save() "
+                                           "wrote (it adds '.npz' to a name without it)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if HEADER not in z.files:

@@ -15,11 +15,11 @@ more often than hostile ones (``_mostly``) and pinned with ``@example``, so the 
   ``sink_heads``/``catch`` are driven in ``tests/test_hostile.py`` too.
 - ``models``, a tiny random Llama (``_helpers.save_tiny``: it needs the SmolLM2 tokenizer from the offline cache):
   ``mask_sink``, ``mask_sink_edit``, ``project_out``, ``add_sink``, ``find_massive``, ``ablate_massive``,
-  ``streaming_ppl`` (and ``StreamingSweep.ppl``), ``tags.release``, ``tags.mechanism``, ``tags.mechanism_table``;
+  ``streaming_ppl`` (and ``StreamingSweep.ppl``), ``tags.release``, ``tags.mechanism``, ``tags.mechanism_table``,
+  ``tags.collect``, ``tags.boundary_heads``, ``tags.probe_report`` (the ``arithmetic`` set, 200 texts, 2 folds);
   SmolLM2: the argument layer's refusals on the real model and three valid calls.
-- Not driven here: ``tags.collect``, ``tags.boundary_heads`` and ``tags.probe_report`` with a model (their escapes
-  belong to ``tags/collect.py``, another change); the escapes left in ``interventions/experiments.py`` are recorded
-  by a strict xfail test, which fails once they are fixed so that its mark is removed.
+- The escapes left in ``interventions/experiments.py`` are recorded by a strict xfail test, which fails once they
+  are fixed so that its mark is removed.
 
 Runtime: about 10 s for the whole file on the development machine (the unit part about 4 s), most of it loading
 the models.
@@ -635,3 +635,84 @@ def test_tag_explorer_head_forms(toy):
     for bad in ((1.5, 0), {"a": 1}, "2", (-1, 0), True):
         _refused("head", sw.TagExplorer, toy, head=bad)
     _refused("labels", sw.TagExplorer, toy, head=(0, 0), labels=2.5)
+
+
+# ----------------------------------------------------------------------------- collect, boundary_heads, probe_report
+@pytest.mark.models
+@settings(max_examples=30, **_SETTINGS)
+@example(texts=_SHORT, heads=[(1, 1)], layers=None, labels=None, pool=("mean", "last"), max_tokens=None)
+@example(texts=_SHORT[0], heads="L1H1", layers=[-1], labels=[1], pool="mean", max_tokens=5)
+@given(texts=_mostly([_SHORT, _SHORT[0], tuple(_SHORT)], st.one_of(_odd, st.sampled_from([[1, 2], ["a", None],
+                                                                                           b"abc", iter([])]))),
+       heads=_mostly([(), [(1, 1)], "L1H1", [(0, 0), (3, 1)]], _heads), layers=_mostly([None, [1], "0-1"], _layer_args),
+       labels=_mostly([None, [0, 1]], st.one_of(_odd, st.sampled_from([[0.5, 1], [0, 1, 1], "ab", np.ones((2, 2))]))),
+       pool=_mostly([("mean", "last"), "mean"], st.sampled_from(["bogus", [], [None], 5])),
+       max_tokens=_mostly([None, 5], _max_tokens))
+def test_property_collect(tiny, texts, heads, layers, labels, pool, max_tokens):
+    n = 1 if isinstance(texts, str) else None
+
+    def ok(d):
+        assert isinstance(d, tags.TagData) and d.n_prompts == (n or d.n_prompts) and d.n_tokens >= d.n_prompts
+        for name in ("head_outputs", "head_values", "pooled_mean", "pooled_last", "sink_scores"):
+            _finite(getattr(d, name, None), name)
+    _call(lambda: tags.collect(tiny, texts, heads=heads, layers=layers, labels=labels, pool=pool,
+                               max_tokens=max_tokens, progress=False), ok)
+
+
+@pytest.mark.models
+@settings(max_examples=20, **_SETTINGS)
+@example(texts=_PARAS, threshold=0.25, min_later=1, top=3)
+@given(texts=_mostly([_PARAS, _PARAS[0]], st.one_of(_odd, st.sampled_from([[1], ["ok", 2.5]]))),
+       threshold=_mostly([0.25, np.float32(0.1)], _floats), min_later=_mostly([1, 3], _ints),
+       top=_mostly([None, 3], _ints))
+def test_property_boundary_heads(tiny, texts, threshold, min_later, top):
+    def ok(r):
+        assert 1 <= len(r) <= (top or 16)
+        _finite([(x.alpha, x.share) for x in r], "ranking")
+    _call(lambda: tags.boundary_heads(tiny, texts, threshold=threshold, min_later=min_later, top=top,
+                                      progress=False), ok)
+
+
+@pytest.mark.models
+@settings(max_examples=12, **_SETTINGS)
+@example(dataset="arithmetic", layer=1, heads=[(1, 1)], rank=1, seeds=1)
+@given(dataset=_mostly(["arithmetic"], st.one_of(_odd, st.sampled_from(["bogus", ["cities"], "Cities"]))),
+       layer=_mostly([1, np.int64(-1)], st.one_of(_ints, st.sampled_from([[1], "1"]))),
+       heads=_mostly([[(1, 1)], "L1H1"], _heads), rank=_mostly([1], _ints), seeds=_mostly([1], _ints))
+def test_property_probe_report(tiny, dataset, layer, heads, rank, seeds):
+    def ok(r):
+        for name in tags.probes.FEATURE_SETS:
+            assert np.isfinite(r[name]) and 0 <= r[name] <= 1, (name, r[name])
+    _call(lambda: tags.probe_report(tiny, dataset, layer=layer, heads=heads, rank=rank, seeds=seeds, folds=2,
+                                    n_random=10, progress=False), ok)
+
+
+@pytest.mark.models
+def test_collect_and_boundary_heads_check_their_arguments_before_running(tiny):
+    # before: collect(texts=None / 2.5 / -1 / True) raised "object is not iterable", a scalar labels "object of type
+    # 'float' has no len()", a non-str text failed in the tokenizer, and boundary_heads(model, 2.5) a raw TypeError
+    for texts in (None, 2.5, -1, True, [1, 2], ["ok", None], b"abc"):
+        _refused("texts", tags.collect, tiny, texts, heads=[(1, 1)])
+        _refused("texts", tags.boundary_heads, tiny, texts)
+    _refused("texts", tags.collect, tiny, [], heads=[(1, 1)])
+    for labels in (2.5, 1, "ab", [0.5, 1]):
+        _refused("labels", tags.collect, tiny, _SHORT, heads=[(1, 1)], labels=labels)
+    _refused("groups", tags.collect, tiny, _SHORT, heads=[(1, 1)], groups=3)
+    _refused("threshold", tags.boundary_heads, tiny, _PARAS, threshold="x")
+    _refused("min_later", tags.boundary_heads, tiny, _PARAS, min_later=-1)
+    _refused("top", tags.boundary_heads, tiny, _PARAS, top=0)
+    _refused("model_or_data", tags.boundary_heads, None, _PARAS)
+    d = tags.collect(tiny, _SHORT, heads=[(1, 1)], labels=np.array([0, 1]), progress=False)
+    assert d.labels.tolist() == [0, 1]
+
+
+@pytest.mark.unit
+def test_load_dataset_and_explorer_paths_raise_family_errors(tmp_path):
+    # before: load_dataset([...]) / ({...}) raised an unhashable TypeError; SinkExplorer("missing.npz") a raw
+    # FileNotFoundError
+    from sinkwidgets.errors import SinkwidgetsFileNotFoundError
+
+    for name in (["cities"], {"cities": 1}, None, 3):
+        _refused("name", tags.load_dataset, name)
+    with pytest.raises(SinkwidgetsFileNotFoundError, match="path=.*missing.npz"):
+        sw.SinkExplorer(str(tmp_path / "missing.npz"))

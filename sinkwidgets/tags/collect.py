@@ -20,7 +20,11 @@ from typing import Any
 import numpy as np
 
 from .._args import heads as parse_heads
+from .._args import integer as check_integer
+from .._args import labels as check_labels
 from .._args import layers as parse_layers
+from .._args import number as check_number
+from .._args import show as _show
 from ..errors import SinkwidgetsRuntimeError, SinkwidgetsTypeError, SinkwidgetsValueError
 from ..tracing.options import RunOptions, encode
 from .analysis import BOUNDARY_ALPHA, MIN_LATER, HeadRanking, boundary_heads_from_data
@@ -28,6 +32,24 @@ from .data import TagData
 
 #: Batches run per engine call; results are copied into the packed arrays after each call.
 BLOCK_BATCHES = 4
+
+
+def _texts(texts: Any, fn: str) -> list[str]:
+    """``texts`` as a non-empty list of str (one str is one text); anything else is refused, naming the value."""
+    if isinstance(texts, str):
+        return [texts]
+    if texts is None or isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise SinkwidgetsTypeError(f"texts={_show(texts)} ({type(texts).__name__}): {fn}() needs a string or a list "
+                                   "of strings; e.g. texts=['The cat sat on the mat.', 'Paris is in France.']")
+    out = list(texts)
+    if not out:
+        raise SinkwidgetsValueError(f"texts={_show(texts)}: {fn}() needs at least one text; pass a string or a "
+                                    "non-empty list of strings")
+    bad = [i for i, t in enumerate(out) if not isinstance(t, str)]
+    if bad:
+        raise SinkwidgetsTypeError(f"texts={_show(texts)}: entry {bad[0]} is {_show(out[bad[0]])} "
+                                   f"({type(out[bad[0]]).__name__}), not a string; pass a list of strings")
+    return out
 
 
 def _norm_heads(heads: Any, L: int, H: int, what: str = "heads") -> list[tuple[int, int]]:
@@ -89,11 +111,7 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
     if info is None:
         raise SinkwidgetsTypeError(f"model: collect() needs a model from sinkwidgets.load_model(), got "
                                    f"{type(model).__name__}; e.g. model = sinkwidgets.load_model('smollm2-135m')")
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
-    if not texts:
-        raise SinkwidgetsValueError("texts=[]: collect() needs at least one text; pass a string or a list of strings")
+    texts = _texts(texts, "collect")
     opts = RunOptions.resolve(options, collect, add_bos=add_bos, max_tokens=max_tokens, batch_size=batch_size,
                               method=method, remote=remote, progress=progress)
     L, H, d = info.n_layers, info.n_heads, info.d_model
@@ -110,12 +128,21 @@ def collect(model, texts: Sequence[str], heads: Any = (), layers: Any = None, po
         map_list = []
     else:
         map_list = _norm_heads(maps, L, H, "maps")
-    if labels is not None and len(labels) != len(texts):
-        raise SinkwidgetsValueError(f"labels has {len(labels)} entries but there are {len(texts)} texts; give one "
-                                    "label per text")
-    if groups is not None and len(groups) != len(texts):
-        raise SinkwidgetsValueError(f"groups has {len(groups)} entries but there are {len(texts)} texts; give one "
-                                    "group per text")
+    if labels is not None:  # the TagData's own rule (integer classes, one per text), checked before model work
+        if not hasattr(labels, "__len__") or isinstance(labels, (str, bytes, dict)):
+            raise SinkwidgetsTypeError(f"labels={_show(labels)} ({type(labels).__name__}): give one label per text "
+                                       f"(a list or 1-D array of {len(texts)} integers), e.g. labels=[0, 1, ...]")
+        if len(labels) != len(texts):
+            raise SinkwidgetsValueError(f"labels has {len(labels)} entries but there are {len(texts)} texts; give "
+                                        "one label per text")
+        labels = check_labels("labels", labels, n=len(texts))
+    if groups is not None:
+        if not hasattr(groups, "__len__") or isinstance(groups, (str, bytes, dict)):
+            raise SinkwidgetsTypeError(f"groups={_show(groups)} ({type(groups).__name__}): give one group name per "
+                                       f"text (a list of {len(texts)} strings), e.g. groups=['cities', ...]")
+        if len(groups) != len(texts):
+            raise SinkwidgetsValueError(f"groups has {len(groups)} entries but there are {len(texts)} texts; give "
+                                        "one group per text")
 
     units: list = []
     if summary:
@@ -219,12 +246,22 @@ def boundary_heads(model_or_data: Any, texts: Sequence[str] | None = None, *, th
     On SmolLM2-135M the top head is L1H1 (α ≈ 0.43 over three-sentence paragraphs); Gemma-3-270M has essentially
     no boundary sinks (no head above 0.2): its attention mass goes to ``<bos>``.
     """
+    # every argument is checked before the collect (the model work)
+    check_number("threshold", threshold, example=BOUNDARY_ALPHA)
+    check_integer("min_later", min_later, minimum=0, example=MIN_LATER)
+    check_integer("top", top, minimum=1, allow_none=True, example=10)
     if isinstance(model_or_data, TagData):
         data = model_or_data
     else:
+        if getattr(model_or_data, "sinkwidgets", None) is None:
+            raise SinkwidgetsTypeError(f"model_or_data={_show(model_or_data)} ({type(model_or_data).__name__}): "
+                                       "boundary_heads() needs a model from sinkwidgets.load_model() or a TagData "
+                                       "with sink_scores; e.g. boundary_heads(sinkwidgets.load_model('smollm2-135m'), "
+                                       "texts)")
         if texts is None:
             raise SinkwidgetsValueError("boundary_heads(model, texts): give the texts (paragraphs of several "
                                         "sentences)")
+        texts = _texts(texts, "boundary_heads")
         data = collect(model_or_data, texts, heads=(), layers=None, **collect_kwargs)
     return boundary_heads_from_data(data, threshold=threshold, min_later=min_later, top=top)
 
