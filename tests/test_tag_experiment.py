@@ -290,3 +290,41 @@ def test_an_unsupported_family_gives_the_same_clear_error_in_python_and_in_the_p
     te._exp_job.thread.join(60) if te._exp_job else None
     assert sent[-1]["ok"] is False and str(err.value) in sent[-1]["error"]
     assert te._experiment == {} and te.experiments == []
+
+
+@pytest.mark.models
+def test_the_offline_page_carries_the_recorded_experiments(tiny, tmp_path):
+    # before: te.to_html embedded no experiment; the saved page's panel said only "needs a live kernel"
+    import json
+    import re
+
+    from sinkwidgets.widgets.tag_standalone import tag_html_document
+
+    m, data = tiny
+    te = sw.TagExplorer(data, head=(1, 0), model=m, texts=TEXTS, defer=False)
+    img = next(t for t, tok in enumerate(data.tokens[0]) if "<" in tok)  # a token of "<img src=x onerror=...>"
+    B = np.random.default_rng(1).standard_normal((64, 1))
+    e1 = te.experiment("release", positions=[3, img], basis=B, seed=3)
+    e2 = te.experiment("release", positions=[2], basis=B, seed=4)
+    assert e1.mean_dnll != e2.mean_dnll
+    path = te.to_html(tmp_path / "te.html")
+    page = path.read_text(encoding="utf-8")
+    assert "onerror=alert" not in page.replace("\\u003cimg src=x onerror=alert", "")  # only the escaped form
+    assert "\\u003c" in page and "<img" not in page
+    blob = re.search(r'<script type="application/json" id="te-state">(.*?)</script>', page, re.S).group(1)
+    state = json.loads(blob)["state"]
+    exps = state["_experiments"]
+    assert [x["index"] for x in exps] == [0, 1] and state["_experiment"] == exps[-1]
+    assert exps[0]["mean_dnll"] == e1.mean_dnll and exps[1]["mean_dnll"] == e2.mean_dnll
+    assert exps[0]["random_dnll"] == e1.random_dnll and exps[0]["n_edited"] == 2
+    assert sw.widgets._tag_state.shown(data.tokens[0][img]) in exps[0]["edited_tokens"]
+    assert f"{e1.mean_dnll!r}" in page and f"{e2.mean_dnll!r}" in page
+    assert "shift" in exps[0] and "$buffer" in json.dumps(exps[0]["shift"])  # Δ sink attention as a binary buffer
+    # experiments=[] leaves them out; a wrong type is refused naming the argument
+    assert '"_experiments": []' in tag_html_document(te, experiments=[])
+    with pytest.raises(SinkwidgetsError, match="experiments"):
+        tag_html_document(te, experiments=[object()])
+    with pytest.raises(SinkwidgetsError, match="experiments"):
+        tag_html_document(te, experiments="x")
+    js = sw.widgets._tag_state.esm()
+    assert "te-exp-pick" in js and "recorded release experiment" in js

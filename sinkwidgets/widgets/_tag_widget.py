@@ -275,11 +275,13 @@ class TagExplorer(PngRequests, anywidget.AnyWidget):
         return self._request_png(path, timeout, "TagExplorer.save_png needs the widget displayed in a live notebook "
                                  "front-end (display it in a cell first), or use to_html(path) for an offline file")
 
-    def to_html(self, path: str | os.PathLike, title: str | None = None) -> Path:
-        """Write this view as one offline, self-contained HTML file (every collected head, both projections)."""
+    def to_html(self, path: str | os.PathLike, title: str | None = None, experiments: Any = None) -> Path:
+        """Write this view as one offline, self-contained HTML file (every collected head, both projections), with
+        the release experiments recorded on it (``experiments=None``: :attr:`experiments`; ``[]``: none): the page
+        shows the last one and flips between them without a kernel."""
         from .tag_standalone import save_tag_html
 
-        return save_tag_html(self, path, title=title)
+        return save_tag_html(self, path, title=title, experiments=experiments)
 
     # ------------------------------------------------------------------ validation
     @traitlets.validate("head")

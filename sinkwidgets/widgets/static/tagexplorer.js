@@ -733,6 +733,19 @@ function makeReleasePanel(model, D, root, offline, disposers) {
       : "the release experiment needs a model: TagExplorer(data, model=sinkwidgets.load_model(...))";
     what.dataset.state = "no-model";
   }
+  // the offline page carries the recorded experiments (tag_standalone.py): the last one is shown; a menu flips
+  const hist = offline ? (model.get("_experiments") || []) : [];
+  if (offline && hist.length) {
+    what.textContent = `offline file: ${hist.length} recorded release experiment${hist.length === 1 ? "" : "s"}; ` +
+      "a new one needs a live kernel with the model";
+  }
+  if (hist.length > 1) {
+    const pick = h("select", "te-exp-pick", { "data-testid": "te-exp-pick", "aria-label": "recorded release experiments" });
+    hist.forEach((E, i) => pick.appendChild(text("option", "", `${i + 1}. ${E.label}`, { value: String(i) })));
+    pick.value = String(hist.length - 1);
+    pick.addEventListener("change", () => model.set("_experiment", hist[Number(pick.value)]));
+    bar.append(pick);
+  }
   let running = false;
   const kr = live ? kernelRequests(model) : null;
   if (kr) disposers.push(() => kr.dispose());
