@@ -716,3 +716,13 @@ def test_load_dataset_and_explorer_paths_raise_family_errors(tmp_path):
         _refused("name", tags.load_dataset, name)
     with pytest.raises(SinkwidgetsFileNotFoundError, match="path=.*missing.npz"):
         sw.SinkExplorer(str(tmp_path / "missing.npz"))
+
+
+@pytest.mark.unit
+def test_tag_subspace_refuses_all_zero_vectors():
+    # before: tag_subspace(np.zeros((n, d))) returned the first coordinate axis (an SVD of zeros), a tag subspace
+    # made of nothing that tag_ev and release then used without a word
+    for n in (1, 5):
+        _refused("vectors", tags.tag_subspace, np.zeros((n, 6)), 1)
+    U = tags.tag_subspace(np.eye(6)[:2] * 3.0, 1)
+    assert U.shape == (6, 1) and np.isclose(np.linalg.norm(U), 1.0)

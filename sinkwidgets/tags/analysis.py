@@ -517,7 +517,8 @@ def tag_subspace(vectors: np.ndarray, rank: int = 1) -> np.ndarray:
     ``[n_sinks, d]`` (the span of the sinks' values, Zhang et al. §3; a reviewer's summary: "a component in a
     distinctive direction ... given by the span of the value states corresponding to the sink tokens").
 
-    Non-finite rows are refused with an error naming them (docs/tags.md, "Non-finite data")."""
+    Non-finite rows are refused with an error naming them, and all-zero vectors (0/0) too (docs/tags.md,
+    "Non-finite data")."""
     rank = check_integer("rank", rank, minimum=1, example=1)
     try:
         V = np.asarray(vectors, dtype=np.float64)
@@ -528,6 +529,9 @@ def tag_subspace(vectors: np.ndarray, rank: int = 1) -> np.ndarray:
     if rank > V.shape[1]:
         raise SinkwidgetsValueError(f"rank={rank} exceeds the width d={V.shape[1]}; use rank <= {V.shape[1]}")
     _finite_rows("vectors", V)
+    if not V.any():  # 0/0: an SVD of zeros returns coordinate axes, which would read as a tag subspace
+        raise SinkwidgetsValueError(f"vectors: all {V.shape[0]} tag vectors are zero, so they span no subspace; give "
+                                    "the values of sink tokens (tags.tag_vectors(data, head)), not zeros")
     return _orthonormal_top(V, rank)
 
 
