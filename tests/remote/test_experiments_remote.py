@@ -47,3 +47,27 @@ def test_project_tag_remote_equals_local(explorers, reset_server):
     loc = local.experiment("project_tag", head=(3, 0))
     assert r.params["positions"] and r.trace.meta["edits"] == ["ProjectOut(layer=3, rank=1)"]
     _same(r, loc)
+
+
+SMOL_TEXTS = ["The old lighthouse keeper climbed the stairs every evening. Ships passed by in the dark. He watched them "
+              "until the sun came up over the grey water.",
+              "A scientist writes in her notebook: attention sinks appear in almost every model. Why? Nobody knows "
+              "yet. The first token collects the attention."]
+
+
+def test_tag_explorer_release_remote_equals_local(remote_smollm2, smollm2, reset_server):
+    """TagExplorer's release experiment (issue 19 item 3) with a remote model: the projection and its random and PC
+    controls run on the server and give the local numbers (ΔNLL per condition to 1e-4, later heads' shift to 1e-4)."""
+    data = sw.tags.collect(smollm2, SMOL_TEXTS, heads=[(15, 7)], maps=[(15, 7)], progress=False)
+    remote = sw.TagExplorer(data, head=(15, 7), model=remote_smollm2, texts=SMOL_TEXTS, defer=False)
+    local = sw.TagExplorer(data, head=(15, 7), model=smollm2, texts=SMOL_TEXTS, defer=False)
+    r, loc = remote.experiment("release"), local.experiment("release")
+    assert r.result.meta["remote"] and not loc.result.meta["remote"] and r.params == loc.params
+    for a, b in ((r.result, loc.result), (r.control, loc.control)):
+        assert a.conditions == b.conditions
+        for c in a.conditions:
+            for x, y in zip(a.nll[c], b.nll[c], strict=True):
+                np.testing.assert_allclose(x, y, atol=1e-4, err_msg=c)
+    assert abs(r.mean_dnll - loc.mean_dnll) < 1e-4 and r.mean_dnll > 0.1
+    np.testing.assert_allclose(r.random_dnll, loc.random_dnll, atol=1e-4)
+    np.testing.assert_allclose(r.sink_shift, loc.sink_shift, atol=1e-4)
