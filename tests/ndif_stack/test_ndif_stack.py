@@ -3,7 +3,8 @@ FastAPI/gunicorn API, S3 result store), self-hosted on 127.0.0.1 by the ``ndif_s
 
 The loopback server of tests/remote runs nnsight's server-side code in one process; these tests send the same
 requests through NDIF's own queue, dispatcher, model actors and object store: traces, ``sw.tags.collect``, an
-intervention and an explorer experiment equal the local ones; the blocking websocket and the non-blocking polling
+interventions (mask_sink, project_out,
+ablate_massive, add_sink) and an explorer experiment equal the local ones; the blocking websocket and the non-blocking polling
 paths; a result over the inline cap travels through a presigned S3 URL; the real server's failures (model not
 deployed, a request over its size limit, a dropped connection) reach the user as the package's remote errors; and
 a burst of concurrent requests all complete.
@@ -106,6 +107,30 @@ def test_mask_sink_equals_local(remote_smollm2, smollm2):
     for k in ("sink_delta", "tv", "sink_mass"):
         np.testing.assert_allclose(r.attention[k], loc.attention[k], atol=1e-4, err_msg=k)
     assert r.delta["layers 12-29"] > 0.3 and abs(r.delta["layers 12-29"] - loc.delta["layers 12-29"]) < 1e-4
+
+
+def test_other_interventions_equal_local(remote_smollm2, smollm2):
+    """project_out, ablate_massive (zero and mean) and add_sink through NDIF's queue and a Ray model actor: the
+    per-token NLL and attention statistics equal local to 1e-4."""
+    from sinkwidgets.interventions import ablate_massive, add_sink, find_massive, project_out
+
+    def same(a, b, tol=1e-4):
+        assert a.meta["remote"] and not b.meta["remote"] and a.conditions == b.conditions
+        for c in a.conditions:
+            for x, y in zip(a.nll[c], b.nll[c], strict=True):
+                np.testing.assert_allclose(x, y, atol=tol, err_msg=c)
+        for k in ("sink_delta", "tv", "sink_mass"):
+            if b.attention:
+                np.testing.assert_allclose(a.attention[k], b.attention[k], atol=tol, err_msg=k)
+
+    basis = np.random.default_rng(0).normal(size=(576, 2))
+    same(project_out(remote_smollm2, TEXTS, 11, basis, attention_layers=[12, 20]),
+         project_out(smollm2, TEXTS, 11, basis, attention_layers=[12, 20]))
+    spec = find_massive(smollm2, TEXTS)
+    r = ablate_massive(remote_smollm2, TEXTS, spec=spec, attention_layers=[12, 18])
+    same(r, ablate_massive(smollm2, TEXTS, spec=spec, attention_layers=[12, 18]))
+    assert r.delta["zero"] > 1.0  # zeroing the massive activation hurts, remotely as locally
+    same(add_sink(remote_smollm2, TEXTS, "\n"), add_sink(smollm2, TEXTS, "\n"))
 
 
 def test_explorer_experiment_equals_local(remote_smollm2, smollm2):
