@@ -257,6 +257,26 @@ def test_pc_bound_and_tag_subspace_refuse_bad_x():
 
 
 @pytest.mark.unit
+def test_tag_subspace_refuses_a_rank_its_vectors_do_not_span():
+    # fewer vectors than rank was refused already; before, vectors that span fewer than rank dimensions (the same
+    # first token's value in every prompt, or collinear rows) returned rank columns anyway: the extra ones of
+    # singular value 0, arbitrary directions outside the data
+    rng = np.random.default_rng(0)
+    msg = _refused("rank", tags.tag_subspace, rng.normal(size=(2, 6)), 3)
+    assert "got 2" in msg and "lower rank" in msg
+    u, v = rng.normal(size=6), rng.normal(size=6)
+    msg = _refused("rank", tags.tag_subspace, np.stack([u, u, u]), 2)
+    assert "span only 1 dimension" in msg and "lower rank to 1" in msg and "3 vectors" in msg
+    msg = _refused("rank", tags.tag_subspace, np.stack([u, -2 * u, v]), 3)
+    assert "span only 2 dimensions" in msg and "lower rank to 2" in msg
+    U = tags.tag_subspace(np.stack([u, u, u]), 1)  # the rank they span is fine
+    np.testing.assert_allclose(U[:, 0], u / np.linalg.norm(u), atol=1e-12)
+    U = tags.tag_subspace(np.stack([u, -2 * u, v]), 2)
+    np.testing.assert_allclose(U.T @ U, np.eye(2), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.norm(U @ (U.T @ np.stack([u, v]).T) - np.stack([u, v]).T), 0, atol=1e-9)
+
+
+@pytest.mark.unit
 def test_explained_variance_and_norm_fraction_check_shapes_and_never_return_nan():
     # before: wrong-rank X or U raised a raw einsum/matmul ValueError, NaN rows gave NaN, an all-zero or constant X
     # gave NaN silently, and a non-orthonormal U gave shares above 1
@@ -488,16 +508,32 @@ def test_streaming_checks_method_and_n_sink_before_using_them(tiny):
 
 
 @pytest.mark.models
-@pytest.mark.xfail(strict=True, reason="interventions/experiments.py (not this helper's file): project_out's "
-                   "_sink_sets iterates sink_positions=None/2.5/'x'/-1 raw (TypeError/ValueError), _model_info "
-                   "raises a plain TypeError for a non-model, and ablate_massive(mode=[...]) an unhashable TypeError")
 def test_interventions_escapes_left_in_experiments(tiny):
-    from sinkwidgets.interventions import ablate_massive, mask_sink, project_out
+    # before: project_out's _sink_sets iterated sink_positions raw (None/2.5/-1/np.int64(0): "not iterable", 'x':
+    # int('x'), [0, -1]: an IndexError inside the forward), _model_info raised a plain TypeError for a non-model,
+    # and ablate_massive(mode=[...]) an unhashable TypeError from a dict lookup
+    from sinkwidgets.interventions import ablate_massive, find_massive, mask_sink, project_out
+    from sinkwidgets.interventions.experiments import _sink_sets
 
-    _refused("sink_positions", project_out, tiny, _SHORT, 1, np.ones(64), sink_positions=None, progress=False)
-    _refused("sink_positions", project_out, tiny, _SHORT, 1, np.ones(64), sink_positions="x", progress=False)
-    _refused("model", mask_sink, None, _SHORT, "all")
-    _refused("mode", ablate_massive, tiny, _SHORT, [0, 1])
+    for bad in (None, "x", 2.5, -1, [0, -1], [[0], [1], [2]], [[0], "x"], [1.5], True):
+        _refused("sink_positions", project_out, tiny, _SHORT, 1, np.ones(64), sink_positions=bad, progress=False)
+    assert "negative" in _refused("sink_positions", _sink_sets, [0, -1], _SHORT)
+    assert _sink_sets(np.int64(0), _SHORT) == (False, [[0]])
+    assert _sink_sets(3, _SHORT) == (False, [[3]])
+    assert _sink_sets([np.int64(2), 0, 2], _SHORT) == (False, [[0, 2]])
+    assert _sink_sets([[0, 3], [1]], _SHORT) == (True, [[0, 3], [1]])
+    assert _sink_sets((), _SHORT) == (False, [[]])
+    r = project_out(tiny, _SHORT, 1, np.ones(64), sink_positions=np.int64(0), progress=False)
+    assert r.meta["sink_positions"] == [0]
+    for fn, args in ((mask_sink, (_SHORT, "all")), (project_out, (_SHORT, 1, np.ones(64))),
+                     (ablate_massive, (_SHORT,)), (find_massive, (_SHORT,))):
+        msg = _refused("model", fn, None, *args)
+        assert "load_model" in msg
+        with pytest.raises(TypeError):  # the family class still derives from TypeError
+            fn(object(), *args)
+    for mode in ([0, 1], None, "zeros", 0):
+        msg = _refused("mode", ablate_massive, tiny, _SHORT, mode)
+        assert "'both'" in msg and "'zero'" in msg and "'mean'" in msg
 
 
 _PARAS = ["The cat sat on the mat. It was warm and quiet there. Then it slept.",

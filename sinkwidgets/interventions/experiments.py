@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._args import choice as _choice
+from .._args import positions as _positions
+from .._args import show
+from ..errors import SinkwidgetsTypeError
 from ..tracing.edits import HideKeys, MassiveAblation, ProjectHeadWrite, ProjectOut
 from ..tracing.options import DEFAULT, RunOptions
 from ..tracing.reductions import AttentionChange, TokenLoss, TopAbsActivations
 from .edits import (
+    _checked,
     _layers_arg,
     _positions_weight,
     _progress,
@@ -43,7 +48,8 @@ FIRST_QUERY = 1
 def _model_info(model):
     info = getattr(model, "sinkwidgets", None)
     if info is None:
-        raise TypeError("pass a model from sinkwidgets.load_model(...) (it carries model.sinkwidgets)")
+        raise SinkwidgetsTypeError(f"model={show(model)} ({type(model).__name__}) is not a sinkwidgets model: pass a "
+                                   "model from sinkwidgets.load_model(...) (it carries model.sinkwidgets)")
     if not info.causal:
         raise InterventionError(f"{info.name!r} is an encoder (not causal): interventions measure next-token NLL and "
                                 "need a causal language model such as 'smollm2-135m'")
@@ -117,13 +123,20 @@ def _resolve(options, entry, **keywords) -> tuple:
 
 def _sink_sets(sink_positions, texts) -> tuple[bool, list[list[int]]]:
     """``(per_text, sets)``: ``sink_positions`` as one sorted set of positions for every text, or one per text (a
-    list of lists, whose count must match ``texts``)."""
-    per_text = isinstance(sink_positions, (list, tuple)) and len(sink_positions) > 0 and all(
-        not isinstance(s, (int, np.integer)) for s in sink_positions)
-    if per_text and len(sink_positions) != len(texts):
-        raise InterventionError(f"sink_positions: give one list of positions, or one per text ({len(texts)}), got "
-                                f"{len(sink_positions)} lists")
-    return per_text, [sorted(set(int(s) for s in sp)) for sp in (sink_positions if per_text else [sink_positions])]
+    list of lists, whose count must match ``texts``). Parsed by :func:`sinkwidgets._args.positions` before any
+    model work (one int or a list of ints, or one list per text; strings, floats, None refused); an empty list or
+    tuple means no sink positions. Negative positions are refused: sink keys count from the start of the text (as
+    ``mask_sink``'s ``token``)."""
+    if isinstance(sink_positions, (list, tuple, range, np.ndarray)) and len(sink_positions) == 0:
+        return False, [[]]
+    pos = _checked(_positions, "sink_positions", sink_positions, n_texts=len(texts))
+    per_text = pos.per_text is not None
+    sets = [sorted(set(p)) for p in (pos.per_text if per_text else [pos.shared])]
+    neg = [p for s in sets for p in s if p < 0]
+    if neg:
+        raise InterventionError(f"sink_positions={show(sink_positions)}: position {neg[0]} is negative; sink positions "
+                                "count from the start of the text, e.g. sink_positions=(0,) (the first token)")
+    return per_text, sets
 
 
 def project_out(model, texts, layer: int, basis, *, positions="non_sink", sink_positions=(0,),
@@ -377,11 +390,10 @@ def ablate_massive(model, texts, mode="both", *, reference=None, spec: MassiveSp
                                            remote=remote)
     import torch
 
+    modes = {"both": ["zero", "mean"], "zero": ["zero"], "mean": ["mean"]}[
+        _checked(_choice, "mode", mode, ("both", "zero", "mean"))]
     info = _model_info(model)
     texts = _texts(texts)
-    modes = {"both": ["zero", "mean"], "zero": ["zero"], "mean": ["mean"]}.get(mode)
-    if modes is None:
-        raise InterventionError(f"mode={mode!r}: use 'zero', 'mean' or 'both'")
     abs_thr, ratio, _ = massive_args(abs_thr, ratio)
     if spec is None:
         spec = find_massive(model, reference if reference is not None else texts, abs_thr=abs_thr, ratio=ratio,

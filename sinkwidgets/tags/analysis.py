@@ -470,13 +470,35 @@ def catch(data: TagData, head: Any, tau: float = TAU, *, eps: float = EPS, min_l
 
 
 # ----------------------------------------------------------------------------- tag
+def _span_rank(s: np.ndarray, shape: tuple[int, int]) -> int:
+    """The numerical rank of a matrix of ``shape`` with singular values ``s`` (numpy's ``matrix_rank`` tolerance:
+    ``s_max * max(n, d) * eps`` of float64). This catches exactly repeated rows; rows that differ only by float32
+    rounding (the same BOS value computed in differently padded batches: ``s_2 / s_1 ~ 4e-8`` for Gemma-3-270M
+    L14H2 on 30 paragraphs) still count as distinct."""
+    return int((s > s.max(initial=0.0) * max(shape) * np.finfo(np.float64).eps).sum()) if s.size else 0
+
+
+def _spans_rank(X: np.ndarray, rank: int) -> bool:
+    """Whether the rows ``X [n, d]`` span at least ``rank`` dimensions (what :func:`tag_subspace` needs)."""
+    X = np.asarray(X, dtype=np.float64)
+    return X.ndim == 2 and X.shape[0] >= rank and _span_rank(np.linalg.svd(X, compute_uv=False), X.shape) >= rank
+
+
 def _orthonormal_top(X: np.ndarray, rank: int) -> np.ndarray:
-    """Top-``rank`` right singular vectors of ``X [n, d]`` (uncentred), ``[d, rank]``."""
+    """Top-``rank`` right singular vectors of ``X [n, d]`` (uncentred), ``[d, rank]``. Refused when ``X`` has
+    fewer than ``rank`` rows or its rows span fewer than ``rank`` dimensions (the SVD would pad with directions of
+    singular value 0: arbitrary, not in the data)."""
     X = np.asarray(X, dtype=np.float64)
     if X.shape[0] < rank:
         raise SinkwidgetsValueError(f"rank={rank}: rank {rank} needs at least {rank} vectors, got {X.shape[0]}; "
                                     "lower rank or use more prompts")
-    _, _, vt = np.linalg.svd(X, full_matrices=False)
+    _, sv, vt = np.linalg.svd(X, full_matrices=False)
+    k = _span_rank(sv, X.shape)
+    if k < rank:
+        raise SinkwidgetsValueError(
+            f"rank={rank}: the {X.shape[0]} vectors span only {k} dimension{'s' if k != 1 else ''} (repeated or "
+            f"collinear rows, e.g. the value of the same first token in every prompt), so {rank - k} of the {rank} "
+            f"directions would be arbitrary; lower rank to {max(k, 1)} or use more prompts with different tokens")
     U = vt[:rank].T
     # fix the sign so that the subspace is reproducible: each column points along the mean of X
     signs = np.sign(X.sum(0) @ U)
@@ -518,7 +540,8 @@ def tag_subspace(vectors: np.ndarray, rank: int = 1) -> np.ndarray:
     distinctive direction ... given by the span of the value states corresponding to the sink tokens").
 
     Non-finite rows are refused with an error naming them, and all-zero vectors (0/0) too (docs/tags.md,
-    "Non-finite data")."""
+    "Non-finite data"); so are fewer than ``rank`` vectors, and vectors that span fewer than ``rank`` dimensions
+    (repeated rows: the extra directions would be arbitrary), with the fix (lower ``rank``, or more prompts)."""
     rank = check_integer("rank", rank, minimum=1, example=1)
     try:
         V = np.asarray(vectors, dtype=np.float64)
@@ -639,7 +662,8 @@ class TagEV:
     """Tag EV of one head with its controls, all on the same held-out tokens.
 
     - ``ev``: EV of the tag subspace fitted on the fit prompts, on the evaluation prompts' outputs (``t >= 1``);
-    - ``ev_in_sample``: the same subspace fitted on the evaluation prompts themselves;
+    - ``ev_in_sample``: the same subspace fitted on the evaluation prompts themselves (the fit prompts' subspace
+      when the evaluation prompts' sinks are fewer than ``rank`` or span fewer dimensions);
     - ``pc_bound``: the evaluation outputs' own top-``rank`` PCs (no ``rank``-dim subspace explains more);
     - ``random_floor``: mean EV of ``n_random`` random ``rank``-dim subspaces (``random_std`` their spread), about
       ``rank / d``;
@@ -732,7 +756,7 @@ def tag_ev(data: TagData, head: Any, rank: int = 1, *, eps: float = EPS, min_lat
                          f"than rank={rank}; lower eps, use more prompts or choose a sink head (see sink_heads)")
     U = tag_subspace(G_fit, rank)
     G_eval, _ = tag_vectors(data, head, ev_idx, eps=eps, min_later=min_later)
-    U_in = tag_subspace(G_eval, rank) if len(G_eval) >= rank else U
+    U_in = tag_subspace(G_eval, rank) if _spans_rank(G_eval, rank) else U
     # non-sink value control: all tokens of the fit prompts that are not sinks of this head
     sink_rows = np.zeros(data.n_tokens, dtype=bool)
     sink_rows[data.offsets[where[:, 0]] + where[:, 1]] = True

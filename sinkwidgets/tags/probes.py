@@ -46,6 +46,7 @@ from .analysis import (
     _dims,
     _finite_rows,
     _heads_arg,
+    _spans_rank,
     explained_variance,
     random_subspace,
     sink_heads,
@@ -249,7 +250,7 @@ def probe_features(X: np.ndarray, y: np.ndarray, groups: Sequence[Any] | None, Q
 
 def _in_sample_ev(data: TagData, head, rank: int) -> float:
     G, _ = tag_vectors(data, head)
-    if len(G) < rank:
+    if not _spans_rank(G, rank):  # fewer sinks than rank, or repeated ones: no rank-dim tag subspace
         return float("nan")
     rows = data.positions >= 1
     return explained_variance(data.outputs(head)[rows], tag_subspace(G, rank))
