@@ -91,14 +91,16 @@ def _windows(model, info, edits: EditSet | None) -> list:
     read from the chunked plan, so mask edits need a rotary decoder."""
     if edits is None or not any(e.site == "attn_mask" for e in edits.edits):
         return [None] * info.n_layers
-    from ..errors import ChunkedUnsupportedError
+    from ..errors import ChunkedUnsupportedError, SinkwidgetsValueError
     from .chunked import layer_plan
     from .qk import AttentionParams
 
     try:
         params = layer_plan(model, info).params
     except ChunkedUnsupportedError as exc:
-        raise ValueError(f"attention-mask edits rebuild each layer's causal / sliding-window mask, which sinkwidgets "
-                         f"knows only for rotary (Llama-style) decoders; {info.name!r} ({info.architecture}) is not "
-                         "one. Use a residual edit, or a model such as 'smollm2-135m'") from exc
+        names = [e.name for e in edits.edits if e.site == "attn_mask"]
+        raise SinkwidgetsValueError(
+            f"edits {names}: attention-mask edits rebuild each layer's causal / sliding-window mask, which "
+            f"sinkwidgets knows only for rotary (Llama-style) decoders; {info.name!r} ({info.architecture}) is not "
+            "one. Use a residual edit, or a model such as 'smollm2-135m'") from exc
     return [AttentionParams.of(p).window for p in params]

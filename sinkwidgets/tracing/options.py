@@ -14,7 +14,7 @@ option         meaning                                                          
 ``method``     the tracing executor: ``"auto"``, ``"eager"`` or ``"chunked"``          "auto"
 ``remote``     False/None (local), True (NDIF), a host URL, or a ``RemoteOptions``     False
 ``progress``   show a progress bar: True, False, None (when there is more than one     None
-               batch)
+               batch, over batches; one local batch of >= 1024 tokens: over layers)
 =============  ======================================================================  =========
 
 Each entry point keeps its keyword arguments and also takes ``options=RunOptions(...)``; one
