@@ -259,13 +259,18 @@ LAYER_PROGRESS_TOKENS = 1024
 @contextmanager
 def _layer_progress(model, info, desc: str):
     """A ``tqdm.auto`` bar of ``n_layers`` steps, advanced by a torch forward hook at the end of each decoder layer
-    (the executors do a layer's attention work inside its forward), removed afterwards. Local traces only: a remote
-    trace runs on NDIF, where no hook of this process fires."""
+    (the executors do a layer's attention work inside its forward), removed afterwards; the command line's
+    ``cli._layer_ticks`` counts the same way. Local traces only: a remote trace runs on NDIF, where no hook of this
+    process fires."""
     from tqdm.auto import tqdm
 
     from ..models.adapters import get_path
 
-    layers = list(get_path(getattr(model, "_module", model), info.adapter.layers))
+    try:
+        layers = list(get_path(getattr(model, "_module", model), info.adapter.layers))
+    except (AttributeError, TypeError):  # blocks not found (a stand-in model): no bar, as cli._layer_ticks does
+        yield None
+        return
     bar = tqdm(total=len(layers), desc=desc, unit="layer")
 
     def step(*_):
