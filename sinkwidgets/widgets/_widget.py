@@ -501,6 +501,8 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         except Exception:  # not a traceable model: the experiment reports why when asked
             return
         self._prepared = trace
+        # monotonic times the prepare was asked for and finished (benchmarks/experiment_roundtrip.py reads them)
+        self._prepare_times: dict[str, float] = {"asked": time.monotonic()}
 
         def work() -> None:
             try:
@@ -508,6 +510,8 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
                     prepare(model, trace)
             except Exception:  # noqa: BLE001 - the experiment recomputes and reports the same failure
                 pass
+            finally:
+                self._prepare_times["done"] = time.monotonic()
 
         threading.Thread(target=work, name="sinkwidgets-prepare", daemon=True).start()
 

@@ -289,6 +289,65 @@ def _trace_units(trace: SinkTrace) -> list:
     return units
 
 
+class _OneRow:
+    """A trace unit restricted to batch row ``row``: the executor hands it the whole batch, it reduces that row only
+    (the other rows of an experiment's pass need only their loss, so their α / entropy / residual summaries and
+    kept maps are not computed). Lands row ``row``'s arrays for every prompt index (all rows share one prompt)."""
+
+    def __init__(self, inner: Any, row: int):
+        self.inner, self.row = inner, int(row)
+        self.name, self.reads, self.takes_logp = inner.name, inner.reads, getattr(inner, "takes_logp", False)
+
+    def _ctx(self, ctx: Any) -> Any:
+        import dataclasses
+
+        r = slice(self.row, self.row + 1)
+        ids = None if ctx.input_ids is None else ctx.input_ids[r]
+        return dataclasses.replace(ctx, qmask=ctx.qmask[r], first=ctx.first[r], n_real=ctx.n_real[r], input_ids=ids)
+
+    def layers(self, n_layers: int) -> list[int]:
+        return self.inner.layers(n_layers)
+
+    def bind(self, n_layers: int, n_heads: int, d_model: int) -> None:
+        self.n_layers, self.n_heads, self.d_model = n_layers, n_heads, d_model
+        self.inner.bind(n_layers, n_heads, d_model)
+
+    def begin(self, ctx, layer, device):
+        sub = self._ctx(ctx)
+        return sub, self.inner.begin(sub, layer, device)
+
+    def chunk(self, state, start, P, scratch, ctx, logp=None):
+        sub, st = state
+        r = slice(self.row, self.row + 1)
+        scratch = None if scratch is None else scratch[r]
+        if logp is not None:
+            self.inner.chunk(st, start, P[r], scratch, sub, logp=logp[r])
+        else:
+            self.inner.chunk(st, start, P[r], scratch, sub)
+
+    def end(self, state, ctx):
+        sub, st = state
+        return self.inner.end(st, sub)
+
+    def read(self, source, x, w_o, ctx, layer):
+        return self.inner.read(source, x[self.row : self.row + 1], w_o, self._ctx(ctx), layer)
+
+    def pack(self, key, per_layer):
+        return self.inner.pack(key, per_layer)
+
+    def result_bytes(self, B, T, ctx):
+        return self.inner.result_bytes(1, T, ctx)
+
+    def land(self, out, b, f):
+        return self.inner.land(out, 0, f)
+
+    def to_sinktrace(self, landed):
+        return self.inner.to_sinktrace(landed)
+
+    def __repr__(self) -> str:
+        return f"_OneRow({self.inner!r}, row={self.row})"
+
+
 def _one_pass(model, info, trace: SinkTrace, rows: list[list[int]], edits: list, trace_row: int, same_as: list,
               text: str | None = None) -> tuple[SinkTrace, list[np.ndarray], list]:
     """ONE forward pass of ``rows`` (token ids; row ``r`` edited by the edits restricted to it) with the units of
@@ -309,6 +368,8 @@ def _one_pass(model, info, trace: SinkTrace, rows: list[list[int]], edits: list,
     enc = [Encoded(text, [int(i) for i in ids], used_bos, len(ids)) for ids in rows]
     method = trace.meta.get("method", "auto")
     method = "chunked" if info.remote else (method if method in ("eager", "chunked") else "auto")
+    if len(rows) > 1 and not info.remote:  # only row trace_row's trace is kept: the other rows run the loss alone
+        units = [_OneRow(u, trace_row) for u in units]
     out = run_units(model, [text] * len(rows), [*units, TokenLoss()], edits=edits, encoded=enc, batch_size=len(rows),
                     method=method, remote=bool(info.remote), progress=False, pin_mmap_threshold=False)
     r = out[trace_row]
