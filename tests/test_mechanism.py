@@ -127,3 +127,33 @@ def test_release_post_norm_refused_without_a_norm_after_attention(smollm2):
         tags.release(smollm2, TEXTS[:2], (1, 1), subspace="post_norm", progress=False)
     with pytest.raises(ValueError, match="subspace='nope'"):
         tags.release(smollm2, TEXTS[:2], (1, 1), subspace="nope", progress=False)
+
+
+def test_default_release_rank_lowered_to_the_rank_the_tag_vectors_span(smollm2):
+    """All sinks with the same value up to float32 rounding (Gemma-3-270M L14H2: every sink is <bos>, s_2/s_1 ~
+    4e-8): the default release rank 2 would be that value plus a noise direction. mechanism / release use rank 1
+    and say so (rank_release, rank_note, the printout, the verdict); an explicit rank=2 is refused."""
+    texts = NATURAL[:4]
+    data = tags.collect(smollm2, texts, heads=[(1, 1)], maps=True, progress=False)
+    G, where = tags.tag_vectors(data, (1, 1))
+    assert len(G) >= 2
+    rng = np.random.default_rng(0)
+    u = data.values((1, 1))[data.span(int(where[0, 0])).start + int(where[0, 1])].copy()
+    V = data.values((1, 1))
+    for k, (i, s) in enumerate(where):  # every sink: u, or u with float32 rounding noise
+        noise = (1 + np.float32(1e-7) * rng.standard_normal(u.shape).astype(np.float32)) if k % 2 else 1
+        V[data.span(int(i)).start + int(s)] = (u * noise).astype(np.float32)
+    G, _ = tags.tag_vectors(data, (1, 1))
+    assert np.linalg.matrix_rank(G) >= 2 and tags.numerical_rank(G) == 1  # float64 tolerance: noise counts
+    rep = tags.mechanism(smollm2, texts, (1, 1), steps=("release",), data=data, release_texts=2, release_random=2)
+    assert rep.rank_release == 1 and rep.release.rank == 1 and rep.release.subspace.shape[1] == 1
+    assert rep.rank_note == rep.release.rank_note == "rank 1 (the tag vectors span 1 dimension; default rank 2 lowered)"
+    assert rep.rank_note in str(rep) and rep.rank_note in rep.reasons["release"] and rep.rank_note in str(rep.release)
+    assert rep.as_dict()["rank_note"] == rep.rank_note and rep.release.as_dict()["rank_note"] == rep.rank_note
+    tab = tags.mechanism_table(smollm2, texts, [(1, 1)], data=data, steps=("release",), release_texts=2,
+                               release_random=2)
+    assert rep.rank_note in str(tab) and tab[1, 1].rank_release == 1
+    with pytest.raises(ValueError, match=r"rank=2.*numerical rank 1.*lower rank to 1"):
+        tags.mechanism(smollm2, texts, (1, 1), rank=2, steps=("release",), data=data, release_texts=2)
+    with pytest.raises(ValueError, match=r"rank=2.*numerical rank 1"):
+        tags.release(smollm2, texts[:2], (1, 1), rank=2, data=data)

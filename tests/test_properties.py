@@ -277,6 +277,29 @@ def test_tag_subspace_refuses_a_rank_its_vectors_do_not_span():
 
 
 @pytest.mark.unit
+def test_tag_subspace_rank_is_numerical_at_float32_precision():
+    # Gemma-3-270M L14H2: every sink is <bos>, its value computed in differently padded batches differs by float32
+    # rounding only (s_2 / s_1 ~ 4e-8); a float64-level tolerance counted 2 dimensions, and rank 2 was <bos> plus noise
+    rng = np.random.default_rng(1)
+    u = rng.normal(size=640).astype(np.float32)
+    w = (u * (1 + np.float32(1e-7) * rng.standard_normal(640).astype(np.float32))).astype(np.float32)
+    G = np.stack([u, w, u, w]).astype(np.float64)  # float32 data cast to float64, as tag_vectors returns it
+    sv = np.linalg.svd(G, compute_uv=False)
+    assert 0 < sv[1] / sv[0] < 1e-6 and np.linalg.matrix_rank(G) == 2  # numpy's float64 tolerance: 2
+    assert tags.numerical_rank(G) == 1
+    msg = _refused("rank", tags.tag_subspace, G, 2)
+    assert "rank=2" in msg and "numerical rank 1" in msg and "s_2/s_1 = " in msg and "lower rank to 1" in msg, msg
+    assert "float32" in msg, msg
+    U = tags.tag_subspace(G, 1)
+    assert abs(abs(U[:, 0] @ u) / np.linalg.norm(u) - 1) < 1e-6
+    # data computed in float64 may say so; genuinely different float32 rows still span 2 dimensions
+    assert tags.tag_subspace(G, 2, precision=np.float64).shape == (640, 2)
+    v = rng.normal(size=640).astype(np.float32)
+    assert tags.tag_subspace(np.stack([u, v]).astype(np.float64), 2).shape == (640, 2)
+    _refused("precision", tags.tag_subspace, G, 1, precision="int64")
+
+
+@pytest.mark.unit
 def test_explained_variance_and_norm_fraction_check_shapes_and_never_return_nan():
     # before: wrong-rank X or U raised a raw einsum/matmul ValueError, NaN rows gave NaN, an all-zero or constant X
     # gave NaN silently, and a non-orthonormal U gave shares above 1

@@ -39,6 +39,7 @@ from .analysis import (
     is_boundary,
     norm_fraction,
     norm_matched_subspace,
+    numerical_rank,
     pc_bound,
     random_subspace,
     sink_heads,
@@ -65,7 +66,7 @@ __all__ = [
     "alpha_from_map", "boundary_alpha", "boundary_heads", "boundary_heads_from_data", "boundary_mask", "catch",
     "caught_set", "collect", "explained_variance", "grouped_folds", "is_boundary", "load_dataset", "mechanism",
     "mechanism_table",
-    "norm_fraction", "norm_matched_subspace", "pc_bound", "paragraphs", "probe", "probe_features", "probe_report",
+    "norm_fraction", "norm_matched_subspace", "numerical_rank", "pc_bound", "paragraphs", "probe", "probe_features", "probe_report",
     "random_subspace", "release", "sink_heads", "sink_positions", "split_prompts", "tag_basis", "tag_ev",
     "tag_ev_table", "tag_subspace", "tag_vectors", "union_subspace",
 ]

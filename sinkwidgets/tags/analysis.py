@@ -470,35 +470,74 @@ def catch(data: TagData, head: Any, tau: float = TAU, *, eps: float = EPS, min_l
 
 
 # ----------------------------------------------------------------------------- tag
-def _span_rank(s: np.ndarray, shape: tuple[int, int]) -> int:
-    """The numerical rank of a matrix of ``shape`` with singular values ``s`` (numpy's ``matrix_rank`` tolerance:
-    ``s_max * max(n, d) * eps`` of float64). This catches exactly repeated rows; rows that differ only by float32
-    rounding (the same BOS value computed in differently padded batches: ``s_2 / s_1 ~ 4e-8`` for Gemma-3-270M
-    L14H2 on 30 paragraphs) still count as distinct."""
-    return int((s > s.max(initial=0.0) * max(shape) * np.finfo(np.float64).eps).sum()) if s.size else 0
+def _precision(X: np.ndarray, precision: Any = None) -> np.dtype:
+    """The float dtype whose rounding bounds the data ``X``: ``precision`` when given, else ``X``'s own dtype when
+    it is float32 or coarser, else float32 (activations are stored as float32 in :class:`TagData`, and
+    :func:`tag_vectors` returns them cast to float64: the cast adds digits, not precision)."""
+    if precision is not None:
+        try:
+            dt = np.dtype(precision)
+        except TypeError:
+            raise ArgumentTypeError(f"precision={show(precision)}: give a float dtype (np.float32, np.float64) or "
+                                    "None (float32, the precision of collected activations)") from None
+        if dt.kind != "f":
+            raise SinkwidgetsValueError(f"precision={show(precision)}: give a float dtype (np.float32, np.float64)"
+                                        " or None")
+        return dt
+    dt = np.asarray(X).dtype
+    return dt if dt.kind == "f" and np.finfo(dt).eps >= np.finfo(np.float32).eps else np.dtype(np.float32)
 
 
-def _spans_rank(X: np.ndarray, rank: int) -> bool:
-    """Whether the rows ``X [n, d]`` span at least ``rank`` dimensions (what :func:`tag_subspace` needs)."""
+def _span_rank(s: np.ndarray, shape: tuple[int, int], precision: Any = np.float32) -> int:
+    """The numerical rank of a matrix of ``shape`` with singular values ``s``: the count of ``s_k > s_1 ·
+    max(n, d) · eps``, ``eps`` that of the data's precision (float32 for collected activations, even when cast to
+    float64 for the SVD). Rows that differ only by float32 rounding (the same ``<bos>`` value computed in
+    differently padded batches: ``s_2 / s_1 ~ 4e-8`` for Gemma-3-270M L14H2 on 30 paragraphs) span one
+    dimension, not two."""
+    eps = np.finfo(np.dtype(precision)).eps
+    return int((s > s.max(initial=0.0) * max(shape) * eps).sum()) if s.size else 0
+
+
+def numerical_rank(vectors: np.ndarray, precision: Any = None) -> int:
+    """How many dimensions the rows of ``vectors [n, d]`` span at their precision (the rule of
+    :func:`tag_subspace`): singular values above ``s_1 · max(n, d) · eps(precision)``; ``precision`` as in
+    :func:`tag_subspace` (default float32, the precision of collected activations)."""
+    X = np.asarray(vectors)
+    dt = _precision(X, precision)
     X = np.asarray(X, dtype=np.float64)
-    return X.ndim == 2 and X.shape[0] >= rank and _span_rank(np.linalg.svd(X, compute_uv=False), X.shape) >= rank
+    if X.ndim != 2 or X.size == 0:
+        raise SinkwidgetsValueError(f"vectors: give a non-empty [n, d] array, got shape {list(X.shape)}")
+    return _span_rank(np.linalg.svd(X, compute_uv=False), X.shape, dt)
 
 
-def _orthonormal_top(X: np.ndarray, rank: int) -> np.ndarray:
+def _spans_rank(X: np.ndarray, rank: int, precision: Any = None) -> bool:
+    """Whether the rows ``X [n, d]`` span at least ``rank`` dimensions at their precision (what
+    :func:`tag_subspace` needs)."""
+    dt = _precision(X, precision)
+    X = np.asarray(X, dtype=np.float64)
+    return (X.ndim == 2 and X.shape[0] >= rank
+            and _span_rank(np.linalg.svd(X, compute_uv=False), X.shape, dt) >= rank)
+
+
+def _orthonormal_top(X: np.ndarray, rank: int, precision: Any = None) -> np.ndarray:
     """Top-``rank`` right singular vectors of ``X [n, d]`` (uncentred), ``[d, rank]``. Refused when ``X`` has
-    fewer than ``rank`` rows or its rows span fewer than ``rank`` dimensions (the SVD would pad with directions of
-    singular value 0: arbitrary, not in the data)."""
+    fewer than ``rank`` rows or its rows span fewer than ``rank`` dimensions at their precision (the SVD would pad
+    with directions of singular value 0, or of float rounding noise: arbitrary, not in the data)."""
+    dt = _precision(X, precision)
     X = np.asarray(X, dtype=np.float64)
     if X.shape[0] < rank:
         raise SinkwidgetsValueError(f"rank={rank}: rank {rank} needs at least {rank} vectors, got {X.shape[0]}; "
                                     "lower rank or use more prompts")
     _, sv, vt = np.linalg.svd(X, full_matrices=False)
-    k = _span_rank(sv, X.shape)
+    k = _span_rank(sv, X.shape, dt)
     if k < rank:
+        ratio = sv[k] / sv[0] if sv.size > k and sv[0] > 0 else 0.0
         raise SinkwidgetsValueError(
-            f"rank={rank}: the {X.shape[0]} vectors span only {k} dimension{'s' if k != 1 else ''} (repeated or "
-            f"collinear rows, e.g. the value of the same first token in every prompt), so {rank - k} of the {rank} "
-            f"directions would be arbitrary; lower rank to {max(k, 1)} or use more prompts with different tokens")
+            f"rank={rank}: the {X.shape[0]} vectors span only {k} dimension{'s' if k != 1 else ''} at "
+            f"{dt.name} precision (numerical rank {k}: s_{k + 1}/s_1 = {ratio:.2g}, below the tolerance "
+            f"{max(X.shape)} * eps = {max(X.shape) * np.finfo(dt).eps:.2g}; repeated or collinear rows, e.g. the "
+            f"value of the same first token in every prompt), so {rank - k} of the {rank} directions would be "
+            f"arbitrary; lower rank to {max(k, 1)} or use more prompts with different tokens")
     U = vt[:rank].T
     # fix the sign so that the subspace is reproducible: each column points along the mean of X
     signs = np.sign(X.sum(0) @ U)
@@ -534,15 +573,23 @@ def tag_vectors(data: TagData, head: Any, prompts: Sequence[int] | None = None, 
     return V[rows].astype(np.float64), np.asarray(where, dtype=np.int64).reshape(-1, 2)
 
 
-def tag_subspace(vectors: np.ndarray, rank: int = 1) -> np.ndarray:
+def tag_subspace(vectors: np.ndarray, rank: int = 1, *, precision: Any = None) -> np.ndarray:
     """Tag subspace ``U [d, rank]``: top-``rank`` right singular vectors of the uncentred tag vectors
     ``[n_sinks, d]`` (the span of the sinks' values, Zhang et al. §3; a reviewer's summary: "a component in a
     distinctive direction ... given by the span of the value states corresponding to the sink tokens").
 
     Non-finite rows are refused with an error naming them, and all-zero vectors (0/0) too (docs/tags.md,
     "Non-finite data"); so are fewer than ``rank`` vectors, and vectors that span fewer than ``rank`` dimensions
-    (repeated rows: the extra directions would be arbitrary), with the fix (lower ``rank``, or more prompts)."""
+    (repeated rows: the extra directions would be arbitrary), with the fix (lower ``rank``, or more prompts).
+
+    "Span" is numerical, at the data's precision: a singular value ``s_k`` counts only when
+    ``s_k > s_1 · max(n_sinks, d) · eps(precision)``. ``precision``: the float dtype the vectors were computed in;
+    default None: the vectors' own dtype when float32 or coarser, else float32 (collected activations are float32;
+    :func:`tag_vectors` casts them to float64, which adds digits, not precision); give ``np.float64`` for data
+    computed in float64. (Gemma-3-270M L14H2: every sink is ``<bos>``, the rows differ by float32 rounding only,
+    ``s_2 / s_1 ~ 4e-8``, so its tag vectors span one dimension and ``rank=2`` is refused.)"""
     rank = check_integer("rank", rank, minimum=1, example=1)
+    dt = _precision(vectors if isinstance(vectors, np.ndarray) else np.float64(0), precision)
     try:
         V = np.asarray(vectors, dtype=np.float64)
     except (TypeError, ValueError):
@@ -555,7 +602,7 @@ def tag_subspace(vectors: np.ndarray, rank: int = 1) -> np.ndarray:
     if not V.any():  # 0/0: an SVD of zeros returns coordinate axes, which would read as a tag subspace
         raise SinkwidgetsValueError(f"vectors: all {V.shape[0]} tag vectors are zero, so they span no subspace; give "
                                     "the values of sink tokens (tags.tag_vectors(data, head)), not zeros")
-    return _orthonormal_top(V, rank)
+    return _orthonormal_top(V, rank, dt)
 
 
 def explained_variance(X: np.ndarray, U: np.ndarray) -> float:

@@ -56,7 +56,7 @@ from .analysis import (
     tag_ev,
 )
 from .data import TagData
-from .release import ReleaseResult, model_head, release, text_list
+from .release import RANK_DEFAULT, ReleaseResult, model_head, release, text_list
 
 #: Catch rule: sink catch rate at least this ...
 CATCH_MIN = 0.5
@@ -114,6 +114,9 @@ class MechanismReport:
     ``reasons``: one line per step saying why; ``catch_rate``, ``catch_rate_uniform``, ``boundary_rate``,
     ``boundary_rate_uniform``, ``n_sinks``, ``sink_at_token0``; ``tag`` (:class:`TagEV`), ``release``
     (:class:`ReleaseResult`), ``catch_result`` (:class:`CatchResult`); ``seconds`` per step (wall time).
+    ``rank_tag`` / ``rank_release``: the ranks used; ``rank_note``: why the release's is below the default 2 when
+    the head's tag vectors span fewer dimensions (e.g. ``"rank 1 (the tag vectors span 1 dimension; default rank 2
+    lowered)"``), else "".
     """
 
     head: tuple[int, int]
@@ -134,6 +137,7 @@ class MechanismReport:
     tag: TagEV | None = field(default=None, repr=False)
     release: ReleaseResult | None = field(default=None, repr=False)
     seconds: dict[str, float] = field(default_factory=dict)
+    rank_note: str = ""
 
     @property
     def name(self) -> str:
@@ -185,7 +189,8 @@ class MechanismReport:
     def __str__(self) -> str:
         word = {True: "SHOWN", False: "not shown", None: "not run"}
         lines = [f"mechanism of {self.name} ({self.model}; {self.n_texts} texts; τ = {self.tau}; tag rank "
-                 f"{self.rank_tag}, release rank {self.rank_release})",
+                 f"{self.rank_tag}, release rank {self.rank_release}"
+                 + (f": {self.rank_note}" if self.rank_note else "") + ")",
                  f"  {'step':<9}{'measure':<42}{'head':>9}   control"]
         last = None
         for row in self.rows():
@@ -206,7 +211,8 @@ class MechanismReport:
 
     def as_dict(self) -> dict:
         return {"head": list(self.head), "model": self.model, "n_texts": self.n_texts, "tau": self.tau,
-                "rank_tag": self.rank_tag, "rank_release": self.rank_release, "shown": dict(self.shown),
+                "rank_tag": self.rank_tag, "rank_release": self.rank_release, "rank_note": self.rank_note,
+                "shown": dict(self.shown),
                 "reasons": dict(self.reasons), "catch_rate": self.catch_rate,
                 "catch_rate_uniform": self.catch_rate_uniform, "boundary_rate": self.boundary_rate,
                 "boundary_rate_uniform": self.boundary_rate_uniform, "n_sinks": self.n_sinks,
@@ -282,7 +288,10 @@ def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank:
     head : ``(layer, head)``.
     tau : catch threshold on ``A[t, s]`` (0.3, the pilot's: at 0.5 SmolLM2 shows almost nothing).
     rank : rank of the tag subspace for both the tag EV and the release; ``None``: 1 for the tag EV and 2 for the
-        release (the pilot's settings).
+        release (the pilot's settings), the release's lowered to the number of dimensions the head's tag vectors
+        span when that is fewer (Gemma-3-270M L14H2: all sinks ``<bos>``, rank 1), and said so (``rank_release``
+        is the rank used, ``rank_note`` says why, in the printout and the release verdict). An explicit ``rank``
+        the tag vectors do not span is refused.
     n_random : random subspaces for the tag EV's random floor (``>= 10``).
     release_texts : the texts of the release step: an int takes the first that many of ``texts`` (default 20), or
         a list of texts. Release runs, per text, one batch of ``1 + 3 + 2 · release_random`` rows (clean, tag, PCs,
@@ -348,9 +357,11 @@ def mechanism(model, texts: Sequence[str], head: Any, *, tau: float = TAU, rank:
         t0 = time.perf_counter()
         rel_texts = texts[: int(release_texts)] if isinstance(release_texts, (int, np.integer)) else \
             list(release_texts)
-        rep.release = release(model, rel_texts, head, rank=r_rel, n_random=release_random, data=data, eps=eps,
+        rep.release = release(model, rel_texts, head, rank=RANK_DEFAULT if rank is None else rank, n_random=release_random, data=data, eps=eps,
                               min_later=min_later, seed=seed, batch_size=batch_size, subspace=release_subspace,
                               rows_per_pass=rows_per_pass, progress=progress)
+        rep.rank_release = rep.release.rank
+        rep.rank_note = rep.release.rank_note
         s = rep.release.shown
         shown["release"] = bool(s)
         reasons["release"] = rep.release.verdict.split(": ", 2)[-1]
@@ -424,7 +435,8 @@ class MechanismTable:
         word = {True: "shown", False: "not shown", None: "not run"}
         lines.append("  verdicts:")
         for lab, r in zip(labels, self.reports):
-            lines.append(f"    {lab:<{w}}" + "; ".join(f"{s} {word[r.shown.get(s)]}" for s in STEPS))
+            lines.append(f"    {lab:<{w}}" + "; ".join(f"{s} {word[r.shown.get(s)]}" for s in STEPS)
+                         + (f" (release {r.rank_note})" if r.rank_note else ""))
         if self.seconds:
             lines.append("  wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.seconds.items()))
         return "\n".join(lines)

@@ -72,12 +72,24 @@ from .analysis import (
     _plain_head,
     norm_fraction,
     norm_matched_subspace,
+    numerical_rank,
     random_subspace,
     sink_positions,
     tag_subspace,
     tag_vectors,
 )
 from .data import TagData
+
+
+class _DefaultRank(int):
+    """The default ``rank`` of :func:`release` (2), told apart from an explicit ``rank=2`` by identity: the default
+    is lowered to the rank the tag vectors span (and said so), an explicit rank is refused when they span less."""
+
+    __slots__ = ()
+
+
+#: Rank of the release's tag subspace by default (lowered to the rank the tag vectors span, and said so).
+RANK_DEFAULT = _DefaultRank(2)
 
 #: Absolute floor on the change of later heads' sink attention for a release verdict (5 points of attention).
 SINK_SHIFT_MIN = 0.05
@@ -178,7 +190,8 @@ class ReleaseResult:
     later layers, heads and queries ``t >= 1`` of ``|Δ|`` of the attention on the head's sinks; ``sink_shift*``:
     the same without the absolute value (signed change of the mean sink mass; ``sink_mass`` is the clean mass);
     ``tv*``: mean total variation ``½ Σ_j |ΔP_tj|`` of later heads' attention rows. ``baseline_nll`` is the clean
-    model's mean NLL. ``shown`` / ``verdict``: the rule in the module docstring.
+    model's mean NLL. ``shown`` / ``verdict``: the rule in the module docstring. ``rank``: the rank used;
+    ``rank_note``: why it is below the default rank 2 when it is (the tag vectors span fewer dimensions), else "".
     """
 
     head: tuple[int, int]
@@ -214,6 +227,7 @@ class ReleaseResult:
     tv_matched: list[float] = field(default_factory=list)
     dnll_own_write: float = float("nan")
     sink_shift_own_write: float = float("nan")
+    rank_note: str = ""
 
     @property
     def ratio_random(self) -> float:
@@ -250,7 +264,8 @@ class ReleaseResult:
         """One plain line: shown / not shown / no verdict, and why."""
         shown, why = release_verdict(self.dnll, self.dnll_matched, self.sink_shift, self.sink_shift_matched)
         word = {True: "release SHOWN", False: "release NOT shown", None: "release undecided"}[shown]
-        return f"verdict: {word}: {why}"
+        note = f" [{self.rank_note}]" if self.rank_note else ""
+        return f"verdict: {word}: {why}{note}"
 
     def __str__(self) -> str:
         l, h = self.head
@@ -265,7 +280,7 @@ class ReleaseResult:
         lines = [
             f"release of L{l}H{h}: rank-{self.rank} subspace projected out after layer {l} at {self.positions} "
             f"positions ({self.n_texts} texts, {self.n_tokens} tokens, baseline NLL {self.baseline_nll:.3f}, "
-            f"later heads' clean sink mass {self.sink_mass:.3f})",
+            f"later heads' clean sink mass {self.sink_mass:.3f})" + (f"; {self.rank_note}" if self.rank_note else ""),
             f"  {'subspace':<26}{'ΔNLL':>9}{'norm':>8}{'ΔNLL/norm':>10}{'Δ sink':>10}{'|Δ| sink':>10}{'row TV':>8}",
             row("tag", self.dnll, self.norm_fraction, self.sink_shift, self.sink_delta, self.tv),
             row(f"random, rank {self.rank} ({len(r)})", _mean(r), _mean(self.norm_fraction_random),
@@ -299,7 +314,7 @@ class ReleaseResult:
                 "n_projected", "norm_fraction", "norm_fraction_random", "norm_fraction_pcs", "dnll_matched",
                 "norm_fraction_matched", "rank_matched", "sink_mass", "sink_shift", "sink_shift_random",
                 "sink_shift_pcs", "sink_shift_matched", "sink_delta_matched", "tv_matched", "dnll_own_write",
-                "sink_shift_own_write", "shown")
+                "sink_shift_own_write", "rank_note", "shown")
         return {k: getattr(self, k) for k in keys} | {"head": list(self.head), "verdict": self.verdict}
 
 
@@ -326,7 +341,7 @@ def _summarise(r, edited: str | None = None) -> dict:
             "shift": shift, "mass": mass0, "tv": tv, "per_text": per_text}
 
 
-def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, positions: Any = "non_sink",
+def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = RANK_DEFAULT, positions: Any = "non_sink",
             n_random: int = 3, *, data: TagData | None = None, subspace: Any = None, pcs: bool = True,
             matched: bool = True, own_write: bool = True, eps: float = EPS, min_later: int = MIN_LATER,
             attention_layers: Any = "after", add_bos: bool | None = None, max_tokens: int | None = None,
@@ -339,7 +354,10 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
     model : a model from :func:`sinkwidgets.load_model` (local or remote).
     texts : the texts to measure on (a few paragraphs of several sentences).
     head : ``(layer, head)`` of the sink head.
-    rank : rank of the tag subspace (top singular vectors of the sinks' values ``g_s = v_s W_O^h``).
+    rank : rank of the tag subspace (top singular vectors of the sinks' values ``g_s = v_s W_O^h``). Default
+        (not given): 2, lowered to the number of dimensions the head's tag vectors span when that is fewer (all
+        sinks the same token, e.g. Gemma-3-270M L14H2, whose sinks are all ``<bos>``: rank 1), and said so in
+        ``rank_note`` and the printout; an explicit ``rank`` they do not span is refused (:func:`tag_subspace`).
     positions : ``"non_sink"`` (default; every token but token 0 and the head's sinks, ``alpha > eps``), ``"all"``
         (includes the sinks: breaks the model, see the module docstring), or per-text positions / masks.
     n_random : random subspaces of the same rank (one ΔNLL per draw), and as many norm-matched ones.
@@ -370,7 +388,9 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
 
     layer, h = model_head(model, head)
     texts = text_list(texts)
-    rank = check_integer("rank", rank, minimum=1, example=2)
+    rank_default = rank is RANK_DEFAULT
+    rank = check_integer("rank", int(rank) if rank_default else rank, minimum=1, example=2)
+    rank_note = ""
     # >= 1: the random control is the point of the comparison
     n_random = check_integer("n_random", n_random, minimum=1, example=3)
     eps = check_number("eps", eps, example=EPS)
@@ -393,6 +413,12 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
     fit = own if data is None else data
     if subspace is None or isinstance(subspace, str):
         G, _ = tag_vectors(fit, (layer, h), eps=eps, min_later=min_later)
+        if rank_default and len(G):
+            k = numerical_rank(G)
+            if k < rank:
+                rank_note = (f"rank {k} (the tag vectors span {k} dimension{'s' if k != 1 else ''}; default rank "
+                             f"{rank} lowered)")
+                rank = k
         if len(G) < rank:
             raise SinkwidgetsValueError(f"rank={rank}: L{layer}H{h} has {len(G)} sinks (alpha > {eps}) in the fit "
                                         f"texts, fewer than rank={rank}; lower rank or give more texts")
@@ -484,7 +510,8 @@ def release(model, texts: Sequence[str], head: Any = (1, 1), rank: int = 2, posi
         rank_matched=[int(bases[f"matched{k}"].shape[1]) for k in range(len(mt))], sink_mass=tag["mass"],
         sink_shift=tag["shift"], sink_shift_random=[r["shift"] for r in rnd], sink_shift_pcs=pc["shift"],
         sink_shift_matched=[r["shift"] for r in mt], sink_delta_matched=[r["sink_delta"] for r in mt],
-        tv_matched=[r["tv"] for r in mt], dnll_own_write=ow["dnll"], sink_shift_own_write=ow["shift"])
+        tv_matched=[r["tv"] for r in mt], dnll_own_write=ow["dnll"], sink_shift_own_write=ow["shift"],
+        rank_note=rank_note)
 
 
 def post_norm_basis(model, layer: int, U: np.ndarray) -> np.ndarray:
