@@ -93,9 +93,16 @@ def test_value_control_matches_when_values_share_the_tag_direction():
 
 
 def test_tag_ev_rank2_and_table_and_errors():
-    data, _, _ = planted(0.4)
-    r2 = tags.tag_ev(data, (1, 0), rank=2)
+    data, u, w = planted(0.4)
+    # the planted sinks' values are c_i u stored in float32: they span 1 dimension (s_2/s_1 ~ 1e-8, rounding), so a
+    # rank-2 tag subspace would be u plus a noise direction: refused (before, it returned one)
+    with pytest.raises(ValueError, match=r"rank=2.*numerical rank 1.*lower rank to 1"):
+        tags.tag_ev(data, (1, 0), rank=2)
     r1 = tags.tag_ev(data, (1, 0), rank=1)
+    sinks = np.flatnonzero((data.positions == 0) & (data.prompt_of % 2 == 1))
+    data.values((1, 0))[sinks] += (0.5 * w).astype(np.float32)  # odd prompts' sinks: a second direction
+    r2 = tags.tag_ev(data, (1, 0), rank=2)
+    assert r2.rank == 2 and r2.ev >= r1.ev - 1e-9
     assert r2.pc_bound >= r1.pc_bound and r2.random_floor > r1.random_floor
     table = tags.tag_ev_table(data, rank=1)
     assert len(table) == 1 and "L1H0" in str(table)
