@@ -30,6 +30,7 @@ from .collect import Collector
 from .edits import EditSet, set_attention_mask
 from .qk import (  # noqa: F401 - re-exported
     CHUNK_BYTES,
+    LSE_MAX_CHUNK,
     MAX_CHUNK,
     MIN_CHUNK,
     AttentionParams,
@@ -143,7 +144,7 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
                 if plan.lse_ops and plan.lse_ops[li] and hidden is None and not params.window and not params.softcap:
                     lse = getattr(plan.attns[li].source, plan.lse_ops[li]).output[1]  # None: lse_attention fell back
                 if lse is not None:
-                    chunks = lse_chunks(q, k, lse, ctx.qmask, params, chunk_rows(B, H, T, budget))
+                    chunks = lse_chunks(q, k, lse, ctx.qmask, params, min(LSE_MAX_CHUNK, chunk_rows(B, H, T, budget)))
                 else:
                     chunks = attention_chunks(q, k, ctx.qmask, params, chunk_rows(B, H, T, budget), hidden)
                 col.feed_probs(li, chunks)

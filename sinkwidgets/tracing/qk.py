@@ -16,6 +16,11 @@ from .reductions import reduce_attention_chunks
 CHUNK_BYTES = 16 * 2**20
 #: Bounds on the number of query rows per chunk.
 MIN_CHUNK, MAX_CHUNK = 16, 512
+#: Query rows per chunk on the lse path (:func:`lse_chunks`, local CPU runs), at most: measured on 2 CPU cores
+#: (SmolLM2-135M, T = 512 … 8192), 64 rows were as fast as or faster than larger chunks: the chunk's
+#: passes stay nearer the core (L2 is 2 MiB a core there), and the diagonal block's masked half, computed and
+#: thrown away, is c/T of the matmul (a single 512-row chunk at T = 512 doubled it).
+LSE_MAX_CHUNK = 64
 #: Log-probabilities are clamped to at least this before ``exp`` (:func:`lse_chunks`): ``exp(-87) = 1.6e-38`` is
 #: still a normal float32, and ``exp`` with a subnormal or underflowing result is 10-100x slower on x86 CPUs (at
 #: T = 512 the masked half of a chunk made ``exp`` cost more than the matmul). A probability below 1.6e-38 reads
@@ -129,14 +134,19 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128):
         B, H, T, D = q.shape
         KV = k.shape[1]
         block = B * H * rows * T
-        need = 3 * block + B * H * T * D
+        # the GEMM computes logp directly: [q·scale, −lse] @ [kᵀ; 1] (one extra inner-product column, no
+        # separate pass subtracting lse over the chunk)
+        nq, nk = B * H * T * (D + 1), B * KV * (D + 1) * T
+        need = 3 * block + nq + nk  # logp, P, scratch (for other units; pages never touched cost no RSS)
         if q.device.type == "cpu" and need * 4 > 4 * 2**20:
             need = max(need, (33 * 2**20) // 4)  # one mmap'd block, returned to the OS when freed
         ws = torch.empty(need, dtype=torch.float32, device=q.device)
-        qs = ws[3 * block : 3 * block + B * H * T * D].view(B, KV, n_rep, T, D)
-        qs.copy_(q.reshape(B, KV, n_rep, T, D)).mul_(scale)  # query head h = kv * n_rep + r reads key head kv
-        kt = (k if k.dtype == torch.float32 else k.float()).transpose(-1, -2)  # [B, KV, D, T]
-        lf = lse if lse.dtype == torch.float32 else lse.float()
+        qa = ws[3 * block : 3 * block + nq].view(B, KV, n_rep, T, D + 1)
+        qa[..., :D].copy_(q.reshape(B, KV, n_rep, T, D)).mul_(scale)  # query head h = kv * n_rep + r: key head kv
+        qa[..., D].copy_(lse.reshape(B, KV, n_rep, T)).neg_()
+        ka = ws[3 * block + nq : 3 * block + nq + nk].view(B, KV, D + 1, T)
+        ka[:, :, :D].copy_(k.transpose(-1, -2))
+        ka[:, :, D].fill_(1.0)
         tri = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # key after query in the block
         qok = qmask.to(q.device).bool()
         padded = not bool(qok.all())
@@ -144,9 +154,9 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128):
             e = min(s + rows, T)
             c, w, n = e - s, e, B * H * (e - s) * e  # causal: keys after the chunk's last query are not computed
             logp = ws[:n].view(B, KV, n_rep * c, w)
-            torch.matmul(qs[:, :, :, s:e].reshape(B, KV, n_rep * c, D), kt[..., :w], out=logp)
+            torch.matmul(qa[:, :, :, s:e].reshape(B, KV, n_rep * c, D + 1), ka[..., :w], out=logp)
             logp = logp.view(B, H, c, w)
-            logp.sub_(lf[:, :, s:e, None]).clamp_(min=LOGP_FLOOR)  # no subnormal exp (10-100x slower on CPU)
+            logp.clamp_(min=LOGP_FLOOR)  # no subnormal exp (10-100x slower on CPU)
             diag = logp[..., s:]  # only the diagonal block has keys after their query
             diag.masked_fill_(tri[:c, :c], LOGP_FLOOR)
             ok = None

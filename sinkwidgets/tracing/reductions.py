@@ -166,8 +166,10 @@ class Reduction:
 def attention_summary_update(state: dict, s: int, Ac: torch.Tensor, scratch, qmask, first, logp=None) -> None:
     """Add one query chunk ``Ac [B, H, c, w]`` (rows ``s:s+c``) to the α / first-token / entropy sums.
 
-    ``logp`` (optional, ``[B, H, c, w]``): ``log Ac`` where ``Ac > 0`` (finite elsewhere); the row entropy is then
-    ``−Σ_k Ac·logp`` (a product and a sum) instead of ``entr(Ac)`` (a log per entry, the costliest step here)."""
+    ``logp`` (optional, ``[B, H, c, w]``): ``log Ac`` where ``Ac > 0`` (finite elsewhere); the entropy is then
+    ``−Σ Ac·logp``, one dot product per head over the whole chunk (no product array written; padding query rows
+    are all zero in ``Ac``, as both chunk generators make them, so they add nothing) instead of ``entr(Ac)`` (a log
+    per entry, the costliest step here)."""
     c, w = Ac.shape[2], Ac.shape[3]
     qm = qmask[:, s : s + c].to(Ac.dtype)  # [B, c]
     state["alpha"][:, :, :w] += torch.matmul(qm[:, None, None, :], Ac)[:, :, 0]  # sum over real queries
@@ -176,8 +178,7 @@ def attention_summary_update(state: dict, s: int, Ac: torch.Tensor, scratch, qma
     after = (state["pos"][s : s + c][None, :] > first[:, None]).to(Ac.dtype)[:, None, :]  # [B, 1, c]
     state["ftm"] += (col * after).sum(-1)
     if logp is not None:
-        ent = torch.mul(Ac, logp, out=scratch) if scratch is not None else Ac * logp
-        state["ent"] -= (ent.sum(-1) * qm[:, None, :]).sum(-1)
+        state["ent"] -= torch.einsum("bhcw,bhcw->bh", Ac, logp)  # a batched dot: reads both, writes nothing
     else:
         ent = torch.special.entr(Ac, out=scratch) if scratch is not None else torch.special.entr(Ac)
         state["ent"] += (ent.sum(-1) * qm[:, None, :]).sum(-1)
