@@ -42,8 +42,8 @@ def corpus(N=24, d=16, seed=0, xss=None, L=3, H=2):
         a = rng.normal(2, 1, T)
         o = a[:, None] * u + 0.3 * rng.standard_normal((T, d))
         g = 0.5 * rng.standard_normal((T, d))
-        g[0] = 3 * u
-        g[4] = 2 * u
+        g[0] = 3 * u + 0.2 * rng.standard_normal(d)  # sinks lean along u, with spread: their values span d dims
+        g[4] = 2 * u + 0.2 * rng.standard_normal(d)  # (exact multiples of u span 1: rank 2-3 is refused)
         s = np.full((L, H, T), 0.05)
         s[1, 0, 0], s[1, 0, 4] = 0.8, 0.5
         A = np.zeros((T, T))
