@@ -44,3 +44,18 @@ def save_tiny(folder, model):
     model.save_pretrained(folder)
     tf.AutoTokenizer.from_pretrained(model_dir("smollm2-135m")).save_pretrained(folder)
     return folder
+
+
+def same_intervention(a, b, tol=1e-4):
+    """Two InterventionResults hold the same numbers: NLL per text and condition, the attention statistics, ΔNLL."""
+    import numpy as np
+
+    assert a.conditions == b.conditions
+    for c in a.conditions:
+        for x, y in zip(a.nll[c], b.nll[c], strict=True):
+            np.testing.assert_allclose(x, y, atol=tol, err_msg=c)
+    for k in ("sink_delta", "tv", "sink_mass"):
+        if a.attention:
+            np.testing.assert_allclose(a.attention[k], b.attention[k], atol=tol, err_msg=k)
+    for c in a.conditions[1:]:
+        assert abs(a.delta[c] - b.delta[c]) < tol, c

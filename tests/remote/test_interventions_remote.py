@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _helpers import same_intervention as same
 
 from .conftest import API_KEY
 
@@ -12,18 +13,6 @@ pytestmark = [pytest.mark.remote, pytest.mark.models]
 
 TEXTS = ["The old lighthouse keeper climbed the stairs every evening. Ships passed by in the dark.",
          "Bread is made from flour, water, salt and yeast, and it rises in a warm place."]
-
-
-def same(a, b, tol=1e-4):
-    assert a.conditions == b.conditions
-    for c in a.conditions:
-        for x, y in zip(a.nll[c], b.nll[c], strict=True):
-            np.testing.assert_allclose(x, y, atol=tol, err_msg=c)
-    for k in ("sink_delta", "tv", "sink_mass"):
-        if a.attention:
-            np.testing.assert_allclose(a.attention[k], b.attention[k], atol=tol, err_msg=k)
-    for c in a.conditions[1:]:
-        assert abs(a.delta[c] - b.delta[c]) < tol, c
 
 
 def test_project_out_remote_equals_local(remote_smollm2, smollm2, reset_server):
