@@ -5,7 +5,9 @@ For each length: one notebook and kernel; cell 0 loads SmolLM2, traces the promp
 all at 128 tokens, none at 512) and shows ``SinkExplorer(tr, model=m)`` with ``experiment_view="diff"``. Then,
 ``--repeats`` times, the clock starts (``performance.now()`` in the page) when the preset button is clicked and
 stops two animation frames after the panel shows the new experiment in the after − before view (the grid, the
-strip, the ΔNLL strip and the heatmap's map have been drawn by then). The first click is a warm-up (nnsight
+strip, the ΔNLL strip and the heatmap's map have been drawn by then): the experiment's phase 1 (the edit; see
+``sinkwidgets/widgets/experiment.py``). Its control lands in phase 2; the time to that (the panel's control
+shown, ``click_to_control_s``) is recorded too, and the next click waits for it. The first click is a warm-up (nnsight
 compiles the traced block once per process) and is reported apart: it is clicked as soon as the panel appears, so
 it also waits for the panel's background prepare (the prompt's clean NLL). A student's first click comes later:
 ``first_click_after_prepare`` is a second fresh kernel where the benchmark waits for that prepare (its seconds from
@@ -16,7 +18,9 @@ the panel's request and torch's thread count are recorded) and then clicks once.
 ``--kernel-ab REV`` (no browser): the kernel alone, in one process, A/B against the experiment code of git revision
 ``REV`` (``sinkwidgets/widgets/experiment.py`` as it was there, loaded beside the current one), the same prompts,
 alternating old / new ``repeats`` times after one warm-up each; the new code is timed both as the first experiment on
-a prompt (its clean NLL not cached yet) and as a later one. The medians go under ``"kernel_ab"`` in ``--out`` (the
+a prompt (its clean NLL not cached yet) and as a later one. Old: ``run_experiment`` (everything before the panel
+could paint); new: ``start_experiment`` (phase 1, what the panel waits for), and ``finish_control`` (phase 2) apart
+as ``new_control``. The medians go under ``"kernel_ab"`` in ``--out`` (the
 other keys of that file are kept), so a ratio is measured under one machine load.
 """
 
@@ -50,13 +54,17 @@ SENTENCES = [
 
 CLICK_JS = """(i) => new Promise((resolve, reject) => {
   const t0 = performance.now();
+  let paint = null;
   document.querySelector('[data-testid=sw-exp-preset-all]').click();
   const poll = () => {
     const d = document.querySelector('[data-testid=sw-exp]').dataset;
     const s = document.querySelector('[data-testid=sw-exp-status]').dataset;
-    if (s.state === 'error') return reject(new Error(document.querySelector('[data-testid=sw-exp-status]').textContent));
-    if (d.index === String(i) && d.view === 'diff')
-      return requestAnimationFrame(() => requestAnimationFrame(() => resolve(performance.now() - t0)));
+    if (s.state === 'error' || s.state === 'control-error')
+      return reject(new Error(document.querySelector('[data-testid=sw-exp-status]').textContent));
+    if (paint === null && d.index === String(i) && d.view === 'diff')  // phase 1: the difference is painted
+      return requestAnimationFrame(() => requestAnimationFrame(() => { paint = performance.now() - t0; poll(); }));
+    if (paint !== null && d.controlState === 'done' && s.state === 'done')  // phase 2: the control landed
+      return resolve({paint, control: performance.now() - t0});
     setTimeout(poll, 5);
   };
   poll();
@@ -115,12 +123,15 @@ def open_explorer(browser, lab, name: str, text: str):
 
 
 def click(page, i: int, warmup: bool) -> dict:
-    """Click the preset (experiment ``i`` of this explorer) and time it to the painted difference."""
+    """Click the preset (experiment ``i`` of this explorer) and time it to the painted difference (phase 1) and to
+    the control's mean ΔNLL shown (phase 2; the next click waits for it, as the panel's Apply does)."""
     t = time.perf_counter()
     ms = page.evaluate(CLICK_JS, i)
-    kernel = float(page.evaluate("() => document.querySelector('[data-testid=sw-exp]').dataset.kernelMs || 'NaN'"))
-    return {"click_to_paint_s": ms / 1000, "kernel_s": kernel / 1000, "wall_s": time.perf_counter() - t,
-            "warmup": warmup, "load_avg": os.getloadavg()[0]}
+    ds = page.evaluate("() => { const d = document.querySelector('[data-testid=sw-exp]').dataset;"
+                       " return [d.kernelMs || 'NaN', d.controlKernelMs || 'NaN']; }")
+    return {"click_to_paint_s": ms["paint"] / 1000, "click_to_control_s": ms["control"] / 1000,
+            "kernel_s": float(ds[0]) / 1000, "control_kernel_s": float(ds[1]) / 1000,
+            "wall_s": time.perf_counter() - t, "warmup": warmup, "load_avg": os.getloadavg()[0]}
 
 
 def prompt(model, n_tokens: int) -> str:
@@ -159,12 +170,15 @@ def kernel_ab(rev: str, tokens: list[int], repeats: int, out: str) -> int:
     spec.loader.exec_module(old)
     model = sw.load_model("smollm2-135m")
     res = {"rev": rev, "machine": machine(), "cases": {}}
+    two_phase = hasattr(new, "start_experiment")
     for T in tokens:
         tr = sw.trace(model, prompt(model, T))
         run = {"old": lambda tr=tr: old.run_experiment(model, tr, "mask", token=0, layers="all"),
-               "new": lambda tr=tr: new.run_experiment(model, tr, "mask", token=0, layers="all")}
+               "new": lambda tr=tr: (new.start_experiment if two_phase else new.run_experiment)(
+                   model, tr, "mask", token=0, layers="all")}
         run["old"](), run["new"]()  # warm-up (nnsight compiles the traced block once per process)
-        rec: dict = {"old_s": [], "new_first_s": [], "new_later_s": [], "load_avg": []}
+        keys = ("old_s", "new_first_s", "new_later_s", "new_control_s")
+        rec: dict = {**{k: [] for k in keys}, "load_avg": []}
         for _ in range(repeats):
             for key, fn in (("old_s", run["old"]), ("new_first_s", None), ("new_later_s", run["new"])):
                 if fn is None:
@@ -177,12 +191,17 @@ def kernel_ab(rev: str, tokens: list[int], repeats: int, out: str) -> int:
                     ref = e.mean_dnll
                 elif abs(e.mean_dnll - ref) > 1e-4:
                     raise AssertionError(f"T={T}: new mean ΔNLL {e.mean_dnll} != old {ref}")
+                if key == "new_later_s" and two_phase:  # phase 2 (the control) of the later experiment
+                    t = time.perf_counter()
+                    e.finish_control()
+                    rec["new_control_s"].append(time.perf_counter() - t)
             rec["load_avg"].append(os.getloadavg()[0])
-        rec["median_s"] = {k[:-2]: statistics.median(rec[k]) for k in ("old_s", "new_first_s", "new_later_s")}
+        rec["median_s"] = {k[:-2]: statistics.median(rec[k]) for k in keys if rec[k]}
         rec["speedup_later"] = rec["median_s"]["old"] / rec["median_s"]["new_later"]
         rec["speedup_first"] = rec["median_s"]["old"] / rec["median_s"]["new_first"]
         res["cases"][str(T)] = rec
-        print(f"T={T}: old {rec['median_s']['old']:.2f} s, new {rec['median_s']['new_later']:.2f} s "
+        ctl = f", then its control {rec['median_s']['new_control']:.2f} s" if rec["new_control_s"] else ""
+        print(f"T={T}: old {rec['median_s']['old']:.2f} s, new {rec['median_s']['new_later']:.2f} s{ctl} "
               f"(first on the prompt {rec['median_s']['new_first']:.2f} s), load {rec['load_avg']}", flush=True)
     try:
         data = json.loads(Path(out).read_text())
@@ -222,12 +241,15 @@ def main(argv=None) -> int:
                     runs.append(click(page, i, warmup=i == 0))
                     r = runs[-1]
                     print(f"T={T_shown} run {i}{' (warm-up)' if i == 0 else ''}: {r['click_to_paint_s']:.2f} s "
-                          f"(kernel {r['kernel_s']:.2f} s, load {r['load_avg']:.1f})", flush=True)
+                          f"(kernel {r['kernel_s']:.2f} s), control {r['click_to_control_s']:.2f} s, load "
+                          f"{r['load_avg']:.1f}", flush=True)
                 timed = [r["click_to_paint_s"] for r in runs if not r["warmup"]]
                 med = statistics.median(timed)
                 results["cases"][str(T)] = {"tokens": T_shown, "runs": runs, "median_s": med,
                                             "median_kernel_s": statistics.median(
                                                 r["kernel_s"] for r in runs if not r["warmup"]),
+                                            "median_click_to_control_s": statistics.median(
+                                                r["click_to_control_s"] for r in runs if not r["warmup"]),
                                             "target_s": targets.get(T), "met": med <= targets.get(T, float("inf"))}
                 ctx.close()
                 # a student's first click: a fresh kernel, the panel drawn, the background prepare (the clean NLL)

@@ -119,7 +119,7 @@ def test_project_tag_equals_project_out_with_its_basis_and_a_random_control(expl
         explorer.experiment("project_tag", head=(explorer.trace.n_layers - 1, 0))
 
 
-# ----------------------------------------------------------------------------- one forward pass per experiment
+# ----------------------------------------------------------------------------- the passes of an experiment
 TRACE_FIELDS = ("sink_scores", "first_token_mass", "entropy", "resid_norms", "top_activations", "maps")
 
 
@@ -138,16 +138,21 @@ def _same_trace(a, b, atol=1e-5):
 
 @pytest.mark.parametrize("method", ["eager", "chunked"])
 def test_one_pass_gives_the_trace_under_the_edit_and_reuses_the_clean_nll(smollm2, method):
-    """The edit's trace, its NLL and the control's come from one forward pass: the clean row joins it only for the
-    first experiment on a prompt; ``.trace`` equals ``sw.trace(model, text, edits=[...])`` to 1e-5."""
+    """The edit's trace and NLL come from one forward pass (phase 1; the clean row joins it only for the first
+    experiment on a prompt), the control's NLL from a second, loss-only one (phase 2); ``.trace`` equals
+    ``sw.trace(model, text, edits=[...])`` to 1e-5 and every NLL the functional API's to 1e-4."""
     from sinkwidgets.interventions import mask_sink_edit
 
     before = sw.trace(smollm2, TEXT, method=method)
     ex = sw.SinkExplorer(before, model=smollm2)
     first = ex.experiment("mask", token=0, layers="all")
     second = ex.experiment("mask", token=0, layers="12-29")
-    assert list(first.meta["seconds"]) == ["mask_sink + trace under the mask"] == list(second.meta["seconds"])
-    assert first.trace.meta["experiment_rows"] == 3 and second.trace.meta["experiment_rows"] == 2
+    steps = ["mask_sink + trace under the mask", "control: mask_sink"]  # phase 1 (the edit), phase 2 (the control)
+    assert list(first.meta["seconds"]) == steps == list(second.meta["seconds"])
+    assert set(first.meta["phase_seconds"]) == {"edit", "control"}
+    # the edit's pass has the clean row only for the first experiment on the prompt; the control runs alone
+    assert first.trace.meta["experiment_rows"] == 2 and second.trace.meta["experiment_rows"] == 1
+    assert first.control_status == second.control_status == "done"
     assert first.trace.meta["method"] == method
     for e, layers in ((first, "all"), (second, "12-29")):
         ref = sw.trace(smollm2, TEXT, method=method, edits=[mask_sink_edit(smollm2, layers, token=0)])
@@ -198,7 +203,7 @@ def test_massive_add_sink_and_project_tag_traces_equal_sw_trace(explorer, smollm
     assert abs(p.control_dnll - rr.delta["projected"]) < 1e-4
 
 
-def test_prepare_caches_the_clean_nll_so_the_first_experiment_is_two_rows(smollm2):
+def test_prepare_caches_the_clean_nll_so_the_first_edit_pass_is_one_row(smollm2):
     from sinkwidgets.widgets.experiment import prepare
 
     before = sw.trace(smollm2, TEXT, method="eager")
@@ -207,7 +212,7 @@ def test_prepare_caches_the_clean_nll_so_the_first_experiment_is_two_rows(smollm
     np.testing.assert_allclose(clean, r.nll["clean"][0], atol=1e-4)
     assert prepare(smollm2, before) is clean  # cached: no second pass
     e = sw.SinkExplorer(before, model=smollm2).experiment("mask", token=0, layers="all")
-    assert e.trace.meta["experiment_rows"] == 2 and e.result.nll["clean"][0] is clean
+    assert e.trace.meta["experiment_rows"] == 1 and e.result.nll["clean"][0] is clean
     np.testing.assert_allclose(e.dnll, _fn_dnll(r), atol=1e-4)
 
 
@@ -226,8 +231,162 @@ def test_the_panel_drawn_with_a_model_prepares_the_clean_nll_in_the_background(s
     clean = prompt_cache(before, smollm2).get("clean")
     assert clean is not None and clean.shape == (len(before.token_ids) - 1,) and np.isfinite(clean).all()
     e = ex.experiment("mask", token=0, layers="all")
-    assert e.trace.meta["experiment_rows"] == 2 and e.result.nll["clean"][0] is clean
+    assert e.trace.meta["experiment_rows"] == 1 and e.result.nll["clean"][0] is clean
     # an encoder: nothing runs, nothing is raised (the experiment itself says why when asked)
     enc = sw.SinkExplorer(sw.trace(minilm, "A short sentence."), model=minilm)
     enc._on_custom_msg(enc, {"type": "experiment_prepare"}, [])
     assert getattr(enc, "_prepared", None) is None
+
+
+# ----------------------------------------------------------------------------- two phases: the edit, then its control
+def test_start_experiment_gives_the_edit_first_and_finish_control_adds_the_control(smollm2):
+    """Phase 1 alone already has the final ΔNLL and trace; the control lands in phase 2 (a cancel there keeps the
+    edit's numbers, marks the control cancelled, and a later call computes it); ``run_experiment`` equals both."""
+    from sinkwidgets.widgets.experiment import ExperimentCancelled, run_experiment, start_experiment
+
+    before = sw.trace(smollm2, TEXT + " Two phases.", method="eager")
+    e = start_experiment(smollm2, before, "mask", token=0, layers="all")
+    assert e.control is None and e.control_status == "computing" and np.isnan(e.control_dnll)
+    assert "computing" in repr(e) and list(e.meta["seconds"]) == ["mask_sink + trace under the mask"]
+    r = sw.mask_sink(smollm2, before.meta["text"], "all", token=0)
+    np.testing.assert_allclose(e.dnll, _fn_dnll(r), atol=1e-4)
+    dnll, trace = e.dnll.copy(), e.trace
+    with pytest.raises(ExperimentCancelled, match="control was cancelled"):
+        e.finish_control(lambda: True)
+    assert e.control is None and e.control_status == "cancelled" and e.trace is trace
+    np.testing.assert_array_equal(e.dnll, dnll)
+    assert e.finish_control() is e and e.control_status == "done"
+    ctl_tok = int(e.control_note.split()[1])
+    c = sw.mask_sink(smollm2, before.meta["text"], "all", token=ctl_tok)
+    assert abs(e.control_dnll - c.delta[c.conditions[1]]) < 1e-4
+    full = run_experiment(smollm2, before, "mask", token=0, layers="all")
+    assert full.control_status == "done" and abs(full.control_dnll - e.control_dnll) < 1e-5
+    np.testing.assert_allclose(full.dnll, e.dnll, atol=1e-5)
+    with pytest.raises(ExperimentCancelled):  # a cancel during phase 2 of run_experiment: nothing returned
+        run_experiment(smollm2, before, "mask", token=0, layers="all", cancelled=iter([False] * 3 + [True] * 9).__next__)
+
+
+def test_massive_first_on_a_prompt_runs_the_clean_row_and_adds_the_control_row_in_phase_2(smollm2):
+    """``massive`` as the first experiment on a prompt: phase 1 is ``ablate_massive``'s [clean, ablated] rows (row 0
+    flags), phase 2 its control row alone; the result then has the three conditions and is also the control."""
+    from sinkwidgets.widgets.experiment import prompt_cache, start_experiment
+
+    text = TEXT + " Massive first."
+    before = sw.trace(smollm2, text, method="eager")
+    z = start_experiment(smollm2, before, "massive", mode="zero")
+    assert prompt_cache(before, smollm2)["clean"] is not None and z.trace.meta["experiment_rows"] == 2
+    assert z.result.conditions == ["clean", "zero"] and z.control is None
+    z.finish_control()
+    r = sw.ablate_massive(smollm2, text, "zero", attention_layers=None)
+    assert z.result.conditions == r.conditions and z.control is z.result
+    for cond in r.conditions:
+        np.testing.assert_allclose(z.result.nll[cond][0], r.nll[cond][0], atol=1e-4)
+    assert z.result.meta["n_massive"] == r.meta["n_massive"]
+    assert abs(z.control_dnll - r.delta["control"]) < 1e-4
+
+
+def _panel(ex):
+    """Drive the panel's Apply without a browser: the kernel's answers are collected instead of sent."""
+    sent = []
+    ex.send = lambda msg, buffers=None: sent.append(msg)
+    return sent
+
+
+def _exported(path):
+    """The experiments embedded in a to_html page (its JSON state; JSON has no NaN, json.loads refuses none here)."""
+    import json
+    import re
+
+    html = path.read_text(encoding="utf-8")
+    state = re.search(r'<script type="application/json" id="sw-state">(.*?)</script>', html, re.S).group(1)
+    return json.loads(state, parse_constant=lambda c: pytest.fail(f"{c} in the page's JSON"))["state"]["_experiments"]
+
+
+def _wait(pred, what, timeout=120):
+    import time
+
+    t0 = time.monotonic()
+    while not pred():
+        assert time.monotonic() - t0 < timeout, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_the_panel_paints_the_edit_then_fills_in_its_control(smollm2, monkeypatch, tmp_path):
+    """Phase 1 records the experiment (control_dnll None, "computing") and answers; phase 2 fills the same entry in.
+    A cancel in phase 2 keeps the experiment with its control "cancelled"; to_html then computes it."""
+    import threading
+
+    import sinkwidgets.widgets.experiment as X
+
+    real, gate = X._loss_pass, threading.Event()
+
+    def gated(*a, **k):  # phase 2 waits until the test has looked at phase 1's state
+        assert gate.wait(120)
+        return real(*a, **k)
+
+    monkeypatch.setattr(X, "_loss_pass", gated)
+    ex = sw.SinkExplorer(sw.trace(smollm2, TEXT + " Panel phases.", method="eager"), model=smollm2)
+    sent = _panel(ex)
+    ex._on_custom_msg(ex, {"type": "experiment", "id": "a", "job": "j1", "kind": "mask", "token": 0,
+                           "layers": "all"}, [])
+    _wait(lambda: sent, "the phase-1 answer")
+    assert sent[0]["type"] == "experiment" and sent[0]["ok"] and sent[0]["control"] == "computing"
+    st = ex._experiments[-1]
+    assert st["control_status"] == "computing" and st["control_dnll"] is None and st["index"] == 0
+    e = ex.experiments[-1]
+    assert e.control is None and ex.experiment_index == 0 and ex.experiment_view == "after"
+    ex._on_custom_msg(ex, {"type": "experiment", "id": "b", "kind": "mask"}, [])  # a second Apply: refused
+    _wait(lambda: len(sent) == 2, "the refusal")
+    assert not sent[1]["ok"] and "still running" in sent[1]["error"]
+    gate.set()
+    _wait(lambda: len(sent) == 3, "the control")
+    assert sent[2] == {**sent[2], "type": "experiment_control", "job": "j1", "ok": True}
+    st = ex._experiments[-1]
+    assert st["control_status"] == "done" and abs(st["control_dnll"] - e.control_dnll) < 1e-9
+    assert ex._exp_job is None
+
+    # a cancel in phase 2: the experiment stays shown, its control is marked cancelled
+    gate.clear()
+    ex._on_custom_msg(ex, {"type": "experiment", "id": "c", "job": "j2", "kind": "mask", "token": 0,
+                           "layers": "12-29"}, [])
+    _wait(lambda: len(sent) == 4, "the second phase-1 answer")
+    ex._on_custom_msg(ex, {"type": "experiment_cancel"}, [])
+    gate.set()
+    _wait(lambda: len(sent) == 5, "the cancelled control")
+    assert sent[4]["job"] == "j2" and sent[4]["cancelled"] and not sent[4]["ok"]
+    assert [s["control_status"] for s in ex._experiments] == ["done", "cancelled"]
+    assert ex._experiments[1]["control_dnll"] is None and ex.experiment_index == 1
+    assert len(ex.experiments) == 2 and ex.experiments[1].control is None
+    # save_html exports complete entries: the cancelled control is computed first, and the panel gets it too
+    exported = _exported(ex.to_html(tmp_path / "two.html"))
+    assert ex.experiments[1].control_status == "done" and ex._experiments[1]["control_status"] == "done"
+    assert [x["control_dnll"] for x in exported] == pytest.approx([e.control_dnll, ex.experiments[1].control_dnll])
+
+
+def test_a_failing_control_leaves_the_explorer_and_the_painted_experiment(smollm2, monkeypatch, tmp_path):
+    import sinkwidgets.widgets.experiment as X
+
+    ex = sw.SinkExplorer(sw.trace(smollm2, TEXT + " Failing control.", method="eager"), model=smollm2)
+    first = ex.experiment("mask", token=0, layers="all")
+    sent = _panel(ex)
+
+    def broken(*a, **k):
+        raise RuntimeError("no control today")
+
+    monkeypatch.setattr(X, "_loss_pass", broken)
+    ex._on_custom_msg(ex, {"type": "experiment", "id": "a", "job": "j1", "kind": "mask", "token": 0,
+                           "layers": "12-29"}, [])
+    _wait(lambda: len(sent) == 2, "both answers")
+    assert sent[0]["ok"] and sent[1]["type"] == "experiment_control" and not sent[1]["ok"]
+    assert "no control today" in sent[1]["error"]
+    assert ex.experiments[0] is first and first.control_status == "done"
+    st = ex._experiments[1]
+    assert st["control_status"] == "failed" and st["control_dnll"] is None and "no control today" in st["control_error"]
+    assert ex._exp_job is None
+    with pytest.warns(UserWarning, match="left out"):  # still failing: exported without it
+        exported = _exported(ex.to_html(tmp_path / "one.html"))
+    assert [x["label"] for x in exported] == [first.label]
+    monkeypatch.undo()
+    exported = _exported(ex.to_html(tmp_path / "two.html"))  # the control now runs: both exported, panel filled in
+    assert len(exported) == 2 and np.isfinite(exported[1]["control_dnll"])
+    assert ex._experiments[1]["control_status"] == "done" and "control_error" not in ex._experiments[1]

@@ -171,6 +171,7 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         self._experiment_list: list = []
         self._model_lock = threading.Lock()  # one forward pass at a time: panel experiments and maps on demand
         self._exp_job: dict[str, Any] | None = None  # the panel's running experiment: {"id", "cancel": Event}
+        self._exp_lock = threading.Lock()  # the history (list and panel states): phase 2 updates it from a thread
         self._init_png()
         tr = self._trace
         if layer is None or head is None:
@@ -213,22 +214,33 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         (``head=(layer, head)``, default the selected head; ``rank=1``; ``basis=[d, r]`` optional). See
         :mod:`sinkwidgets.widgets.experiment` for the edits, their controls and ΔNLL.
 
-        Returns an :class:`~sinkwidgets.widgets.experiment.Experiment` (``.result``, ``.trace``, ``.control``,
-        ``.dnll [T-1]``, ``.mean_dnll``, ``.control_dnll``). Raises
+        One call runs both phases (the edit, then its control) and returns a complete
+        :class:`~sinkwidgets.widgets.experiment.Experiment` (``.result``, ``.trace``, ``.control``, ``.dnll [T-1]``,
+        ``.mean_dnll``, ``.control_dnll``); the panel's Apply runs the same phases apart, painting the edit before
+        its control lands (see :meth:`_answer_experiment`). Raises
         :class:`~sinkwidgets.widgets.experiment.ExperimentError` (a ``SinkwidgetsError``) without a model, on an
         encoder, or for an edit the model's family does not support; the explorer is then left as it was.
         """
-        from .experiment import ExperimentError, run_experiment
+        from .experiment import run_experiment
 
-        if kind == "project_tag" and "head" not in params:
-            params["head"] = (int(self.layer), int(self.head))
+        params = self._experiment_params(kind, params)
         trace = self._trace
         with self._model_lock:
             exp = run_experiment(self._store.model, trace, kind, cancelled=_cancelled, **params)
-        if trace is not self._trace:  # set_trace ran meanwhile (a panel experiment runs in a thread)
-            raise ExperimentError("the explorer was given another trace while the experiment ran: not recorded")
+        self._check_same_trace(trace)
         self._record_experiment(exp)
         return exp
+
+    def _experiment_params(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+        if kind == "project_tag" and "head" not in params:
+            params = {**params, "head": (int(self.layer), int(self.head))}
+        return params
+
+    def _check_same_trace(self, trace: SinkTrace) -> None:
+        from .experiment import ExperimentError
+
+        if trace is not self._trace:  # set_trace ran meanwhile (a panel experiment runs in a thread)
+            raise ExperimentError("the explorer was given another trace while the experiment ran: not recorded")
 
     def select(self, layer: int, head: int) -> None:
         """Select head ``(layer, head)`` (both validated; one update for the browser)."""
@@ -303,26 +315,77 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         the experiments run on it (the page flips before / after / after − before without a kernel)."""
         from .standalone import save_html
 
+        exps = self._complete_experiments()
         state = self._ui_state()
-        if self._experiment_list:
-            state.update(experiment_index=int(self.experiment_index), experiment_view=self.experiment_view)
-        return save_html(self._trace, path, title=title, view=self._view, state=state,
-                         experiments=self._experiment_list or None)
+        if exps:
+            shown = self._experiment_list[self.experiment_index] if 0 <= self.experiment_index < len(
+                self._experiment_list) else None
+            state.update(experiment_index=exps.index(shown) if shown in exps else len(exps) - 1,
+                         experiment_view=self.experiment_view)
+        return save_html(self._trace, path, title=title, view=self._view, state=state, experiments=exps or None)
+
+    def _complete_experiments(self) -> list:
+        """The recorded experiments with their controls: a control still computing in the panel is waited for (the
+        model lock), one that was cancelled or failed is run now; an experiment whose control fails again is left
+        out, with a warning naming it (save_html exports complete entries only)."""
+        import warnings
+
+        out = []
+        for exp in list(self._experiment_list):
+            if exp.control is None:
+                try:
+                    with self._model_lock:
+                        exp.finish_control()
+                except Exception as exc:  # noqa: BLE001 - reported as a warning, the export goes on without it
+                    warnings.warn(f"to_html: experiment {exp.label!r} is left out: its control could not be computed "
+                                  f"({type(exc).__name__}: {exc})", stacklevel=3)
+                    self._update_control(exp)
+                    continue
+                self._update_control(exp)
+            out.append(exp)
+        return out
 
     def _record_experiment(self, exp: Any) -> None:
         """Keep ``exp`` (the last :data:`HISTORY`) and show it: its state is built first, so a failure here also
-        leaves the explorer as it was."""
+        leaves the explorer as it was. An experiment whose control has not landed yet (the panel's phase 1) is
+        recorded with ``control_dnll`` None and its ``control_status``; :meth:`_update_control` fills it in."""
         exp.meta.setdefault("panel_id", next(_PANEL_IDS))  # names its maps in the heatmap's tile requests
-        keep = (self._experiment_list + [exp])[-HISTORY:]
-        new = experiment_state(exp, self._trace, 0)
-        states = (list(self._experiments) + [new])[-HISTORY:]
-        states = [{**st, "index": i} for i, st in enumerate(states)]
-        with self.hold_sync():
-            self._experiment_list = keep
-            self._experiments = states
-            self.experiment_index = len(states) - 1
-            if self.experiment_view == "before":
-                self.experiment_view = "after"
+        new = self._experiment_entry(exp, 0)
+        with self._exp_lock:
+            keep = (self._experiment_list + [exp])[-HISTORY:]
+            states = (list(self._experiments) + [new])[-HISTORY:]
+            states = [{**st, "index": i} for i, st in enumerate(states)]
+            with self.hold_sync():
+                self._experiment_list = keep
+                self._experiments = states
+                self.experiment_index = len(states) - 1
+                if self.experiment_view == "before":
+                    self.experiment_view = "after"
+
+    def _experiment_entry(self, exp: Any, index: int) -> dict[str, Any]:
+        """The panel's state of ``exp``: :func:`experiment_state` plus its ``panel_id`` and ``control_status``
+        (``control_dnll`` None until the control has landed: JSON has no NaN)."""
+        st = {**experiment_state(exp, self._trace, index), "panel_id": int(exp.meta["panel_id"]),
+              "control_status": getattr(exp, "control_status", "done")}
+        if exp.control is None:
+            st["control_dnll"] = None
+            if exp.meta.get("control_error"):
+                st["control_error"] = str(exp.meta["control_error"])
+        return st
+
+    def _update_control(self, exp: Any) -> None:
+        """Phase 2 ended (landed, cancelled or failed): update ``exp``'s entry in the panel's state, if it is still
+        in the history of this trace (a later ``set_trace`` or a full history may have dropped it)."""
+        pid = exp.meta.get("panel_id")
+        with self._exp_lock:
+            states = list(self._experiments)
+            for i, st in enumerate(states):
+                if st.get("panel_id") == pid and i < len(self._experiment_list) and self._experiment_list[i] is exp:
+                    ctl = {k: v for k, v in self._experiment_entry(exp, i).items()
+                           if k in ("control_dnll", "control_status", "control", "control_error")}
+                    states[i] = {**{k: v for k, v in st.items() if k != "control_error"}, **ctl}
+                    self._experiments = states
+                    return
 
     # ------------------------------------------------------------------ validation
     def _check_layer(self, layer: int) -> None:
@@ -516,9 +579,22 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
         threading.Thread(target=work, name="sinkwidgets-prepare", daemon=True).start()
 
     def _answer_experiment(self, msg: dict[str, Any]) -> None:
-        """The panel's Apply: run :meth:`experiment` in a worker thread (so the kernel stays free to receive a
-        cancel) and answer ``{ok, index}``, ``{ok: False, error}`` or ``{ok: False, cancelled: True}``. A cancel is
-        honoured before the next step (one forward pass at most); nothing is recorded then."""
+        """The panel's Apply, in a worker thread (so the kernel stays free to receive a cancel), in two phases
+        (:mod:`sinkwidgets.widgets.experiment`):
+
+        1. the edit (:func:`~sinkwidgets.widgets.experiment.start_experiment`): recorded and shown at once, its
+           control pending; answers ``{ok: True, index, seconds, control: "computing"}``, or ``{ok: False, error}``
+           / ``{ok: False, cancelled: True}`` with nothing recorded and the view unchanged;
+        2. the control (:meth:`~sinkwidgets.widgets.experiment.Experiment.finish_control`): fills the recorded
+           entry's ``control_dnll`` in and sends ``{type: "experiment_control", job, ok, seconds}``. A cancel here
+           keeps the painted experiment and marks its control ``"cancelled"`` (``{ok: False, cancelled: True}``);
+           a failure marks it ``"failed"`` (``{ok: False, error}``). Either way the explorer keeps the experiment,
+           and ``to_html`` runs the missing control again before it exports the entry.
+
+        A cancel is honoured before the next step (one forward pass at most). While phase 2 runs, another Apply is
+        refused (the panel disables it)."""
+        from .experiment import ExperimentCancelled, start_experiment
+
         base = {"type": "experiment", "id": msg.get("id")}
         if self._exp_job is not None:
             self.send({**base, "ok": False, "error": "another experiment is still running: wait or cancel it"})
@@ -528,21 +604,49 @@ class _SinkWidget(PngRequests, anywidget.AnyWidget):
             params["head"] = tuple(int(x) for x in params["head"])
         job = {"id": msg.get("id"), "cancel": threading.Event()}
         self._exp_job = job
+        kind = str(msg.get("kind"))
+        ctl_base = {"type": "experiment_control", "job": msg.get("job")}
+
+        def last(answer: dict[str, Any]) -> None:  # the job ends before its last message: a new Apply is accepted
+            self._exp_job = None
+            self.send(answer)
 
         def work() -> None:
-            from .experiment import ExperimentCancelled
+            try:
+                phases()
+            finally:  # whatever happened, the job is over
+                if self._exp_job is job:
+                    self._exp_job = None
 
+        def phases() -> None:
             t0 = time.monotonic()
             try:
-                self.experiment(str(msg.get("kind")), _cancelled=job["cancel"].is_set, **params)
+                args = self._experiment_params(kind, params)
+                trace = self._trace
+                with self._model_lock:
+                    exp = start_experiment(self._store.model, trace, kind, cancelled=job["cancel"].is_set, **args)
+                self._check_same_trace(trace)
+                self._record_experiment(exp)
             except ExperimentCancelled as exc:
-                self.send({**base, "ok": False, "cancelled": True, "error": str(exc)})
+                return last({**base, "ok": False, "cancelled": True, "error": str(exc)})
             except Exception as exc:  # shown in the panel; the explorer stays as it was
-                self.send({**base, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+                return last({**base, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+            self.send({**base, "ok": True, "index": len(self._experiments) - 1, "seconds": time.monotonic() - t0,
+                       "control": "computing"})
+            t1 = time.monotonic()
+            try:
+                with self._model_lock:
+                    exp.finish_control(job["cancel"].is_set)
+            except ExperimentCancelled as exc:
+                answer = {"ok": False, "cancelled": True, "error": str(exc)}
+            except Exception as exc:  # noqa: BLE001 - the control is marked failed, the experiment stays
+                answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             else:
-                self.send({**base, "ok": True, "index": len(self._experiments) - 1, "seconds": time.monotonic() - t0})
+                answer = {"ok": True}
+            try:
+                self._update_control(exp)
             finally:
-                self._exp_job = None
+                last({**ctl_base, **answer, "seconds": time.monotonic() - t1})
 
         job["thread"] = threading.Thread(target=work, name="sinkwidgets-experiment", daemon=True)
         job["thread"].start()

@@ -5,9 +5,20 @@ prompt of a trace (``trace.meta["text"]``) with the functional API of :mod:`sink
 numbers are exactly those of ``sw.mask_sink`` / ``sw.ablate_massive`` / ``sw.add_sink`` / ``sw.project_out`` on
 that prompt, and traces the model *under* the same edit (``sw.trace(model, text, edits=[...])``) so the explorer can
 show before / after / after − before. Every experiment is paired with a **control** (the same edit where it should
-not matter). The edit, its control and (the first time) the clean prompt are rows of ONE forward pass that runs the
-trace's own units and the per-token loss together (:func:`_one_pass`); what does not depend on the edit (the clean
-NLL, the massive-activation spec, a head's map and tag vectors) is computed once per prompt (:func:`prompt_cache`):
+not matter). An experiment runs in two phases, so the panel can paint the edit before its control is known:
+
+1. **the edit** (:func:`start_experiment`): ONE forward pass of the edited prompt with the trace's own units and
+   the per-token loss (:func:`_one_pass`), plus the clean prompt as a second, loss-only row of the same pass when
+   the prompt's clean NLL is not cached yet. It gives the trace under the edit and ΔNLL: everything the panel paints.
+2. **the control** (:meth:`Experiment.finish_control`): ONE loss-only pass of the control row
+   (:func:`_loss_pass`: :class:`~sinkwidgets.tracing.reductions.TokenLoss` alone, on the functional API's chunked
+   path, so no attention probabilities are formed). Until it lands ``Experiment.control`` is None and
+   ``control_status`` is ``"computing"``.
+
+:func:`run_experiment` (what ``SinkExplorer.experiment`` calls) runs both and returns a complete experiment; the
+panel records the experiment after phase 1 and fills its control in after phase 2 (see
+``SinkExplorer._answer_experiment``). What does not depend on the edit (the clean NLL, the massive-activation spec,
+a head's map and tag vectors) is computed once per prompt (:func:`prompt_cache`):
 
 ========== ============================================== ============================================================
 kind       edit                                           control
@@ -17,7 +28,8 @@ kind       edit                                           control
            ``t >= 1`` in ``layers`` (``"all"``,
            ``"12-29"``, a list)
 "massive"  the massive activations (Sun et al. 2024) set  ``ablate_massive``'s own control row: the same channels
-           to 0 (``mode="zero"``) or their mean           zeroed at the last token
+           to 0 (``mode="zero"``) or their mean           zeroed at the last token (phase 2 adds it to ``result``,
+                                                          which is then also ``control``)
 "add_sink" ``prefix`` (default ``"\n"``) prepended        a random non-sink token of the prompt prepended instead
 "project   head ``(layer, head)``'s rank-``rank`` tag     a random (Haar) subspace of the same rank at the same
 _tag"      subspace projected out of the residual after   positions (``seed``)
@@ -39,6 +51,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,16 +69,31 @@ class ExperimentError(SinkwidgetsValueError):
 
 
 class ExperimentCancelled(SinkwidgetsError, RuntimeError):
-    """The experiment was cancelled (the panel's Cancel) before it finished; nothing was recorded."""
+    """The experiment (or its control, phase 2) was cancelled (the panel's Cancel) before it finished."""
 
 
-_LOCAL = threading.local()  # the cancel check of the experiment running in this thread
+_LOCAL = threading.local()  # the cancel check and the step timings of the experiment running in this thread
 
 
 def _check_cancelled() -> None:
     fn = getattr(_LOCAL, "cancelled", None)
     if fn is not None and fn():
         raise ExperimentCancelled("the experiment was cancelled: nothing was recorded, the view is unchanged")
+
+
+@contextmanager
+def _steps(cancelled, timings: dict[str, float]):
+    """Run one phase in this thread with the cancel check ``cancelled`` and the step timings kept in ``timings``."""
+    prev = getattr(_LOCAL, "cancelled", None), getattr(_LOCAL, "timings", None)
+    _LOCAL.cancelled, _LOCAL.timings = cancelled, timings
+    try:
+        yield
+    finally:
+        _LOCAL.cancelled, _LOCAL.timings = prev
+
+
+#: ``Experiment.control_status`` values: the control is being (or not yet) computed, landed, cancelled, failed.
+CONTROL_STATES = ("computing", "done", "cancelled", "failed")
 
 
 @dataclass
@@ -79,10 +107,17 @@ class Experiment:
         ``result.nll[clean][0]`` and ``result.nll[condition][0]`` are ``[T − 1]``.
     trace : :class:`~sinkwidgets.SinkTrace` of the prompt under the edit (``meta["edits"]`` lists it); for
         ``add_sink`` the prefixed prompt, whose first ``offset`` tokens are the prefix.
-    control : :class:`~sinkwidgets.interventions.InterventionResult` of the control edit.
+    control : :class:`~sinkwidgets.interventions.InterventionResult` of the control edit; None until phase 2 (the
+        control's pass, :meth:`finish_control`) has landed.
     condition, control_condition : the edited conditions' names in ``result`` / ``control``.
+    control_note : what the control is (e.g. ``"token 37 masked in the same layers"``), known from phase 1 on.
     offset : tokens prepended in ``trace`` (``add_sink``; 0 otherwise), so ``trace`` token ``offset + t`` is
         the explorer's token ``t``.
+    control_status : one of :data:`CONTROL_STATES`: ``"done"`` for an experiment from :func:`run_experiment`;
+        after :func:`start_experiment` ``"computing"`` until :meth:`finish_control` lands it (``"done"``), is
+        cancelled (``"cancelled"``) or fails (``"failed"``; ``meta["control_error"]`` says why). A cancelled or
+        failed control can be run again with :meth:`finish_control`.
+    meta : ``"seconds"`` (wall time of each step, both phases), ``"phase_seconds"`` (``{"edit": s, "control": s}``).
     """
 
     kind: str
@@ -95,6 +130,9 @@ class Experiment:
     control_note: str
     offset: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    control_status: str = "done"
+    #: phase 2: ``() -> (result or None, control)``, dropped once the control has landed
+    _control_step: Any = field(default=None, repr=False, compare=False)
 
     @property
     def dnll(self) -> np.ndarray:
@@ -109,8 +147,48 @@ class Experiment:
 
     @property
     def control_dnll(self) -> float:
-        """Mean ΔNLL of the control edit (nats per token)."""
+        """Mean ΔNLL of the control edit (nats per token); NaN while the control has not landed
+        (``control_status`` is not ``"done"``)."""
+        if self.control is None:
+            return float("nan")
         return float(self.control.delta[self.control_condition])
+
+    def finish_control(self, cancelled=None) -> Experiment:
+        """Phase 2: run the control's loss-only pass and fill in :attr:`control` (for ``"massive"`` also
+        ``result``'s ``"control"`` condition); a no-op once it has landed. Returns the experiment.
+
+        ``cancelled``: optional ``() -> bool`` checked before and after the pass. A cancel raises
+        :class:`ExperimentCancelled` and a failure :class:`ExperimentError`; either way the phase-1 numbers and
+        trace stay as they are, only ``control_status`` becomes ``"cancelled"`` / ``"failed"``, and a later call
+        may try again."""
+        if self.control is not None:
+            return self
+        step = self._control_step
+        if step is None:
+            raise ExperimentError(f"{self.label}: no control step to run (this experiment was not made by "
+                                  "start_experiment / run_experiment)")
+        self.control_status = "computing"
+        timings = self.meta.setdefault("seconds", {})
+        t0 = time.perf_counter()
+        try:
+            with _steps(cancelled, timings):
+                _check_cancelled()
+                result, control = step()
+                _check_cancelled()
+        except ExperimentCancelled:
+            self.control_status = "cancelled"
+            raise ExperimentCancelled(f"{self.label}: the control was cancelled; the edit's numbers and trace are kept, "
+                                      "its control was not computed") from None
+        except Exception as exc:
+            self.control_status = "failed"
+            self.meta["control_error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        if result is not None:
+            self.result = result
+        self.control, self.control_status, self._control_step = control, "done", None
+        self.meta.pop("control_error", None)
+        self.meta.setdefault("phase_seconds", {})["control"] = time.perf_counter() - t0
+        return self
 
     @property
     def label(self) -> str:
@@ -125,13 +203,15 @@ class Experiment:
         return f"project L{p['head'][0]}H{p['head'][1]} tag (rank {p['rank']}) at {len(p['positions'])} caught tokens"
 
     def summary(self) -> dict[str, Any]:
-        """Mean ΔNLL of the edit and of its control, and the label (plain floats and strings)."""
+        """Mean ΔNLL of the edit and of its control (NaN until it lands), the control's status, and the label
+        (plain floats and strings)."""
         return {"kind": self.kind, "label": self.label, "mean_dnll": self.mean_dnll, "control_dnll": self.control_dnll,
-                "control": self.control_note}
+                "control": self.control_note, "control_status": self.control_status}
 
     def __repr__(self) -> str:
-        return (f"Experiment({self.label}: mean ΔNLL {self.mean_dnll:+.4f} nats/token, control "
-                f"{self.control_dnll:+.4f} ({self.control_note}))")
+        ctl = (f"{self.control_dnll:+.4f}" if self.control is not None else
+               {"computing": "computing…"}.get(self.control_status, self.control_status))
+        return f"Experiment({self.label}: mean ΔNLL {self.mean_dnll:+.4f} nats/token, control {ctl} ({self.control_note}))"
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -199,7 +279,8 @@ def _check_same_tokens(model_name: str, trace: SinkTrace, after: SinkTrace, offs
 
 def _single_row_massive(layer: int, channels: list[int], values: list[float], abs_thr: float, ratio: float):
     """``ablate_massive``'s edit for a one-row trace: every row flags its own massive entries (as row 0 does for the
-    edited rows of ``ablate_massive``: up to the edited layer both rows are the same) and sets them to ``values``."""
+    edited rows of ``ablate_massive``: up to the edited layer both rows are the same) and sets them to ``values``;
+    reports each row's flags ``[B, T, c]`` (so ``n_massive`` needs no clean row)."""
     import torch
 
     from ..tracing.edits import MassiveAblation
@@ -209,16 +290,14 @@ def _single_row_massive(layer: int, channels: list[int], values: list[float], ab
             ch = self.channels.to(h.device)
             v = self.values[0].to(h.device, h.dtype)
             out = h.clone()
+            flags = []
             for b in range(h.shape[0]):
                 a = h[b].abs().float()
                 sub = a.index_select(-1, ch)
-                flags = (sub > self.abs_thr) & (sub >= self.ratio * a.flatten().median())
+                flags.append((sub > self.abs_thr) & (sub >= self.ratio * a.flatten().median()))
                 cur = out[b].index_select(-1, ch)
-                out[b, :, ch] = torch.where(flags, v[None, :].expand_as(cur), cur)
-            return out
-
-        def result_bytes(self, B, T, ctx):
-            return 0
+                out[b, :, ch] = torch.where(flags[-1], v[None, :].expand_as(cur), cur)
+            return out, {"flags": torch.stack(flags)}
 
         def __repr__(self):
             return f"MassiveAblation(layer={self.layer}, channels={self.channels.tolist()}, values={self.values[0].tolist()})"
@@ -227,7 +306,40 @@ def _single_row_massive(layer: int, channels: list[int], values: list[float], ab
                               torch.tensor([values], dtype=torch.float32), float(abs_thr), float(ratio))
 
 
-# ----------------------------------------------------------------------------- one forward pass per experiment
+def _massive_control(layer: int, channels: list[int], pos: int):
+    """``ablate_massive``'s control row as a one-row edit: the massive channels zeroed at token ``pos`` only (no
+    flags: the control does not depend on the clean row)."""
+    from dataclasses import dataclass as _dc
+    from dataclasses import field as _field
+
+    import torch
+
+    from ..tracing.edits import Edit
+
+    @_dc(repr=False)
+    class ZeroChannelsAt(Edit):
+        layer: int
+        channels: Any
+        pos: int
+        name: str = "massive_control"
+        site: str = _field(default="resid", init=False)
+
+        def layers(self, n_layers):
+            return [int(self.layer)]
+
+        def apply(self, h, ctx, layer, state):
+            ch = self.channels.to(h.device)
+            out = h.clone()
+            out[:, self.pos, ch] = torch.zeros_like(out[:, self.pos, ch])
+            return out
+
+        def __repr__(self):
+            return f"ZeroChannelsAt(layer={self.layer}, channels={self.channels.tolist()}, pos={self.pos})"
+
+    return ZeroChannelsAt(int(layer), torch.tensor(channels, dtype=torch.long), int(pos))
+
+
+# ----------------------------------------------------------------------------- the passes of an experiment
 #: Per-prompt results that do not depend on the edit, kept while the explorer's trace lives:
 #: ``{id(trace): (weakref(trace), {id(model): {"clean": nll [T-1], "spec": MassiveSpec, ("head", l, h): ...}})}``.
 _PROMPT_CACHE: dict[int, tuple[Any, dict[int, dict[str, Any]]]] = {}
@@ -250,24 +362,14 @@ def prompt_cache(trace: SinkTrace, model: Any) -> dict[Any, Any]:
 
 
 def prepare(model: Any, trace: SinkTrace) -> np.ndarray:
-    """Compute and cache the clean per-token NLL ``[T − 1]`` of ``trace``'s prompt (one forward pass with
-    :class:`~sinkwidgets.tracing.reductions.TokenLoss`, the trace's method), so that even the first experiment on
-    the prompt is one pass of two rows (the edit and its control). Meant to run while nobody waits, e.g. in a
-    background thread when an explorer gets a model; a no-op when it is cached already. Returns the NLL."""
+    """Compute and cache the clean per-token NLL ``[T − 1]`` of ``trace``'s prompt (one loss-only pass,
+    :func:`_loss_pass`), so that even the first experiment's phase 1 is one row (the edit). Meant to run while
+    nobody waits, e.g. in a background thread when an explorer gets a model; a no-op when it is cached already.
+    Returns the NLL."""
     cache = prompt_cache(trace, model)
     if cache.get("clean") is None:
-        from ..tracing import run_units
-        from ..tracing.options import Encoded
-        from ..tracing.reductions import TokenLoss
-
         info = _info(model, trace)
-        ids = [int(i) for i in trace.token_ids]
-        method = trace.meta.get("method", "auto")
-        method = "chunked" if info.remote else (method if method in ("eager", "chunked") else "auto")
-        out = run_units(model, [trace.meta["text"]], [TokenLoss()], batch_size=1, method=method,
-                        encoded=[Encoded(trace.meta["text"], ids, trace.meta.get("add_bos"), len(ids))],
-                        remote=bool(info.remote), progress=False, pin_mmap_threshold=False)
-        cache["clean"] = np.asarray(out[0].by_unit["loss"]["nll"])
+        cache["clean"] = _loss_pass(model, info, trace, [[int(i) for i in trace.token_ids]], [])[0]
     return cache["clean"]
 
 
@@ -382,6 +484,30 @@ def _one_pass(model, info, trace: SinkTrace, rows: list[list[int]], edits: list,
     return after, [np.asarray(o.by_unit["loss"]["nll"]) for o in out], out
 
 
+def _loss_method(model, info) -> str:
+    """The method of a loss-only pass: the functional API's chunked path (an SDPA forward; with no unit reading
+    attention, no probabilities are formed), eager where the model has no chunked path."""
+    from ..tracing.api import _auto_long_method
+
+    return "chunked" if info.remote else _auto_long_method(model, info)
+
+
+def _loss_pass(model, info, trace: SinkTrace, rows: list[list[int]], edits: list, text: str | None = None
+               ) -> list[np.ndarray]:
+    """ONE forward pass of ``rows`` (token ids) with :class:`~sinkwidgets.tracing.reductions.TokenLoss` alone →
+    the per-token NLL ``[T_r − 1]`` of every row: phase 2 (the control) and :func:`prepare` (the clean prompt)."""
+    from ..tracing import run_units
+    from ..tracing.options import Encoded
+    from ..tracing.reductions import TokenLoss
+
+    text = trace.meta["text"] if text is None else text
+    enc = [Encoded(text, [int(i) for i in ids], trace.meta.get("add_bos"), len(ids)) for ids in rows]
+    out = run_units(model, [text] * len(rows), [TokenLoss()], edits=edits, encoded=enc, batch_size=len(rows),
+                    method=_loss_method(model, info), remote=bool(info.remote), progress=False,
+                    pin_mmap_threshold=False)
+    return [np.asarray(o.by_unit["loss"]["nll"]) for o in out]
+
+
 def _with_clean(cache: dict, ids: list[int]) -> tuple[list[list[int]], bool]:
     """The clean row ``ids`` to append to a pass when the prompt's clean NLL is not cached yet."""
     return ([list(ids)], True) if cache.get("clean") is None else ([], False)
@@ -394,8 +520,8 @@ def _base_meta(info, trace, **more) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the experiments
 def _mask(model, info, trace, text, add_bos, token=None, layers="all", seed=0, eps=0.3):
-    """One pass, rows ``[key tok hidden, key ctl_tok hidden (+ clean)]``: ``mask_sink``'s numbers (it runs
-    ``[clean, hidden]`` on the chunked path) and the trace under the mask from row 0."""
+    """Phase 1, rows ``[key tok hidden (+ clean)]``: ``mask_sink``'s numbers and the trace under the mask; phase 2,
+    one loss-only row with key ``ctl_tok`` hidden (``mask_sink`` runs ``[clean, hidden]`` on the chunked path)."""
     from .. import interventions as iv
     from ..interventions import InterventionResult
     from ..interventions.edits import layer_sets
@@ -417,27 +543,34 @@ def _mask(model, info, trace, text, add_bos, token=None, layers="all", seed=0, e
     cache = prompt_cache(trace, model)
     ids = [int(i) for i in trace.token_ids]
     clean_row, add_clean = _with_clean(cache, ids)
-    edits = [iv.mask_sink_edit(model, layers, token=tok, rows=[0]), iv.mask_sink_edit(model, layers, token=ctl_tok,
-                                                                                      rows=[1])]
-    edits[1].name = "hide_keys_control"
-    after, nll, out = _wrap("mask_sink + trace under the mask", info.name, _one_pass, model, info, trace,
-                       [ids, ids, *clean_row], edits, 0, [iv.mask_sink_edit(model, layers, token=tok)])
+    after, nll, _ = _wrap("mask_sink + trace under the mask", info.name, _one_pass, model, info, trace,
+                          [ids, *clean_row], [iv.mask_sink_edit(model, layers, token=tok, rows=[0])], 0,
+                          [iv.mask_sink_edit(model, layers, token=tok)])
     if add_clean:
-        cache["clean"] = nll[2]
+        cache["clean"] = nll[1]
     _check_same_tokens(info.name, trace, after)
+    clean = cache["clean"]
 
-    def result(k, t):
-        return InterventionResult("mask_sink", ["clean", name], {"clean": [cache["clean"]], name: [nll[k]]}, {},
+    def result(t, row):
+        return InterventionResult("mask_sink", ["clean", name], {"clean": [clean], name: [row]}, {},
                                   _base_meta(info, trace, layer_sets=sets, token=[t]))
 
-    res, ctl = result(0, tok), result(1, ctl_tok)
-    return Experiment("mask", {"token": tok, "layers": layers if isinstance(layers, str) else list(layers)}, res,
-                      after, ctl, name, name, f"token {ctl_tok} masked in the same layers")
+    def control():
+        (row,) = _wrap("control: mask_sink", info.name, _loss_pass, model, info, trace, [ids],
+                       [iv.mask_sink_edit(model, layers, token=ctl_tok)])
+        return None, result(ctl_tok, row)
+
+    return Experiment("mask", {"token": tok, "layers": layers if isinstance(layers, str) else list(layers)},
+                      result(tok, nll[0]), after, None, name, name, f"token {ctl_tok} masked in the same layers",
+                      control_status="computing", _control_step=control)
 
 
 def _massive(model, info, trace, text, add_bos, mode="zero"):
-    """One pass, rows ``[clean, ablated, control]`` (``ablate_massive``'s rows: row 0 flags the massive entries),
-    after ``find_massive`` on the prompt (once per prompt); the trace under the ablation from row 1."""
+    """After ``find_massive`` on the prompt (once per prompt): phase 1, the ablated row (with the clean row first
+    when its NLL is not cached: ``ablate_massive``'s rows, row 0 flagging the massive entries; else one row that
+    flags its own, the same entries since the rows agree up to the edited layer), the trace under the ablation;
+    phase 2, ``ablate_massive``'s control row alone (the same channels zeroed at the last token), added to the
+    result as its ``"control"`` condition (the result is then also the control, as in ``ablate_massive``)."""
     import torch
 
     from .. import interventions as iv
@@ -453,25 +586,38 @@ def _massive(model, info, trace, text, add_bos, mode="zero"):
     values = [0.0] * len(spec.channels) if mode == "zero" else list(spec.means)
     ids = [int(i) for i in trace.token_ids]
     T = len(ids)
-    edit = MassiveAblation(spec.layer, torch.tensor(spec.channels, dtype=torch.long),
-                           torch.tensor([values], dtype=torch.float32), float(spec.abs_thr), float(spec.ratio), T - 1)
     one_row = _single_row_massive(spec.layer, spec.channels, values, spec.abs_thr, spec.ratio)
+    if cache.get("clean") is None:  # [clean, ablated]: row 0 flags, row 1 is ablated and traced
+        edit = MassiveAblation(spec.layer, torch.tensor(spec.channels, dtype=torch.long),
+                               torch.tensor([values], dtype=torch.float32), float(spec.abs_thr), float(spec.ratio))
+        rows, row = [ids, ids], 1
+    else:
+        edit, rows, row = one_row, [ids], 0
     after, nll, out = _wrap("ablate_massive + trace under the ablation", info.name, _one_pass, model, info, trace,
-                       [ids, ids, ids], [edit], 1, [one_row])
-    if cache.get("clean") is None:
+                            rows, [edit], row, [one_row])
+    if row == 1:
         cache["clean"] = nll[0]
     _check_same_tokens(info.name, trace, after)
-    res = InterventionResult("ablate_massive", ["clean", mode, "control"],
-                             {"clean": [nll[0]], mode: [nll[1]], "control": [nll[2]]}, {},
-                             _base_meta(info, trace, spec=spec, layer=spec.layer,
-                                        n_massive=[int(out[0].by_unit[edit.name]["massive_flags"].sum())]))
+    clean, edited = cache["clean"], nll[row]
+    meta = _base_meta(info, trace, spec=spec, layer=spec.layer,
+                      n_massive=[int(out[0].by_unit[edit.name]["massive_flags"].sum())])
+    res = InterventionResult("ablate_massive", ["clean", mode], {"clean": [clean], mode: [edited]}, {}, meta)
+
+    def control():
+        (ctl,) = _wrap("control: ablate_massive", info.name, _loss_pass, model, info, trace, [ids],
+                       [_massive_control(spec.layer, spec.channels, T - 1)])
+        full = InterventionResult("ablate_massive", ["clean", mode, "control"],
+                                  {"clean": [clean], mode: [edited], "control": [ctl]}, {}, meta)
+        return full, full
+
     return Experiment("massive", {"mode": mode, "layer": int(spec.layer), "channels": list(spec.channels)}, res, after,
-                      res, mode, "control", "the same channels zeroed at the last token")
+                      None, mode, "control", "the same channels zeroed at the last token", control_status="computing",
+                      _control_step=control)
 
 
 def _add_sink(model, info, trace, text, add_bos, prefix="\n", seed=0, eps=0.3):
-    """One pass, rows ``[prefix + ids, control token + ids (+ ids)]`` (left-padded to the longest): ``add_sink``'s
-    numbers (it runs each row alone) and the trace of the prefixed prompt from row 0."""
+    """Phase 1, rows ``[prefix + ids (+ ids)]`` (left-padded to the longest): ``add_sink``'s numbers (it runs each
+    row alone) and the trace of the prefixed prompt; phase 2, the loss of ``control token + ids``."""
     from ..interventions import InterventionResult
     from ..interventions.edits import prefixes
 
@@ -485,29 +631,34 @@ def _add_sink(model, info, trace, text, add_bos, prefix="\n", seed=0, eps=0.3):
     (ctl_pre,), ctl_conds = prefixes(model, [[ctl_id]])
     cache = prompt_cache(trace, model)
     clean_row, add_clean = _with_clean(cache, ids)
-    after, nll, out = _wrap("add_sink + trace with the prefix", info.name, _one_pass, model, info, trace,
-                       [pre + ids, ctl_pre + ids, *clean_row], [], 0, [], prefix + text)
+    after, nll, _ = _wrap("add_sink + trace with the prefix", info.name, _one_pass, model, info, trace,
+                          [pre + ids, *clean_row], [], 0, [], prefix + text)
     if add_clean:
-        cache["clean"] = nll[2]
+        cache["clean"] = nll[1]
     if list(after.tokens[n_pre:]) != list(trace.tokens):
         raise ExperimentError(f"the prefixed prompt does not line up with the explorer's {trace.n_tokens} tokens")
+    clean = cache["clean"]
 
     def result(cond, pi, full):
         cut = full[len(pi):]
-        clean = cache["clean"]
         return InterventionResult(
             "add_sink", ["none", cond], {"none": [clean], cond: [cut]}, {},
             _base_meta(info, trace, prefix_ids=[pi], first_token_nll={cond: float(full[len(pi) - 1])},
                        nll_from_token2={"none": float(clean[1:].mean()), cond: float(cut[1:].mean())}))
 
-    res, ctl = result(conds[1], pre, nll[0]), result(ctl_conds[1], ctl_pre, nll[1])
-    return Experiment("add_sink", {"prefix": prefix}, res, after, ctl, conds[1], ctl_conds[1],
-                      f"token {ctl_id} ({ctl_pos}th of the prompt) prepended instead", offset=n_pre)
+    def control():
+        (row,) = _wrap("control: add_sink", info.name, _loss_pass, model, info, trace, [ctl_pre + ids], [])
+        return None, result(ctl_conds[1], ctl_pre, row)
+
+    return Experiment("add_sink", {"prefix": prefix}, result(conds[1], pre, nll[0]), after, None, conds[1],
+                      ctl_conds[1], f"token {ctl_id} ({ctl_pos}th of the prompt) prepended instead", offset=n_pre,
+                      control_status="computing", _control_step=control)
 
 
 def _project_tag(model, info, trace, text, add_bos, head=None, rank=1, basis=None, tau=None, eps=None, seed=0):
-    """The head's map and tag vectors (once per prompt and head), then one pass, rows ``[tag projected out,
-    random subspace projected out (+ clean)]``: ``project_out``'s numbers and the trace under the projection."""
+    """The head's map and tag vectors (once per prompt and head); phase 1, rows ``[tag projected out (+ clean)]``:
+    ``project_out``'s numbers and the trace under the projection; phase 2, the loss with a random subspace of the
+    same rank projected out at the same tokens."""
     import torch
 
     from .. import tags as tg
@@ -564,29 +715,31 @@ def _project_tag(model, info, trace, text, add_bos, head=None, rank=1, basis=Non
     ids = [int(i) for i in trace.token_ids]
     T = len(ids)
     clean_row, add_clean = _with_clean(cache, ids)
-    B = 2 + len(clean_row)
-    w = torch.zeros(B, T)
+    w = torch.zeros(1 + len(clean_row), T)
     w[0, caught] = 1.0
-    wc = torch.zeros(B, T)
-    wc[1, caught] = 1.0
     one = torch.zeros(1, T)
     one[0, caught] = 1.0
-    edits = [ProjectOut(ly, U, w), ProjectOut(ly, R, wc, name="project_out_control")]
-    after, nll, out = _wrap("project_out + trace under the projection", info.name, _one_pass, model, info, trace,
-                       [ids, ids, *clean_row], edits, 0, [ProjectOut(ly, U, one)])
+    after, nll, _ = _wrap("project_out + trace under the projection", info.name, _one_pass, model, info, trace,
+                          [ids, *clean_row], [ProjectOut(ly, U, w)], 0, [ProjectOut(ly, U, one)])
     if add_clean:
-        cache["clean"] = nll[2]
+        cache["clean"] = nll[1]
     _check_same_tokens(info.name, trace, after)
+    clean = cache["clean"]
 
-    def result(k):
-        return InterventionResult("project_out", ["clean", "projected"],
-                                  {"clean": [cache["clean"]], "projected": [nll[k]]}, {},
+    def result(row):
+        return InterventionResult("project_out", ["clean", "projected"], {"clean": [clean], "projected": [row]}, {},
                                   _base_meta(info, trace, layer=ly, rank=r, n_projected=[len(caught)],
                                              sink_positions=sink_list))
 
+    def control():
+        (row,) = _wrap("control: project_out", info.name, _loss_pass, model, info, trace, [ids],
+                       [ProjectOut(ly, R, one, name="project_out_control")])
+        return None, result(row)
+
     return Experiment("project_tag", {"head": [ly, h], "rank": r, "positions": caught, "sinks": sink_list,
-                                      "tau": tau, "eps": eps}, result(0), after, result(1), "projected", "projected",
-                      f"a random {r}-dim subspace at the same {len(caught)} tokens")
+                                      "tau": tau, "eps": eps}, result(nll[0]), after, None, "projected", "projected",
+                      f"a random {r}-dim subspace at the same {len(caught)} tokens", control_status="computing",
+                      _control_step=control)
 
 
 def _trace_map(model, trace, ly, h):
@@ -601,16 +754,7 @@ _PARAMS = {"mask": ("token", "layers", "seed", "eps"), "massive": ("mode",), "ad
            "project_tag": ("head", "rank", "basis", "tau", "eps", "seed")}
 
 
-def run_experiment(model: Any, trace: SinkTrace, kind: str, *, cancelled=None, **params: Any) -> Experiment:
-    """Run experiment ``kind`` (one of :data:`KINDS`) on ``trace``'s prompt with ``model``; see the module docstring.
-
-    ``cancelled``: optional ``() -> bool``, checked before each step (a once-per-prompt preparation such as
-    ``find_massive``, then the one pass of the edit, its control and the trace under the edit) and after the last:
-    when it returns True, :class:`ExperimentCancelled` is raised and nothing is recorded.
-
-    Raises :class:`ExperimentError` (a :class:`~sinkwidgets.errors.SinkwidgetsError`) for an encoder, a trace
-    without its text, another model, an unknown kind or parameter, or an edit the model's family does not support.
-    """
+def _check_request(model: Any, trace: SinkTrace, kind: str, params: dict[str, Any]) -> Any:
     if kind not in _RUNNERS:
         raise ExperimentError(f"kind={kind!r}: use one of {KINDS}")
     unknown = sorted(set(params) - set(_PARAMS[kind]))
@@ -618,12 +762,39 @@ def run_experiment(model: Any, trace: SinkTrace, kind: str, *, cancelled=None, *
         raise ExperimentError(f"experiment {kind!r} takes {_PARAMS[kind]}, not {unknown}")
     if model is None:
         raise ExperimentError("no model: give one to the explorer, SinkExplorer(trace, model=sw.load_model(...))")
-    info = _info(model, trace)
-    _LOCAL.cancelled, _LOCAL.timings = cancelled, {}
-    try:
+    return _info(model, trace)
+
+
+def start_experiment(model: Any, trace: SinkTrace, kind: str, *, cancelled=None, **params: Any) -> Experiment:
+    """Phase 1 of experiment ``kind`` (one of :data:`KINDS`) on ``trace``'s prompt with ``model``: the edit's pass
+    (see the module docstring) → an :class:`Experiment` with ``result``, ``trace`` and ``dnll`` final and
+    ``control`` None (``control_status == "computing"``); :meth:`Experiment.finish_control` runs phase 2.
+
+    ``cancelled``: optional ``() -> bool``, checked before each step (a once-per-prompt preparation such as
+    ``find_massive``, then the edit's pass) and after the last: when it returns True, :class:`ExperimentCancelled`
+    is raised and nothing is returned. Raises :class:`ExperimentError` as :func:`run_experiment` does.
+    """
+    info = _check_request(model, trace, kind, params)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with _steps(cancelled, timings):
         exp = _RUNNERS[kind](model, info, trace, trace.meta["text"], trace.meta.get("add_bos"), **params)
         _check_cancelled()
-        exp.meta["seconds"] = dict(_LOCAL.timings)  # wall time of each step (forward passes), for benchmarks
-        return exp
-    finally:
-        _LOCAL.cancelled, _LOCAL.timings = None, None
+    exp.meta["seconds"] = timings  # wall time of each step (forward passes), for benchmarks; phase 2 adds its own
+    exp.meta["phase_seconds"] = {"edit": time.perf_counter() - t0}
+    return exp
+
+
+def run_experiment(model: Any, trace: SinkTrace, kind: str, *, cancelled=None, **params: Any) -> Experiment:
+    """Run experiment ``kind`` (one of :data:`KINDS`) on ``trace``'s prompt with ``model``, both phases (the edit,
+    then its control; see the module docstring) → a complete :class:`Experiment` (``control_status == "done"``).
+
+    ``cancelled``: optional ``() -> bool``, checked before each step (a once-per-prompt preparation such as
+    ``find_massive``, the edit's pass, the control's pass) and after the last: when it returns True,
+    :class:`ExperimentCancelled` is raised and nothing is returned.
+
+    Raises :class:`ExperimentError` (a :class:`~sinkwidgets.errors.SinkwidgetsError`) for an encoder, a trace
+    without its text, another model, an unknown kind or parameter, or an edit the model's family does not support.
+    """
+    exp = start_experiment(model, trace, kind, cancelled=cancelled, **params)
+    return exp.finish_control(cancelled)

@@ -30,7 +30,16 @@ def test_mask_token_0_all_layers_in_jupyterlab(lab, guarded_page, smollm2):
         "import sinkwidgets as sw\n"
         "m = sw.load_model('smollm2-135m')\n"
         f"ex = sw.SinkExplorer(sw.trace(m, {TEXT!r}), model=m, layer={ly}, head={hd}, token=1, metric='alpha')\nex",
-        "print(f'STATE n={len(ex.experiments)} view={ex.experiment_view} index={ex.experiment_index}')",
+        "print(f'STATE n={len(ex.experiments)} view={ex.experiment_view} index={ex.experiment_index} '\n"
+        "      f'controls={[e.control_status for e in ex.experiments]}')",
+        # slow both phases down (2 s before each pass) so a cancel lands in the phase the test means, every time
+        "import time, sinkwidgets.widgets.experiment as X\n"
+        "def _slow(fn):\n"
+        "    def run(*a, **k):\n"
+        "        time.sleep(2.0)\n"
+        "        return fn(*a, **k)\n"
+        "    return run\n"
+        "X._one_pass, X._loss_pass = _slow(X._one_pass), _slow(X._loss_pass)\nprint('SLOW')",
     ])
     open_notebook(page, lab, name)
     run_cell(page, 0)
@@ -42,8 +51,12 @@ def test_mask_token_0_all_layers_in_jupyterlab(lab, guarded_page, smollm2):
     page.get_by_test_id("sw-exp-preset-all").click()
     wait_state(page, "sw-exp-status", "d.state === 'running'", timeout=10_000)  # the progress line
     d = wait_state(page, "sw-exp", "d.index === '0' && d.view === 'after'", timeout=120_000)
-    assert abs(float(d["meanDnll"]) - expected) < 1e-4
-    assert state(page, "sw-exp-status")["state"] == "done"
+    assert abs(float(d["meanDnll"]) - expected) < 1e-4  # painted after phase 1 (the edit)
+    wait_state(page, "sw-exp-status", "d.state === 'done'", timeout=60_000)  # phase 2: the control landed
+    d = wait_state(page, "sw-exp", "d.controlState === 'done'")
+    ctl_tok = int(page.get_by_test_id("sw-exp-result").inner_text().split("(token ")[1].split()[0])
+    c = sw.mask_sink(smollm2, TEXT, "all", token=ctl_tok)
+    assert abs(float(d["controlDnll"]) - c.delta[c.conditions[1]]) < 1e-4
     g = wait_state(page, "sw-grid-canvas", "d.view === 'after'")
     # the grid: α of token 1 at the head where it is largest in layers 12-29 is now a sink (float16 on the wire)
     assert float(g["selectedValue"]) == pytest.approx(float(a1[ly, hd]), abs=2e-3)
@@ -75,7 +88,9 @@ def test_mask_token_0_all_layers_in_jupyterlab(lab, guarded_page, smollm2):
     assert state(page, "sw-exp")["index"] == "0" and state(page, "sw-grid-canvas")["view"] == "diff"
     out = poll_cell(page, 1, lambda s: "n=1" in s, what="still one experiment")
 
-    # cancel: the run stops after its current forward pass, nothing is recorded, the view stays
+    # cancel in phase 1 (both passes slowed down by 2 s): the run stops before its pass, nothing is recorded
+    run_cell(page, 2)
+    page.wait_for_function("() => document.body.innerText.includes('SLOW')", timeout=20_000)  # installed
     page.get_by_test_id("sw-exp-layers").fill("12-29")
     page.get_by_test_id("sw-exp-token").fill("0")
     page.get_by_test_id("sw-exp-apply").click()
@@ -86,6 +101,21 @@ def test_mask_token_0_all_layers_in_jupyterlab(lab, guarded_page, smollm2):
     assert not page.get_by_test_id("sw-exp-cancel").is_visible()
     assert state(page, "sw-exp")["index"] == "0"
     out = poll_cell(page, 1, lambda s: "n=1" in s, what="still one experiment after the cancel")
+
+    # cancel in phase 2: the experiment is painted and kept, its control shown as computing, then cancelled
+    page.get_by_test_id("sw-exp-apply").click()
+    wait_state(page, "sw-exp-status", "d.state === 'control'", timeout=60_000)
+    d = wait_state(page, "sw-exp", "d.index === '1' && d.controlState === 'computing'")
+    assert "control: computing…" in page.get_by_test_id("sw-exp-result").inner_text()
+    assert "control: computing…" in page.get_by_test_id("sw-exp-status").inner_text()
+    assert page.get_by_test_id("sw-exp-apply").is_disabled()
+    page.get_by_test_id("sw-exp-cancel").click()
+    wait_state(page, "sw-exp-status", "d.state === 'control-cancelled'", timeout=60_000)
+    d = wait_state(page, "sw-exp", "d.index === '1' && d.controlState === 'cancelled'")
+    assert "control: cancelled" in page.get_by_test_id("sw-exp-result").inner_text()
+    assert state(page, "sw-grid-canvas")["view"] == "diff" and page.get_by_test_id("sw-exp-apply").is_enabled()
+    out = poll_cell(page, 1, lambda s: "n=2" in s, what="the experiment kept after a phase-2 cancel")
+    assert "controls=['done', 'cancelled']" in out
 
 
 def test_offline_page_flips_before_after_difference(guarded_page, smollm2, tmp_path):

@@ -902,36 +902,74 @@ function makeExperimentPanel(store, tooltip, report, redraw) {
   ctl.view.addEventListener("change", () => store.set({ experiment_view: ctl.view.value }));
   ctl.history.addEventListener("change", () => store.set({ experiment_index: Number(ctl.history.value) }));
 
-  let running = false, cancelling = false, timer = null, values = null;
+  // An Apply runs in two phases (sinkwidgets/widgets/experiment.py): the kernel answers the request when the edit
+  // is recorded (the panel paints it at once, its control "computing…"), then sends {type: "experiment_control",
+  // job} when the control's pass has landed, been cancelled or failed. Apply stays disabled until then.
+  let running = false, phase = 0, cancelling = false, timer = null, values = null, job = null, jobSeq = 0;
+  let t0 = 0, t1 = 0, label = "";
+  const secs = (t) => ((performance.now() - t) / 1000).toFixed(1);
   function setStatus(msg, state) {
     status.textContent = msg;
     status.dataset.state = state;
-    status.classList.toggle("sw-exp-error", state === "error");
+    status.classList.toggle("sw-exp-error", state === "error" || state === "control-error");
+  }
+  function tick() {
+    if (phase === 2) {
+      setStatus(cancelling ? `${label}: shown; cancelling its control… ${secs(t1)} s`
+        : `${label}: painted in ${((t1 - t0) / 1000).toFixed(1)} s · control: computing… ${secs(t1)} s`, "control");
+    } else {
+      setStatus(cancelling
+        ? `cancelling ${label}: it stops after the current forward pass… ${secs(t0)} s`
+        : `running ${label} in the kernel… ${secs(t0)} s`, "running");
+    }
+  }
+  function finish() {
+    clearInterval(timer); running = false; cancelling = false; phase = 0; job = null;
+    ctl.apply.disabled = false; ctl.preset.disabled = false; ctl.cancel.hidden = true;
   }
   function run(params) {
     if (running) return;
-    running = true;
+    running = true; phase = 1;
     ctl.apply.disabled = true; ctl.preset.disabled = true;
     ctl.cancel.hidden = false; ctl.cancel.disabled = false;
-    const t0 = performance.now();
-    const label = params.kind === "mask" ? `mask token ${params.token}, layers ${params.layers}` : params.kind;
-    const tick = () => setStatus(cancelling
-      ? `cancelling ${label}: it stops after the current forward pass… ${((performance.now() - t0) / 1000).toFixed(1)} s`
-      : `running ${label} in the kernel… ${((performance.now() - t0) / 1000).toFixed(1)} s`, "running");
+    ctl.cancel.title = "cancel the running experiment (stops after the current forward pass)";
+    t0 = performance.now();
+    label = params.kind === "mask" ? `mask token ${params.token}, layers ${params.layers}` : params.kind;
+    const mine = job = `j${++jobSeq}-${Math.random().toString(36).slice(2, 8)}`;
     tick();
     timer = setInterval(tick, 200);
-    store.request({ type: "experiment", ...params }, 600000).then(({ msg }) => {
+    store.request({ type: "experiment", ...params, job: mine }, 600000).then(({ msg }) => {
+      if (job !== mine) return;
       if (msg.seconds != null) wrap.dataset.kernelMs = (1000 * msg.seconds).toFixed(0);
-      if (msg.ok) setStatus(`${label}: done in ${((performance.now() - t0) / 1000).toFixed(1)} s`, "done");
+      wrap.dataset.roundTripMs = (performance.now() - t0).toFixed(0);
+      if (msg.ok && msg.control === "computing") { // phase 2: the edit is painted, its control follows
+        phase = 2; t1 = performance.now(); cancelling = false;
+        ctl.cancel.disabled = false;
+        ctl.cancel.title = "cancel the control (the experiment stays shown, its control marked cancelled)";
+        tick();
+        return;
+      }
+      if (msg.ok) setStatus(`${label}: done in ${secs(t0)} s`, "done");
       else if (msg.cancelled) setStatus(`${label}: cancelled, nothing recorded (the view is unchanged)`, "cancelled");
       else setStatus(`the experiment failed: ${msg.error} (the view is unchanged)`, "error");
-    }).catch((err) => setStatus(`the experiment failed: ${err.message || err} (the view is unchanged)`, "error"))
-      .finally(() => {
-        clearInterval(timer); running = false; cancelling = false;
-        ctl.apply.disabled = false; ctl.preset.disabled = false; ctl.cancel.hidden = true;
-        wrap.dataset.roundTripMs = (performance.now() - t0).toFixed(0);
-      });
+      finish();
+    }).catch((err) => {
+      if (job !== mine) return;
+      setStatus(`the experiment failed: ${err.message || err} (the view is unchanged)`, "error");
+      finish();
+    });
   }
+  const onControl = (msg) => {
+    if (!msg || msg.type !== "experiment_control" || job === null || msg.job !== job) return;
+    if (msg.seconds != null) wrap.dataset.controlKernelMs = (1000 * msg.seconds).toFixed(0);
+    wrap.dataset.controlMs = (performance.now() - t0).toFixed(0);
+    const painted = `painted in ${((t1 - t0) / 1000).toFixed(1)} s`;
+    if (msg.ok) setStatus(`${label}: ${painted}, control in ${secs(t1)} s more`, "done");
+    else if (msg.cancelled) setStatus(`${label}: ${painted}; its control was cancelled`, "control-cancelled");
+    else setStatus(`${label}: ${painted}; its control failed: ${msg.error}`, "control-error");
+    finish();
+  };
+  if (live) store.model.on("msg:custom", onControl);
   function params() {
     const k = ctl.kind.value;
     if (k === "mask") return { kind: "mask", token: Number(ctl.token.value), layers: ctl.layers.value.trim() || "all" };
@@ -973,15 +1011,17 @@ function makeExperimentPanel(store, tooltip, report, redraw) {
     if (!e) {
       result.textContent = live ? "no experiment yet: choose one and Apply" : "no experiment recorded";
       dcap.textContent = ""; dbox.replaceChildren(); spans = []; values = null;
-      Object.assign(wrap.dataset, { index: -1, view: store.mode });
+      Object.assign(wrap.dataset, { index: -1, view: store.mode, controlState: "" });
       report();
       return;
     }
     const st = e.state;
     values = e.data.dnll;
     const sign = (v) => (v >= 0 ? "+" : "") + fmt(v, 3);
-    result.textContent = `${st.label}: mean ΔNLL ${sign(st.mean_dnll)} nats/token · control ${sign(st.control_dnll)}` +
-      ` (${st.control})`;
+    const cs = st.control_status || "done"; // offline pages hold complete entries (no control_status)
+    const cv = cs === "done" && st.control_dnll != null ? sign(st.control_dnll)
+      : cs === "computing" ? "computing…" : cs; // "cancelled" / "failed"
+    result.textContent = `${st.label}: mean ΔNLL ${sign(st.mean_dnll)} nats/token · control: ${cv} (${st.control})`;
     dcap.textContent = "ΔNLL of each predicted token (red: the prediction got harder, blue: easier; token 0 is not " +
       "predicted)";
     if (spans.length !== T) {
@@ -1006,7 +1046,7 @@ function makeExperimentPanel(store, tooltip, report, redraw) {
         : v >= 0 ? `rgba(215, 48, 39, ${a.toFixed(3)})` : `rgba(49, 130, 189, ${a.toFixed(3)})`;
     }
     Object.assign(wrap.dataset, { index: st.index, view: store.mode, meanDnll: String(st.mean_dnll),
-                                  controlDnll: String(st.control_dnll), kind: st.kind });
+                                  controlDnll: String(st.control_dnll), controlState: cs, kind: st.kind });
     report();
   }
   dbox.addEventListener("mouseover", (ev) => {
@@ -1023,7 +1063,10 @@ function makeExperimentPanel(store, tooltip, report, redraw) {
     redraw();
     draw();
   }));
-  return { el: wrap, draw, setStatus, dispose() { clearInterval(timer); } };
+  return {
+    el: wrap, draw, setStatus,
+    dispose() { clearInterval(timer); if (live) store.model.off("msg:custom", onControl); },
+  };
 }
 
 // ------------------------------------------------------------------------------------------------ PNG
