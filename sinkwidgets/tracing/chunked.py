@@ -122,6 +122,7 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
 
     with torch.no_grad(), model.trace(inputs, backend=backend, **fwd_kwargs):
         col = Collector(units, ctx, edits)
+        workspace = {}  # the lse path's chunk buffer, allocated once for all layers
         for li in range(len(plan.layers)):  # install nnsight's source hooks before any attention forward starts
             if "probs" in col.needs(li):  # (else a value read inside the forward comes before the hook exists)
                 _ = plan.attns[li].source
@@ -144,7 +145,8 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
                 if plan.lse_ops and plan.lse_ops[li] and hidden is None and not params.window and not params.softcap:
                     lse = getattr(plan.attns[li].source, plan.lse_ops[li]).output[1]  # None: lse_attention fell back
                 if lse is not None:
-                    chunks = lse_chunks(q, k, lse, ctx.qmask, params, min(LSE_MAX_CHUNK, chunk_rows(B, H, T, budget)))
+                    chunks = lse_chunks(q, k, lse, ctx.qmask, params, min(LSE_MAX_CHUNK, chunk_rows(B, H, T, budget)),
+                                        workspace)
                 else:
                     chunks = attention_chunks(q, k, ctx.qmask, params, chunk_rows(B, H, T, budget), hidden)
                 col.feed_probs(li, chunks)

@@ -26,6 +26,10 @@ LSE_MAX_CHUNK = 64
 #: T = 512 the masked half of a chunk made ``exp`` cost more than the matmul). A probability below 1.6e-38 reads
 #: as 1.6e-38 (α changes by < T · 1.6e-38); masked entries are set to exactly 0 after the ``exp``.
 LOGP_FLOOR = -87.0
+#: Added to the diagonal block's masked entries (keys after their query) on the lse path: any score plus this is
+#: far below -104, where float32 ``exp`` is exactly 0 (on its fast path), so ``P`` is 0 there with no second pass,
+#: and ``logp`` stays finite (``P * logp`` = 0, not NaN).
+MASKED_LOGP = -1.0e30
 
 
 @dataclass(frozen=True)
@@ -107,7 +111,7 @@ def attention_chunks(q, k, qmask, params: AttentionParams, rows: int = 128, hidd
             yield s, probs, ws[block : block + B * H * c * w].view(B, H, c, w)
 
 
-def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128):
+def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128, workspace: dict | None = None):
     """Yield ``(start, P, scratch, logp)`` like :func:`attention_chunks`, from the row log-sum-exp of the layer's
     own attention kernel: one matmul and one ``exp`` per chunk, no row max, sum or division.
 
@@ -117,14 +121,20 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128):
         logp[i, j] = q_i·k_j · scale − lse_i,    P[i, j] = exp(logp[i, j])
 
     and both are exact softmax probabilities of the same scores (no second normalisation; ``logp`` is floored at
-    :data:`LOGP_FLOOR`). Masked entries (causal: ``j > i``; padding keys ``qmask[b, j] = 0``; every key of a padding
-    query row) get ``logp`` = :data:`LOGP_FLOOR` and ``P`` = 0 exactly, so ``P * logp`` is 0 there; padding query
-    rows are all zero (ignored by the units).
+    :data:`LOGP_FLOOR`). The floor is a pass over the chunk, so it runs only for the heads of a chunk where it can
+    matter: by Cauchy–Schwarz ``logp[i, j] ≥ −scale·‖q_i‖·max_{j' ≤ i} ‖k_{j'}‖ − lse_i``, and where that bound is
+    at or above the floor for every row of the chunk the clamp would change nothing and is skipped (on SmolLM2 at
+    T = 8192, most chunks of most layers). Masked entries get ``P`` = 0 exactly and a large finite negative
+    ``logp`` (causal ``j > i``: ``logp`` + :data:`MASKED_LOGP`; padding keys ``qmask[b, j] = 0`` and every key of a
+    padding query row: :data:`LOGP_FLOOR`), so ``P * logp`` is 0 there; padding query rows are all zero (ignored
+    by the units).
     Only plain causal attention with left padding: no sliding window, soft-cap or ``"attn_mask"`` edit (those go
     through :func:`attention_chunks`). ``q [B, H, T, D]`` and ``k [B, KV, T, D]`` post-RoPE, ``params.n_rep = H / KV``
     (grouped-query attention: the ``n_rep`` query heads of a key head are one matmul, no expanded copy of ``k``).
 
-    ``P``, ``scratch`` and ``logp`` are views into one reused workspace (see :func:`attention_chunks`).
+    ``P``, ``scratch`` and ``logp`` are views into one reused workspace (see :func:`attention_chunks`); pass the
+    same ``workspace`` dict for every layer of a forward pass and that buffer is allocated once, not per layer
+    (no fresh pages to fault in for each layer).
     """
     scale, n_rep = params.scale, params.n_rep
     if params.window or params.softcap:
@@ -140,37 +150,56 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128):
         need = 3 * block + nq + nk  # logp, P, scratch (for other units; pages never touched cost no RSS)
         if q.device.type == "cpu" and need * 4 > 4 * 2**20:
             need = max(need, (33 * 2**20) // 4)  # one mmap'd block, returned to the OS when freed
-        ws = torch.empty(need, dtype=torch.float32, device=q.device)
+        ws = None if workspace is None else workspace.get("lse")
+        if ws is None or ws.numel() < need or ws.device != q.device:
+            ws = torch.empty(need, dtype=torch.float32, device=q.device)
+            if workspace is not None:
+                workspace["lse"] = ws
         qa = ws[3 * block : 3 * block + nq].view(B, KV, n_rep, T, D + 1)
         qa[..., :D].copy_(q.reshape(B, KV, n_rep, T, D)).mul_(scale)  # query head h = kv * n_rep + r: key head kv
         qa[..., D].copy_(lse.reshape(B, KV, n_rep, T)).neg_()
         ka = ws[3 * block + nq : 3 * block + nq + nk].view(B, KV, D + 1, T)
         ka[:, :, :D].copy_(k.transpose(-1, -2))
         ka[:, :, D].fill_(1.0)
+        floor = _floor_needed(q, k, lse, scale, n_rep, rows)  # [n_chunks][H]: may a logp fall below the floor?
         tri = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # key after query in the block
-        # the diagonal block's masking as an add (-inf, then the floor) and a multiply (0): ~5x cheaper than
-        # masked_fill_ on that strided view
-        upper = torch.zeros(rows, rows, device=q.device).masked_fill_(tri, float("-inf"))
-        lower = (~tri).float()
+        upper = torch.zeros(rows, rows, device=q.device).masked_fill_(tri, MASKED_LOGP)
         qok = qmask.to(q.device).bool()
         padded = not bool(qok.all())
-        for s in range(0, T, rows):
+        for ci, s in enumerate(range(0, T, rows)):
             e = min(s + rows, T)
             c, w, n = e - s, e, B * H * (e - s) * e  # causal: keys after the chunk's last query are not computed
             logp = ws[:n].view(B, KV, n_rep * c, w)
             torch.matmul(qa[:, :, :, s:e].reshape(B, KV, n_rep * c, D + 1), ka[..., :w], out=logp)
             logp = logp.view(B, H, c, w)
-            logp.clamp_(min=LOGP_FLOOR)  # no subnormal exp (10-100x slower on CPU)
-            logp[..., s:].add_(upper[:c, :c]).clamp_(min=LOGP_FLOOR)  # keys after their query: the floor
+            heads = floor[ci]
+            if len(heads) == H:
+                logp.clamp_(min=LOGP_FLOOR)  # no subnormal exp (10-100x slower on CPU)
+            else:
+                for h in heads:
+                    logp[:, h].clamp_(min=LOGP_FLOOR)
+            logp[..., s:].add_(upper[:c, :c])  # keys after their query: exp gives exactly 0
             ok = None
             if padded:
                 ok = qok[:, None, s:e, None] & qok[:, None, None, :w]
                 logp.masked_fill_(~ok, LOGP_FLOOR)
             P = torch.exp(logp, out=ws[block : block + n].view(B, H, c, w))
-            P[..., s:].mul_(lower[:c, :c])  # masked entries: exactly 0 (and P * logp = 0)
             if ok is not None:
                 P.masked_fill_(~ok, 0.0)
             yield s, P, ws[2 * block : 2 * block + n].view(B, H, c, w), logp
+
+
+def _floor_needed(q, k, lse, scale: float, n_rep: int, rows: int) -> list[list[int]]:
+    """Per query chunk of ``rows`` rows, the heads where some ``logp[i, j]`` (``j ≤ i``) may be below
+    :data:`LOGP_FLOOR`: where ``−scale·‖q_i‖·max_{j ≤ i} ‖k_j‖ − lse_i < LOGP_FLOOR`` for a row of the chunk (any
+    prompt of the batch). A lower bound by Cauchy–Schwarz: a head not listed has no entry below the floor."""
+    B, H, T, _ = q.shape
+    qn = torch.linalg.vector_norm(q.float(), dim=-1).mul_(scale)  # [B, H, T]
+    kmax = torch.linalg.vector_norm(k.float(), dim=-1).cummax(-1).values.repeat_interleave(n_rep, 1)  # [B, H, T]
+    low = torch.isfinite(lse) & (qn * kmax + lse > -LOGP_FLOOR)  # (a padding row's lse may be -inf: no floor)
+    n_chunks = -(-T // rows)
+    low = torch.nn.functional.pad(low, (0, n_chunks * rows - T)).view(B, H, n_chunks, rows).any(-1).any(0)
+    return [[h for h in range(H) if row[h]] for row in low.t().tolist()]
 
 
 def reduce_qk(q, k, params: AttentionParams, *, qmask, first, n_real, causal: bool = True, keep_heads=None,
