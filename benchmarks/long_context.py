@@ -8,6 +8,10 @@ targets: ``sw.trace(model, text)`` (method "auto") at most **1.5×** its time an
   ``--rounds`` interleaved rounds (sdpa, trace, sdpa, trace, ...); each case keeps its best round, and the ratio
   is best trace / best sdpa, in wall time and in process CPU time. On a shared machine a burst of load then hits
   one round of every case, not all rounds of one case. ``uptime``'s load average is recorded before and after.
+- **Threads**: ``--threads`` is what the script asks torch for; the package's own thread rule
+  (``sinkwidgets.config()``) may pick fewer when the machine's load average is up (its own earlier cases count),
+  so the thread count the timed process really used is recorded per T (``torch_threads``). Set
+  ``SINKWIDGETS_NUM_THREADS=2`` to force both cores.
 - **Peak RSS** (``rss_over_sdpa``): each case runs once more in a fresh process of its own (model loaded the same
   way), and its ``ru_maxrss`` is compared with the SDPA case's.
 
@@ -97,8 +101,10 @@ def time_child(T: int, cases: list[str], rounds: int, threads: int) -> dict:
             run(c)
             wall[c].append(round(time.perf_counter() - t0, 3))
             cpu[c].append(round(time.process_time() - c0, 3))
+    import torch
+
     return {"T": T, "wall_seconds": wall, "cpu_seconds": cpu, "info": info, "load_before": load0,
-            "load_after": os.getloadavg()}
+            "load_after": os.getloadavg(), "torch_threads": torch.get_num_threads()}
 
 
 def rss_child(T: int, case: str, threads: int) -> dict:
@@ -154,6 +160,7 @@ def main() -> None:
                 s[f"{c}_time_over_sdpa"] = round(min(r["wall_seconds"][c]) / b_wall, 3)
                 s[f"{c}_cpu_time_over_sdpa"] = round(min(r["cpu_seconds"][c]) / b_cpu, 3)
                 s[f"{c}_method"] = r["info"][c].get("method", "sdpa")
+            s["torch_threads"] = r.get("torch_threads")
         if not a.no_rss:
             rows = {c: _child(["--child", "rss", str(T), c, *common], env) for c in cases}
             rss[str(T)] = rows

@@ -1,6 +1,6 @@
 """SinkExplorer experiments with a remote model (issue 19 item 5): on the loopback NDIF server the experiment runs
-the same edits (shipped by value with the engine) in the same one forward pass, and gives the local numbers: ΔNLL
-to 1e-4 and the trace under the edit to 1e-5 against a local explorer on the chunked path."""
+the same edits (shipped by value with the engine) in the same passes (the edit, then its control), and gives the
+local numbers: ΔNLL to 1e-4 and the trace under the edit to 1e-5 against a local explorer on the chunked path."""
 
 from __future__ import annotations
 
