@@ -524,3 +524,7 @@ def load_model(name_or_path, *, remote: bool = False, **kwargs):
     from ..models.loading import load_model as load_local
 
     return load_local(name_or_path, **kwargs)
+
+
+#: Public name for the widgets (``"eager"`` or ``"chunked"`` for a long local prompt under ``method="auto"``).
+auto_long_method = _auto_long_method

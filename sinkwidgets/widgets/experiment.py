@@ -489,9 +489,9 @@ def _one_pass(model, info, trace: SinkTrace, rows: list[list[int]], edits: list,
 def _loss_method(model, info) -> str:
     """The method of a loss-only pass: the functional API's chunked path (an SDPA forward; with no unit reading
     attention, no probabilities are formed), eager where the model has no chunked path."""
-    from ..tracing.api import _auto_long_method
+    from ..tracing.api import auto_long_method
 
-    return "chunked" if info.remote else _auto_long_method(model, info)
+    return "chunked" if info.remote else auto_long_method(model, info)
 
 
 def _loss_pass(model, info, trace: SinkTrace, rows: list[list[int]], edits: list, text: str | None = None
