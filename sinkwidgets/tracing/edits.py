@@ -229,6 +229,14 @@ class ProjectHeadWrite(Edit):
         return f"ProjectHeadWrite(layer={self.layer}, head={self.head}, rank={int(self.U.shape[1])})"
 
 
+def massive_flags(h_row, ch, abs_thr: float, ratio: float):
+    """``[T, c]`` flags of one prompt's massive entries among channels ``ch``: ``|h| > abs_thr`` and ``|h| >= ratio ×``
+    the median ``|h|`` of the row (``h_row [T, d]``; Sun et al. 2024's rule, as in :class:`MassiveAblation`)."""
+    a = h_row.abs().float()
+    sub = a.index_select(-1, ch)  # [T, c]
+    return (sub > abs_thr) & (sub >= ratio * a.flatten().median())
+
+
 @dataclass(repr=False)
 class MassiveAblation(Edit):
     r"""Replace the massive activations of the residual stream after ``layer`` (Sun et al. 2024, §3.1).
@@ -253,10 +261,7 @@ class MassiveAblation(Edit):
 
     def apply(self, h, ctx, layer, state):
         ch = self.channels.to(h.device)
-        a = h[0].abs().float()
-        med = a.flatten().median()
-        sub = a.index_select(-1, ch)  # [T, c]
-        flags = (sub > self.abs_thr) & (sub >= self.ratio * med)
+        flags = massive_flags(h[0], ch, self.abs_thr, self.ratio)
         out = h.clone()
         R = self.values.shape[0]
         for r in range(R):

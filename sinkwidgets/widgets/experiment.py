@@ -285,7 +285,7 @@ def _single_row_massive(layer: int, channels: list[int], values: list[float], ab
     reports each row's flags ``[B, T, c]`` (so ``n_massive`` needs no clean row)."""
     import torch
 
-    from ..tracing.edits import MassiveAblation
+    from ..tracing.edits import MassiveAblation, massive_flags
 
     class RowMassiveAblation(MassiveAblation):
         def apply(self, h, ctx, layer, state):
@@ -294,9 +294,7 @@ def _single_row_massive(layer: int, channels: list[int], values: list[float], ab
             out = h.clone()
             flags = []
             for b in range(h.shape[0]):
-                a = h[b].abs().float()
-                sub = a.index_select(-1, ch)
-                flags.append((sub > self.abs_thr) & (sub >= self.ratio * a.flatten().median()))
+                flags.append(massive_flags(h[b], ch, self.abs_thr, self.ratio))
                 cur = out[b].index_select(-1, ch)
                 out[b, :, ch] = torch.where(flags[-1], v[None, :].expand_as(cur), cur)
             return out, {"flags": torch.stack(flags)}
