@@ -138,8 +138,8 @@ def test_lse_chunks_refuse_windows_and_softcaps():
 
 @pytest.mark.models
 def test_smollm2_lse_trace_equals_eager_alone_and_in_a_batch(smollm2):
-    """α, first-token mass and entropy of the lse path equal eager ``output_attentions`` to 1e-5, alone and in a
-    left-padded batch; the model is back on eager attention afterwards."""
+    """α, first-token mass and entropy of the lse path (the left-padded batch) and of the own path (each prompt
+    alone) equal eager ``output_attentions`` to 1e-5; the model is back on eager attention afterwards."""
     import sinkwidgets as sw
 
     text = long_text()
@@ -149,7 +149,7 @@ def test_smollm2_lse_trace_equals_eager_alone_and_in_a_batch(smollm2):
     alone = [sw.trace(smollm2, t, **kw) for t in texts]
     eager = sw.trace(smollm2, texts, keep_maps=None, method="eager")
     for b, a, e in zip(batch, alone, eager, strict=True):
-        assert b.meta["attention"] == "lse" and a.meta["attention"] == "lse"
+        assert b.meta["attention"] == "lse" and a.meta["attention"] == "own"  # padding: lse; alone: own
         for f in ("sink_scores", "first_token_mass", "entropy"):
             np.testing.assert_allclose(getattr(b, f), getattr(e, f), rtol=0, atol=1e-5, err_msg=f)
             np.testing.assert_allclose(getattr(a, f), getattr(e, f), rtol=0, atol=1e-5, err_msg=f)
@@ -158,7 +158,8 @@ def test_smollm2_lse_trace_equals_eager_alone_and_in_a_batch(smollm2):
     from sinkwidgets.tracing.edits import HideKeys
 
     edited = sw.trace(smollm2, texts[0], keep_maps=None, method="chunked", edits=[HideKeys([3], keys=[0])])
-    assert edited.meta["attention"] == "lse" and np.isfinite(edited.sink_scores).all()
+    L = smollm2._module.config.num_hidden_layers
+    assert edited.meta["attention_layers"] == {"own": L - 1, "recompute": 1} and np.isfinite(edited.sink_scores).all()
     n = edited.n_tokens  # key 0 hidden from queries t >= 1 in layer 3: only query 0 attends it, with weight 1
     np.testing.assert_allclose(edited.sink_scores[3, :, 0], 1 / n, rtol=1e-5)
     assert edited.sink_scores[2, :, 0].min() > 2 / n  # layer 2 is not edited: token 0 is a sink there

@@ -21,7 +21,7 @@ Gemma 2/3, OLMo, Phi-3, ...).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -37,6 +37,8 @@ from .qk import (  # noqa: F401 - re-exported
     attention_chunks,
     chunk_rows,
     lse_chunks,
+    own_attention_ok,
+    own_chunks,
     reduce_qk,
 )
 from .reductions import BatchContext, UnitSet
@@ -60,6 +62,7 @@ class ChunkedPlan:
     params: list
     v_split: int = 0
     lse_ops: list | None = None
+    used: list = field(default_factory=list)
 
 
 def layer_plan(model, info) -> ChunkedPlan:
@@ -139,18 +142,36 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
             if "values" in need:
                 col.feed(li, "values", read_values(plan.vprojs[li], plan.v_split), oproj.weight)
             if "probs" in need:
-                q, k = plan.attns[li].source.apply_rotary_pos_emb_0.output
-                B, H, T, _ = q.shape
                 lse = None
                 if plan.lse_ops and plan.lse_ops[li] and hidden is None and not params.window and not params.softcap:
-                    lse = getattr(plan.attns[li].source, plan.lse_ops[li]).output[1]  # None: lse_attention fell back
-                if lse is not None:
-                    chunks = lse_chunks(q, k, lse, ctx.qmask, params, min(LSE_MAX_CHUNK, chunk_rows(B, H, T, budget)),
-                                        workspace)
+                    op = getattr(plan.attns[li].source, plan.lse_ops[li])
+                    args, kwargs = op.inputs  # (module, query, key, value, attention_mask): q and k post-RoPE
+                    q, k = args[1], args[2]
+                    B, H, T, D = q.shape
+                    if own_attention_ok(q, k, args[3], ctx.qmask, params, kwargs=kwargs):
+                        out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device)
+                        rows = min(LSE_MAX_CHUNK, chunk_rows(B, H, T, budget))
+                        col.feed_probs(li, own_chunks(q, k, args[3], params, out, rows, workspace))
+                        op.skip((out, None))  # the layer's attention output is the one just computed
+                        plan.used.append("own")
+                        del q, k, args, kwargs, out, op
+                        q = None
+                    else:
+                        lse = op.output[1]  # None: lse_attention fell back to SDPA
+                        del args, kwargs, op
                 else:
-                    chunks = attention_chunks(q, k, ctx.qmask, params, chunk_rows(B, H, T, budget), hidden)
-                col.feed_probs(li, chunks)
-                del q, k, lse, chunks
+                    q, k = plan.attns[li].source.apply_rotary_pos_emb_0.output
+                    B, H, T, _ = q.shape
+                if q is not None:
+                    if lse is not None:
+                        chunks = lse_chunks(q, k, lse, ctx.qmask, params, min(LSE_MAX_CHUNK, chunk_rows(B, H, T, budget)),
+                                            workspace)
+                    else:
+                        chunks = attention_chunks(q, k, ctx.qmask, params, chunk_rows(B, H, T, budget), hidden)
+                    if plan.lse_ops:  # local runs only: what each layer used, for meta["attention"]
+                        plan.used.append("lse" if lse is not None else "recompute")
+                    col.feed_probs(li, chunks)
+                    del q, k, lse, chunks
             if "o_input" in need:
                 col.feed(li, "o_input", oproj.input, oproj.weight)
             if "resid" in need:
@@ -193,7 +214,20 @@ def run_chunked(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx
     finally:
         if switch:
             hf.set_attn_implementation(prev)
-    return out, {"method": "chunked", "attention": "lse" if plan.lse_ops else "sdpa"}
+    return out, {"method": "chunked", "attention": _attention_path(plan), "attention_layers": _path_counts(plan)}
+
+
+def _path_counts(plan: ChunkedPlan) -> dict[str, int]:
+    """How many layers' probabilities came from each path (``own``, ``lse``, ``recompute``) in the last block."""
+    return {p: plan.used.count(p) for p in ("own", "lse", "recompute") if p in plan.used}
+
+
+def _attention_path(plan: ChunkedPlan) -> str:
+    """``meta["attention"]``: ``"own"`` if some layer computed its attention once for output and units
+    (:func:`.qk.own_chunks`), else ``"lse"`` if the lse path was on, else ``"sdpa"`` (SDPA and a recompute)."""
+    if "own" in plan.used:
+        return "own"
+    return "lse" if plan.lse_ops else "sdpa"
 
 
 # ----------------------------------------------------------------------------- lse attention (local only)

@@ -80,22 +80,35 @@ class Collector:
             self._add(u, u.read("logits", logits, None, self.ctx, -1))
 
     def feed_probs(self, layer: int, chunks) -> None:
-        """Run the units reading ``"probs"`` at ``layer`` over ``(start, P[, scratch[, logp]])`` query chunks, all
-        at once; ``logp`` (log-probabilities, from the lse path of :mod:`.chunked`) goes to the units that take it
-        (:attr:`~.reductions.Reduction.takes_logp`)."""
+        """Run the units reading ``"probs"`` at ``layer`` over ``(start, P[, scratch[, logp[, rowscale]]])`` query
+        chunks, all at once; ``logp`` (log-probabilities, from the lse path of :mod:`.chunked`) goes to the units
+        that take it (:attr:`~.reductions.Reduction.takes_logp`). With ``rowscale = (r, logz)`` (the own path,
+        :func:`.qk.own_chunks`) ``P`` is unnormalised: it goes as it is to units that all take the row scale
+        (:attr:`~.reductions.Reduction.takes_rowscale`), and is otherwise normalised in place first. The chunks
+        are always consumed to the end."""
         us = self.units.at(layer, "probs")
         if not us:
+            for _ in chunks:  # a generator that also computes the layer's output (own_chunks) must still run
+                pass
             return
+        scaled = all(getattr(u, "takes_rowscale", False) for u in us)
         states = None
         for item in chunks:
             s, P = item[0], item[1]
             P = P if P.dtype == torch.float32 else P.float()
             scratch = item[2] if len(item) > 2 else None
             logp = item[3] if len(item) > 3 else None
+            rowscale = item[4] if len(item) > 4 else None
+            if rowscale is not None and not scaled:  # a unit wants the probabilities themselves: normalise
+                P.mul_(rowscale[0])
+                logp.sub_(rowscale[1])
+                rowscale = None
             if states is None:
                 states = [u.begin(self.ctx, layer, P.device) for u in us]
             for u, st in zip(us, states):
-                if logp is not None and u.takes_logp:
+                if rowscale is not None:
+                    u.chunk(st, s, P, scratch, self.ctx, logp=logp, rowscale=rowscale)
+                elif logp is not None and u.takes_logp:
                     u.chunk(st, s, P, scratch, self.ctx, logp=logp)
                 else:
                     u.chunk(st, s, P, scratch, self.ctx)

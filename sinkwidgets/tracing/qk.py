@@ -189,6 +189,93 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128, works
             yield s, P, ws[2 * block : 2 * block + n].view(B, H, c, w), logp
 
 
+def own_chunks(q, k, v, params: AttentionParams, out, rows: int = LSE_MAX_CHUNK, workspace: dict | None = None):
+    """Compute a layer's attention *and* its probabilities, once: yield ``(start, E, scratch, S, (r, logz))`` per
+    query chunk and write the attention output into ``out [B, T, H, D]`` (what the layer's attention function
+    returns), for a batch without padding (:func:`own_attention_ok`).
+
+    Per chunk of ``c`` query rows and its ``w = start + c`` causal keys, with ``m_i = max_{j≤i} s_ij``::
+
+        s_ij = q_i·k_j · scale            (one GEMM per key head: its n_rep query heads together)
+        S_ij = s_ij − m_i                 (≤ 0; keys after their query: −1e30, so E = 0 there exactly)
+        E_ij = exp(S_ij),  Z_i = Σ_j E_ij
+        out_i = (Σ_j E_ij v_j) / Z_i      (one GEMM per key head, with a column of ones appended to v for Z)
+
+    so the probabilities are ``P_ij = r_i · E_ij`` with ``r_i = 1 / Z_i`` and ``log P_ij = S_ij − logz_i``
+    (``logz_i = log Z_i``). They are not normalised here: a unit that takes the row scale
+    (:attr:`~.reductions.Reduction.takes_rowscale`) folds ``r`` into its sums, and the collector normalises in
+    place for the others (``E *= r``, ``S −= logz``). ``E``, ``S [B, H, c, w]``, ``r`` and ``logz [B, H, c, 1]``.
+
+    This is the flash kernel's work (scores, exponentials, the value product) done in the package's chunks, so the
+    chunk's scores serve both the layer's output and the units; SDPA plus :func:`lse_chunks` computes the scores
+    twice. ``S`` is floored at :data:`LOGP_FLOOR` (``exp`` off its slow subnormal path) only for the heads of a
+    chunk where the Cauchy–Schwarz bound ``S_ij ≥ −scale·‖q_i‖·max_{j≤i}‖k_j‖ − m_i`` can fall below it.
+    ``q [B, H, T, D]``, ``k`` and ``v [B, KV, T, D]`` as the attention function receives them (post-RoPE, key
+    heads not repeated), float32; ``params.n_rep = H / KV``. ``E``, ``S`` and ``scratch`` are views into one reused
+    workspace (see :func:`lse_chunks`): consume a chunk before asking for the next. ``out`` is complete when the
+    generator is exhausted.
+    """
+    scale, n_rep = params.scale, params.n_rep
+    if params.window or params.softcap:
+        raise ValueError(f"own_chunks: only plain causal attention (no sliding window or soft-cap), got {params}")
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        B, H, T, D = q.shape
+        KV = k.shape[1]
+        block = B * H * rows * T
+        nq, nk, nv = B * H * T * D, B * KV * D * T, B * KV * T * (D + 1)
+        need = 3 * block + nq + nk + nv  # S, E, scratch, then the layer's scaled q, kᵀ and [v, 1]
+        if q.device.type == "cpu" and need * 4 > 4 * 2**20:
+            need = max(need, (33 * 2**20) // 4)  # one mmap'd block, returned to the OS when freed
+        ws = None if workspace is None else workspace.get("own")
+        if ws is None or ws.numel() < need or ws.device != q.device:
+            ws = torch.empty(need, dtype=torch.float32, device=q.device)
+            if workspace is not None:
+                workspace["own"] = ws
+        o = 3 * block
+        qs = ws[o : o + nq].view(B, KV, n_rep, T, D)
+        torch.mul(q.reshape(B, KV, n_rep, T, D), scale, out=qs)  # query head h = kv * n_rep + r: key head kv
+        kt = ws[o + nq : o + nq + nk].view(B, KV, D, T)
+        kt.copy_(k.transpose(-1, -2))
+        va = ws[o + nq + nk : o + nq + nk + nv].view(B, KV, T, D + 1)
+        va[..., :D].copy_(v)
+        va[..., D].fill_(1.0)  # the value GEMM's last column is the row sum Z
+        bound = (torch.linalg.vector_norm(q.float(), dim=-1).mul_(scale)
+                 * torch.linalg.vector_norm(k.float(), dim=-1).cummax(-1).values.repeat_interleave(n_rep, 1))
+        tri = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # key after query in the block
+        upper = torch.zeros(rows, rows, device=q.device).masked_fill_(tri, MASKED_LOGP)
+        out5 = out.view(B, T, KV, n_rep, D)
+        for s in range(0, T, rows):
+            e = min(s + rows, T)
+            c, w, n = e - s, e, B * H * (e - s) * e  # causal: keys after the chunk's last query are not computed
+            S = ws[:n].view(B, KV, n_rep * c, w)
+            torch.matmul(qs[:, :, :, s:e].reshape(B, KV, n_rep * c, D), kt[..., :w], out=S)
+            S = S.view(B, H, c, w)
+            S[..., s:].add_(upper[:c, :c])
+            m = S.amax(dim=-1, keepdim=True)  # [B, H, c, 1]
+            S.sub_(m)
+            low = (bound[:, :, s:e] + m[..., 0] > -LOGP_FLOOR).any(-1).any(0).tolist()  # [H]: may S < floor?
+            for h in (h for h in range(H) if low[h]):
+                S[:, h].clamp_(min=LOGP_FLOOR)
+                S[:, h, :, s:].add_(upper[:c, :c])  # the masked keys again below the floor: E = 0 there
+            E = torch.exp(S, out=ws[block : block + n].view(B, H, c, w))
+            Oc = torch.matmul(E.view(B, KV, n_rep * c, w), va[:, :, :w]).view(B, KV, n_rep, c, D + 1)
+            Z = Oc[..., D:]  # [B, KV, n_rep, c, 1]
+            torch.div(Oc[..., :D], Z, out=out5[:, s:e].permute(0, 2, 3, 1, 4))
+            r = Z.reciprocal().view(B, H, c, 1)
+            yield s, E, ws[2 * block : 2 * block + n].view(B, H, c, w), S, (r, Z.log().view(B, H, c, 1))
+
+
+def own_attention_ok(q, k, v, qmask, params: AttentionParams, attention_mask=None, kwargs=None) -> bool:
+    """Whether :func:`own_chunks` computes exactly what this attention call would: float32 on the CPU, queries
+    and keys of one length (no KV cache), plain causal attention (no window, soft-cap, dropout or position bias),
+    no padding in the batch (``qmask`` all ones; a mask, if given, then only says causal)."""
+    kw = kwargs or {}
+    return (q.device.type == "cpu" and q.dtype == k.dtype == v.dtype == torch.float32
+            and q.dim() == 4 and k.shape[2] == v.shape[2] == q.shape[2] > 1 and q.shape[1] == k.shape[1] * params.n_rep
+            and not params.window and not params.softcap and not kw.get("dropout") and kw.get("softcap") is None
+            and kw.get("position_bias") is None and kw.get("sliding_window") is None and bool(qmask.bool().all()))
+
+
 def _floor_needed(q, k, lse, scale: float, n_rep: int, rows: int) -> list[list[int]]:
     """Per query chunk of ``rows`` rows, the heads where some ``logp[i, j]`` (``j ≤ i``) may be below
     :data:`LOGP_FLOOR`: where ``−scale·‖q_i‖·max_{j ≤ i} ‖k_j‖ − lse_i < LOGP_FLOOR`` for a row of the chunk (any

@@ -118,6 +118,10 @@ class Reduction:
     #: (a large finite negative where ``P`` is 0, so ``P * logp`` is 0 there), which the lse path of the chunked
     #: executor has for free; other executors pass nothing.
     takes_logp: bool = False
+    #: ``"probs"`` readers that take ``logp``: True if :meth:`chunk` also accepts ``rowscale=(r, logz)`` with an
+    #: unnormalised chunk ``E`` (probabilities ``r·E``, log-probabilities ``logp − logz``; :func:`.qk.own_chunks`).
+    #: The collector normalises the chunk in place first when any unit at the layer does not take it.
+    takes_rowscale: bool = False
 
     def layers(self, n_layers: int) -> list[int]:
         """Layers this unit acts on (default: all)."""
@@ -163,13 +167,22 @@ class Reduction:
 
 
 # ----------------------------------------------------------------------------- kernels (shared by the units)
-def attention_summary_update(state: dict, s: int, Ac: torch.Tensor, scratch, qmask, first, logp=None) -> None:
+def attention_summary_update(state: dict, s: int, Ac: torch.Tensor, scratch, qmask, first, logp=None,
+                             rowscale=None) -> None:
     """Add one query chunk ``Ac [B, H, c, w]`` (rows ``s:s+c``) to the α / first-token / entropy sums.
 
     ``logp`` (optional, ``[B, H, c, w]``): ``log Ac`` where ``Ac > 0`` (finite elsewhere); the entropy is then
     ``−Σ Ac·logp``, one dot product per head over the whole chunk (no product array written; padding query rows
     are all zero in ``Ac``, as both chunk generators make them, so they add nothing) instead of ``entr(Ac)`` (a log
-    per entry, the costliest step here)."""
+    per entry, the costliest step here).
+
+    ``rowscale = (r, logz)`` (optional, each ``[B, H, c, 1]``, with ``logp``): the chunk is unnormalised, as
+    :func:`.qk.own_chunks` yields it. The probabilities are ``P = r·Ac`` and ``log P = logp − logz``, and the
+    sums take ``r`` in without a pass over the chunk: α adds ``Σ_i r_i·Ac_ij`` (the real queries' weights times
+    ``r``), and a row's entropy is ``−Σ_j P_ij log P_ij = logz_i − r_i·Σ_j Ac_ij·logp_ij`` (as ``Σ_j P_ij = 1``)."""
+    if rowscale is not None:
+        _summary_rowscale(state, s, Ac, logp, rowscale, qmask, first)
+        return
     c, w = Ac.shape[2], Ac.shape[3]
     qm = qmask[:, s : s + c].to(Ac.dtype)  # [B, c]
     state["alpha"][:, :, :w] += torch.matmul(qm[:, None, None, :], Ac)[:, :, 0]  # sum over real queries
@@ -182,6 +195,20 @@ def attention_summary_update(state: dict, s: int, Ac: torch.Tensor, scratch, qma
     else:
         ent = torch.special.entr(Ac, out=scratch) if scratch is not None else torch.special.entr(Ac)
         state["ent"] += (ent.sum(-1) * qm[:, None, :]).sum(-1)
+
+
+def _summary_rowscale(state: dict, s: int, E: torch.Tensor, S: torch.Tensor, rowscale, qmask, first) -> None:
+    """:func:`attention_summary_update` for an unnormalised chunk ``E`` with row scale ``r`` and ``logz``."""
+    r, logz = rowscale[0][..., 0], rowscale[1][..., 0]  # [B, H, c]
+    c, w = E.shape[2], E.shape[3]
+    qm = qmask[:, s : s + c].to(E.dtype)[:, None, :]  # [B, 1, c]
+    wr = r * qm  # [B, H, c]: each real query's row, normalised
+    state["alpha"][:, :, :w] += torch.matmul(wr[:, :, None, :], E)[:, :, 0]
+    col = E[state["bidx"], :, :, first.clamp(max=w - 1)]  # [B, H, c]
+    after = (state["pos"][s : s + c][None, :] > first[:, None]).to(E.dtype)[:, None, :]  # [B, 1, c]
+    state["ftm"] += (col * r * after).sum(-1)
+    rowdot = torch.einsum("bhcw,bhcw->bhc", E, S)  # one dot per row: reads both, writes [B, H, c]
+    state["ent"] += ((logz - r * rowdot) * qm).sum(-1)
 
 
 def reduce_attention_chunks(chunks, B: int, H: int, T: int, qmask, first, n_real, causal: bool):
@@ -312,6 +339,7 @@ class AttentionSummary(Reduction):
     name = "attention"
     reads = ("probs",)
     takes_logp = True
+    takes_rowscale = True
 
     def begin(self, ctx, layer, device):
         qmask, first, n_real = ctx.on(device)
@@ -319,8 +347,8 @@ class AttentionSummary(Reduction):
         st.update(qmask=qmask, first=first, n_real=n_real)
         return st
 
-    def chunk(self, state, start, P, scratch, ctx, logp=None):
-        attention_summary_update(state, start, P, scratch, state["qmask"], state["first"], logp)
+    def chunk(self, state, start, P, scratch, ctx, logp=None, rowscale=None):
+        attention_summary_update(state, start, P, scratch, state["qmask"], state["first"], logp, rowscale)
 
     def end(self, state, ctx):
         alpha, ftm, ent = _attention_finish(state, ctx.T, state["n_real"], ctx.causal)

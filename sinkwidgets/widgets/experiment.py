@@ -399,6 +399,7 @@ class _OneRow:
     def __init__(self, inner: Any, row: int):
         self.inner, self.row = inner, int(row)
         self.name, self.reads, self.takes_logp = inner.name, inner.reads, getattr(inner, "takes_logp", False)
+        self.takes_rowscale = getattr(inner, "takes_rowscale", False)
 
     def _ctx(self, ctx: Any) -> Any:
         import dataclasses
@@ -418,11 +419,13 @@ class _OneRow:
         sub = self._ctx(ctx)
         return sub, self.inner.begin(sub, layer, device)
 
-    def chunk(self, state, start, P, scratch, ctx, logp=None):
+    def chunk(self, state, start, P, scratch, ctx, logp=None, rowscale=None):
         sub, st = state
         r = slice(self.row, self.row + 1)
         scratch = None if scratch is None else scratch[r]
-        if logp is not None:
+        if rowscale is not None:
+            self.inner.chunk(st, start, P[r], scratch, sub, logp=logp[r], rowscale=(rowscale[0][r], rowscale[1][r]))
+        elif logp is not None:
             self.inner.chunk(st, start, P[r], scratch, sub, logp=logp[r])
         else:
             self.inner.chunk(st, start, P[r], scratch, sub)

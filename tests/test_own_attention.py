@@ -1,0 +1,161 @@
+"""The own path of the chunked executor (issue 20): a layer's attention computed once, in the package's query
+chunks, for both the layer's output and the units (:func:`sinkwidgets.tracing.qk.own_chunks`). Its output equals
+SDPA's, its probabilities equal the softmax, the units get the same α / first-token mass / entropy as from
+normalised chunks, and a trace through it equals eager ``output_attentions`` and the plain model's logits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_chunked import long_text, reference_probs
+
+
+def _qkv(seed: int = 0, B: int = 2, H: int = 6, KV: int = 2, T: int = 41, D: int = 16):
+    torch.manual_seed(seed)
+    return torch.randn(B, H, T, D) * 2, torch.randn(B, KV, T, D) * 2, torch.randn(B, KV, T, D), D**-0.5, H // KV
+
+
+def _run(q, k, v, params, rows, workspace=None):
+    from sinkwidgets.tracing.qk import own_chunks
+
+    B, H, T, D = q.shape
+    out = torch.full((B, T, H, D), float("nan"))
+    items = []
+    for s, E, scratch, S, (r, logz) in own_chunks(q, k, v, params, out, rows, workspace):
+        assert scratch.shape == E.shape == S.shape and r.shape == logz.shape == (B, H, E.shape[2], 1)
+        items.append((s, (E * r).clone(), (S - logz).clone(), E.clone(), S.clone(), r.clone(), logz.clone()))
+    return out, items
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("rows", [7, 16, 64])
+def test_own_chunks_output_is_sdpa_and_probabilities_are_the_softmax(rows):
+    from sinkwidgets.tracing.qk import LOGP_FLOOR, AttentionParams
+
+    q, k, v, scale, n_rep = _qkv(1)
+    B, H, T, D = q.shape
+    out, items = _run(q, k, v, AttentionParams(scale, n_rep), rows)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(n_rep, 1), v.repeat_interleave(n_rep, 1),
+                                                           is_causal=True, scale=scale)
+    torch.testing.assert_close(out, ref.transpose(1, 2), rtol=0, atol=2e-6)  # every row written, none left NaN
+    P = reference_probs(q, k, torch.ones(B, T, dtype=torch.long), scale, n_rep)
+    assert [it[0] for it in items] == list(range(0, T, rows))
+    for s, Pn, logp, E, S, r, logz in items:
+        c, w = Pn.shape[2], Pn.shape[3]
+        assert w == s + c
+        torch.testing.assert_close(Pn, P[:, :, s : s + c, :w], rtol=0, atol=1e-6)
+        later = torch.arange(w)[None, :] > torch.arange(s, s + c)[:, None]
+        assert (E[..., later] == 0).all() and torch.isfinite(S).all()  # causal: exactly 0, finite logits
+        assert (S[..., ~later] <= 0).all() and (S[..., ~later] >= LOGP_FLOOR).all()  # S = score − row max
+        torch.testing.assert_close((Pn * logp).sum(-1), -torch.special.entr(Pn).sum(-1), rtol=0, atol=1e-5)
+        torch.testing.assert_close(r, 1 / E.sum(-1, keepdim=True), rtol=1e-6, atol=0)  # Z from the value GEMM
+        torch.testing.assert_close(logz, E.sum(-1, keepdim=True).log(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.unit
+def test_own_chunks_floor_only_where_the_bound_says_and_the_workspace_is_reused():
+    """Head 1 gets scores spread far below the floor: its S is clamped (no subnormal ``exp``) yet the causal
+    entries stay exactly 0; the other heads are left alone; a second call reuses the first call's buffer."""
+    from sinkwidgets.tracing.qk import LOGP_FLOOR, AttentionParams
+
+    q, k, v, scale, n_rep = _qkv(3)
+    q[:, 1] *= 12.0
+    P = reference_probs(q, k, torch.ones(q.shape[0], q.shape[2], dtype=torch.long), scale, n_rep)
+    assert (torch.log(P[:, 1]) < LOGP_FLOOR).any()  # the case is real
+    workspace = {}
+    outs = []
+    for _ in range(2):
+        out, items = _run(q, k, v, AttentionParams(scale, n_rep), 8, workspace)
+        outs.append(out)
+        for s, Pn, _logp, E, S, _r, _logz in items:
+            c, w = Pn.shape[2], Pn.shape[3]
+            torch.testing.assert_close(Pn, P[:, :, s : s + c, :w], rtol=0, atol=1e-5)
+            later = torch.arange(w)[None, :] > torch.arange(s, s + c)[:, None]
+            assert (E[..., later] == 0).all() and (S[..., ~later] >= LOGP_FLOOR).all()
+            tiny = (E > 0) & (E < torch.finfo(torch.float32).tiny)
+            assert not tiny.any()  # no subnormal probabilities: exp stayed on its fast path
+    assert set(workspace) == {"own"} and torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.unit
+def test_own_path_is_only_taken_where_it_is_exact():
+    from sinkwidgets.tracing.qk import AttentionParams, own_attention_ok, own_chunks
+
+    q, k, v, scale, n_rep = _qkv()
+    p = AttentionParams(scale, n_rep)
+    ones = torch.ones(q.shape[0], q.shape[2], dtype=torch.long)
+    assert own_attention_ok(q, k, v, ones, p, kwargs={"dropout": 0.0, "scaling": scale})
+    padded = ones.clone()
+    padded[1, :5] = 0
+    assert not own_attention_ok(q, k, v, padded, p)  # left padding: the lse path handles it
+    assert not own_attention_ok(q, k, v, ones, AttentionParams(scale, n_rep, window=8))
+    assert not own_attention_ok(q, k, v, ones, AttentionParams(scale, n_rep, softcap=30.0))
+    assert not own_attention_ok(q, k, v, ones, p, kwargs={"dropout": 0.1})
+    assert not own_attention_ok(q, k, v, ones, p, kwargs={"sliding_window": 4})
+    assert not own_attention_ok(q.bfloat16(), k.bfloat16(), v.bfloat16(), ones, p)
+    assert not own_attention_ok(q[:, :, :1], k, v, ones[:, :1], p)  # decoding with a cache: keys longer
+    with pytest.raises(ValueError, match="sliding window or soft-cap"):
+        next(own_chunks(q, k, v, AttentionParams(scale, n_rep, window=8), torch.empty(2, 41, 6, 16)))
+
+
+@pytest.mark.unit
+def test_collector_gives_rowscale_units_the_raw_chunk_and_normalises_for_the_others():
+    """With a kept-maps unit beside the summary the chunk is normalised in place first; alone, the summary folds
+    the row scale in. α, first-token mass and entropy agree either way, and with the softmax's reference."""
+    from sinkwidgets.tracing import reduce_attention
+    from sinkwidgets.tracing.collect import Collector
+    from sinkwidgets.tracing.qk import AttentionParams, own_chunks
+    from sinkwidgets.tracing.reductions import AttentionSummary, BatchContext, KeptMaps, UnitSet
+
+    q, k, v, scale, n_rep = _qkv(5, B=1)
+    B, H, T, D = q.shape
+    ones = torch.ones(B, T, dtype=torch.long)
+    ctx = BatchContext(qmask=ones, first=torch.zeros(B, dtype=torch.long), n_real=ones.sum(-1), causal=True,
+                       n_layers=1, n_heads=H, n_kv_heads=H // n_rep, d_model=H * D)
+    want = reduce_attention(reference_probs(q, k, ones, scale, n_rep), ones, ctx.first, ctx.n_real, True)
+    got = {}
+    for extra in ([], [KeptMaps({0: [2]}, "float32")]):
+        units = UnitSet([AttentionSummary(), *extra], 1, H, H * D)
+        col = Collector(units, ctx)
+        out = torch.empty(B, T, H, D)
+        col.feed_probs(0, own_chunks(q, k, v, AttentionParams(scale, n_rep), out, 8))
+        packed = col.packed()
+        got[len(extra)] = packed
+        for key, w in zip(("alpha", "ftm", "ent"), want, strict=True):
+            torch.testing.assert_close(packed["attention"][key][0], w, rtol=0, atol=1e-6)
+    maps = got[1]["maps"]
+    ref = reference_probs(q, k, ones, scale, n_rep)[:, 2]
+    torch.testing.assert_close(maps[next(iter(maps))][0].reshape(B, T, T), ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.models
+def test_smollm2_own_path_equals_eager_and_the_plain_forward(smollm2):
+    """A prompt without padding takes the own path in every layer: α, first-token mass and entropy equal eager
+    ``output_attentions`` to 1e-5, the kept maps equal eager's, and the per-token loss equals the plain SDPA model's
+    (the layers' outputs are the ones the model would compute)."""
+    import sinkwidgets as sw
+
+    text = long_text()[:2400]
+    own = sw.trace(smollm2, text, keep_maps=[(4, 1), (11, 3)], method="chunked")
+    eager = sw.trace(smollm2, text, keep_maps=[(4, 1), (11, 3)], method="eager")
+    assert own.meta["attention"] == "own" and own.meta["attention_layers"] == {"own": smollm2._module.config.num_hidden_layers}
+    for f in ("sink_scores", "first_token_mass", "entropy"):
+        np.testing.assert_allclose(getattr(own, f), getattr(eager, f), rtol=0, atol=1e-5, err_msg=f)
+    np.testing.assert_allclose(np.asarray(own.maps, np.float32), np.asarray(eager.maps, np.float32), rtol=0, atol=2e-3)
+    from sinkwidgets.tracing import run_units
+    from sinkwidgets.tracing.reductions import AttentionSummary, TokenLoss
+
+    res = run_units(smollm2, [text], [AttentionSummary(), TokenLoss()], method="chunked")[0]
+    assert res.meta["attention"] == "own"
+    hf = smollm2._module
+    ids = torch.tensor([list(res.token_ids)])
+    prev = hf.config._attn_implementation
+    hf.set_attn_implementation("sdpa")
+    try:
+        with torch.no_grad():
+            logits = hf(input_ids=ids, use_cache=False).logits[0]
+    finally:
+        hf.set_attn_implementation(prev)
+    nll_ref = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:], reduction="none").numpy()
+    np.testing.assert_allclose(res.by_unit["loss"]["nll"], nll_ref, rtol=0, atol=1e-4)
