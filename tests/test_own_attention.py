@@ -159,3 +159,86 @@ def test_smollm2_own_path_equals_eager_and_the_plain_forward(smollm2):
         hf.set_attn_implementation(prev)
     nll_ref = torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:], reduction="none").numpy()
     np.testing.assert_allclose(res.by_unit["loss"]["nll"], nll_ref, rtol=0, atol=1e-4)
+
+
+def _summary_collector(q, n_rep, units=None):
+    from sinkwidgets.tracing.collect import Collector
+    from sinkwidgets.tracing.reductions import AttentionSummary, BatchContext, UnitSet
+
+    B, H, T, D = q.shape
+    ones = torch.ones(B, T, dtype=torch.long)
+    ctx = BatchContext(qmask=ones, first=torch.zeros(B, dtype=torch.long), n_real=ones.sum(-1), causal=True,
+                       n_layers=1, n_heads=H, n_kv_heads=H // n_rep, d_model=H * D)
+    return Collector(UnitSet(units or [AttentionSummary()], 1, H, H * D), ctx)
+
+
+@pytest.mark.unit
+def test_parallel_parts_equal_one_stream_and_restore_the_threads():
+    """A layer's chunks in two single-threaded parts (threads) give the one-stream output and sums, the same bits
+    on every run, and leave torch's thread count as it was; a kept-maps unit (order matters) is not parallel."""
+    from sinkwidgets.tracing.qk import AttentionParams, own_chunks
+    from sinkwidgets.tracing.reductions import AttentionSummary, KeptMaps
+
+    q, k, v, scale, n_rep = _qkv(7, B=1, T=150)
+    p = AttentionParams(scale, n_rep)
+    before = torch.get_num_threads()
+    one = _summary_collector(q, n_rep)
+    out1 = torch.empty(1, 150, 6, 16)
+    one.feed_probs(0, own_chunks(q, k, v, p, out1, 16))
+    runs = []
+    for _ in range(2):
+        col = _summary_collector(q, n_rep)
+        assert col.parallel_ok(0)
+        out2 = torch.full_like(out1, float("nan"))
+        ws = {}
+        col.feed_probs_parts(0, [own_chunks(q, k, v, p, out2, 16, ws, i, 2) for i in range(2)])
+        assert set(ws) == {"own", "own1"} and torch.get_num_threads() == before
+        torch.testing.assert_close(out2, out1, rtol=0, atol=0)  # each part wrote its own rows, all of them
+        runs.append(col.packed()["attention"])
+        for key in ("alpha", "ftm", "ent"):
+            torch.testing.assert_close(runs[-1][key], one.packed()["attention"][key], rtol=1e-6, atol=1e-6)
+    assert all(torch.equal(runs[0][key], runs[1][key]) for key in runs[0])
+    assert not _summary_collector(q, n_rep, [AttentionSummary(), KeptMaps({0: [1]})]).parallel_ok(0)
+
+
+@pytest.mark.unit
+def test_a_failing_part_raises_in_the_caller_and_restores_the_threads():
+    from sinkwidgets.tracing.qk import AttentionParams, own_chunks
+    from sinkwidgets.tracing.reductions import AttentionSummary
+
+    class Boom(AttentionSummary):
+        def chunk(self, state, start, P, scratch, ctx, logp=None, rowscale=None):
+            if start >= 32:
+                raise RuntimeError("boom in a part")
+            super().chunk(state, start, P, scratch, ctx, logp=logp, rowscale=rowscale)
+
+    q, k, v, scale, n_rep = _qkv(8, B=1, T=80)
+    before = torch.get_num_threads()
+    col = _summary_collector(q, n_rep, [Boom()])
+    out = torch.empty(1, 80, 6, 16)
+    with pytest.raises(RuntimeError, match="boom in a part"):
+        col.feed_probs_parts(0, [own_chunks(q, k, v, AttentionParams(scale, n_rep), out, 16, None, i, 2)
+                                 for i in range(2)])
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.models
+def test_smollm2_parallel_parts_equal_the_one_thread_trace(smollm2):
+    """At T >= OWN_PARALLEL_MIN_TOKENS with two torch threads, the own path runs two parts per layer: the trace
+    equals the one-thread trace (itself equal to eager, above) to 1e-5 (the sums are added in another order)."""
+    import sinkwidgets as sw
+    from sinkwidgets.tracing.chunked import OWN_PARALLEL_MIN_TOKENS
+
+    text = long_text()
+    before = torch.get_num_threads()
+    got = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got[n] = sw.trace(smollm2, text, keep_maps=None, method="chunked", max_tokens=OWN_PARALLEL_MIN_TOKENS + 64)
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+    assert got[2].n_tokens >= OWN_PARALLEL_MIN_TOKENS and got[2].meta["attention"] == "own"
+    for f in ("sink_scores", "first_token_mass", "entropy"):
+        np.testing.assert_allclose(getattr(got[2], f), getattr(got[1], f), rtol=0, atol=1e-5, err_msg=f)

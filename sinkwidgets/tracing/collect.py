@@ -115,6 +115,65 @@ class Collector:
         for u, st in zip(us, states):
             self._add(u, u.end(st, self.ctx))
 
+    def parallel_ok(self, layer: int) -> bool:
+        """Whether every unit reading ``"probs"`` at ``layer`` can merge states (:attr:`~.reductions.Reduction.
+        mergeable`) and takes the row scale, so the layer's chunks may run in parallel parts."""
+        us = self.units.at(layer, "probs")
+        return bool(us) and all(getattr(u, "mergeable", False) and getattr(u, "takes_rowscale", False) for u in us)
+
+    def feed_probs_parts(self, layer: int, parts: list) -> None:
+        """:meth:`feed_probs` over ``parts``, chunk generators over disjoint query chunks (``own_chunks(...,
+        part=i, parts=n)``), each run in a thread of its own with one torch thread and its own unit states, merged
+        in part order (so the sums are the same on every run). Local CPU runs only (:func:`.chunked.chunked_block`
+        asks :meth:`parallel_ok` first).
+
+        Why threads: the chunk GEMMs are too small for torch's two-thread GEMM to scale (1.5x on two cores, the
+        flash kernel 1.75x); two single-threaded streams of chunks keep both cores busy (SmolLM2, T = 8192:
+        0.73 -> 0.62 s per layer). torch's thread count is restored afterwards in the calling thread (the workers'
+        ``torch.set_num_threads(1)`` also sets MKL's process-wide count)."""
+        import threading
+
+        us = self.units.at(layer, "probs")
+        if len(parts) == 1 or not self.parallel_ok(layer):
+            for gen in parts:
+                self.feed_probs(layer, gen)  # (not reached with several parts: the executor asks parallel_ok)
+            return
+        n_threads = torch.get_num_threads()
+        states: list = [None] * len(parts)
+        errors: list = []
+
+        def work(i: int) -> None:
+            try:
+                torch.set_num_threads(1)
+                st = None
+                for item in parts[i]:
+                    s, P, scratch, logp, rowscale = item
+                    if st is None:
+                        st = [u.begin(self.ctx, layer, P.device) for u in us]
+                    for u, x in zip(us, st):
+                        u.chunk(x, s, P, scratch, self.ctx, logp=logp, rowscale=rowscale)
+                states[i] = st
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(i,), name=f"sinkwidgets-chunks-{i}") for i in range(len(parts))]
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            torch.set_num_threads(n_threads)
+        if errors:
+            raise errors[0]
+        merged = None
+        for st in states:
+            if st is None:
+                continue
+            merged = st if merged is None else [u.merge(a, b) for u, a, b in zip(us, merged, st)]
+        for u, st in zip(us, merged):
+            self._add(u, u.end(st, self.ctx))
+
     def packed(self) -> dict[str, dict[str, torch.Tensor]]:
         """``{unit name: {key: tensor}}``, each key's per-layer tensors joined by the unit's ``pack`` (on the CPU)."""
         by_name = {u.name: u for u in self.units.units}

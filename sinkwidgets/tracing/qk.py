@@ -189,7 +189,8 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128, works
             yield s, P, ws[2 * block : 2 * block + n].view(B, H, c, w), logp
 
 
-def own_chunks(q, k, v, params: AttentionParams, out, rows: int = LSE_MAX_CHUNK, workspace: dict | None = None):
+def own_chunks(q, k, v, params: AttentionParams, out, rows: int = LSE_MAX_CHUNK, workspace: dict | None = None,
+               part: int = 0, parts: int = 1):
     """Compute a layer's attention *and* its probabilities, once: yield ``(start, E, scratch, S, (r, logz))`` per
     query chunk and write the attention output into ``out [B, T, H, D]`` (what the layer's attention function
     returns), for a batch without padding (:func:`own_attention_ok`).
@@ -214,6 +215,10 @@ def own_chunks(q, k, v, params: AttentionParams, out, rows: int = LSE_MAX_CHUNK,
     heads not repeated), float32; ``params.n_rep = H / KV``. ``E``, ``S`` and ``scratch`` are views into one reused
     workspace (see :func:`lse_chunks`): consume a chunk before asking for the next. ``out`` is complete when the
     generator is exhausted.
+
+    ``part`` of ``parts``: only the chunks ``part, part + parts, …`` (and only their rows of ``out``), with a
+    workspace of its own, so that ``parts`` generators can run side by side in threads
+    (:meth:`.collect.Collector.feed_probs_parts`).
     """
     scale, n_rep = params.scale, params.n_rep
     if params.window or params.softcap:
@@ -226,11 +231,12 @@ def own_chunks(q, k, v, params: AttentionParams, out, rows: int = LSE_MAX_CHUNK,
         need = 3 * block + nq + nk + nv  # S, E, scratch, then the layer's scaled q, kᵀ and [v, 1]
         if q.device.type == "cpu" and need * 4 > 4 * 2**20:
             need = max(need, (33 * 2**20) // 4)  # one mmap'd block, returned to the OS when freed
-        ws = None if workspace is None else workspace.get("own")
+        key = "own" if part == 0 else f"own{part}"
+        ws = None if workspace is None else workspace.get(key)
         if ws is None or ws.numel() < need or ws.device != q.device:
             ws = torch.empty(need, dtype=torch.float32, device=q.device)
             if workspace is not None:
-                workspace["own"] = ws
+                workspace[key] = ws
         o = 3 * block
         qs = ws[o : o + nq].view(B, KV, n_rep, T, D)
         torch.mul(q.reshape(B, KV, n_rep, T, D), scale, out=qs)  # query head h = kv * n_rep + r: key head kv
@@ -244,7 +250,7 @@ def own_chunks(q, k, v, params: AttentionParams, out, rows: int = LSE_MAX_CHUNK,
         tri = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # key after query in the block
         upper = torch.zeros(rows, rows, device=q.device).masked_fill_(tri, MASKED_LOGP)
         out5 = out.view(B, T, KV, n_rep, D)
-        for s in range(0, T, rows):
+        for s in range(part * rows, T, parts * rows):
             e = min(s + rows, T)
             c, w, n = e - s, e, B * H * (e - s) * e  # causal: keys after the chunk's last query are not computed
             S = ws[:n].view(B, KV, n_rep * c, w)

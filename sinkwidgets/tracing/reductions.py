@@ -122,6 +122,14 @@ class Reduction:
     #: unnormalised chunk ``E`` (probabilities ``r·E``, log-probabilities ``logp − logz``; :func:`.qk.own_chunks`).
     #: The collector normalises the chunk in place first when any unit at the layer does not take it.
     takes_rowscale: bool = False
+    #: ``"probs"`` readers: True if :meth:`merge` combines two states begun for the same layer, each fed a
+    #: disjoint set of query chunks, into the state of all of them (sums add). The collector then runs a layer's
+    #: chunks in parallel parts (:meth:`.collect.Collector.feed_probs_parts`).
+    mergeable: bool = False
+
+    def merge(self, state: Any, other: Any) -> Any:
+        """``state`` updated with ``other`` (see :attr:`mergeable`)."""
+        raise NotImplementedError
 
     def layers(self, n_layers: int) -> list[int]:
         """Layers this unit acts on (default: all)."""
@@ -340,6 +348,7 @@ class AttentionSummary(Reduction):
     reads = ("probs",)
     takes_logp = True
     takes_rowscale = True
+    mergeable = True
 
     def begin(self, ctx, layer, device):
         qmask, first, n_real = ctx.on(device)
@@ -349,6 +358,11 @@ class AttentionSummary(Reduction):
 
     def chunk(self, state, start, P, scratch, ctx, logp=None, rowscale=None):
         attention_summary_update(state, start, P, scratch, state["qmask"], state["first"], logp, rowscale)
+
+    def merge(self, state, other):
+        for key in ("alpha", "ftm", "ent"):
+            state[key] += other[key]
+        return state
 
     def end(self, state, ctx):
         alpha, ftm, ent = _attention_finish(state, ctx.T, state["n_real"], ctx.causal)

@@ -400,6 +400,11 @@ class _OneRow:
         self.inner, self.row = inner, int(row)
         self.name, self.reads, self.takes_logp = inner.name, inner.reads, getattr(inner, "takes_logp", False)
         self.takes_rowscale = getattr(inner, "takes_rowscale", False)
+        self.mergeable = getattr(inner, "mergeable", False)
+
+    def merge(self, state, other):
+        self.inner.merge(state[1], other[1])
+        return state
 
     def _ctx(self, ctx: Any) -> Any:
         import dataclasses
