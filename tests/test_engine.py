@@ -328,3 +328,34 @@ def test_mask_edits_on_an_encoder_are_a_clear_error(minilm):
         sw.trace(minilm, "The cat sat on the mat.", edits=[HideKeys([0], [0])])
     with pytest.raises(TypeError, match="Edit objects"):
         sw.trace(minilm, "The cat sat on the mat.", edits=[("mask", 0)])
+
+
+@pytest.mark.unit
+def test_a_projection_edit_gives_an_edited_row_the_numbers_it_has_alone_at_any_thread_count():
+    """ProjectOut / ProjectHeadWrite compute ``w (x U) Uᵀ`` row by row (only for rows with a weight), so a row's
+    edit does not depend on the other rows of the batch, bit for bit, also when torch runs several threads (one
+    GEMM over B·T rows may split its sums differently for another B; CI saw 1.9e-6 from that in the release
+    experiment)."""
+    from sinkwidgets.tracing.edits import ProjectHeadWrite, ProjectOut
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(6, 29, 576, generator=g) * 3
+    h[:, :, 100] += 500.0  # a massive channel, as in a real residual stream
+    U = torch.linalg.qr(torch.randn(576, 1, generator=g))[0]
+    w = torch.zeros(6, 29)
+    w[1, 1:] = 1.0  # every token but the first (the sink)
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            e = ProjectOut(3, U, w)
+            batch = e.apply(h, None, 3, {})
+            alone = ProjectOut(3, U, w[:2]).apply(h[:2].clone(), None, 3, {})  # clean row + edited row
+            assert torch.equal(batch[1], alone[1]) and torch.equal(batch[[0, 2, 3, 4, 5]], h[[0, 2, 3, 4, 5]])
+            assert not torch.equal(batch[1], h[1])  # the edit did something
+            hw = ProjectHeadWrite(3, 0, U, w)
+            got = hw.apply(h, None, 3, {"c": h * 0.5})
+            one = ProjectHeadWrite(3, 0, U, w[1:2]).apply(h[1:2], None, 3, {"c": h[1:2] * 0.5})
+            assert torch.equal(got[1], one[0]) and torch.equal(got[0], h[0])
+    finally:
+        torch.set_num_threads(before)

@@ -49,6 +49,18 @@ def _rows(rows, B: int, device) -> torch.Tensor:
     return sel
 
 
+def _project_rows(x: torch.Tensor, U: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``w_t (x_t U) Uᵀ`` per batch row, ``x [B, T, d]``, ``U [d, r]``, ``w [B, T]`` (or ``[1, T]``) → ``[B, T, d]``, computed one
+    row at a time and only for the rows with a nonzero weight: a row's numbers then do not depend on what else is in
+    the batch (a GEMM over ``B·T`` rows with ``r`` columns may split its sums differently for another ``B`` when
+    torch runs several threads), so an edited row equals the same edit run alone, bit for bit."""
+    out = torch.zeros_like(x)
+    w = w.expand(x.shape[0], -1)  # weights [1, T] serve every row
+    for b in torch.nonzero(w.ne(0).any(-1)).flatten().tolist():
+        out[b] = w[b, :, None] * torch.matmul(torch.matmul(x[b], U), U.T)
+    return out
+
+
 def _right_aligned(w: torch.Tensor, T: int) -> torch.Tensor:
     """Per-token weights ``[B, T_w]`` given for the real tokens → ``[B, T]`` (left padding gets weight 0)."""
     return torch.nn.functional.pad(w, (T - w.shape[-1], 0)) if w.shape[-1] < T else w
@@ -180,7 +192,7 @@ class ProjectOut(Edit):
     def apply(self, h, ctx, layer, state):
         U = self.U.to(h.device, h.dtype)
         w = _right_aligned(self.weights, h.shape[1]).to(h.device, h.dtype)
-        return h - w[..., None] * torch.matmul(torch.matmul(h, U), U.T)
+        return h - _project_rows(h, U, w)
 
     def __repr__(self):
         return f"ProjectOut(layer={self.layer}, rank={int(self.U.shape[1])})"
@@ -222,8 +234,7 @@ class ProjectHeadWrite(Edit):
         c = state["c"]
         U = self.U.to(c.device, torch.float32)
         w = _right_aligned(self.weights, h.shape[1]).to(c.device, torch.float32)
-        delta = w[..., None] * torch.matmul(torch.matmul(c, U), U.T)
-        return h - delta.to(h.device, h.dtype)
+        return h - _project_rows(c, U, w).to(h.device, h.dtype)
 
     def __repr__(self):
         return f"ProjectHeadWrite(layer={self.layer}, head={self.head}, rank={int(self.U.shape[1])})"
