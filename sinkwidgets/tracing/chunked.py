@@ -11,6 +11,19 @@ after its q/k RMS norms) are turned back into probabilities a few query rows at 
 largest temporary is one chunk, ``[B, H, c, T]`` float32 with ``c`` chosen to fit :data:`~.qk.CHUNK_BYTES`, so
 memory stays close to a plain forward.
 
+On a local CPU model three paths are faster than that recompute, fastest first (``meta["attention"]`` says which
+ran; ``meta["attention_layers"]`` counts the layers of each):
+
+- ``"own"``: a float32 layer with no padding, window, soft-cap or mask edit (:func:`.qk.own_attention_ok`)
+  computes its attention *once*, in the package's query chunks (:func:`.qk.own_chunks`: scores, row max,
+  ``exp``, one value GEMM with a column of ones for the row sums), and nnsight skips the layer's own attention
+  call. At two or more torch threads and ``T >= OWN_PARALLEL_MIN_TOKENS`` the chunks are split over threads
+  (:meth:`.collect.Collector.feed_probs_parts`), each with one torch thread and its own workspace, and mergeable
+  units add their parts in a fixed order.
+- ``"lse"``: a padded batch runs the flash kernel SDPA uses, which also returns each row's log-sum-exp, and the
+  probabilities are ``exp(q·k·scale − lse)`` (:func:`.qk.lse_chunks`).
+- otherwise (sliding windows, soft-caps, mask edits, non-CPU models and NDIF): SDPA, then the recompute above.
+
 The same block runs remotely (:mod:`.remote`): NDIF serves models with their default attention implementation,
 under which eager probabilities do not exist, so remote traces always use this path. Everything the block calls
 is plain torch and is shipped to the server by value.
@@ -203,10 +216,12 @@ def run_chunked(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx
     """The local chunked executor: one batch → ``(packed results, meta)``. The remote executor
     (:func:`sinkwidgets.tracing.remote.run_remote`) ships :func:`chunked_block` instead.
 
-    ``lse`` (default): on a CPU model, attention runs as :func:`lse_attention` (the same flash kernel SDPA uses,
-    which also returns each row's log-sum-exp), and layers with plain causal attention get their probabilities
-    from it (:func:`.qk.lse_chunks`: one matmul and one ``exp`` per chunk); other layers, and ``lse=False``, run
-    SDPA and recompute the softmax (:func:`.qk.attention_chunks`). ``meta["attention"]`` says which."""
+    ``lse`` (default): on a CPU model, a float32 layer with plain causal attention and no padding computes its
+    attention once in the package's chunks (:func:`.qk.own_chunks`, the ``"own"`` path); with padding it runs as
+    :func:`lse_attention` (the same flash kernel SDPA uses, which also returns each row's log-sum-exp) and gets its
+    probabilities from it (:func:`.qk.lse_chunks`: one matmul and one ``exp`` per chunk); other layers, and
+    ``lse=False``, run SDPA and recompute the softmax (:func:`.qk.attention_chunks`). ``meta["attention"]`` says
+    which (module docstring)."""
     plan = layer_plan(model, info)
     check_values(info, units)
     hf = getattr(model, "_module", None)
