@@ -39,7 +39,7 @@ from pathlib import Path
 from _out import default_out  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 TEXT_FILE = "/usr/share/common-licenses/GPL-3"
-TOKENS = (128, 512, 2048, 4096, 8192)
+TOKENS = (128, 256, 512, 2048, 4096, 8192)
 TIME_BOUND, RSS_BOUND = 1.5, 1.25  # issue 20: trace <= 1.5x the time, <= 1.25x the peak RSS of the SDPA forward
 
 

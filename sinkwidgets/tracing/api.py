@@ -35,11 +35,12 @@ from .reductions import TOP_K_ACTIVATIONS, BatchContext, UnitSet
 
 #: ``method="auto"`` traces local prompts of at least this many tokens with the chunked path when the model
 #: supports it (rotary decoders): the eager path holds a ``[H, T, T]`` float32 map per layer (2.4 GB for SmolLM2
-#: at T = 8192), the chunked one stays near a plain forward pass. Measured crossover (issue 20,
-#: ``benchmarks/long_context.py --cases chunked eager``, SmolLM2, 2 threads, same process): at T = 128 eager
-#: 1.32x vs chunked 1.51x an SDPA last-logit forward (the chunked path's fixed nnsight cost), at T = 512 1.80x vs
-#: 1.75x, at T = 2048 eager is ~2x slower than chunked; so chunked from 512 tokens on.
-AUTO_CHUNKED_TOKENS = 512
+#: at T = 8192), the chunked one stays near a plain forward pass. Measured crossover with the own path (issue 20,
+#: ``benchmarks/long_context.py --cases chunked eager``, SmolLM2, same process, ratios to an SDPA last-logit
+#: forward): T = 128: eager 1.30x vs chunked 1.47x (1 thread), 1.17-1.49x vs 1.46-1.63x (2 threads); T = 256:
+#: eager 1.48x vs chunked 1.36x (1 thread), 1.71-1.98x vs 1.57-1.78x (2 threads); T = 384: 1.64x vs 1.27x; so
+#: chunked from 256 tokens on.
+AUTO_CHUNKED_TOKENS = 256
 
 
 #: glibc raises its mmap threshold dynamically (up to 32 MB) after large blocks are freed, so per-chunk
@@ -402,7 +403,7 @@ def trace(
     method : "auto", "eager" or "chunked"
         ``"eager"`` reads the probabilities of eager attention; ``"chunked"`` runs SDPA and recomputes them from
         q and k in query chunks (memory near a plain forward at long context; Llama-style rotary decoders).
-        ``"auto"``: chunked for remote traces and for local prompts of :data:`AUTO_CHUNKED_TOKENS` (512) tokens
+        ``"auto"``: chunked for remote traces and for local prompts of :data:`AUTO_CHUNKED_TOKENS` (256) tokens
         or more where the model supports it, eager otherwise. The method used is in ``trace.meta['method']``.
     progress : bool, optional
         Show a progress bar (``tqdm.auto``): over batches when there are several (default: shown), over the

@@ -57,9 +57,10 @@ from .qk import (  # noqa: F401 - re-exported
 from .reductions import BatchContext, UnitSet
 
 #: Prompts of at least this many tokens run a layer's own-path chunks in ``torch.get_num_threads()`` parallel
-#: single-threaded parts (:meth:`.collect.Collector.feed_probs_parts`); shorter ones gain too little to pay for
-#: the threads (SmolLM2, 2 cores: T = 2048 0.064 -> 0.058 s a layer, T = 8192 0.73 -> 0.62 s).
-OWN_PARALLEL_MIN_TOKENS = 1024
+#: single-threaded parts (:meth:`.collect.Collector.feed_probs_parts`); shorter ones lose more to the threads than
+#: they gain (SmolLM2, 2 cores, whole trace over an SDPA forward, one stream vs two parts: T = 384 1.30x vs 1.62x,
+#: 1024 1.29x vs 1.42x, 2048 1.30x vs 1.29x, 4096 1.32x vs 1.29x; T = 8192 0.73 -> 0.62 s a layer).
+OWN_PARALLEL_MIN_TOKENS = 2048
 
 
 # ----------------------------------------------------------------------------- plan + traced block

@@ -445,11 +445,15 @@ class _HeadSelection(Reduction):
 class KeptMaps(_HeadSelection):
     """Full attention maps of chosen heads, ``[B, H', T, T]`` per layer (``dtype``, float16 by default).
 
-    Lands as ``maps [M, T, T]`` and ``map_index [M, 2]`` of (layer, head), sorted by layer then head.
+    Lands as ``maps [M, T, T]`` and ``map_index [M, 2]`` of (layer, head), sorted by layer then head. Each layer's
+    maps are one zeroed ``[B, H', T, T]`` buffer that every chunk writes its rows into (keys after a chunk's last
+    query stay 0); an unnormalised chunk (the own path) is scaled by its row scale on the way, ``P = r·E``.
     """
 
     name = "maps"
     reads = ("probs",)
+    takes_logp = True
+    takes_rowscale = True
 
     def __init__(self, sel, dtype: str = "float16"):
         super().__init__(sel)
@@ -458,14 +462,20 @@ class KeptMaps(_HeadSelection):
         self.dtype = dtype
 
     def begin(self, ctx, layer, device):
-        return {"heads": torch.tensor(self.heads(layer, ctx.n_heads), device=device), "rows": []}
+        heads = self.heads(layer, ctx.n_heads)
+        every = heads == list(range(ctx.n_heads))  # all heads in order: no gather needed
+        return {"heads": None if every else torch.tensor(heads, device=device),
+                "maps": torch.zeros(ctx.B, len(heads), ctx.T, ctx.T, dtype=getattr(torch, self.dtype), device=device)}
 
-    def chunk(self, state, start, P, scratch, ctx):
-        rows = P[:, state["heads"]].to(getattr(torch, self.dtype))
-        state["rows"].append(torch.nn.functional.pad(rows, (0, ctx.T - P.shape[-1])))
+    def chunk(self, state, start, P, scratch, ctx, logp=None, rowscale=None):
+        hs = state["heads"]
+        rows = P if hs is None else P[:, hs]  # [B, H', c, w]
+        if rowscale is not None:
+            rows = rows * (rowscale[0] if hs is None else rowscale[0][:, hs])  # r [B, H', c, 1]
+        state["maps"][:, :, start : start + P.shape[2], : P.shape[3]].copy_(rows)
 
     def end(self, state, ctx):
-        return {"maps": torch.cat(state["rows"], dim=2)}
+        return {"maps": state["maps"]}
 
     def result_bytes(self, B, T, ctx):
         return self.n_pairs(ctx.n_heads) * B * T * T * (2 if self.dtype == "float16" else 4)
