@@ -229,7 +229,6 @@ def test_smollm2_parallel_parts_equal_the_one_thread_trace(smollm2, monkeypatch)
     The threshold is lowered to 512 tokens here, to keep the test short; the parts code is the same."""
     import sinkwidgets as sw
     from sinkwidgets.tracing import chunked
-
     from sinkwidgets.tracing.collect import Collector
 
     monkeypatch.setattr(chunked, "OWN_PARALLEL_MIN_TOKENS", 512)
