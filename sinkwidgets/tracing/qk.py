@@ -26,10 +26,15 @@ LSE_MAX_CHUNK = 64
 #: T = 512 the masked half of a chunk made ``exp`` cost more than the matmul). A probability below 1.6e-38 reads
 #: as 1.6e-38 (α changes by < T · 1.6e-38); masked entries are set to exactly 0 after the ``exp``.
 LOGP_FLOOR = -87.0
-#: Added to the diagonal block's masked entries (keys after their query) on the lse path: any score plus this is
-#: far below -104, where float32 ``exp`` is exactly 0 (on its fast path), so ``P`` is 0 there with no second pass,
-#: and ``logp`` stays finite (``P * logp`` = 0, not NaN).
+#: Added to the diagonal block's masked scores (keys after their query) on the own path before the row max, so
+#: they cannot be the max. They are then raised to :data:`LOGP_FLOOR` before the ``exp`` and their ``E`` set to 0
+#: afterwards: an ``exp`` whose result underflows (anything below -87, even -inf) takes the slow path too (on an
+#: AVX-512 Xeon, a [1, 9, 64, 256] chunk with a quarter of its entries at -1e30: 430 us, 28 us with none).
 MASKED_LOGP = -1.0e30
+#: On the own path (:func:`own_chunks`) a chunk of at most this many scores is clamped at :data:`LOGP_FLOOR`
+#: whole; a larger one only for the heads where the Cauchy–Schwarz bound says a score can be below it. The check
+#: is five small ops and a sync, dearer than one clamp pass over a small chunk (a [1, 9, 64, 256] clamp: 7 us).
+FLOOR_CHECK_MIN = 2**19
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,9 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128, works
     :data:`LOGP_FLOOR`). The floor is a pass over the chunk, so it runs only for the heads of a chunk where it can
     matter: by Cauchy–Schwarz ``logp[i, j] ≥ −scale·‖q_i‖·max_{j' ≤ i} ‖k_{j'}‖ − lse_i``, and where that bound is
     at or above the floor for every row of the chunk the clamp would change nothing and is skipped (on SmolLM2 at
-    T = 8192, most chunks of most layers). Masked entries get ``P`` = 0 exactly and a large finite negative
-    ``logp`` (causal ``j > i``: ``logp`` + :data:`MASKED_LOGP`; padding keys ``qmask[b, j] = 0`` and every key of a
-    padding query row: :data:`LOGP_FLOOR`), so ``P * logp`` is 0 there; padding query rows are all zero (ignored
+    T = 8192, most chunks of most layers). Masked entries (causal ``j > i``, padding keys
+    ``qmask[b, j] = 0`` and every key of a padding query row) get ``P`` = 0 exactly and ``logp`` =
+    :data:`LOGP_FLOOR`, so ``P * logp`` is 0 there; padding query rows are all zero (ignored
     by the units).
     Only plain causal attention with left padding: no sliding window, soft-cap or ``"attn_mask"`` edit (those go
     through :func:`attention_chunks`). ``q [B, H, T, D]`` and ``k [B, KV, T, D]`` post-RoPE, ``params.n_rep = H / KV``
@@ -163,7 +168,6 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128, works
         ka[:, :, D].fill_(1.0)
         floor = _floor_needed(q, k, lse, scale, n_rep, rows)  # [n_chunks][H]: may a logp fall below the floor?
         tri = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # key after query in the block
-        upper = torch.zeros(rows, rows, device=q.device).masked_fill_(tri, MASKED_LOGP)
         qok = qmask.to(q.device).bool()
         padded = not bool(qok.all())
         for ci, s in enumerate(range(0, T, rows)):
@@ -178,12 +182,13 @@ def lse_chunks(q, k, lse, qmask, params: AttentionParams, rows: int = 128, works
             else:
                 for h in heads:
                     logp[:, h].clamp_(min=LOGP_FLOOR)
-            logp[..., s:].add_(upper[:c, :c])  # keys after their query: exp gives exactly 0
+            logp[..., s:].masked_fill_(tri[:c, :c], LOGP_FLOOR)  # keys after their query (P = 0 below)
             ok = None
             if padded:
                 ok = qok[:, None, s:e, None] & qok[:, None, None, :w]
                 logp.masked_fill_(~ok, LOGP_FLOOR)
-            P = torch.exp(logp, out=ws[block : block + n].view(B, H, c, w))
+            P = torch.exp(logp, out=ws[block : block + n].view(B, H, c, w))  # every logp >= LOGP_FLOOR: fast exp
+            P[..., s:].masked_fill_(tri[:c, :c], 0.0)
             if ok is not None:
                 P.masked_fill_(~ok, 0.0)
             yield s, P, ws[2 * block : 2 * block + n].view(B, H, c, w), logp
@@ -198,7 +203,7 @@ def own_chunks(q, k, v, params: AttentionParams, out, rows: int = LSE_MAX_CHUNK,
     Per chunk of ``c`` query rows and its ``w = start + c`` causal keys, with ``m_i = max_{j≤i} s_ij``::
 
         s_ij = q_i·k_j · scale            (one GEMM per key head: its n_rep query heads together)
-        S_ij = s_ij − m_i                 (≤ 0; keys after their query: −1e30, so E = 0 there exactly)
+        S_ij = s_ij − m_i                 (≤ 0; keys after their query: excluded from m, E = 0 there)
         E_ij = exp(S_ij),  Z_i = Σ_j E_ij
         out_i = (Σ_j E_ij v_j) / Z_i      (one GEMM per key head, with a column of ones appended to v for Z)
 
@@ -210,7 +215,8 @@ def own_chunks(q, k, v, params: AttentionParams, out, rows: int = LSE_MAX_CHUNK,
     This is the flash kernel's work (scores, exponentials, the value product) done in the package's chunks, so the
     chunk's scores serve both the layer's output and the units; SDPA plus :func:`lse_chunks` computes the scores
     twice. ``S`` is floored at :data:`LOGP_FLOOR` (``exp`` off its slow subnormal path) only for the heads of a
-    chunk where the Cauchy–Schwarz bound ``S_ij ≥ −scale·‖q_i‖·max_{j≤i}‖k_j‖ − m_i`` can fall below it.
+    chunk where the Cauchy–Schwarz bound ``S_ij ≥ −scale·‖q_i‖·max_{j≤i}‖k_j‖ − m_i`` can fall below it
+    (chunks of at most :data:`FLOOR_CHECK_MIN` scores are floored whole, which is cheaper than the check).
     ``q [B, H, T, D]``, ``k`` and ``v [B, KV, T, D]`` as the attention function receives them (post-RoPE, key
     heads not repeated), float32; ``params.n_rep = H / KV``. ``E``, ``S`` and ``scratch`` are views into one reused
     workspace (see :func:`lse_chunks`): consume a chunk before asking for the next. ``out`` is complete when the
@@ -245,8 +251,10 @@ def own_chunks(q, k, v, params: AttentionParams, out, rows: int = LSE_MAX_CHUNK,
         va = ws[o + nq + nk : o + nq + nk + nv].view(B, KV, T, D + 1)
         va[..., :D].copy_(v)
         va[..., D].fill_(1.0)  # the value GEMM's last column is the row sum Z
-        bound = (torch.linalg.vector_norm(q.float(), dim=-1).mul_(scale)
-                 * torch.linalg.vector_norm(k.float(), dim=-1).cummax(-1).values.repeat_interleave(n_rep, 1))
+        bound = None  # Cauchy–Schwarz: S_ij >= -bound_i - m_i (only needed for chunks checked before the clamp)
+        if block > FLOOR_CHECK_MIN:
+            bound = (torch.linalg.vector_norm(q.float(), dim=-1).mul_(scale)
+                     * torch.linalg.vector_norm(k.float(), dim=-1).cummax(-1).values.repeat_interleave(n_rep, 1))
         tri = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # key after query in the block
         upper = torch.zeros(rows, rows, device=q.device).masked_fill_(tri, MASKED_LOGP)
         out5 = out.view(B, T, KV, n_rep, D)
@@ -259,11 +267,15 @@ def own_chunks(q, k, v, params: AttentionParams, out, rows: int = LSE_MAX_CHUNK,
             S[..., s:].add_(upper[:c, :c])
             m = S.amax(dim=-1, keepdim=True)  # [B, H, c, 1]
             S.sub_(m)
-            low = (bound[:, :, s:e] + m[..., 0] > -LOGP_FLOOR).any(-1).any(0).tolist()  # [H]: may S < floor?
-            for h in (h for h in range(H) if low[h]):
-                S[:, h].clamp_(min=LOGP_FLOOR)
-                S[:, h, :, s:].add_(upper[:c, :c])  # the masked keys again below the floor: E = 0 there
+            if n <= FLOOR_CHECK_MIN:
+                S.clamp_(min=LOGP_FLOOR)  # (the diagonal block's masked keys too: a fast exp)
+            else:
+                low = (bound[:, :, s:e] + m[..., 0] > -LOGP_FLOOR).any(-1).any(0).tolist()  # [H]: may S < floor?
+                for h in (h for h in range(H) if low[h]):
+                    S[:, h, :, :s].clamp_(min=LOGP_FLOOR)
+                S[..., s:].clamp_(min=LOGP_FLOOR)  # the diagonal block: its masked keys too
             E = torch.exp(S, out=ws[block : block + n].view(B, H, c, w))
+            E[..., s:].masked_fill_(tri[:c, :c], 0.0)  # keys after their query
             Oc = torch.matmul(E.view(B, KV, n_rep * c, w), va[:, :, :w]).view(B, KV, n_rep, c, D + 1)
             Z = Oc[..., D:]  # [B, KV, n_rep, c, 1]
             torch.div(Oc[..., :D], Z, out=out5[:, s:e].permute(0, 2, 3, 1, 4))

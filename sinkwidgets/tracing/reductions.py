@@ -206,17 +206,25 @@ def attention_summary_update(state: dict, s: int, Ac: torch.Tensor, scratch, qma
 
 
 def _summary_rowscale(state: dict, s: int, E: torch.Tensor, S: torch.Tensor, rowscale, qmask, first) -> None:
-    """:func:`attention_summary_update` for an unnormalised chunk ``E`` with row scale ``r`` and ``logz``."""
+    """:func:`attention_summary_update` for an unnormalised chunk ``E`` with row scale ``r`` and ``logz``.
+
+    α adds ``Σ_i r_i·E_ij`` over the chunk's real queries (one matmul). The per-row terms, the first-token weight
+    ``r_i·E_i,first`` and the entropy ``logz_i − r_i·Σ_j E_ij·S_ij``, are written into ``state["rows"]
+    [2, B, H, T]`` and weighted by the query masks once per layer in :func:`_attention_finish`, so a chunk costs
+    four small ops (at T = 256 a layer has four chunks, and per-op overhead is most of their cost)."""
     r, logz = rowscale[0][..., 0], rowscale[1][..., 0]  # [B, H, c]
-    c, w = E.shape[2], E.shape[3]
-    qm = qmask[:, s : s + c].to(E.dtype)[:, None, :]  # [B, 1, c]
-    wr = r * qm  # [B, H, c]: each real query's row, normalised
+    B, H, c, w = E.shape
+    rows = state.get("rows")
+    if rows is None:
+        rows = state["rows"] = torch.zeros(2, B, H, state["alpha"].shape[-1], dtype=E.dtype, device=E.device)
+        state["unpadded"] = bool(qmask.bool().all())
+        state["first0"] = int(first[0]) if bool((first == first[0]).all()) else None
+    wr = r if state["unpadded"] else r * qmask[:, None, s : s + c].to(E.dtype)  # each real query's row, normalised
     state["alpha"][:, :, :w] += torch.matmul(wr[:, :, None, :], E)[:, :, 0]
-    col = E[state["bidx"], :, :, first.clamp(max=w - 1)]  # [B, H, c]
-    after = (state["pos"][s : s + c][None, :] > first[:, None]).to(E.dtype)[:, None, :]  # [B, 1, c]
-    state["ftm"] += (col * r * after).sum(-1)
-    rowdot = torch.einsum("bhcw,bhcw->bhc", E, S)  # one dot per row: reads both, writes [B, H, c]
-    state["ent"] += ((logz - r * rowdot) * qm).sum(-1)
+    f0 = state["first0"]
+    col = E[..., min(f0, w - 1)] if f0 is not None else E[state["bidx"], :, :, first.clamp(max=w - 1)]  # [B, H, c]
+    torch.mul(col, r, out=rows[0][:, :, s : s + c])
+    torch.addcmul(logz, r, torch.linalg.vecdot(E, S), value=-1.0, out=rows[1][:, :, s : s + c])
 
 
 def reduce_attention_chunks(chunks, B: int, H: int, T: int, qmask, first, n_real, causal: bool):
@@ -250,6 +258,12 @@ def _attention_state(B: int, H: int, T: int, dev) -> dict:
 
 
 def _attention_finish(st: dict, T: int, n_real, causal: bool):
+    ftm, ent = st["ftm"], st["ent"]
+    rows = st.get("rows")  # the row-scale path's per-row terms (_summary_rowscale): weighted by the masks here
+    if rows is not None:
+        after = (st["pos"][None, :] > st["first"][:, None]).to(rows.dtype)  # [B, T]: queries after the first token
+        ftm = ftm + (rows[0] * after[:, None, :]).sum(-1)
+        ent = ent + (rows[1] * st["qmask"].to(rows.dtype)[:, None, :]).sum(-1)
     n = n_real.to(st["alpha"].device).float()
     B = n.shape[0]
     if causal:  # key k is seen by the queries t >= k: T - k of them (all real when k is real)
@@ -257,8 +271,8 @@ def _attention_finish(st: dict, T: int, n_real, causal: bool):
     else:
         counts = n[:, None].expand(B, T)
     alpha = st["alpha"] / counts[:, None, :]
-    ftm = st["ftm"] / (n - 1).clamp_min(1)[:, None]
-    ent = st["ent"] / n[:, None]
+    ftm = ftm / (n - 1).clamp_min(1)[:, None]
+    ent = ent / n[:, None]
     return alpha, ftm, ent
 
 
@@ -362,6 +376,11 @@ class AttentionSummary(Reduction):
     def merge(self, state, other):
         for key in ("alpha", "ftm", "ent"):
             state[key] += other[key]
+        if "rows" in other:  # the row-scale path's per-row terms (disjoint rows: zeros elsewhere)
+            if "rows" in state:
+                state["rows"] += other["rows"]
+            else:
+                state.update(rows=other["rows"], unpadded=other["unpadded"], first0=other["first0"])
         return state
 
     def end(self, state, ctx):
