@@ -54,11 +54,16 @@ def test_own_chunks_output_is_sdpa_and_probabilities_are_the_softmax(rows):
 
 
 @pytest.mark.unit
-def test_own_chunks_floor_only_where_the_bound_says_and_the_workspace_is_reused():
+@pytest.mark.parametrize("check", [True, False], ids=["bound-check", "whole-clamp"])
+def test_own_chunks_floor_only_where_the_bound_says_and_the_workspace_is_reused(check, monkeypatch):
     """Head 1 gets scores spread far below the floor: its S is clamped (no subnormal ``exp``) yet the causal
-    entries stay exactly 0; the other heads are left alone; a second call reuses the first call's buffer."""
+    entries stay exactly 0, with ``S`` at the floor there (finite, so ``E·S`` is 0); a second call reuses the
+    first call's buffer. Both ways of flooring: the Cauchy–Schwarz check per head (large chunks) and one clamp
+    of the whole chunk (small chunks, :data:`~sinkwidgets.tracing.qk.FLOOR_CHECK_MIN`)."""
+    from sinkwidgets.tracing import qk
     from sinkwidgets.tracing.qk import LOGP_FLOOR, AttentionParams
 
+    monkeypatch.setattr(qk, "FLOOR_CHECK_MIN", 0 if check else 2**30)
     q, k, v, scale, n_rep = _qkv(3)
     q[:, 1] *= 12.0
     P = reference_probs(q, k, torch.ones(q.shape[0], q.shape[2], dtype=torch.long), scale, n_rep)
@@ -73,9 +78,10 @@ def test_own_chunks_floor_only_where_the_bound_says_and_the_workspace_is_reused(
             torch.testing.assert_close(Pn, P[:, :, s : s + c, :w], rtol=0, atol=1e-5)
             later = torch.arange(w)[None, :] > torch.arange(s, s + c)[:, None]
             assert (E[..., later] == 0).all() and (S[..., ~later] >= LOGP_FLOOR).all()
+            assert (S[..., later] == LOGP_FLOOR).all()  # masked keys: floored before the exp, E set to 0 after
             tiny = (E > 0) & (E < torch.finfo(torch.float32).tiny)
             assert not tiny.any()  # no subnormal probabilities: exp stayed on its fast path
-    assert set(workspace) == {"own"} and torch.equal(outs[0], outs[1])
+    assert set(workspace) == {"own", ("causal", 8)} and torch.equal(outs[0], outs[1])
 
 
 @pytest.mark.unit
@@ -192,7 +198,7 @@ def test_parallel_parts_equal_one_stream_and_restore_the_threads():
         out2 = torch.full_like(out1, float("nan"))
         ws = {}
         col.feed_probs_parts(0, [own_chunks(q, k, v, p, out2, 16, ws, i, 2) for i in range(2)])
-        assert set(ws) == {"own", "own1"} and torch.get_num_threads() == before
+        assert {k for k in ws if isinstance(k, str)} == {"own", "own1"} and torch.get_num_threads() == before
         torch.testing.assert_close(out2, out1, rtol=0, atol=0)  # each part wrote its own rows, all of them
         runs.append(col.packed()["attention"])
         for key in ("alpha", "ftm", "ent"):
@@ -251,3 +257,71 @@ def test_smollm2_parallel_parts_equal_the_one_thread_trace(smollm2, monkeypatch)
     assert calls == [2] * smollm2.sinkwidgets.n_layers  # the two-thread trace ran every layer in two parts
     for f in ("sink_scores", "first_token_mass", "entropy"):
         np.testing.assert_allclose(getattr(got[2], f), getattr(got[1], f), rtol=0, atol=1e-5, err_msg=f)
+
+
+@pytest.mark.unit
+def test_rowscale_summary_with_left_padding_equals_the_normalised_reference():
+    """The row-scale path of the summary (per-row first-token and entropy terms, weighted by the masks once per
+    layer) on a left-padded batch whose prompts start at different positions: unnormalised chunks ``E = Z·P``
+    with ``r = 1/Z``, ``logz = log Z`` give the α, first-token mass and entropy of the normalised probabilities."""
+    from sinkwidgets.tracing import reduce_attention
+    from sinkwidgets.tracing.qk import LOGP_FLOOR
+    from sinkwidgets.tracing.reductions import AttentionSummary, BatchContext
+
+    q, k, _v, scale, n_rep = _qkv(7, B=3)
+    B, H, T, D = q.shape
+    qmask = torch.ones(B, T, dtype=torch.long)
+    qmask[1, :6] = 0
+    qmask[2, :13] = 0
+    first = (T - qmask.sum(-1)).long()
+    ctx = BatchContext(qmask=qmask, first=first, n_real=qmask.sum(-1), causal=True, n_layers=1, n_heads=H,
+                       n_kv_heads=H // n_rep, d_model=H * D)
+    P = reference_probs(q, k, qmask, scale, n_rep) * qmask[:, None, :, None]  # padding query rows: all zero
+    want = reduce_attention(P, qmask, first, ctx.n_real, True)
+    torch.manual_seed(1)
+    Z = torch.rand(B, H, T, 1) * 50 + 0.5  # any positive row scale
+    unit = AttentionSummary()
+    for parts in (1, 2):  # one stream, and two interleaved parts merged (as feed_probs_parts does)
+        states = [unit.begin(ctx, 0, "cpu") for _ in range(parts)]
+        for i, s in enumerate(range(0, T, 8)):
+            e = min(s + 8, T)
+            Pc = P[:, :, s:e, :e]
+            E = Pc * Z[:, :, s:e]
+            S = torch.where(E > 0, E.clamp_min(1e-38).log(), torch.full_like(E, LOGP_FLOOR))
+            unit.chunk(states[i % parts], s, E, None, ctx, logp=S, rowscale=(1 / Z[:, :, s:e], Z[:, :, s:e].log()))
+        st = states[0] if parts == 1 else unit.merge(states[0], states[1])
+        got = unit.end(st, ctx)
+        for key, w in zip(("alpha", "ftm", "ent"), want, strict=True):
+            torch.testing.assert_close(got[key], w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.unit
+def test_kept_maps_share_one_buffer_and_a_new_run_does_not_write_into_an_old_result():
+    """Every layer's kept maps are head slices of one ``[B, M, T, T]`` buffer, which packing returns as it is
+    (no join); a second run with the same batch context allocates a new buffer, leaving the first result intact."""
+    from sinkwidgets.tracing.collect import Collector
+    from sinkwidgets.tracing.qk import AttentionParams, own_chunks
+    from sinkwidgets.tracing.reductions import BatchContext, KeptMaps, UnitSet
+
+    q, k, v, scale, n_rep = _qkv(9, B=2)
+    B, H, T, D = q.shape
+    ones = torch.ones(B, T, dtype=torch.long)
+    ctx = BatchContext(qmask=ones, first=torch.zeros(B, dtype=torch.long), n_real=ones.sum(-1), causal=True,
+                       n_layers=3, n_heads=H, n_kv_heads=H // n_rep, d_model=H * D)
+    ref = reference_probs(q, k, ones, scale, n_rep)
+    units = UnitSet([KeptMaps({0: [4, 1], 2: None}, "float32")], 3, H, H * D)
+    results = []
+    for run in range(2):
+        col = Collector(units, ctx)
+        for layer in (0, 2):
+            qq = q * (1 + layer) if run == 0 else q.flip(-1)  # different probabilities per layer and per run
+            col.feed_probs(layer, own_chunks(qq, k, v, AttentionParams(scale, n_rep), torch.empty(B, T, H, D), 8))
+        maps = col.packed()["maps"]["maps"]
+        assert maps.shape == (B, 2 + H, T, T) and maps is ctx.buffers["maps"]  # the buffer itself, not a copy
+        results.append(maps)
+    first = results[0]
+    torch.testing.assert_close(first[:, :2], reference_probs(q, k, ones, scale, n_rep)[:, [1, 4]], rtol=0, atol=1e-6)
+    torch.testing.assert_close(first[:, 2:], reference_probs(q * 3, k, ones, scale, n_rep), rtol=0, atol=1e-6)
+    torch.testing.assert_close(results[1][:, 2:], reference_probs(q.flip(-1), k, ones, scale, n_rep), rtol=0,
+                               atol=1e-6)
+    assert not torch.equal(first[:, 2:], results[1][:, 2:]) and ref.shape == (B, H, T, T)

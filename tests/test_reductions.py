@@ -105,3 +105,19 @@ def test_residual_median_sampled_within_one_percent_and_padding_invariant(monkey
     qp = torch.cat([torch.zeros(1, 37), torch.ones(1, T)], dim=1)
     _, _, _, medp = reduce_residual(hp, qp, 8)
     assert float(medp[0]) == float(med[0])
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 4097, 32768])
+def test_lower_median_is_torch_median_exactly(n, dtype):
+    """The residual summary's median selects with numpy on the CPU: the same element as ``torch.median`` (the
+    lower middle value, ties and even counts included), the same dtype, and NaN when a NaN is present."""
+    torch.manual_seed(n)
+    x = (torch.randn(n) * 3).to(dtype)
+    x[::7] = x[0]  # ties
+    got, want = reductions.lower_median(x), x.median()
+    assert got.dtype == want.dtype and got.shape == () and torch.equal(got, want)
+    if n > 2:
+        x[n // 2] = float("nan")
+        assert torch.isnan(reductions.lower_median(x))

@@ -20,6 +20,7 @@ class Collector:
 
     def __init__(self, units: UnitSet, ctx: BatchContext, edits: EditSet | None = None):
         self.units, self.ctx = units, ctx
+        ctx.buffers.clear()  # a new run: units allocate fresh shared buffers (an earlier result keeps its own)
         self.edits = edits if edits is not None else EditSet([], ctx.n_layers, ctx.n_heads, ctx.d_model)
         self.outs: dict[str, dict[str, list]] = {u.name: {} for u in units.units}
         self.outs.update({e.name: {} for e in self.edits.edits})

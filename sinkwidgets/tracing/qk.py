@@ -255,8 +255,13 @@ def own_chunks(q, k, v, params: AttentionParams, out, rows: int = LSE_MAX_CHUNK,
         if block > FLOOR_CHECK_MIN:
             bound = (torch.linalg.vector_norm(q.float(), dim=-1).mul_(scale)
                      * torch.linalg.vector_norm(k.float(), dim=-1).cummax(-1).values.repeat_interleave(n_rep, 1))
-        tri = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # key after query in the block
-        upper = torch.zeros(rows, rows, device=q.device).masked_fill_(tri, MASKED_LOGP)
+        masks = None if workspace is None else workspace.get(("causal", rows))
+        if masks is None or masks[0].device != q.device:
+            tri = torch.ones(rows, rows, dtype=torch.bool, device=q.device).triu_(1)  # key after query in the block
+            masks = (tri, torch.zeros(rows, rows, device=q.device).masked_fill_(tri, MASKED_LOGP))
+            if workspace is not None:
+                workspace[("causal", rows)] = masks  # (every layer of the forward: made once)
+        tri, upper = masks
         out5 = out.view(B, T, KV, n_rep, D)
         for s in range(part * rows, T, parts * rows):
             e = min(s + rows, T)

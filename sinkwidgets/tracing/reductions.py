@@ -69,6 +69,9 @@ class BatchContext:
     ``qmask [B, T]`` real tokens (left padding 0), ``first [B]`` first real position, ``n_real [B]`` number of
     real tokens; ``o_layout`` is ``"linear"`` (``W_O [d, H*Dh]``) or ``"conv1d"`` (GPT-2's ``[H*Dh, d]``);
     ``input_ids [B, T]`` the batch's token ids (for units that score the next token, :class:`TokenLoss`).
+    ``buffers``: per-run tensors a unit shares across its layers (:class:`KeptMaps` writes every layer into one
+    buffer, so packing needs no copy); the :class:`~.collect.Collector` empties it when a run starts, so a result
+    of an earlier run is never written into.
     """
 
     qmask: torch.Tensor
@@ -81,6 +84,7 @@ class BatchContext:
     d_model: int
     o_layout: str = "linear"
     input_ids: torch.Tensor | None = None
+    buffers: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def B(self) -> int:
@@ -303,8 +307,21 @@ def reduce_residual(h: torch.Tensor, qmask: torch.Tensor, k: int):
     for b in range(B):  # per prompt: the same real entries, hence the same samples, alone or in a padded batch
         x = flat[b] if bool(qb[b].all()) else absd[b][qb[b]].reshape(-1)  # real tokens' entries, in order
         x = x[:: -(-x.numel() // MEDIAN_SAMPLES)] if x.numel() > MEDIAN_SAMPLES else x
-        meds.append(x.median() if x.numel() else torch.full((), float("nan"), device=h.device))
+        meds.append(lower_median(x) if x.numel() else torch.full((), float("nan"), device=h.device))
     return norms, vals, idx, torch.stack(meds)
+
+
+def lower_median(x: torch.Tensor) -> torch.Tensor:
+    """``x.median()`` of a 1-D tensor (the lower of the two middle values, NaN if any is NaN), as a 0-d tensor.
+
+    On the CPU it is selected with numpy's ``partition`` (the same element, ~8x faster than torch's median over
+    the 32768 samples of :func:`reduce_residual`: 32 vs 252 us); elsewhere (a server's GPU) torch's."""
+    if (x.device.type != "cpu" or x.requires_grad or x.dtype not in (torch.float32, torch.float64, torch.float16)
+            or bool(torch.isnan(x).any())):
+        return x.median()
+    k = (x.numel() - 1) // 2
+    a = x.detach().contiguous().numpy()
+    return torch.tensor(np.partition(a, k)[k], dtype=x.dtype)
 
 
 def per_head_wo(w_o: torch.Tensor, layout: str, n_heads: int) -> torch.Tensor:
@@ -464,9 +481,10 @@ class _HeadSelection(Reduction):
 class KeptMaps(_HeadSelection):
     """Full attention maps of chosen heads, ``[B, H', T, T]`` per layer (``dtype``, float16 by default).
 
-    Lands as ``maps [M, T, T]`` and ``map_index [M, 2]`` of (layer, head), sorted by layer then head. Each layer's
-    maps are one zeroed ``[B, H', T, T]`` buffer that every chunk writes its rows into (keys after a chunk's last
-    query stay 0); an unnormalised chunk (the own path) is scaled by its row scale on the way, ``P = r·E``.
+    Lands as ``maps [M, T, T]`` and ``map_index [M, 2]`` of (layer, head), sorted by layer then head. Every layer
+    writes into its heads' slice of one zeroed ``[B, M, T, T]`` buffer (``ctx.buffers``), chunk rows by chunk rows
+    (keys after a chunk's last query stay 0), and :meth:`pack` returns that buffer itself (no join, no second
+    copy of the maps); an unnormalised chunk (the own path) is scaled by its row scale on the way, ``P = r·E``.
     """
 
     name = "maps"
@@ -483,18 +501,43 @@ class KeptMaps(_HeadSelection):
     def begin(self, ctx, layer, device):
         heads = self.heads(layer, ctx.n_heads)
         every = heads == list(range(ctx.n_heads))  # all heads in order: no gather needed
+        buf = ctx.buffers.get(self.name)
+        if buf is None or buf.device != torch.device(device):
+            buf = torch.zeros(ctx.B, self.n_pairs(ctx.n_heads), ctx.T, ctx.T, dtype=getattr(torch, self.dtype),
+                              device=device)
+            ctx.buffers[self.name] = buf
+        off = sum(len(self.heads(li, ctx.n_heads)) for li in self.sel if li < layer)  # layers before, in order
         return {"heads": None if every else torch.tensor(heads, device=device),
-                "maps": torch.zeros(ctx.B, len(heads), ctx.T, ctx.T, dtype=getattr(torch, self.dtype), device=device)}
+                "maps": buf[:, off : off + len(heads)]}
 
     def chunk(self, state, start, P, scratch, ctx, logp=None, rowscale=None):
         hs = state["heads"]
         rows = P if hs is None else P[:, hs]  # [B, H', c, w]
+        dst = state["maps"][:, :, start : start + P.shape[2], : P.shape[3]]
         if rowscale is not None:
-            rows = rows * (rowscale[0] if hs is None else rowscale[0][:, hs])  # r [B, H', c, 1]
-        state["maps"][:, :, start : start + P.shape[2], : P.shape[3]].copy_(rows)
+            torch.mul(rows, rowscale[0] if hs is None else rowscale[0][:, hs], out=dst)  # P = r·E, cast on write
+        else:
+            dst.copy_(rows)
 
     def end(self, state, ctx):
         return {"maps": state["maps"]}
+
+    @staticmethod
+    def _whole(per_layer: list[torch.Tensor]) -> torch.Tensor | None:
+        """The buffer ``per_layer`` are consecutive head slices of, covering it all (:class:`KeptMaps`), or None."""
+        base = per_layer[0]._base
+        if base is None or any(t._base is not base for t in per_layer):
+            return None
+        off = 0
+        for t in per_layer:
+            if t.storage_offset() != base.storage_offset() + off * base.stride(1):
+                return None
+            off += t.shape[1]
+        return base if off == base.shape[1] and base.shape[0] == per_layer[0].shape[0] else None
+
+    def pack(self, key, per_layer):
+        whole = self._whole(per_layer)  # every layer ran: the shared buffer is the result
+        return whole if whole is not None else torch.cat(per_layer, dim=1)
 
     def result_bytes(self, B, T, ctx):
         return self.n_pairs(ctx.n_heads) * B * T * T * (2 if self.dtype == "float16" else 4)

@@ -74,13 +74,16 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def free_range(width: int = 64) -> tuple[int, int]:
-    """A run of ``width`` consecutive free ports for Ray's workers (checked by binding each)."""
+def free_range(width: int = 64, avoid=()) -> tuple[int, int]:
+    """A run of ``width`` consecutive free ports for Ray's workers (checked by binding each), holding none of
+    ``avoid`` (the stack's other ports: Ray refuses to start when a component's port lies in the workers' range)."""
     import random
 
     rng = random.Random(os.getpid() ^ int(time.time()))
     for _ in range(50):
         lo = rng.randrange(30000, 40000 - width)
+        if any(lo <= p < lo + width for p in avoid):
+            continue
         socks = []
         try:
             for p in range(lo, lo + width):
@@ -349,7 +352,7 @@ def ndif_stack(tmp_path_factory):
     names = ("redis", "s3", "gcs", "ray_client", "dashboard", "agent_http", "agent_grpc", "metrics", "node_manager",
              "object_manager", "runtime_env", "api")
     ports = dict(zip(names, free_ports(len(names)), strict=True))
-    ports["workers"] = free_range()
+    ports["workers"] = free_range(avoid=list(ports.values()))
     stack = Stack(root=root, env=_service_env(root, ports), ports=ports, url=f"http://127.0.0.1:{ports['api']}")
 
     models = {}
