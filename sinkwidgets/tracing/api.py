@@ -401,8 +401,12 @@ def trace(
         ``NDIF_API_KEY`` or nnsight's config; a URL string overrides the host). Only the summaries come back.
         See ``docs/remote.md``. ``False`` runs locally.
     method : "auto", "eager" or "chunked"
-        ``"eager"`` reads the probabilities of eager attention; ``"chunked"`` runs SDPA and recomputes them from
-        q and k in query chunks (memory near a plain forward at long context; Llama-style rotary decoders).
+        ``"eager"`` reads the probabilities of eager attention; ``"chunked"`` forms them in query chunks, so
+        memory stays near a plain forward at long context (Llama-style rotary decoders): on a local CPU model an
+        unpadded float32 layer computes its attention once, in those chunks, for its output and the summaries
+        (``meta["attention"] == "own"``), a padded batch takes the row log-sum-exp from SDPA's kernel (``"lse"``),
+        and everything else (remote, GPU, sliding windows, soft-caps, mask edits) runs SDPA and recomputes the
+        softmax from q and k (``"sdpa"``); see :mod:`sinkwidgets.tracing.chunked`.
         ``"auto"``: chunked for remote traces and for local prompts of :data:`AUTO_CHUNKED_TOKENS` (256) tokens
         or more where the model supports it, eager otherwise. The method used is in ``trace.meta['method']``.
     progress : bool, optional
