@@ -260,14 +260,16 @@ def test_smollm2_parallel_parts_equal_the_one_thread_trace(smollm2, monkeypatch)
 
 
 @pytest.mark.unit
-def test_rowscale_summary_with_left_padding_equals_the_normalised_reference():
+@pytest.mark.parametrize("rowdot", ["vecdot", "einsum"])
+def test_rowscale_summary_with_left_padding_equals_the_normalised_reference(rowdot, monkeypatch):
     """The row-scale path of the summary (per-row first-token and entropy terms, weighted by the masks once per
     layer) on a left-padded batch whose prompts start at different positions: unnormalised chunks ``E = Z·P``
     with ``r = 1/Z``, ``logz = log Z`` give the α, first-token mass and entropy of the normalised probabilities."""
-    from sinkwidgets.tracing import reduce_attention
+    from sinkwidgets.tracing import reduce_attention, reductions
     from sinkwidgets.tracing.qk import LOGP_FLOOR
     from sinkwidgets.tracing.reductions import AttentionSummary, BatchContext
 
+    monkeypatch.setattr(reductions, "ROWDOT_VECDOT_MAX", 2**30 if rowdot == "vecdot" else 0)
     q, k, _v, scale, n_rep = _qkv(7, B=3)
     B, H, T, D = q.shape
     qmask = torch.ones(B, T, dtype=torch.long)
