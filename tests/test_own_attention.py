@@ -327,3 +327,82 @@ def test_kept_maps_share_one_buffer_and_a_new_run_does_not_write_into_an_old_res
     torch.testing.assert_close(results[1][:, 2:], reference_probs(q.flip(-1), k, ones, scale, n_rep), rtol=0,
                                atol=1e-6)
     assert not torch.equal(first[:, 2:], results[1][:, 2:]) and ref.shape == (B, H, T, T)
+
+
+def _trace_both_ways(model, texts, **kw):
+    """Trace ``texts`` with the probabilities fed from inside each attention call (the default, ``ProbsHook``) and
+    through nnsight's ``.source`` (``plan.direct`` off), counting the hook's calls; check no hook is left behind."""
+    import sinkwidgets as sw
+    from sinkwidgets.tracing import chunked
+
+    calls = {"before": 0, "after": 0}
+    direct = {"on": True}
+    block = chunked.chunked_block
+
+    def block_switch(model, inputs, fwd, plan, *a, **k):
+        plan.direct = plan.direct and direct["on"]
+        return block(model, inputs, fwd, plan, *a, **k)
+
+    got = {}
+    with pytest.MonkeyPatch.context() as mp:
+        def counting(name):
+            orig = getattr(chunked.ProbsHook, name)
+
+            def counted(self, *a):
+                calls[name] += 1
+                return orig(self, *a)
+
+            return counted
+
+        for name in calls:
+            mp.setattr(chunked.ProbsHook, name, counting(name))
+        mp.setattr(chunked, "chunked_block", block_switch)
+        for on in (True, False):
+            direct["on"] = on
+            got[on] = sw.trace(model, texts, method="chunked", progress=False, **kw)
+            if on:
+                got["calls"] = dict(calls)
+    plan = chunked.layer_plan(model, sw.tracing.api._info(model))
+    assert not any(hasattr(getattr(a, "_module", a), chunked.PROBS_HOOK) for a in plan.attns)
+    return got
+
+
+@pytest.mark.models
+def test_probs_fed_from_the_attention_call_equal_the_source_path(smollm2):
+    """The local chunked trace feeds the units from inside each attention call (no nnsight ``.source``): one
+    unpadded prompt takes the own path in every layer, a padded batch the lse path (the kernel's row log-sum-exp,
+    handed over after the call), and both equal the ``.source`` route of the same block; no hook is left behind."""
+    L = smollm2._module.config.num_hidden_layers
+    text = long_text()[:1200]
+    got = _trace_both_ways(smollm2, text, keep_maps=[(3, 2)])
+    assert got["calls"] == {"before": L, "after": 0}
+    a, b = got[True], got[False]
+    assert a.meta["attention_layers"] == b.meta["attention_layers"] == {"own": L}
+    for f in ("sink_scores", "first_token_mass", "entropy", "resid_norms"):
+        np.testing.assert_allclose(getattr(a, f), getattr(b, f), rtol=0, atol=1e-6, err_msg=f)
+    np.testing.assert_array_equal(np.asarray(a.maps), np.asarray(b.maps))
+
+    got = _trace_both_ways(smollm2, [text, text[:500]])  # padded: own_attention_ok says no
+    assert got["calls"] == {"before": L, "after": L}
+    for ta, tb in zip(got[True], got[False], strict=True):
+        assert ta.meta["attention_layers"] == tb.meta["attention_layers"] == {"lse": L}
+        for f in ("sink_scores", "first_token_mass", "entropy"):
+            np.testing.assert_allclose(getattr(ta, f), getattr(tb, f), rtol=0, atol=1e-6, err_msg=f)
+
+
+@pytest.mark.models
+def test_a_failing_unit_inside_the_attention_call_leaves_no_hook(smollm2, monkeypatch):
+    import sinkwidgets as sw
+    from sinkwidgets.tracing import chunked
+    from sinkwidgets.tracing.reductions import AttentionSummary
+
+    def boom(self, *a, **k):
+        raise RuntimeError("unit failed on purpose")
+
+    monkeypatch.setattr(AttentionSummary, "chunk", boom)
+    with pytest.raises(RuntimeError, match="on purpose"):
+        sw.trace(smollm2, long_text()[:600], method="chunked", progress=False)
+    plan = chunked.layer_plan(smollm2, sw.tracing.api._info(smollm2))
+    assert not any(hasattr(getattr(a, "_module", a), chunked.PROBS_HOOK) for a in plan.attns)
+    monkeypatch.undo()
+    assert sw.trace(smollm2, long_text()[:600], method="chunked", progress=False).meta["attention"] == "own"

@@ -24,6 +24,10 @@ ran; ``meta["attention_layers"]`` counts the layers of each):
   probabilities are ``exp(q·k·scale − lse)`` (:func:`.qk.lse_chunks`).
 - otherwise (sliding windows, soft-caps, mask edits, non-CPU models and NDIF): SDPA, then the recompute above.
 
+Locally these run inside each layer's attention call (:func:`lse_attention` asks the layer's :class:`ProbsHook`),
+so the block reads no attention internals through nnsight's ``.source`` (its per-op interleaving cost ~5 % of a
+256-token forward); layers with a mask edit, and every remote trace, take q and k from ``.source`` in the block.
+
 The same block runs remotely (:mod:`.remote`): NDIF serves models with their default attention implementation,
 under which eager probabilities do not exist, so remote traces always use this path. Everything the block calls
 is plain torch and is shipped to the server by value.
@@ -82,6 +86,7 @@ class ChunkedPlan:
     v_split: int = 0
     lse_ops: list | None = None
     used: list = field(default_factory=list)
+    direct: bool = False  # local runs under lse_attention: the attention call feeds "probs" itself (probs_hook)
 
 
 def layer_plan(model, info) -> ChunkedPlan:
@@ -145,8 +150,14 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
     with torch.no_grad(), model.trace(inputs, backend=backend, **fwd_kwargs):
         col = Collector(units, ctx, edits)
         workspace = {}  # the lse path's chunk buffer, allocated once for all layers
-        for li in range(len(plan.layers)):  # install nnsight's source hooks before any attention forward starts
-            if "probs" in col.needs(li):  # (else a value read inside the forward comes before the hook exists)
+        direct = set()  # layers whose attention call feeds "probs" itself (local, no mask edit): no .source
+        for li in range(len(plan.layers)):  # install the hooks before any attention forward starts
+            if "probs" not in col.needs(li):  # (else a value read inside the forward comes before the hook exists)
+                continue
+            if plan.direct and plan.lse_ops[li] and not col.edits.at(li, "attn_mask"):
+                set_probs_hook(plan, li, col, ctx, budget, workspace)
+                direct.add(li)
+            else:
                 _ = plan.attns[li].source
         for li in range(len(plan.layers)):
             need = col.needs(li)
@@ -160,7 +171,7 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
                 set_attention_mask(plan.attns[li], col.attention_mask(li, params.window, ctx.qmask.device))
             if "values" in need:
                 col.feed(li, "values", read_values(plan.vprojs[li], plan.v_split), oproj.weight)
-            if "probs" in need:
+            if "probs" in need and li not in direct:
                 lse = None
                 if plan.lse_ops and plan.lse_ops[li] and hidden is None and not params.window and not params.softcap:
                     op = getattr(plan.attns[li].source, plan.lse_ops[li])
@@ -230,7 +241,7 @@ def run_chunked(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx
     if lse and hf is not None and _on_cpu(hf):
         names = [_lse_op(a) for a in plan.attns]
         if any(names) and install_lse_attention():
-            impl, plan.lse_ops = LSE_ATTENTION, names
+            impl, plan.lse_ops, plan.direct = LSE_ATTENTION, names, True
     switch = hf is not None and getattr(hf.config, "_attn_implementation", None) != impl
     prev = hf.config._attn_implementation if switch else None
     if switch:
@@ -238,6 +249,7 @@ def run_chunked(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx
     try:
         out = chunked_block(model, inputs, fwd_kwargs, plan, units, ctx, budget, edits=edits)
     finally:
+        clear_probs_hooks(plan)
         if switch:
             hf.set_attn_implementation(prev)
     return out, {"method": "chunked", "attention": _attention_path(plan), "attention_layers": _path_counts(plan)}
@@ -275,14 +287,22 @@ def lse_attention(module, query, key, value, attention_mask, dropout: float = 0.
     """
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    hook = getattr(module, PROBS_HOOK, None)  # a chunked trace's units read this layer's probabilities
+    if hook is not None:
+        done = hook.before(query, key, value, dict(kwargs, dropout=dropout))
+        if done is not None:
+            return done
     T = query.shape[2]
     plain = (kwargs.get("softcap") is None and kwargs.get("position_bias") is None and not dropout
              and query.device.type == "cpu" and key.shape[2] == T and T > 1
              and query.dtype in (torch.float32, torch.bfloat16, torch.float16)
              and query.shape[1] % key.shape[1] == 0)
     if not plain:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **kwargs)
+        out = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                     is_causal=is_causal, **kwargs)
+        if hook is not None:
+            hook.after(query, key, None)
+        return out
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     mask = attention_mask
     if mask is not None:
@@ -293,7 +313,71 @@ def lse_attention(module, query, key, value, attention_mask, dropout: float = 0.
         mask = mask[..., :T, :T]
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
         query, key, value, 0.0, bool(causal and mask is None), attn_mask=mask, scale=scaling)
+    if hook is not None:
+        hook.after(query, key, lse)
     return out.transpose(1, 2).contiguous(), lse
+
+
+#: The attribute :func:`set_probs_hook` sets on an attention module for the length of one local chunked trace.
+PROBS_HOOK = "_sinkwidgets_probs_hook"
+
+
+class ProbsHook:
+    """One layer's ``"probs"`` work, done inside its attention call (:func:`lse_attention`) instead of through
+    nnsight's ``.source`` (whose per-op interleaving cost ~17 ms a forward of SmolLM2 at T = 256, 2 threads: ~5 %).
+
+    :meth:`before` gets the call's post-RoPE ``q``, ``k``, ``v``: where the own path is exact
+    (:func:`.qk.own_attention_ok`) it computes the layer's attention once, in chunks that go to the units, and
+    returns the output (the kernel is not run). Otherwise :meth:`after` gets the row log-sum-exp of the kernel
+    (:func:`.qk.lse_chunks`), or None where SDPA ran (the softmax is recomputed, :func:`.qk.attention_chunks`).
+    The same paths, the same units and the same results as the block's own per-layer code; local runs only."""
+
+    def __init__(self, plan: ChunkedPlan, layer: int, col: Collector, ctx: BatchContext, budget: int,
+                 workspace: dict):
+        self.plan, self.layer, self.col, self.ctx, self.budget, self.workspace = plan, layer, col, ctx, budget, workspace
+        self.params = AttentionParams.of(plan.params[layer])
+
+    def before(self, q, k, v, kwargs):
+        p, col, li = self.params, self.col, self.layer
+        if not own_attention_ok(q, k, v, self.ctx.qmask, p, kwargs=kwargs):
+            return None
+        B, H, T, D = q.shape
+        out = torch.empty(B, T, H, D, dtype=q.dtype, device=q.device)
+        rows = min(LSE_MAX_CHUNK, chunk_rows(B, H, T, self.budget))
+        n = torch.get_num_threads()
+        if n > 1 and T >= OWN_PARALLEL_MIN_TOKENS and col.parallel_ok(li):
+            col.feed_probs_parts(li, [own_chunks(q, k, v, p, out, rows, self.workspace, i, n) for i in range(n)])
+        else:
+            col.feed_probs(li, own_chunks(q, k, v, p, out, rows, self.workspace))
+        self.plan.used.append("own")
+        return out, None
+
+    def after(self, q, k, lse) -> None:
+        p, ctx = self.params, self.ctx
+        B, H, T, _ = q.shape
+        if lse is not None and not p.window and not p.softcap:
+            chunks = lse_chunks(q, k, lse, ctx.qmask, p, min(LSE_MAX_CHUNK, chunk_rows(B, H, T, self.budget)),
+                                self.workspace)
+        else:
+            lse = None
+            chunks = attention_chunks(q, k, ctx.qmask, p, chunk_rows(B, H, T, self.budget))
+        self.plan.used.append("lse" if lse is not None else "recompute")
+        self.col.feed_probs(self.layer, chunks)
+
+
+def set_probs_hook(plan: ChunkedPlan, layer: int, col: Collector, ctx: BatchContext, budget: int,
+                   workspace: dict) -> None:
+    """Let layer ``layer``'s attention call feed ``col`` its probabilities (:class:`ProbsHook`), until
+    :func:`clear_probs_hooks`."""
+    attn = plan.attns[layer]
+    setattr(getattr(attn, "_module", attn), PROBS_HOOK, ProbsHook(plan, layer, col, ctx, budget, workspace))
+
+
+def clear_probs_hooks(plan: ChunkedPlan) -> None:
+    for attn in plan.attns:
+        mod = getattr(attn, "_module", attn)
+        if hasattr(mod, PROBS_HOOK):
+            delattr(mod, PROBS_HOOK)
 
 
 def install_lse_attention() -> bool:
