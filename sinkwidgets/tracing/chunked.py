@@ -209,6 +209,8 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
                     del q, k, lse, chunks
             if "o_input" in need:
                 col.feed(li, "o_input", oproj.input, oproj.weight)
+            if direct and li == max(direct):  # the block must not pack before the last hook has fed its layer
+                _ = plan.attns[li].output
             if "resid" in need:
                 out = plan.layers[li].output
                 h = out[0] if isinstance(out, tuple) else out
