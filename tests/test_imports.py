@@ -118,7 +118,8 @@ def test_models_import_nothing_above_them():
 
 def test_tracing_layers_point_down():
     """reductions/collect (bottom) < executors < api: no layer reaches one above it."""
-    layer = {"reductions": 0, "edits": 0, "collect": 0, "qk": 0, "eager": 1, "chunked": 1, "remote": 1, "api": 2}
+    layer = {"reductions": 0, "edits": 0, "collect": 0, "qk": 0, "hooks": 0, "eager": 1, "chunked": 1, "remote": 1,
+             "api": 2}
     for name, rank in layer.items():
         m = f"sinkwidgets.tracing.{name}"
         for n in _reach(m):
@@ -127,8 +128,9 @@ def test_tracing_layers_point_down():
                 assert layer[short] <= rank, f"{m} (layer {rank}) reaches {n} (layer {layer[short]})"
         if rank == 1:  # executors do not import each other's callers, and remote is not imported by chunked
             assert "sinkwidgets.tracing.remote" not in _reach("sinkwidgets.tracing.chunked")
-    bottom = {n for m in ("reductions", "edits", "collect", "qk") for n in _reach(f"sinkwidgets.tracing.{m}")}
-    assert bottom <= {f"sinkwidgets.tracing.{m}" for m in ("reductions", "edits", "collect", "qk")}, bottom
+    low = ("reductions", "edits", "collect", "qk", "hooks")
+    bottom = {n for m in low for n in _reach(f"sinkwidgets.tracing.{m}")}
+    assert bottom <= {f"sinkwidgets.tracing.{m}" for m in low}, bottom
 
 
 def test_interventions_sit_above_tracing():
@@ -163,7 +165,7 @@ def test_executors_name_no_quantity():
     """The executors hand sources to units; the names of the quantities appear only in reductions.py."""
     words = ("alpha", "first_token_mass", "entropy", "sink_scores", "head_values", "pooled", "top_k", "norms",
              "AttentionSummary", "ResidualSummary", "KeptMaps", "HeadOutputs", "HeadValues", "PooledResidual")
-    for name in ("eager", "chunked", "remote", "collect"):
+    for name in ("eager", "chunked", "remote", "collect", "hooks"):
         src = (PKG / "tracing" / f"{name}.py").read_text()
         code = "\n".join(ln for ln in src.splitlines() if not ln.lstrip().startswith("#"))
         code = ast.unparse(_strip_docstrings(ast.parse(code)))

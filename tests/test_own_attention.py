@@ -336,6 +336,7 @@ def _trace_both_ways(model, texts, **kw):
     from sinkwidgets.tracing import chunked
 
     calls = {"before": 0, "after": 0}
+    resid_hooks = []
     direct = {"on": True}
     block = chunked.chunked_block
 
@@ -344,6 +345,8 @@ def _trace_both_ways(model, texts, **kw):
         return block(model, inputs, fwd, plan, *a, **k)
 
     got = {}
+    plan = chunked.layer_plan(model, sw.tracing.api._info(model))
+    before = [tuple(getattr(b, "_module", b)._forward_hooks) for b in plan.layers]  # transformers may keep its own
     with pytest.MonkeyPatch.context() as mp:
         def counting(name):
             orig = getattr(chunked.ProbsHook, name)
@@ -356,14 +359,22 @@ def _trace_both_ways(model, texts, **kw):
 
         for name in calls:
             mp.setattr(chunked.ProbsHook, name, counting(name))
+        set_resid = chunked.set_resid_hook
+
+        def resid_counted(plan, layer, col):
+            resid_hooks.append(layer)
+            return set_resid(plan, layer, col)
+
+        mp.setattr(chunked, "set_resid_hook", resid_counted)
         mp.setattr(chunked, "chunked_block", block_switch)
         for on in (True, False):
             direct["on"] = on
             got[on] = sw.trace(model, texts, method="chunked", progress=False, **kw)
             if on:
                 got["calls"] = dict(calls)
-    plan = chunked.layer_plan(model, sw.tracing.api._info(model))
+                got["resid_hooks"] = list(resid_hooks)
     assert not any(hasattr(getattr(a, "_module", a), chunked.PROBS_HOOK) for a in plan.attns)
+    assert [tuple(getattr(b, "_module", b)._forward_hooks) for b in plan.layers] == before  # resid hooks gone too
     return got
 
 
@@ -376,6 +387,7 @@ def test_probs_fed_from_the_attention_call_equal_the_source_path(smollm2):
     text = long_text()[:1200]
     got = _trace_both_ways(smollm2, text, keep_maps=[(3, 2)])
     assert got["calls"] == {"before": L, "after": 0}
+    assert got["resid_hooks"] == list(range(L - 1))  # block outputs from forward hooks; the last one via nnsight
     a, b = got[True], got[False]
     assert a.meta["attention_layers"] == b.meta["attention_layers"] == {"own": L}
     for f in ("sink_scores", "first_token_mass", "entropy", "resid_norms"):

@@ -118,6 +118,19 @@ def test_lower_median_is_torch_median_exactly(n, dtype):
     x[::7] = x[0]  # ties
     got, want = reductions.lower_median(x), x.median()
     assert got.dtype == want.dtype and got.shape == () and torch.equal(got, want)
-    if n > 2:
-        x[n // 2] = float("nan")
-        assert torch.isnan(reductions.lower_median(x))
+    for at in (0, n // 2, n - 1):  # a NaN anywhere (first, middle, last) makes the median NaN
+        y = x.clone()
+        y[at] = float("nan")
+        assert torch.isnan(reductions.lower_median(y)) and torch.isnan(y.median())
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_zeros_from_calloc_are_zero_writable_and_fresh(dtype):
+    """The map buffer's allocation (numpy's calloc on the CPU): all zeros, the asked dtype and shape, writable,
+    and a new block each call (a trace's result never shares memory with the next one's)."""
+    a = reductions.zeros((2, 3, 300, 300), dtype, "cpu")
+    assert a.dtype == getattr(torch, dtype) and a.shape == (2, 3, 300, 300) and not bool(a.any())
+    a[1, 2, 299, 299] = 1.5
+    b = reductions.zeros((2, 3, 300, 300), dtype, "cpu")
+    assert not bool(b.any()) and float(a[1, 2, 299, 299]) == 1.5 and a.data_ptr() != b.data_ptr()

@@ -27,6 +27,8 @@ ran; ``meta["attention_layers"]`` counts the layers of each):
 Locally these run inside each layer's attention call (:func:`lse_attention` asks the layer's :class:`ProbsHook`),
 so the block reads no attention internals through nnsight's ``.source`` (its per-op interleaving cost ~5 % of a
 256-token forward); layers with a mask edit, and every remote trace, take q and k from ``.source`` in the block.
+Block outputs (``"resid"``) come from torch forward hooks too, except at layers with a ``"resid"`` edit and the last
+layer read (:mod:`.hooks`, :func:`resid_hook_layers`).
 
 The same block runs remotely (:mod:`.remote`): NDIF serves models with their default attention implementation,
 under which eager probabilities do not exist, so remote traces always use this path. Everything the block calls
@@ -45,6 +47,7 @@ import torch
 from ..errors import ChunkedUnsupportedError, ReductionUnsupportedError
 from .collect import Collector
 from .edits import EditSet, set_attention_mask
+from .hooks import first, hooked_layers, output_hook
 from .qk import (  # noqa: F401 - re-exported
     CHUNK_BYTES,
     LSE_MAX_CHUNK,
@@ -87,6 +90,8 @@ class ChunkedPlan:
     lse_ops: list | None = None
     used: list = field(default_factory=list)
     direct: bool = False  # local runs under lse_attention: the attention call feeds "probs" itself (probs_hook)
+    resid_hooks: bool = True  # with direct: block outputs feed "resid" from torch forward hooks (set_resid_hook)
+    handles: list = field(default_factory=list)  # the forward hooks of set_resid_hook, removed by clear_hooks
 
 
 def layer_plan(model, info) -> ChunkedPlan:
@@ -151,14 +156,19 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
         col = Collector(units, ctx, edits)
         workspace = {}  # the lse path's chunk buffer, allocated once for all layers
         direct = set()  # layers whose attention call feeds "probs" itself (local, no mask edit): no .source
+        hooked = resid_hook_layers(plan, col)  # block outputs fed by forward hooks (local runs)
         for li in range(len(plan.layers)):  # install the hooks before any attention forward starts
-            if "probs" not in col.needs(li):  # (else a value read inside the forward comes before the hook exists)
+            need = col.needs(li)  # (else a value read inside the forward comes before the hook exists)
+            if li in hooked:
+                set_resid_hook(plan, li, col)
+            if "probs" not in need:
                 continue
             if plan.direct and plan.lse_ops[li] and not col.edits.at(li, "attn_mask"):
                 set_probs_hook(plan, li, col, ctx, budget, workspace)
                 direct.add(li)
             else:
                 _ = plan.attns[li].source
+        last = max(direct, default=-1)  # the block must not pack before the last probs hook has fed its layer
         for li in range(len(plan.layers)):
             need = col.needs(li)
             if not need:
@@ -209,9 +219,9 @@ def chunked_block(model, inputs: dict, fwd_kwargs: dict, plan: ChunkedPlan, unit
                     del q, k, lse, chunks
             if "o_input" in need:
                 col.feed(li, "o_input", oproj.input, oproj.weight)
-            if direct and li == max(direct):  # the block must not pack before the last hook has fed its layer
+            if li == last:
                 _ = plan.attns[li].output
-            if "resid" in need:
+            if "resid" in need and li not in hooked:
                 out = plan.layers[li].output
                 h = out[0] if isinstance(out, tuple) else out
                 if col.edits.at(li, "resid"):
@@ -251,7 +261,7 @@ def run_chunked(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx
     try:
         out = chunked_block(model, inputs, fwd_kwargs, plan, units, ctx, budget, edits=edits)
     finally:
-        clear_probs_hooks(plan)
+        clear_hooks(plan)
         if switch:
             hf.set_attn_implementation(prev)
     return out, {"method": "chunked", "attention": _attention_path(plan), "attention_layers": _path_counts(plan)}
@@ -370,16 +380,35 @@ class ProbsHook:
 def set_probs_hook(plan: ChunkedPlan, layer: int, col: Collector, ctx: BatchContext, budget: int,
                    workspace: dict) -> None:
     """Let layer ``layer``'s attention call feed ``col`` its probabilities (:class:`ProbsHook`), until
-    :func:`clear_probs_hooks`."""
+    :func:`clear_hooks`."""
     attn = plan.attns[layer]
     setattr(getattr(attn, "_module", attn), PROBS_HOOK, ProbsHook(plan, layer, col, ctx, budget, workspace))
 
 
-def clear_probs_hooks(plan: ChunkedPlan) -> None:
+def resid_hook_layers(plan: ChunkedPlan, col: Collector) -> set[int]:
+    """The layers whose block output a forward hook feeds (:func:`set_resid_hook`): on a local run (``plan.direct``)
+    every layer read without a ``"resid"`` edit but the last one read (:func:`.hooks.hooked_layers`); remote: none.
+    (Defined here, not as a lambda inside the traced block, which nnsight ships as source.)"""
+    if not (plan.direct and plan.resid_hooks):
+        return set()
+    return set(hooked_layers(col, len(plan.layers), ("resid",), lambda li, s: not col.edits.at(li, s)))
+
+
+def set_resid_hook(plan: ChunkedPlan, layer: int, col: Collector) -> None:
+    """Feed ``col`` layer ``layer``'s block output (``"resid"``) from a torch forward hook on the block
+    (:mod:`.hooks`), until :func:`clear_hooks`, instead of the traced block reading ``.output`` through nnsight.
+    Only for a layer without a ``"resid"`` edit (an edit replaces the output, which the block does)."""
+    plan.handles.append(output_hook(plan.layers[layer], lambda out: col.feed(layer, "resid", first(out))))
+
+
+def clear_hooks(plan: ChunkedPlan) -> None:
+    """Remove every :class:`ProbsHook` and :func:`set_resid_hook` hook of ``plan`` (run after each block)."""
     for attn in plan.attns:
         mod = getattr(attn, "_module", attn)
         if hasattr(mod, PROBS_HOOK):
             delattr(mod, PROBS_HOOK)
+    while plan.handles:
+        plan.handles.pop().remove()
 
 
 def install_lse_attention() -> bool:

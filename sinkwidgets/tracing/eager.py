@@ -16,6 +16,7 @@ import torch
 from .chunked import check_values, read_values
 from .collect import Collector
 from .edits import EditSet, set_attention_mask
+from .hooks import first, hooked_layers, output_hook
 from .reductions import CAUSAL_QUERY_CHUNK, QUERY_CHUNK, BatchContext, UnitSet, reduce_attention_chunks
 
 
@@ -42,9 +43,10 @@ def reduce_attention(A: torch.Tensor, qmask: torch.Tensor, first: torch.Tensor, 
 
 def run_eager(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx: BatchContext,
               edits: EditSet | None = None) -> tuple[dict, dict]:
-    """One batch through the model under eager attention (and ``edits``) → ``(packed results, meta)``."""
-    import nnsight
+    """One batch through the model under eager attention (and ``edits``) → ``(packed results, meta)``.
 
+    A layer's probabilities and block output go to the units from torch forward hooks (:mod:`.hooks`) where no
+    edit changes them, except at the last such layer; the traced block reads the rest through nnsight."""
     from ..models.adapters import get_path
 
     ad = info.adapter
@@ -52,38 +54,73 @@ def run_eager(model, info, inputs: dict, fwd_kwargs: dict, units: UnitSet, ctx: 
     layers = get_path(model, ad.layers)
     inner = ad.o_proj.startswith(ad.attn + ".")
     windows = _windows(model, info, edits)
-    with torch.no_grad(), model.trace(inputs, **fwd_kwargs):
-        col = Collector(units, ctx, edits)
-        for li in range(len(layers)):
-            need = col.needs(li)
-            if not need:
-                continue
-            layer = layers[li]
-            oproj = get_path(layer, ad.o_proj)
-            if "attn_mask" in need:
-                set_attention_mask(get_path(layer, ad.attn), col.attention_mask(li, windows[li], ctx.qmask.device))
-            if "values" in need:
-                col.feed(li, "values", read_values(get_path(layer, ad.v_proj), ad.v_split), oproj.weight)
-            if "o_input" in need and inner:
-                col.feed(li, "o_input", oproj.input, oproj.weight)
-            if "probs" in need:
-                A = get_path(layer, ad.attn).output[1]
-                col.feed_probs(li, map_chunks(A, ctx.causal))
-                del A  # do not keep this layer's [B, H, T, T] map alive while the next layer computes its own
-            if "o_input" in need and not inner:
-                col.feed(li, "o_input", oproj.input, oproj.weight)
-            if "resid" in need:
-                out = layer.output
-                h = out[0] if isinstance(out, tuple) else out
-                if col.edits.at(li, "resid"):
-                    h = col.edit_resid(li, h)
-                    layer.output = (h, *out[1:]) if isinstance(out, tuple) else h
-                col.feed(li, "resid", h)
-                del h, out
-        if col.needs_logits():
-            col.feed_logits(model.output.logits)
-        sw_results = nnsight.save(col.packed())
+    handles: list = []  # the forward hooks (.hooks) installed in the block, removed when it ends
+    try:
+        with torch.no_grad(), model.trace(inputs, **fwd_kwargs):
+            col = Collector(units, ctx, edits)
+            hooked = _hooked(col, len(layers))
+            for li, srcs in hooked.items():
+                if "probs" in srcs:
+                    handles.append(output_hook(get_path(layers[li], ad.attn), _probs_feeder(col, li, ctx.causal)))
+                if "resid" in srcs:
+                    handles.append(output_hook(layers[li], _resid_feeder(col, li)))
+            sw_results = _block(col, layers, ad, inner, windows, ctx, hooked, model)
+    finally:
+        for h in handles:
+            h.remove()
     return sw_results, {"method": "eager"}
+
+
+def _hooked(col: Collector, n_layers: int) -> dict[int, set[str]]:
+    """The probabilities and block outputs fed by forward hooks (:func:`.hooks.hooked_layers`): those no edit
+    changes (an ``"attn_mask"`` edit changes the probabilities, a ``"resid"`` edit the block output)."""
+    return hooked_layers(col, n_layers, ("probs", "resid"),
+                         lambda li, s: not col.edits.at(li, "attn_mask" if s == "probs" else "resid"))
+
+
+def _probs_feeder(col: Collector, li: int, causal: bool):
+    return lambda out: col.feed_probs(li, map_chunks(out[1], causal))
+
+
+def _resid_feeder(col: Collector, li: int):
+    return lambda out: col.feed(li, "resid", first(out))
+
+
+def _block(col, layers, ad, inner, windows, ctx, hooked, model):
+    """The traced block's per-layer reads and edits (those not fed by ``hooked``'s forward hooks)."""
+    import nnsight
+
+    from ..models.adapters import get_path
+
+    for li in range(len(layers)):
+        need = col.needs(li)
+        if not need:
+            continue
+        layer = layers[li]
+        oproj = get_path(layer, ad.o_proj)
+        if "attn_mask" in need:
+            set_attention_mask(get_path(layer, ad.attn), col.attention_mask(li, windows[li], ctx.qmask.device))
+        if "values" in need:
+            col.feed(li, "values", read_values(get_path(layer, ad.v_proj), ad.v_split), oproj.weight)
+        if "o_input" in need and inner:
+            col.feed(li, "o_input", oproj.input, oproj.weight)
+        if "probs" in need and "probs" not in hooked.get(li, ()):
+            A = get_path(layer, ad.attn).output[1]
+            col.feed_probs(li, map_chunks(A, ctx.causal))
+            del A  # do not keep this layer's [B, H, T, T] map alive while the next layer computes its own
+        if "o_input" in need and not inner:
+            col.feed(li, "o_input", oproj.input, oproj.weight)
+        if "resid" in need and "resid" not in hooked.get(li, ()):
+            out = layer.output
+            h = out[0] if isinstance(out, tuple) else out
+            if col.edits.at(li, "resid"):
+                h = col.edit_resid(li, h)
+                layer.output = (h, *out[1:]) if isinstance(out, tuple) else h
+            col.feed(li, "resid", h)
+            del h, out
+    if col.needs_logits():
+        col.feed_logits(model.output.logits)
+    return nnsight.save(col.packed())
 
 
 def _windows(model, info, edits: EditSet | None) -> list:

@@ -60,7 +60,7 @@ STATUS_URL = "https://nnsight.net/status/"
 KEY_URL = "https://login.ndif.us"
 #: Modules whose functions the traced block calls: shipped to the server by value (NDIF has no sinkwidgets).
 BY_VALUE_MODULES = ("sinkwidgets.tracing.reductions", "sinkwidgets.tracing.edits", "sinkwidgets.tracing.collect",
-                    "sinkwidgets.tracing.qk", "sinkwidgets.tracing.chunked")
+                    "sinkwidgets.tracing.qk", "sinkwidgets.tracing.hooks", "sinkwidgets.tracing.chunked")
 
 
 # ----------------------------------------------------------------------------- options
