@@ -92,6 +92,50 @@ def test_residual_top_activations_exact(B, T, d):
         assert abs(float(med[b]) - want_med[b]) <= 0.05 * want_med[b] + 1e-6
 
 
+def _residual_with_abs_array(h, qmask, k):
+    """The residual summary as first written (a full [B, T, d] array of |h|): the reference for the one-pass form."""
+    h = h.float()
+    B, T, d = h.shape
+    absd = h.abs()
+    qb = qmask.bool()
+    flat = absd.reshape(B, T * d)
+    k = min(k, T * d)
+    kt = min(k, T)
+    _, tok = absd.amax(-1).masked_fill(~qb, -1.0).topk(kt, dim=-1)
+    cand = torch.gather(absd, 1, tok[:, :, None].expand(B, kt, d)).masked_fill(
+        ~torch.gather(qb, 1, tok)[:, :, None], -1.0)
+    _, j = cand.reshape(B, kt * d).topk(k, dim=-1)
+    idx = torch.gather(tok, 1, j // d) * d + j % d
+    vals = h.reshape(B, T * d).gather(1, idx)
+    meds = []
+    for b in range(B):
+        x = flat[b] if bool(qb[b].all()) else absd[b][qb[b]].reshape(-1)
+        x = x[:: -(-x.numel() // reductions.MEDIAN_SAMPLES)] if x.numel() > reductions.MEDIAN_SAMPLES else x
+        meds.append(x.median() if x.numel() else torch.full((), float("nan")))
+    return h.norm(dim=-1), vals, idx, torch.stack(meds)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,T,d,k", [(1, 1, 3, 8), (3, 7, 4, 5), (2, 300, 96, 20), (2, 700, 64, 20)])
+def test_residual_summary_without_an_abs_array_is_the_same_bit_for_bit(B, T, d, k, dtype):
+    """Token maxima of |h| as max(max h, −min h) and |h| only on the gathered candidates and median samples: the
+    same norms, values, indices and medians as from a full array of |h| (ties, negative giants, padding, NaN)."""
+    g = torch.Generator().manual_seed(B * T + d)
+    h = (torch.randn(B, T, d, generator=g) * torch.rand(B, T, 1, generator=g) * 10).round().to(dtype)  # many ties
+    h[0, -1, 1] = -7000.0  # a massive negative activation
+    qmask = torch.ones(B, T)
+    qmask[-1, : T // 3] = 0
+    for case in ("plain", "nan"):
+        if case == "nan" and T > 2:
+            h[0, T // 2, 0] = float("nan")
+        got, want = reduce_residual(h, qmask, k), _residual_with_abs_array(h, qmask, k)
+        for name, a, b in zip(("norms", "vals", "idx", "med"), got, want, strict=True):
+            assert torch.equal(a.isnan(), b.isnan()) if a.is_floating_point() else True, (case, name)
+            assert torch.equal(torch.nan_to_num(a), torch.nan_to_num(b)) if a.is_floating_point() else torch.equal(
+                a, b), (case, name)
+
+
 def test_residual_median_sampled_within_one_percent_and_padding_invariant(monkeypatch):
     monkeypatch.setattr(reductions, "MEDIAN_SAMPLES", 4096)
     g = torch.Generator().manual_seed(1)
