@@ -74,8 +74,10 @@ def test_lse_chunks_equal_the_softmax(rows):
         assert w == s + c and scratch.shape == Pc.shape
         for b in range(2):
             rq = real[b, s : s + c]
+            # P = exp(s - lse): an lse off by a few float32 ulps (the flash kernel sums in its own order, which
+            # differs between CPUs: 1.25e-6 on a P near 1 on an AMD EPYC host) moves P by P * δ, hence the rtol
             torch.testing.assert_close(Pc[b][:, rq][..., real[b, :w]], P[b, :, s : s + c][:, rq][..., :w][..., real[b, :w]],
-                                       rtol=0, atol=1e-6)
+                                       rtol=4e-6, atol=1e-6)
             assert (Pc[b][:, ~rq] == 0).all() and (Pc[b][..., ~real[b, :w]] == 0).all()  # padding: exactly 0
         later = torch.arange(w)[None, :] > torch.arange(s, s + c)[:, None]
         assert (Pc[..., later] == 0).all() and (logp[..., later] <= LOGP_FLOOR).all()  # causal: exactly 0
